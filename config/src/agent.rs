@@ -1,0 +1,161 @@
+use crate::{ConfigError, Secret, Validate, check_label};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Configuration of `warren agent`, the per-worker node agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's id (DNS-label safe); labels every container it creates.
+    pub node_id: String,
+    /// Where the agent keeps per-session directories and its credential.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Credential presented to relays when registering.
+    pub credential: Secret,
+    /// Relays to keep a connection to (all of them, for HA).
+    pub relays: Vec<RelayTarget>,
+    #[serde(default)]
+    pub docker: DockerConfig,
+    #[serde(default)]
+    pub terminal: TerminalConfig,
+}
+
+/// One relay the agent dials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTarget {
+    /// `host:port` of the relay's QUIC listener.
+    pub addr: String,
+    /// Name the relay's certificate is checked against.
+    pub server_name: String,
+    /// PEM CA that signed the relay's certificate (else the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How containers are given what Docker-in-Docker needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityMode {
+    /// `privileged` if the host's capability bounding set is full, else `capabilities`.
+    #[default]
+    Auto,
+    Privileged,
+    /// Every capability in the host's bounding set, unconfined seccomp/AppArmor/system paths.
+    Capabilities,
+    /// Docker's default profile (no DinD).
+    Default,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Bridge network for sessions (internal, inter-container traffic off).
+    pub network: String,
+    pub security: SecurityMode,
+    /// OCI runtime, e.g. `sysbox-runc`; Docker's default when unset.
+    pub runtime: Option<String>,
+    /// Static `warren-init` binary bind-mounted into every session.
+    pub init_binary: Option<PathBuf>,
+    pub default_image: String,
+    pub default_memory_mb: u64,
+    pub default_cpus: f64,
+    pub pids_limit: i64,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            network: "warren-sessions".into(),
+            security: SecurityMode::Auto,
+            runtime: None,
+            init_binary: None,
+            default_image: "warren/session:dind".into(),
+            default_memory_mb: 1024,
+            default_cpus: 1.0,
+            pids_limit: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerminalConfig {
+    /// Seconds a shell with no attached client keeps running before it is hung up.
+    pub detached_timeout_secs: u64,
+}
+
+impl Default for TerminalConfig {
+    fn default() -> Self {
+        Self {
+            detached_timeout_secs: 900,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/warren/agent")
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_label("node_id", &self.node_id)?;
+        if self.credential.is_empty() {
+            return Err(ConfigError::invalid("credential", "must not be empty"));
+        }
+        if self.relays.is_empty() {
+            return Err(ConfigError::invalid(
+                "relays",
+                "at least one relay is needed",
+            ));
+        }
+        for (i, r) in self.relays.iter().enumerate() {
+            let key = format!("relays[{i}].addr");
+            match r.addr.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => return Err(ConfigError::invalid(key, format!("{:?} must be host:port", r.addr))),
+            }
+            if r.server_name.is_empty() || r.server_name.len() > 253 {
+                return Err(ConfigError::invalid(
+                    format!("relays[{i}].server_name"),
+                    "must be a DNS name",
+                ));
+            }
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
+        }
+        let d = &self.docker;
+        if d.network.is_empty() || d.network.len() > 64 {
+            return Err(ConfigError::invalid("docker.network", "must be 1-64 characters"));
+        }
+        if let Some(p) = &d.init_binary
+            && !p.is_absolute()
+        {
+            return Err(ConfigError::invalid("docker.init_binary", "must be an absolute path"));
+        }
+        if d.default_image.is_empty() {
+            return Err(ConfigError::invalid("docker.default_image", "must not be empty"));
+        }
+        if !(16..=1_048_576).contains(&d.default_memory_mb) {
+            return Err(ConfigError::invalid(
+                "docker.default_memory_mb",
+                "must be between 16 and 1048576",
+            ));
+        }
+        if !(d.default_cpus > 0.0 && d.default_cpus <= 256.0) {
+            return Err(ConfigError::invalid("docker.default_cpus", "must be in (0, 256]"));
+        }
+        if !(16..=1_000_000).contains(&d.pids_limit) {
+            return Err(ConfigError::invalid("docker.pids_limit", "must be between 16 and 1000000"));
+        }
+        if !(10..=86_400).contains(&self.terminal.detached_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "terminal.detached_timeout_secs",
+                "must be between 10 and 86400",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds Warren's session images from Debian packages, with no container
+# registry: warren/session:mini (busybox, for fast tests) and
+# warren/session:dind (debootstrap'd Debian with a Docker engine inside).
+# Idempotent: an image that exists is kept unless --force is given.
+#   scripts/build-images.sh [--force] [mini|dind ...]
+set -euo pipefail
+
+force=0
+want=()
+for a in "$@"; do
+  case "$a" in
+    --force) force=1 ;;
+    mini|dind) want+=("$a") ;;
+    *) echo "usage: $0 [--force] [mini|dind ...]" >&2; exit 2 ;;
+  esac
+done
+[ ${#want[@]} -eq 0 ] && want=(mini dind)
+
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+work=$(mktemp -d /tmp/warren-images.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+build_mini() {
+  local name=warren/session:mini
+  if [ $force -eq 0 ] && have $name; then echo "images: $name exists"; return; fi
+  echo "images: building $name (busybox)"
+  [ -x /bin/busybox ] || { echo "images: /bin/busybox missing (apt-get install busybox-static)" >&2; exit 1; }
+  local root=$work/mini
+  mkdir -p "$root"/{bin,tmp,root,etc,www,proc,sys,dev}
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+  echo 'root:x:0:' >"$root/etc/group"
+  echo 'warren mini session' >"$root/www/index.html"
+  tar -C "$root" -c . | docker import \
+    -c 'CMD ["/bin/sh"]' -c 'ENV PATH=/bin' -c 'LABEL warren.image=mini' - $name >/dev/null
+  echo "images: $name built"
+}
+
+mirror() {
+  # The mirror apt already uses (no other host is reachable).
+  local m
+  m=$(grep -hoE '^URIs: *\S+' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -1 || true)
+  [ -n "$m" ] || m=$(grep -hoE '^deb +\S+' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | head -1 || true)
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+build_dind() {
+  local name=warren/session:dind
+  if [ $force -eq 0 ] && have $name; then echo "images: $name exists"; return; fi
+  command -v debootstrap >/dev/null || { echo "images: debootstrap missing (apt-get install debootstrap)" >&2; exit 1; }
+  local root=$work/dind m
+  m=$(mirror)
+  echo "images: building $name (debootstrap from $m, about a minute)"
+  debootstrap --variant=minbase \
+    --include=bash,docker.io,iptables,procps,iproute2,ca-certificates,coreutils,vim-tiny,openssh-sftp-server,less,busybox \
+    bookworm "$root" "$m" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log"; exit 1; }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  # The image's own command: start the inner Docker engine (vfs works in any
+  # nesting) and keep it running; warren-init runs this as a child.
+  cat >"$root/usr/local/bin/warren-dind" <<'SH'
+#!/bin/sh
+# Started by warren-init as the image's command: runs the inner dockerd.
+mkdir -p /var/log
+exec dockerd --storage-driver=vfs >/var/log/dockerd.log 2>&1
+SH
+  chmod +x "$root/usr/local/bin/warren-dind"
+  echo 'warren' >"$root/etc/hostname"
+  tar -C "$root" -c . | docker import \
+    -c 'CMD ["/usr/local/bin/warren-dind"]' \
+    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV LANG=C.UTF-8' -c 'LABEL warren.image=dind' - $name >/dev/null
+  echo "images: $name built"
+}
+
+for w in "${want[@]}"; do "build_$w"; done

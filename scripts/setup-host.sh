@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs and starts what Warren needs on a Debian 12 host: Docker engine,
+# cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images).
+# Idempotent; safe to run again.
+set -euo pipefail
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v cmake >/dev/null || need+=(cmake)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+command -v iptables >/dev/null || need+=(iptables)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup-host: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! timeout 10 docker info >/dev/null 2>&1; then
+  # A previous machine session may have left a pid file behind; dockerd
+  # refuses to start while it exists.
+  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    rm -f /var/run/docker.pid
+  fi
+  echo "setup-host: starting dockerd"
+  nohup dockerd >/var/log/warren-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    timeout 5 docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  timeout 10 docker info >/dev/null 2>&1 || { echo "setup-host: dockerd did not start"; tail -50 /var/log/warren-dockerd.log; exit 1; }
+fi
+echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"

@@ -1,0 +1,242 @@
+//! Real QUIC on loopback: registration, stream headers (good and hostile),
+//! node authentication, and reconnection after the relay side restarts.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_tunnel::client::{self, Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler};
+use warren_tunnel::proto::{self, Hello, StreamHeader, StreamKind, StreamReply};
+use warren_tunnel::server::{self, OpenError, Registry, SharedSecretAuth};
+use warren_tunnel::tls;
+
+const SECRET: &str = "test-node-secret-0123456789";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Echoes `port 7` streams; refuses everything else as an unknown session.
+struct Echo;
+
+#[async_trait]
+impl StreamHandler for Echo {
+    async fn handle(&self, header: StreamHeader, stream: PendingStream) {
+        if header.kind != StreamKind::Port(7) {
+            return stream.reject(proto::codes::SESSION_NOT_FOUND, "no such session").await;
+        }
+        let Ok(s) = stream.accept().await else { return };
+        let (mut r, mut w) = tokio::io::split(s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    }
+}
+
+struct Relay {
+    registry: Arc<Registry>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(addr: SocketAddr, cert: &str, key: &str) -> Relay {
+        let ep = server::bind(addr, cert.as_bytes(), key.as_bytes(), Duration::from_secs(30)).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let registry = Arc::new(Registry::default());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server::serve(
+            ep,
+            registry.clone(),
+            Arc::new(SharedSecretAuth::new(SECRET)),
+            stop.clone(),
+        ));
+        Relay { registry, addr, stop, task }
+    }
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn dial(addr: SocketAddr, cert: &str) -> RelayDial {
+    RelayDial {
+        addr: addr.to_string(),
+        server_name: "warren.localhost".into(),
+        client_config: tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap(),
+    }
+}
+
+fn agent(node: &str, credential: &str, relays: Vec<RelayDial>) -> (CancellationToken, tokio::sync::watch::Receiver<client::RelayStatus>) {
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let status = client::spawn(
+        ClientOptions {
+            node_id: node.into(),
+            credential: credential.into(),
+            relays,
+            backoff: Backoff {
+                base: Duration::from_millis(50),
+                cap: Duration::from_millis(500),
+                stable_after: Duration::from_secs(60),
+            },
+        },
+        Arc::new(Echo),
+        stop.clone(),
+        &tracker,
+    )
+    .unwrap();
+    (stop, status)
+}
+
+fn header(kind: StreamKind) -> StreamHeader {
+    StreamHeader {
+        session: "s1".into(),
+        kind,
+        request_id: "req-1".into(),
+        client_addr: None,
+    }
+}
+
+async fn echo_once(registry: &Registry, node: &str, msg: &[u8]) {
+    let mut s = registry.open_stream(node, &header(StreamKind::Port(7))).await.unwrap();
+    s.write_all(msg).await.unwrap();
+    s.send.finish().unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, msg);
+}
+
+#[tokio::test]
+async fn streams_flow_and_agent_reconnects_after_relay_restart() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let addr = relay.addr;
+    let (stop, _status) = agent("node-a", SECRET, vec![dial(addr, &cert)]);
+    assert!(relay.registry.wait_until(WAIT, |n| n.contains("node-a")).await);
+
+    echo_once(&relay.registry, "node-a", b"hello through the tunnel").await;
+    // 16 streams at once over the same connection.
+    let reg = relay.registry.clone();
+    let mut js = tokio::task::JoinSet::new();
+    for i in 0..16u8 {
+        let reg = reg.clone();
+        js.spawn(async move { echo_once(&reg, "node-a", &vec![i; 100_000]).await });
+    }
+    while let Some(r) = js.join_next().await {
+        r.unwrap();
+    }
+    // A refused stream gets the agent's code and message.
+    match relay.registry.open_stream("node-a", &header(StreamKind::Terminal)).await {
+        Err(OpenError::Rejected { code, .. }) => assert_eq!(code, "session_not_found"),
+        other => panic!("expected rejection, got {:?}", other.map(|_| ())),
+    }
+    assert!(matches!(
+        relay.registry.open_stream("nobody", &header(StreamKind::Port(7))).await,
+        Err(OpenError::NodeNotConnected(_))
+    ));
+
+    // Kill the listener; start a new one on the same port; the agent comes back.
+    relay.stop().await;
+    let relay = Relay::start(addr, &cert, &key);
+    assert!(
+        relay.registry.wait_until(WAIT, |n| n.contains("node-a")).await,
+        "agent did not reconnect"
+    );
+    echo_once(&relay.registry, "node-a", b"after restart").await;
+    stop.cancel();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn agent_keeps_a_connection_to_every_relay() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let r1 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let r2 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let (stop, mut status) = agent("node-ha", SECRET, vec![dial(r1.addr, &cert), dial(r2.addr, &cert)]);
+    assert!(r1.registry.wait_until(WAIT, |n| n.contains("node-ha")).await);
+    assert!(r2.registry.wait_until(WAIT, |n| n.contains("node-ha")).await);
+    tokio::time::timeout(WAIT, status.wait_for(|m| m.values().all(|up| *up)))
+        .await
+        .unwrap()
+        .unwrap();
+    echo_once(&r1.registry, "node-ha", b"one").await;
+    echo_once(&r2.registry, "node-ha", b"two").await;
+    // Losing one relay leaves the other serving.
+    r1.stop().await;
+    echo_once(&r2.registry, "node-ha", b"still here").await;
+    stop.cancel();
+    r2.stop().await;
+}
+
+/// A raw QUIC client speaking the registration by hand.
+async fn raw_connect(addr: SocketAddr, cert: &str) -> quinn::Connection {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap());
+    ep.connect(addr, "warren.localhost").unwrap().await.unwrap()
+}
+
+#[tokio::test]
+async fn bad_credential_and_wrong_version_are_refused_with_reason() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+
+    let conn = raw_connect(relay.addr, &cert).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Hello { node_id: "intruder".into(), credential: "wrong".into(), agent_version: "x".into() };
+    proto::write_frame(&mut send, &hello).await.unwrap();
+    let reply: StreamReply = proto::read_frame(&mut recv).await.unwrap();
+    assert!(!reply.ok);
+    assert_eq!(reply.code.as_deref(), Some("auth_failed"));
+    let reason = conn.closed().await.to_string();
+    assert!(reason.contains("not admitted"), "{reason}");
+    assert!(!relay.registry.is_connected("intruder"));
+
+    let conn = raw_connect(relay.addr, &cert).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[2, 0, 2, b'{', b'}']).await.unwrap();
+    let reply: StreamReply = proto::read_frame(&mut recv).await.unwrap();
+    assert_eq!(reply.code.as_deref(), Some("version_mismatch"));
+    let reason = conn.closed().await.to_string();
+    assert!(reason.contains("v2") && reason.contains("v1"), "{reason}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_stream_headers_fail_alone() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let (stop, _status) = agent("node-h", SECRET, vec![dial(relay.addr, &cert)]);
+    assert!(relay.registry.wait_until(WAIT, |n| n.contains("node-h")).await);
+    let conn = relay.registry.connection("node-h").unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", vec![1, 0, 8, b'n', b'o', b't', b' ', b'j', b's', b'o', b'n'], "bad_header"),
+        ("oversized", vec![1, 0xFF, 0xFF, b'{'], "too_large"),
+        ("wrong version", vec![7, 0, 2, b'{', b'}'], "version_mismatch"),
+        ("bad session id", {
+            let mut v = Vec::new();
+            proto::write_frame(&mut v, &StreamHeader { session: "../../etc".into(), ..header(StreamKind::Port(7)) }).await.unwrap();
+            v
+        }, "bad_header"),
+    ];
+    for (name, bytes, code) in cases {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let reply: Result<StreamReply, _> =
+            tokio::time::timeout(WAIT, proto::read_frame(&mut recv)).await.unwrap();
+        match reply {
+            Ok(r) => {
+                assert!(!r.ok, "{name}: accepted");
+                assert_eq!(r.code.as_deref(), Some(code), "{name}");
+            }
+            // A reset of the stream is also an acceptable answer.
+            Err(e) => eprintln!("{name}: stream reset: {e}"),
+        }
+    }
+    // The connection still serves well-formed streams.
+    echo_once(&relay.registry, "node-h", b"still serving").await;
+    assert!(conn.close_reason().is_none());
+    stop.cancel();
+    relay.stop().await;
+}
