@@ -1,0 +1,243 @@
+//! The wire between the agent and `warren-init` (a Unix socket).
+//!
+//! ```text
+//! frame = type: u8 | length: u32 BE | payload (<= MAX_PAYLOAD bytes)
+//! ```
+//!
+//! The first frame from the agent is a [`Request`] (JSON, carrying the
+//! protocol version); init answers with a [`Response`]. After an `open` or
+//! `attach`, `Data` frames carry terminal bytes both ways, `Resize` (4 bytes:
+//! cols, rows as u16 BE) goes to init, and `Exit` (i32 BE) comes back when
+//! the shell ends.
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tokio_util::codec::{Decoder, Encoder};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest payload of one frame, in bytes.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Largest JSON request or response, in bytes.
+pub const MAX_JSON: usize = 16 * 1024;
+/// Terminal sizes accepted (both dimensions).
+pub const MAX_DIMENSION: u16 = 1000;
+
+const T_REQUEST: u8 = 1;
+const T_RESPONSE: u8 = 2;
+const T_DATA: u8 = 3;
+const T_RESIZE: u8 = 4;
+const T_EXIT: u8 = 5;
+
+// No deny_unknown_fields here: serde does not support it with `flatten`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A new PTY running a login shell, or `command` if given.
+    Open {
+        cols: u16,
+        rows: u16,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default)]
+        command: Option<Vec<String>>,
+    },
+    /// Attach to a running terminal; its recent output is replayed first.
+    Attach { terminal: u32, cols: u16, rows: u16 },
+    /// The terminals held.
+    List,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminals: Option<Vec<TerminalInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Response {
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            code: Some(code.into()),
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TerminalInfo {
+    pub terminal: u32,
+    pub pid: i32,
+    pub clients: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Request(Request),
+    Response(Response),
+    Data(Bytes),
+    Resize { cols: u16, rows: u16 },
+    Exit(i32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Length-prefixed, bounded frames.
+#[derive(Debug, Default)]
+pub struct InitCodec;
+
+impl Decoder for InitCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 5 {
+            return Ok(None);
+        }
+        let ty = src[0];
+        let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
+        let limit = match ty {
+            T_REQUEST | T_RESPONSE => MAX_JSON,
+            T_DATA => MAX_PAYLOAD,
+            T_RESIZE | T_EXIT => 4,
+            other => return Err(FrameError::UnknownType(other)),
+        };
+        if len > limit {
+            return Err(FrameError::TooLarge(len));
+        }
+        if src.len() < 5 + len {
+            src.reserve(5 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(5);
+        let payload = src.split_to(len).freeze();
+        let json_err = |e: serde_json::Error| FrameError::Malformed(e.to_string());
+        Ok(Some(match ty {
+            T_REQUEST => Frame::Request(serde_json::from_slice(&payload).map_err(json_err)?),
+            T_RESPONSE => Frame::Response(serde_json::from_slice(&payload).map_err(json_err)?),
+            T_DATA => Frame::Data(payload),
+            T_RESIZE if len == 4 => Frame::Resize {
+                cols: u16::from_be_bytes([payload[0], payload[1]]),
+                rows: u16::from_be_bytes([payload[2], payload[3]]),
+            },
+            T_EXIT if len == 4 => {
+                Frame::Exit(i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]))
+            }
+            _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
+        }))
+    }
+}
+
+impl Encoder<Frame> for InitCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let json_err = |e: serde_json::Error| FrameError::Malformed(e.to_string());
+        let (ty, payload): (u8, Bytes) = match item {
+            Frame::Request(r) => (T_REQUEST, serde_json::to_vec(&r).map_err(json_err)?.into()),
+            Frame::Response(r) => (T_RESPONSE, serde_json::to_vec(&r).map_err(json_err)?.into()),
+            Frame::Data(b) => (T_DATA, b),
+            Frame::Resize { cols, rows } => {
+                let mut b = BytesMut::with_capacity(4);
+                b.put_u16(cols);
+                b.put_u16(rows);
+                (T_RESIZE, b.freeze())
+            }
+            Frame::Exit(c) => (T_EXIT, Bytes::copy_from_slice(&c.to_be_bytes())),
+        };
+        let limit = if matches!(ty, T_REQUEST | T_RESPONSE) { MAX_JSON } else { MAX_PAYLOAD };
+        if payload.len() > limit {
+            return Err(FrameError::TooLarge(payload.len()));
+        }
+        dst.reserve(5 + payload.len());
+        dst.put_u8(ty);
+        dst.put_u32(payload.len() as u32);
+        dst.extend_from_slice(&payload);
+        Ok(())
+    }
+}
+
+/// Clamps a requested terminal size into `1..=MAX_DIMENSION`.
+pub fn clamp_size(cols: u16, rows: u16) -> (u16, u16) {
+    (cols.clamp(1, MAX_DIMENSION), rows.clamp(1, MAX_DIMENSION))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(f: Frame) {
+        let mut buf = BytesMut::new();
+        InitCodec.encode(f.clone(), &mut buf).unwrap();
+        let back = InitCodec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(back, f);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        roundtrip(Frame::Data(Bytes::from_static(b"ls\r")));
+        roundtrip(Frame::Resize { cols: 120, rows: 40 });
+        roundtrip(Frame::Exit(-1));
+        roundtrip(Frame::Request(Request {
+            version: 1,
+            op: Op::Open { cols: 80, rows: 24, env: BTreeMap::new(), command: None },
+        }));
+        roundtrip(Frame::Response(Response::error("x", "y")));
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        // Oversized length: refused from the header alone.
+        let mut b = BytesMut::from(&[T_DATA, 0xFF, 0xFF, 0xFF, 0xFF][..]);
+        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_))));
+        // JSON bigger than the JSON limit.
+        let mut b = BytesMut::new();
+        b.put_u8(T_REQUEST);
+        b.put_u32((MAX_JSON + 1) as u32);
+        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_))));
+        // Unknown type.
+        let mut b = BytesMut::from(&[99u8, 0, 0, 0, 0][..]);
+        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::UnknownType(99))));
+        // Resize with the wrong length.
+        let mut b = BytesMut::from(&[T_RESIZE, 0, 0, 0, 2, 0, 1][..]);
+        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_)) | Err(FrameError::Malformed(_))));
+        // Garbage JSON.
+        let mut b = BytesMut::from(&[T_REQUEST, 0, 0, 0, 3, b'{', b'x', b'}'][..]);
+        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::Malformed(_))));
+        // Partial frames wait for more bytes.
+        let mut b = BytesMut::from(&[T_DATA, 0, 0, 0, 10, 1, 2][..]);
+        assert!(InitCodec.decode(&mut b).unwrap().is_none());
+    }
+
+    #[test]
+    fn size_is_clamped() {
+        assert_eq!(clamp_size(0, 60000), (1, MAX_DIMENSION));
+    }
+}

@@ -1,0 +1,429 @@
+//! The terminal server inside a session container: holds PTYs, fans their
+//! output out to every attached client, keeps a replay buffer, and serves
+//! the [`crate::proto`] wire on a Unix socket.
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::unix::AsyncFd;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{self, Frame, InitCodec, Op, Request, Response, TerminalInfo};
+use crate::pty;
+use crate::reaper::Reaper;
+
+/// Recent output kept per terminal and replayed on attach, in bytes.
+pub const REPLAY_BYTES: usize = 64 * 1024;
+/// Terminals one session may hold at once.
+pub const MAX_TERMINALS: usize = 64;
+/// Clients connected to the socket at once.
+const MAX_CLIENTS: usize = 256;
+/// Time a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that takes no output for this long is dropped rather than
+/// stalling the shell for everyone else.
+const CLIENT_STALL: Duration = Duration::from_secs(30);
+/// Environment variables a client may set on a new shell.
+fn env_allowed(k: &str) -> bool {
+    matches!(k, "TERM" | "LANG" | "COLORTERM" | "TZ") || k.starts_with("LC_")
+}
+
+pub struct Options {
+    pub socket: PathBuf,
+    /// A shell with no client attached for this long is hung up.
+    pub detached_timeout: Duration,
+}
+
+enum Event {
+    Data(Bytes),
+    Exit(i32),
+}
+
+struct TermState {
+    replay: VecDeque<u8>,
+    clients: HashMap<u64, mpsc::Sender<Event>>,
+    exit: Option<i32>,
+    detached_since: Option<Instant>,
+    hup_sent: Option<Instant>,
+}
+
+struct Terminal {
+    id: u32,
+    pid: i32,
+    master: AsyncFd<OwnedFd>,
+    state: Mutex<TermState>,
+}
+
+impl Terminal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TermState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn broadcast(&self, chunk: &[u8]) {
+        let data = Bytes::copy_from_slice(chunk);
+        let clients: Vec<(u64, mpsc::Sender<Event>)> = {
+            let mut st = self.lock();
+            st.replay.extend(chunk);
+            let excess = st.replay.len().saturating_sub(REPLAY_BYTES);
+            st.replay.drain(..excess);
+            st.clients.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        for (id, tx) in clients {
+            let sent = tokio::time::timeout(CLIENT_STALL, tx.send(Event::Data(data.clone()))).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                self.detach(id);
+            }
+        }
+    }
+
+    fn detach(&self, client: u64) {
+        let mut st = self.lock();
+        if st.clients.remove(&client).is_some() && st.clients.is_empty() {
+            st.detached_since = Some(Instant::now());
+        }
+    }
+
+    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let mut guard = self.master.writable().await?;
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(io::Error::from)) {
+                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The state shared by the accept loop, the terminals and the sweeper.
+pub struct Server {
+    opts: Options,
+    reaper: Arc<Reaper>,
+    terminals: Mutex<HashMap<u32, Arc<Terminal>>>,
+    next_id: Mutex<u32>,
+}
+
+impl Server {
+    pub fn new(opts: Options, reaper: Arc<Reaper>) -> Arc<Self> {
+        Arc::new(Self {
+            opts,
+            reaper,
+            terminals: Mutex::new(HashMap::new()),
+            next_id: Mutex::new(1),
+        })
+    }
+
+    fn terminals(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Terminal>>> {
+        self.terminals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn find(&self, id: u32) -> Option<Arc<Terminal>> {
+        self.terminals().get(&id).cloned()
+    }
+
+    /// Pids of every shell held, for hanging them up at shutdown.
+    pub fn shell_pids(&self) -> Vec<i32> {
+        self.terminals().values().map(|t| t.pid).collect()
+    }
+
+    /// Serves the socket until `shutdown`.
+    pub async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> io::Result<()> {
+        let listener = bind(&self.opts.socket)?;
+        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r?,
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.client(stream).await {
+                    eprintln!("warren-init: client: {e}");
+                }
+                drop(permit);
+            });
+        }
+        sweeper.abort();
+        let _ = std::fs::remove_file(&self.opts.socket);
+        Ok(())
+    }
+
+    async fn client(self: Arc<Self>, stream: UnixStream) -> io::Result<()> {
+        let mut framed = Framed::new(stream, InitCodec);
+        let first = tokio::time::timeout(REQUEST_TIMEOUT, framed.next()).await;
+        let req = match first {
+            Err(_) => return reply(&mut framed, Response::error("timeout", "no request in time")).await,
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => return reply(&mut framed, Response::error("bad_frame", e.to_string())).await,
+            Ok(Some(Ok(Frame::Request(r)))) => r,
+            Ok(Some(Ok(_))) => {
+                return reply(&mut framed, Response::error("bad_frame", "the first frame must be a request")).await;
+            }
+        };
+        let Request { version, op } = req;
+        if version != proto::PROTOCOL_VERSION {
+            let msg = format!(
+                "agent speaks init protocol v{version}, this warren-init speaks v{}",
+                proto::PROTOCOL_VERSION
+            );
+            return reply(&mut framed, Response::error("version_mismatch", msg)).await;
+        }
+        let (term, cols, rows) = match op {
+            Op::List => {
+                let list = self
+                    .terminals()
+                    .values()
+                    .map(|t| TerminalInfo { terminal: t.id, pid: t.pid, clients: t.lock().clients.len() })
+                    .collect();
+                let r = Response { ok: true, terminals: Some(list), ..Default::default() };
+                return reply(&mut framed, r).await;
+            }
+            Op::Open { cols, rows, env, command } => match self.open(cols, rows, &env, command) {
+                Ok(t) => (t, cols, rows),
+                Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
+            },
+            Op::Attach { terminal, cols, rows } => match self.find(terminal) {
+                Some(t) => (t, cols, rows),
+                None => {
+                    let msg = format!("terminal {terminal} does not exist (it may have exited)");
+                    return reply(&mut framed, Response::error("not_found", msg)).await;
+                }
+            },
+        };
+        let (cols, rows) = proto::clamp_size(cols, rows);
+        let _ = pty::resize(term.master.get_ref(), cols, rows);
+        self.attached(framed, term).await
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        cols: u16,
+        rows: u16,
+        env: &std::collections::BTreeMap<String, String>,
+        command: Option<Vec<String>>,
+    ) -> Result<Arc<Terminal>, (&'static str, String)> {
+        if self.terminals().len() >= MAX_TERMINALS {
+            return Err(("too_many_terminals", format!("a session holds at most {MAX_TERMINALS} terminals")));
+        }
+        if env.len() > 32 || env.iter().any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0')) {
+            return Err(("bad_env", "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into()));
+        }
+        let (cols, rows) = proto::clamp_size(cols, rows);
+        let internal = |e: io::Error| ("spawn_failed", e.to_string());
+        let (master, slave) = pty::open(cols, rows).map_err(internal)?;
+        let mut cmd = match &command {
+            Some(argv) if !argv.is_empty() => {
+                if argv.len() > 256 || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+                    return Err(("bad_command", "command too long".into()));
+                }
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+            _ => login_shell(),
+        };
+        let home = std::env::var("HOME").ok().filter(|h| Path::new(h).is_dir()).unwrap_or_else(|| {
+            if Path::new("/root").is_dir() { "/root".into() } else { "/".into() }
+        });
+        cmd.current_dir(&home).env("HOME", &home).env("TERM", "xterm-256color");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        pty::attach_command(&mut cmd, &slave).map_err(internal)?;
+        let (pid, exit_rx) = self.reaper.spawn(&mut cmd).map_err(internal)?;
+        drop(cmd);
+        drop(slave);
+        rustix::io::ioctl_fionbio(&master, true).map_err(|e| internal(e.into()))?;
+        let master = pty::register(master).map_err(internal)?;
+        let id = {
+            let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            let id = *n;
+            *n = n.wrapping_add(1).max(1);
+            id
+        };
+        let term = Arc::new(Terminal {
+            id,
+            pid,
+            master,
+            state: Mutex::new(TermState {
+                replay: VecDeque::new(),
+                clients: HashMap::new(),
+                exit: None,
+                detached_since: Some(Instant::now()),
+                hup_sent: None,
+            }),
+        });
+        self.terminals().insert(id, term.clone());
+        tokio::spawn(self.clone().pump(term.clone(), exit_rx));
+        Ok(term)
+    }
+
+    /// Reads the PTY until the shell exits; then tells every client.
+    async fn pump(self: Arc<Self>, term: Arc<Terminal>, mut exit_rx: oneshot::Receiver<i32>) {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut eof = false;
+        let code = loop {
+            tokio::select! {
+                code = &mut exit_rx => break code.unwrap_or(-1),
+                r = term.master.readable(), if !eof => {
+                    let Ok(mut guard) = r else { eof = true; continue };
+                    match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
+                        Ok(Ok(0)) | Ok(Err(_)) => eof = true, // EIO: every slave end closed
+                        Ok(Ok(n)) => term.broadcast(&buf[..n]).await,
+                        Err(_would_block) => {}
+                    }
+                }
+            }
+        };
+        // Output written just before the exit is still in the PTY.
+        while let Ok(n) = rustix::io::read(term.master.get_ref(), &mut buf[..]) {
+            if n == 0 {
+                break;
+            }
+            term.broadcast(&buf[..n]).await;
+        }
+        let clients: Vec<_> = {
+            let mut st = term.lock();
+            st.exit = Some(code);
+            st.clients.drain().map(|(_, tx)| tx).collect()
+        };
+        for tx in clients {
+            let _ = tokio::time::timeout(CLIENT_STALL, tx.send(Event::Exit(code))).await;
+        }
+        self.terminals().remove(&term.id);
+    }
+
+    async fn attached(&self, mut framed: Framed<UnixStream, InitCodec>, term: Arc<Terminal>) -> io::Result<()> {
+        let (tx, mut rx) = mpsc::channel::<Event>(64);
+        let client_id = rand_id();
+        let (replay, exited) = {
+            let mut st = term.lock();
+            if st.exit.is_none() {
+                st.clients.insert(client_id, tx);
+                st.detached_since = None;
+                st.hup_sent = None;
+            }
+            (st.replay.iter().copied().collect::<Vec<u8>>(), st.exit)
+        };
+        let resp = Response { ok: true, terminal: Some(term.id), pid: Some(term.pid), ..Default::default() };
+        let result = async {
+            framed.send(Frame::Response(resp)).await.map_err(io::Error::other)?;
+            for chunk in replay.chunks(proto::MAX_PAYLOAD) {
+                framed.send(Frame::Data(Bytes::copy_from_slice(chunk))).await.map_err(io::Error::other)?;
+            }
+            if let Some(code) = exited {
+                framed.send(Frame::Exit(code)).await.map_err(io::Error::other)?;
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(Event::Data(b)) => framed.send(Frame::Data(b)).await.map_err(io::Error::other)?,
+                        Some(Event::Exit(code)) => {
+                            framed.send(Frame::Exit(code)).await.map_err(io::Error::other)?;
+                            return Ok(());
+                        }
+                        None => return Ok(()),
+                    },
+                    f = framed.next() => match f {
+                        Some(Ok(Frame::Data(b))) => term.write_all(&b).await?,
+                        Some(Ok(Frame::Resize { cols, rows })) => {
+                            let (c, r) = proto::clamp_size(cols, rows);
+                            pty::resize(term.master.get_ref(), c, r)?;
+                        }
+                        Some(Ok(_)) => return Err(io::Error::other("unexpected frame from client")),
+                        Some(Err(e)) => return Err(io::Error::other(e.to_string())),
+                        None => return Ok(()),
+                    },
+                }
+            }
+        }
+        .await;
+        term.detach(client_id);
+        result
+    }
+
+    /// Hangs up shells nobody has been attached to for the detached timeout.
+    async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = (self.opts.detached_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let terms: Vec<_> = self.terminals().values().cloned().collect();
+            for t in terms {
+                let mut st = t.lock();
+                let Some(since) = st.detached_since else { continue };
+                if since.elapsed() < self.opts.detached_timeout {
+                    continue;
+                }
+                let pgid = rustix::process::Pid::from_raw(t.pid);
+                match st.hup_sent {
+                    None => {
+                        st.hup_sent = Some(Instant::now());
+                        if let Some(p) = pgid {
+                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::HUP);
+                        }
+                    }
+                    Some(at) if at.elapsed() > Duration::from_secs(10) => {
+                        if let Some(p) = pgid {
+                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
+fn login_shell() -> Command {
+    let (path, arg0) = if Path::new("/bin/bash").exists() {
+        ("/bin/bash", "-bash")
+    } else {
+        ("/bin/sh", "-sh")
+    };
+    let mut c = Command::new(path);
+    std::os::unix::process::CommandExt::arg0(&mut c, arg0);
+    c.env("SHELL", path);
+    c
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn reply(framed: &mut Framed<UnixStream, InitCodec>, r: Response) -> io::Result<()> {
+    framed.send(Frame::Response(r)).await.map_err(io::Error::other)
+}
+
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket left by a previous run of this container.
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}

@@ -1,0 +1,179 @@
+//! The terminal server on a real PTY, in-process (no container needed):
+//! shells, resize, exit codes, multi-attach with replay, hostile clients.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use warren_init::client::{self, InitConn};
+use warren_init::proto::{Frame, Op};
+use warren_init::reaper::Reaper;
+use warren_init::server::{Options, Server};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Fixture {
+    socket: PathBuf,
+    stop: CancellationToken,
+    dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start(detached: Duration) -> Fixture {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("wi-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("init.sock");
+    // One reaper per process: two would steal each other's exit statuses.
+    static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
+    let reaper = REAPER
+        .get_or_init(|| {
+            let r = Arc::new(Reaper::default());
+            let r2 = r.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move { r2.run().await })
+            });
+            r
+        })
+        .clone();
+    let stop = CancellationToken::new();
+    let server = Server::new(Options { socket: socket.clone(), detached_timeout: detached }, reaper);
+    tokio::spawn(server.serve(stop.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "socket never appeared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Fixture { socket, stop, dir }
+}
+
+fn open_op() -> Op {
+    Op::Open { cols: 80, rows: 24, env: BTreeMap::new(), command: Some(vec!["/bin/sh".into()]) }
+}
+
+/// Reads terminal output until `needle` shows up; returns all of it.
+async fn read_until(conn: &mut InitConn, needle: &str) -> String {
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !out.contains(needle) {
+            match conn.next().await {
+                Some(Ok(Frame::Data(b))) => out.push_str(&String::from_utf8_lossy(&b)),
+                Some(Ok(Frame::Exit(c))) => out.push_str(&format!("<exit {c}>")),
+                other => panic!("unexpected {other:?} while waiting for {needle:?}; got {out:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got {out:?}"));
+    out
+}
+
+async fn type_line(conn: &mut InitConn, line: &str) {
+    conn.send(Frame::Data(Bytes::from(format!("{line}\n")))).await.unwrap();
+}
+
+#[tokio::test]
+async fn shell_echo_resize_exit_code() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut c, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    assert!(resp.terminal.is_some() && resp.pid.is_some());
+    type_line(&mut c, "echo $((6*7))").await;
+    read_until(&mut c, "42").await;
+    c.send(Frame::Resize { cols: 132, rows: 50 }).await.unwrap();
+    type_line(&mut c, "stty size").await;
+    read_until(&mut c, "50 132").await;
+    type_line(&mut c, "exit 3").await;
+    let out = read_until(&mut c, "<exit").await;
+    assert!(out.contains("<exit 3>"), "{out}");
+}
+
+#[tokio::test]
+async fn shells_outlive_clients_and_replay_on_attach() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut c1, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    type_line(&mut c1, "echo marker-$((20+3))").await;
+    read_until(&mut c1, "marker-23").await;
+    drop(c1);
+    // A new client sees the earlier output and the same shell.
+    let (mut c2, resp2) = client::request(&f.socket, Op::Attach { terminal: id, cols: 80, rows: 24 }).await.unwrap();
+    assert_eq!(resp2.pid, resp.pid);
+    read_until(&mut c2, "marker-23").await;
+    // Two clients at once both see output.
+    let (mut c3, _) = client::request(&f.socket, Op::Attach { terminal: id, cols: 80, rows: 24 }).await.unwrap();
+    type_line(&mut c2, "echo both-$((1+1))").await;
+    read_until(&mut c2, "both-2").await;
+    read_until(&mut c3, "both-2").await;
+    let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
+    assert_eq!(list.terminals.unwrap().len(), 1);
+    let e = client::request(&f.socket, Op::Attach { terminal: 999, cols: 80, rows: 24 }).await.unwrap_err();
+    assert!(e.to_string().contains("not_found"), "{e}");
+}
+
+#[tokio::test]
+async fn detached_shells_are_hung_up_after_the_timeout() {
+    let f = start(Duration::from_millis(300)).await;
+    let (c, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    drop(c);
+    let id = resp.terminal.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
+            if !list.terminals.unwrap().iter().any(|t| t.terminal == id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("detached shell was not hung up");
+}
+
+#[tokio::test]
+async fn hostile_clients_get_errors_and_the_server_keeps_serving() {
+    let f = start(Duration::from_secs(60)).await;
+    // Garbage bytes.
+    let mut s = tokio::net::UnixStream::connect(&f.socket).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).contains("bad_frame"));
+    // An oversized frame header.
+    let mut s = tokio::net::UnixStream::connect(&f.socket).await.unwrap();
+    s.write_all(&[3, 0x7F, 0xFF, 0xFF, 0xFF]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).contains("exceeds"));
+    // A wrong protocol version.
+    let mut s = tokio::net::UnixStream::connect(&f.socket).await.unwrap();
+    let body = br#"{"version":99,"op":"list"}"#;
+    let mut frame = vec![1u8];
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    s.write_all(&frame).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.contains("version_mismatch") && text.contains("v99"), "{text}");
+    // Disallowed environment.
+    let mut env = BTreeMap::new();
+    env.insert("LD_PRELOAD".to_string(), "/x.so".to_string());
+    let e = client::request(&f.socket, Op::Open { cols: 80, rows: 24, env, command: None }).await.unwrap_err();
+    assert!(e.to_string().contains("bad_env"));
+    // Still serving.
+    let (mut c, _) = client::request(&f.socket, open_op()).await.unwrap();
+    type_line(&mut c, "echo ok-$((2*2))").await;
+    read_until(&mut c, "ok-4").await;
+}
