@@ -113,8 +113,14 @@ impl Validate for AgentConfig {
         for (i, r) in self.relays.iter().enumerate() {
             let key = format!("relays[{i}].addr");
             match r.addr.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-                _ => return Err(ConfigError::invalid(key, format!("{:?} must be host:port", r.addr))),
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{:?} must be host:port", r.addr),
+                    ));
+                }
             }
             if r.server_name.is_empty() || r.server_name.len() > 253 {
                 return Err(ConfigError::invalid(
@@ -128,15 +134,24 @@ impl Validate for AgentConfig {
         }
         let d = &self.docker;
         if d.network.is_empty() || d.network.len() > 64 {
-            return Err(ConfigError::invalid("docker.network", "must be 1-64 characters"));
+            return Err(ConfigError::invalid(
+                "docker.network",
+                "must be 1-64 characters",
+            ));
         }
         if let Some(p) = &d.init_binary
             && !p.is_absolute()
         {
-            return Err(ConfigError::invalid("docker.init_binary", "must be an absolute path"));
+            return Err(ConfigError::invalid(
+                "docker.init_binary",
+                "must be an absolute path",
+            ));
         }
         if d.default_image.is_empty() {
-            return Err(ConfigError::invalid("docker.default_image", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "docker.default_image",
+                "must not be empty",
+            ));
         }
         if !(16..=1_048_576).contains(&d.default_memory_mb) {
             return Err(ConfigError::invalid(
@@ -145,10 +160,16 @@ impl Validate for AgentConfig {
             ));
         }
         if !(d.default_cpus > 0.0 && d.default_cpus <= 256.0) {
-            return Err(ConfigError::invalid("docker.default_cpus", "must be in (0, 256]"));
+            return Err(ConfigError::invalid(
+                "docker.default_cpus",
+                "must be in (0, 256]",
+            ));
         }
         if !(16..=1_000_000).contains(&d.pids_limit) {
-            return Err(ConfigError::invalid("docker.pids_limit", "must be between 16 and 1000000"));
+            return Err(ConfigError::invalid(
+                "docker.pids_limit",
+                "must be between 16 and 1000000",
+            ));
         }
         if !(10..=86_400).contains(&self.terminal.detached_timeout_secs) {
             return Err(ConfigError::invalid(

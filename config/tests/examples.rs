@@ -33,7 +33,10 @@ fn valid_examples_parse_and_hide_secrets() {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&f).unwrap();
         let dbg = parse(&name, &text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(!dbg.contains("secret-0123456789"), "{name}: Debug leaks a secret: {dbg}");
+        assert!(
+            !dbg.contains("secret-0123456789"),
+            "{name}: Debug leaks a secret: {dbg}"
+        );
         assert!(dbg.contains("***"), "{name}: secret not masked");
     }
 }
@@ -57,8 +60,14 @@ fn invalid_examples_fail_naming_the_key() {
             Ok(_) => panic!("{name}: parsed but must fail"),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&expect), "{name}: error {msg:?} does not name {expect:?}");
-                assert!(!msg.contains("0123456789abcdef"), "{name}: error leaks a secret");
+                assert!(
+                    msg.contains(&expect),
+                    "{name}: error {msg:?} does not name {expect:?}"
+                );
+                assert!(
+                    !msg.contains("0123456789abcdef"),
+                    "{name}: error leaks a secret"
+                );
             }
         }
     }
@@ -80,20 +89,22 @@ server_name = "warren.localhost"
         jail.set_env("WARREN_AGENT_NODE_ID", "from-env");
         jail.set_env("WARREN_AGENT_DOCKER__NETWORK", "envnet");
         jail.set_env("WARREN_AGENT_DOCKER__PIDS_LIMIT", "77");
-        let c: AgentConfig =
-            warren_config::load("agent", Some(Path::new("agent.toml"))).map_err(|e| e.to_string())?;
+        let c: AgentConfig = warren_config::load("agent", Some(Path::new("agent.toml")))
+            .map_err(|e| e.to_string())?;
         assert_eq!(c.node_id, "from-env");
         assert_eq!(c.docker.network, "envnet");
         assert_eq!(c.docker.pids_limit, 77);
         assert_eq!(c.credential.expose(), "file-secret-0123456789");
 
         jail.set_env("WARREN_AGENT_DOCKER__PIDS_LIMIT", "3");
-        let e = warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
+        let e =
+            warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
         assert!(e.to_string().contains("docker.pids_limit"), "{e}");
 
         jail.set_env("WARREN_AGENT_BOGUS", "1");
         jail.set_env("WARREN_AGENT_DOCKER__PIDS_LIMIT", "77");
-        let e = warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
+        let e =
+            warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         Ok(())
     });

@@ -135,7 +135,10 @@ pub fn spawn(
             shutdown: shutdown.clone(),
             streams: tracker.clone(),
         };
-        tracker.spawn(ctx.run().instrument(info_span!("relay", addr = %relay.addr)));
+        tracker.spawn(
+            ctx.run()
+                .instrument(info_span!("relay", addr = %relay.addr)),
+        );
     }
     let ep = endpoint.clone();
     let sd = shutdown.clone();
@@ -199,7 +202,11 @@ impl RelayLoop {
             .ok_or_else(|| format!("{} resolves to no address", self.relay.addr))?;
         let connecting = self
             .endpoint
-            .connect_with(self.relay.client_config.clone(), addr, &self.relay.server_name)
+            .connect_with(
+                self.relay.client_config.clone(),
+                addr,
+                &self.relay.server_name,
+            )
             .map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(REGISTER_TIMEOUT, connecting)
             .await
@@ -252,7 +259,11 @@ impl RelayLoop {
                 .await;
                 let pending = PendingStream { send, recv };
                 let header = match header {
-                    Err(_) => return pending.reject(proto::codes::BAD_HEADER, "no header in time").await,
+                    Err(_) => {
+                        return pending
+                            .reject(proto::codes::BAD_HEADER, "no header in time")
+                            .await;
+                    }
                     Ok(Err(e)) => {
                         debug!("bad stream header: {e}");
                         return pending.reject(e.code(), &e.to_string()).await;
@@ -262,7 +273,8 @@ impl RelayLoop {
                 if let Err(e) = header.validate() {
                     return pending.reject(e.code(), &e.to_string()).await;
                 }
-                let span = info_span!("stream", session = %header.session, request = %header.request_id);
+                let span =
+                    info_span!("stream", session = %header.session, request = %header.request_id);
                 handler.handle(header, pending).instrument(span).await;
             });
         }

@@ -227,7 +227,9 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, &header()).await.unwrap();
         buf[0] = 9;
-        let e = read_frame::<_, StreamHeader>(&mut buf.as_slice()).await.unwrap_err();
+        let e = read_frame::<_, StreamHeader>(&mut buf.as_slice())
+            .await
+            .unwrap_err();
         assert!(matches!(e, ProtoError::VersionMismatch { peer: 9 }));
         assert!(e.to_string().contains("v9"));
     }
@@ -236,7 +238,9 @@ mod tests {
     async fn oversized_is_refused_before_reading() {
         // Claims 60 KB but carries nothing: must fail on the length alone.
         let buf = [PROTOCOL_VERSION, 0xEA, 0x60];
-        let e = read_frame::<_, StreamHeader>(&mut buf.as_slice()).await.unwrap_err();
+        let e = read_frame::<_, StreamHeader>(&mut buf.as_slice())
+            .await
+            .unwrap_err();
         assert!(matches!(e, ProtoError::TooLarge(60000)));
     }
 

@@ -145,16 +145,15 @@ impl Registry {
 
     fn insert(&self, node_id: &str, conn: quinn::Connection) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(old) = self.nodes.insert(
-            node_id.to_string(),
-            NodeEntry {
-                conn,
-                generation,
-            },
-        ) {
+        if let Some(old) = self
+            .nodes
+            .insert(node_id.to_string(), NodeEntry { conn, generation })
+        {
             // A node reconnected before its old connection timed out.
-            old.conn
-                .close(close_code::REPLACED.into(), b"replaced by a newer connection");
+            old.conn.close(
+                close_code::REPLACED.into(),
+                b"replaced by a newer connection",
+            );
         }
         self.changed.send_modify(|v| *v += 1);
         generation
@@ -249,7 +248,13 @@ pub async fn serve(
 
 /// Sends an error reply on the registration stream, lets it leave, then
 /// closes the connection with `code` and the same message as reason.
-async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reply_code: &str, close: u32, msg: &str) {
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reply_code: &str,
+    close: u32,
+    msg: &str,
+) {
     let _ = proto::write_frame(send, &StreamReply::error(reply_code, msg)).await;
     let _ = send.finish();
     // Give the reply a moment to be acknowledged before the close overtakes it.
@@ -274,7 +279,9 @@ async fn handle_connection(
             Ok(h) => Ok((send, h)),
             Err(e) => {
                 let (code, msg) = match &e {
-                    ProtoError::VersionMismatch { .. } => (close_code::VERSION_MISMATCH, e.to_string()),
+                    ProtoError::VersionMismatch { .. } => {
+                        (close_code::VERSION_MISMATCH, e.to_string())
+                    }
                     _ => (close_code::PROTOCOL_ERROR, format!("bad registration: {e}")),
                 };
                 refuse(&conn, &mut send, e.code(), code, &msg).await;
@@ -284,13 +291,23 @@ async fn handle_connection(
     })
     .await
     .map_err(|_| {
-        conn.close(close_code::PROTOCOL_ERROR.into(), b"no registration in time");
+        conn.close(
+            close_code::PROTOCOL_ERROR.into(),
+            b"no registration in time",
+        );
         "no registration in time".to_string()
     })?;
     let (mut send, hello) = hello?;
     if let Err(e) = hello.validate() {
         let msg = format!("bad registration: {e}");
-        refuse(&conn, &mut send, proto::codes::BAD_HEADER, close_code::PROTOCOL_ERROR, &msg).await;
+        refuse(
+            &conn,
+            &mut send,
+            proto::codes::BAD_HEADER,
+            close_code::PROTOCOL_ERROR,
+            &msg,
+        )
+        .await;
         return Err(msg);
     }
     let identity = match auth.authenticate(&hello).await {
@@ -298,7 +315,14 @@ async fn handle_connection(
         Err(e) => {
             let msg = format!("node {} not admitted: {e}", hello.node_id);
             warn!("{msg}");
-            refuse(&conn, &mut send, proto::codes::AUTH_FAILED, close_code::AUTH_FAILED, &msg).await;
+            refuse(
+                &conn,
+                &mut send,
+                proto::codes::AUTH_FAILED,
+                close_code::AUTH_FAILED,
+                &msg,
+            )
+            .await;
             return Err(msg);
         }
     };
@@ -329,7 +353,8 @@ pub fn bind(
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
-    quinn::Endpoint::server(cfg, addr).map_err(|e| crate::tls::TlsError::Invalid(format!("binding {addr}: {e}")))
+    quinn::Endpoint::server(cfg, addr)
+        .map_err(|e| crate::tls::TlsError::Invalid(format!("binding {addr}: {e}")))
 }
 
 impl Registry {

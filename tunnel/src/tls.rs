@@ -102,7 +102,7 @@ pub fn client_config(
 /// A self-signed certificate for development and tests: `(cert_pem, key_pem)`.
 pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let ck = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Invalid(e.to_string()))?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }

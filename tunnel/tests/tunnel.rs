@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_tunnel::client::{self, Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler};
+use warren_tunnel::client::{
+    self, Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler,
+};
 use warren_tunnel::proto::{self, Hello, StreamHeader, StreamKind, StreamReply};
 use warren_tunnel::server::{self, OpenError, Registry, SharedSecretAuth};
 use warren_tunnel::tls;
@@ -23,7 +25,9 @@ struct Echo;
 impl StreamHandler for Echo {
     async fn handle(&self, header: StreamHeader, stream: PendingStream) {
         if header.kind != StreamKind::Port(7) {
-            return stream.reject(proto::codes::SESSION_NOT_FOUND, "no such session").await;
+            return stream
+                .reject(proto::codes::SESSION_NOT_FOUND, "no such session")
+                .await;
         }
         let Ok(s) = stream.accept().await else { return };
         let (mut r, mut w) = tokio::io::split(s);
@@ -41,7 +45,13 @@ struct Relay {
 
 impl Relay {
     fn start(addr: SocketAddr, cert: &str, key: &str) -> Relay {
-        let ep = server::bind(addr, cert.as_bytes(), key.as_bytes(), Duration::from_secs(30)).unwrap();
+        let ep = server::bind(
+            addr,
+            cert.as_bytes(),
+            key.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
         let addr = ep.local_addr().unwrap();
         let registry = Arc::new(Registry::default());
         let stop = CancellationToken::new();
@@ -51,7 +61,12 @@ impl Relay {
             Arc::new(SharedSecretAuth::new(SECRET)),
             stop.clone(),
         ));
-        Relay { registry, addr, stop, task }
+        Relay {
+            registry,
+            addr,
+            stop,
+            task,
+        }
     }
     async fn stop(self) {
         self.stop.cancel();
@@ -67,7 +82,14 @@ fn dial(addr: SocketAddr, cert: &str) -> RelayDial {
     }
 }
 
-fn agent(node: &str, credential: &str, relays: Vec<RelayDial>) -> (CancellationToken, tokio::sync::watch::Receiver<client::RelayStatus>) {
+fn agent(
+    node: &str,
+    credential: &str,
+    relays: Vec<RelayDial>,
+) -> (
+    CancellationToken,
+    tokio::sync::watch::Receiver<client::RelayStatus>,
+) {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let status = client::spawn(
@@ -99,7 +121,10 @@ fn header(kind: StreamKind) -> StreamHeader {
 }
 
 async fn echo_once(registry: &Registry, node: &str, msg: &[u8]) {
-    let mut s = registry.open_stream(node, &header(StreamKind::Port(7))).await.unwrap();
+    let mut s = registry
+        .open_stream(node, &header(StreamKind::Port(7)))
+        .await
+        .unwrap();
     s.write_all(msg).await.unwrap();
     s.send.finish().unwrap();
     let mut back = Vec::new();
@@ -113,7 +138,12 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
     let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
     let addr = relay.addr;
     let (stop, _status) = agent("node-a", SECRET, vec![dial(addr, &cert)]);
-    assert!(relay.registry.wait_until(WAIT, |n| n.contains("node-a")).await);
+    assert!(
+        relay
+            .registry
+            .wait_until(WAIT, |n| n.contains("node-a"))
+            .await
+    );
 
     echo_once(&relay.registry, "node-a", b"hello through the tunnel").await;
     // 16 streams at once over the same connection.
@@ -127,12 +157,19 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
         r.unwrap();
     }
     // A refused stream gets the agent's code and message.
-    match relay.registry.open_stream("node-a", &header(StreamKind::Terminal)).await {
+    match relay
+        .registry
+        .open_stream("node-a", &header(StreamKind::Terminal))
+        .await
+    {
         Err(OpenError::Rejected { code, .. }) => assert_eq!(code, "session_not_found"),
         other => panic!("expected rejection, got {:?}", other.map(|_| ())),
     }
     assert!(matches!(
-        relay.registry.open_stream("nobody", &header(StreamKind::Port(7))).await,
+        relay
+            .registry
+            .open_stream("nobody", &header(StreamKind::Port(7)))
+            .await,
         Err(OpenError::NodeNotConnected(_))
     ));
 
@@ -140,7 +177,10 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
     relay.stop().await;
     let relay = Relay::start(addr, &cert, &key);
     assert!(
-        relay.registry.wait_until(WAIT, |n| n.contains("node-a")).await,
+        relay
+            .registry
+            .wait_until(WAIT, |n| n.contains("node-a"))
+            .await,
         "agent did not reconnect"
     );
     echo_once(&relay.registry, "node-a", b"after restart").await;
@@ -153,9 +193,21 @@ async fn agent_keeps_a_connection_to_every_relay() {
     let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
     let r1 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
     let r2 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let (stop, mut status) = agent("node-ha", SECRET, vec![dial(r1.addr, &cert), dial(r2.addr, &cert)]);
-    assert!(r1.registry.wait_until(WAIT, |n| n.contains("node-ha")).await);
-    assert!(r2.registry.wait_until(WAIT, |n| n.contains("node-ha")).await);
+    let (stop, mut status) = agent(
+        "node-ha",
+        SECRET,
+        vec![dial(r1.addr, &cert), dial(r2.addr, &cert)],
+    );
+    assert!(
+        r1.registry
+            .wait_until(WAIT, |n| n.contains("node-ha"))
+            .await
+    );
+    assert!(
+        r2.registry
+            .wait_until(WAIT, |n| n.contains("node-ha"))
+            .await
+    );
     tokio::time::timeout(WAIT, status.wait_for(|m| m.values().all(|up| *up)))
         .await
         .unwrap()
@@ -172,7 +224,9 @@ async fn agent_keeps_a_connection_to_every_relay() {
 /// A raw QUIC client speaking the registration by hand.
 async fn raw_connect(addr: SocketAddr, cert: &str) -> quinn::Connection {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap());
+    ep.set_default_client_config(
+        tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap(),
+    );
     ep.connect(addr, "warren.localhost").unwrap().await.unwrap()
 }
 
@@ -183,7 +237,11 @@ async fn bad_credential_and_wrong_version_are_refused_with_reason() {
 
     let conn = raw_connect(relay.addr, &cert).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let hello = Hello { node_id: "intruder".into(), credential: "wrong".into(), agent_version: "x".into() };
+    let hello = Hello {
+        node_id: "intruder".into(),
+        credential: "wrong".into(),
+        agent_version: "x".into(),
+    };
     proto::write_frame(&mut send, &hello).await.unwrap();
     let reply: StreamReply = proto::read_frame(&mut recv).await.unwrap();
     assert!(!reply.ok);
@@ -207,24 +265,51 @@ async fn hostile_stream_headers_fail_alone() {
     let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
     let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
     let (stop, _status) = agent("node-h", SECRET, vec![dial(relay.addr, &cert)]);
-    assert!(relay.registry.wait_until(WAIT, |n| n.contains("node-h")).await);
+    assert!(
+        relay
+            .registry
+            .wait_until(WAIT, |n| n.contains("node-h"))
+            .await
+    );
     let conn = relay.registry.connection("node-h").unwrap();
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("garbage", vec![1, 0, 8, b'n', b'o', b't', b' ', b'j', b's', b'o', b'n'], "bad_header"),
+        (
+            "garbage",
+            vec![1, 0, 8, b'n', b'o', b't', b' ', b'j', b's', b'o', b'n'],
+            "bad_header",
+        ),
         ("oversized", vec![1, 0xFF, 0xFF, b'{'], "too_large"),
-        ("wrong version", vec![7, 0, 2, b'{', b'}'], "version_mismatch"),
-        ("bad session id", {
-            let mut v = Vec::new();
-            proto::write_frame(&mut v, &StreamHeader { session: "../../etc".into(), ..header(StreamKind::Port(7)) }).await.unwrap();
-            v
-        }, "bad_header"),
+        (
+            "wrong version",
+            vec![7, 0, 2, b'{', b'}'],
+            "version_mismatch",
+        ),
+        (
+            "bad session id",
+            {
+                let mut v = Vec::new();
+                proto::write_frame(
+                    &mut v,
+                    &StreamHeader {
+                        session: "../../etc".into(),
+                        ..header(StreamKind::Port(7))
+                    },
+                )
+                .await
+                .unwrap();
+                v
+            },
+            "bad_header",
+        ),
     ];
     for (name, bytes, code) in cases {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&bytes).await.unwrap();
         let reply: Result<StreamReply, _> =
-            tokio::time::timeout(WAIT, proto::read_frame(&mut recv)).await.unwrap();
+            tokio::time::timeout(WAIT, proto::read_frame(&mut recv))
+                .await
+                .unwrap();
         match reply {
             Ok(r) => {
                 assert!(!r.ok, "{name}: accepted");

@@ -27,16 +27,23 @@ pub enum ClientError {
 /// Sends one request; on success returns the connection (for `open` and
 /// `attach`, now carrying terminal frames) and the response.
 pub async fn request(socket: &Path, op: Op) -> Result<(InitConn, Response), ClientError> {
-    let stream = UnixStream::connect(socket).await.map_err(ClientError::Connect)?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(ClientError::Connect)?;
     let mut framed = Framed::new(stream, InitCodec);
     let fut = async {
         framed
-            .send(Frame::Request(Request { version: PROTOCOL_VERSION, op }))
+            .send(Frame::Request(Request {
+                version: PROTOCOL_VERSION,
+                op,
+            }))
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         match framed.next().await {
             Some(Ok(Frame::Response(r))) => Ok(r),
-            Some(Ok(other)) => Err(ClientError::Protocol(format!("expected a response, got {other:?}"))),
+            Some(Ok(other)) => Err(ClientError::Protocol(format!(
+                "expected a response, got {other:?}"
+            ))),
             Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
             None => Err(ClientError::Closed),
         }

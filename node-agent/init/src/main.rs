@@ -35,7 +35,10 @@ fn main() {
             _ => usage(),
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warren-init: cannot start: {e}");
@@ -81,7 +84,13 @@ async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
     }
 
     let shutdown = CancellationToken::new();
-    let server = Server::new(Options { socket, detached_timeout: detached }, reaper.clone());
+    let server = Server::new(
+        Options {
+            socket,
+            detached_timeout: detached,
+        },
+        reaper.clone(),
+    );
     let serve = tokio::spawn(server.clone().serve(shutdown.clone()));
 
     let forward = |sig: rustix::process::Signal| {
@@ -113,7 +122,10 @@ async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
         });
         let (sig, _, _) = futures_util::future::select_all(futs).await;
         forward(sig);
-        if matches!(sig, rustix::process::Signal::TERM | rustix::process::Signal::INT) {
+        if matches!(
+            sig,
+            rustix::process::Signal::TERM | rustix::process::Signal::INT
+        ) {
             break;
         }
     }
@@ -127,7 +139,11 @@ async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
     let _ = serve.await;
     if let Some(pid) = main_child {
         for _ in 0..50 {
-            if rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).expect("pid > 0")).is_err() {
+            if rustix::process::test_kill_process(
+                rustix::process::Pid::from_raw(pid).expect("pid > 0"),
+            )
+            .is_err()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -146,9 +146,9 @@ impl Decoder for InitCodec {
                 cols: u16::from_be_bytes([payload[0], payload[1]]),
                 rows: u16::from_be_bytes([payload[2], payload[3]]),
             },
-            T_EXIT if len == 4 => {
-                Frame::Exit(i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]))
-            }
+            T_EXIT if len == 4 => Frame::Exit(i32::from_be_bytes([
+                payload[0], payload[1], payload[2], payload[3],
+            ])),
             _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
         }))
     }
@@ -171,7 +171,11 @@ impl Encoder<Frame> for InitCodec {
             }
             Frame::Exit(c) => (T_EXIT, Bytes::copy_from_slice(&c.to_be_bytes())),
         };
-        let limit = if matches!(ty, T_REQUEST | T_RESPONSE) { MAX_JSON } else { MAX_PAYLOAD };
+        let limit = if matches!(ty, T_REQUEST | T_RESPONSE) {
+            MAX_JSON
+        } else {
+            MAX_PAYLOAD
+        };
         if payload.len() > limit {
             return Err(FrameError::TooLarge(payload.len()));
         }
@@ -203,11 +207,19 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         roundtrip(Frame::Data(Bytes::from_static(b"ls\r")));
-        roundtrip(Frame::Resize { cols: 120, rows: 40 });
+        roundtrip(Frame::Resize {
+            cols: 120,
+            rows: 40,
+        });
         roundtrip(Frame::Exit(-1));
         roundtrip(Frame::Request(Request {
             version: 1,
-            op: Op::Open { cols: 80, rows: 24, env: BTreeMap::new(), command: None },
+            op: Op::Open {
+                cols: 80,
+                rows: 24,
+                env: BTreeMap::new(),
+                command: None,
+            },
         }));
         roundtrip(Frame::Response(Response::error("x", "y")));
     }
@@ -216,21 +228,36 @@ mod tests {
     fn hostile_frames_are_refused() {
         // Oversized length: refused from the header alone.
         let mut b = BytesMut::from(&[T_DATA, 0xFF, 0xFF, 0xFF, 0xFF][..]);
-        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::TooLarge(_))
+        ));
         // JSON bigger than the JSON limit.
         let mut b = BytesMut::new();
         b.put_u8(T_REQUEST);
         b.put_u32((MAX_JSON + 1) as u32);
-        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::TooLarge(_))
+        ));
         // Unknown type.
         let mut b = BytesMut::from(&[99u8, 0, 0, 0, 0][..]);
-        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::UnknownType(99))));
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::UnknownType(99))
+        ));
         // Resize with the wrong length.
         let mut b = BytesMut::from(&[T_RESIZE, 0, 0, 0, 2, 0, 1][..]);
-        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::TooLarge(_)) | Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::TooLarge(_)) | Err(FrameError::Malformed(_))
+        ));
         // Garbage JSON.
         let mut b = BytesMut::from(&[T_REQUEST, 0, 0, 0, 3, b'{', b'x', b'}'][..]);
-        assert!(matches!(InitCodec.decode(&mut b), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::Malformed(_))
+        ));
         // Partial frames wait for more bytes.
         let mut b = BytesMut::from(&[T_DATA, 0, 0, 0, 10, 1, 2][..]);
         assert!(InitCodec.decode(&mut b).unwrap().is_none());

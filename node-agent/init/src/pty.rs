@@ -12,7 +12,8 @@ use rustix::termios::Winsize;
 
 /// Opens a PTY pair sized `cols` x `rows`: `(master, slave)`.
 pub fn open(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     let name = rustix::pty::ptsname(&master, Vec::new())?;
@@ -60,5 +61,6 @@ pub fn attach_command(cmd: &mut Command, slave: &OwnedFd) -> io::Result<()> {
 pub fn register(master: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd stays open and returns the same descriptor until it
     // is dropped, which only the AsyncFd that owns it can do.
-    unsafe { tokio::io::unix::AsyncFd::register(master) }.map_err(|e| io::Error::other(e.to_string()))
+    unsafe { tokio::io::unix::AsyncFd::register(master) }
+        .map_err(|e| io::Error::other(e.to_string()))
 }

@@ -49,8 +49,7 @@ impl Reaper {
     /// Runs [`Reaper::reap`] on every `SIGCHLD`, and once a second in case
     /// signals were merged.
     pub async fn run(&self) -> io::Result<()> {
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {

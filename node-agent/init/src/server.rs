@@ -167,12 +167,24 @@ impl Server {
         let mut framed = Framed::new(stream, InitCodec);
         let first = tokio::time::timeout(REQUEST_TIMEOUT, framed.next()).await;
         let req = match first {
-            Err(_) => return reply(&mut framed, Response::error("timeout", "no request in time")).await,
+            Err(_) => {
+                return reply(
+                    &mut framed,
+                    Response::error("timeout", "no request in time"),
+                )
+                .await;
+            }
             Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return reply(&mut framed, Response::error("bad_frame", e.to_string())).await,
+            Ok(Some(Err(e))) => {
+                return reply(&mut framed, Response::error("bad_frame", e.to_string())).await;
+            }
             Ok(Some(Ok(Frame::Request(r)))) => r,
             Ok(Some(Ok(_))) => {
-                return reply(&mut framed, Response::error("bad_frame", "the first frame must be a request")).await;
+                return reply(
+                    &mut framed,
+                    Response::error("bad_frame", "the first frame must be a request"),
+                )
+                .await;
             }
         };
         let Request { version, op } = req;
@@ -188,16 +200,33 @@ impl Server {
                 let list = self
                     .terminals()
                     .values()
-                    .map(|t| TerminalInfo { terminal: t.id, pid: t.pid, clients: t.lock().clients.len() })
+                    .map(|t| TerminalInfo {
+                        terminal: t.id,
+                        pid: t.pid,
+                        clients: t.lock().clients.len(),
+                    })
                     .collect();
-                let r = Response { ok: true, terminals: Some(list), ..Default::default() };
+                let r = Response {
+                    ok: true,
+                    terminals: Some(list),
+                    ..Default::default()
+                };
                 return reply(&mut framed, r).await;
             }
-            Op::Open { cols, rows, env, command } => match self.open(cols, rows, &env, command) {
+            Op::Open {
+                cols,
+                rows,
+                env,
+                command,
+            } => match self.open(cols, rows, &env, command) {
                 Ok(t) => (t, cols, rows),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
-            Op::Attach { terminal, cols, rows } => match self.find(terminal) {
+            Op::Attach {
+                terminal,
+                cols,
+                rows,
+            } => match self.find(terminal) {
                 Some(t) => (t, cols, rows),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
@@ -218,10 +247,20 @@ impl Server {
         command: Option<Vec<String>>,
     ) -> Result<Arc<Terminal>, (&'static str, String)> {
         if self.terminals().len() >= MAX_TERMINALS {
-            return Err(("too_many_terminals", format!("a session holds at most {MAX_TERMINALS} terminals")));
+            return Err((
+                "too_many_terminals",
+                format!("a session holds at most {MAX_TERMINALS} terminals"),
+            ));
         }
-        if env.len() > 32 || env.iter().any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0')) {
-            return Err(("bad_env", "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into()));
+        if env.len() > 32
+            || env
+                .iter()
+                .any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0'))
+        {
+            return Err((
+                "bad_env",
+                "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into(),
+            ));
         }
         let (cols, rows) = proto::clamp_size(cols, rows);
         let internal = |e: io::Error| ("spawn_failed", e.to_string());
@@ -237,10 +276,19 @@ impl Server {
             }
             _ => login_shell(),
         };
-        let home = std::env::var("HOME").ok().filter(|h| Path::new(h).is_dir()).unwrap_or_else(|| {
-            if Path::new("/root").is_dir() { "/root".into() } else { "/".into() }
-        });
-        cmd.current_dir(&home).env("HOME", &home).env("TERM", "xterm-256color");
+        let home = std::env::var("HOME")
+            .ok()
+            .filter(|h| Path::new(h).is_dir())
+            .unwrap_or_else(|| {
+                if Path::new("/root").is_dir() {
+                    "/root".into()
+                } else {
+                    "/".into()
+                }
+            });
+        cmd.current_dir(&home)
+            .env("HOME", &home)
+            .env("TERM", "xterm-256color");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -308,7 +356,11 @@ impl Server {
         self.terminals().remove(&term.id);
     }
 
-    async fn attached(&self, mut framed: Framed<UnixStream, InitCodec>, term: Arc<Terminal>) -> io::Result<()> {
+    async fn attached(
+        &self,
+        mut framed: Framed<UnixStream, InitCodec>,
+        term: Arc<Terminal>,
+    ) -> io::Result<()> {
         let (tx, mut rx) = mpsc::channel::<Event>(64);
         let client_id = rand_id();
         let (replay, exited) = {
@@ -320,7 +372,12 @@ impl Server {
             }
             (st.replay.iter().copied().collect::<Vec<u8>>(), st.exit)
         };
-        let resp = Response { ok: true, terminal: Some(term.id), pid: Some(term.pid), ..Default::default() };
+        let resp = Response {
+            ok: true,
+            terminal: Some(term.id),
+            pid: Some(term.pid),
+            ..Default::default()
+        };
         let result = async {
             framed.send(Frame::Response(resp)).await.map_err(io::Error::other)?;
             for chunk in replay.chunks(proto::MAX_PAYLOAD) {
@@ -360,7 +417,8 @@ impl Server {
 
     /// Hangs up shells nobody has been attached to for the detached timeout.
     async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
-        let every = (self.opts.detached_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(10));
+        let every = (self.opts.detached_timeout / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(10));
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -370,7 +428,9 @@ impl Server {
             let terms: Vec<_> = self.terminals().values().cloned().collect();
             for t in terms {
                 let mut st = t.lock();
-                let Some(since) = st.detached_since else { continue };
+                let Some(since) = st.detached_since else {
+                    continue;
+                };
                 if since.elapsed() < self.opts.detached_timeout {
                     continue;
                 }
@@ -379,12 +439,18 @@ impl Server {
                     None => {
                         st.hup_sent = Some(Instant::now());
                         if let Some(p) = pgid {
-                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::HUP);
+                            let _ = rustix::process::kill_process_group(
+                                p,
+                                rustix::process::Signal::HUP,
+                            );
                         }
                     }
                     Some(at) if at.elapsed() > Duration::from_secs(10) => {
                         if let Some(p) = pgid {
-                            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                            let _ = rustix::process::kill_process_group(
+                                p,
+                                rustix::process::Signal::KILL,
+                            );
                         }
                     }
                     Some(_) => {}
@@ -413,7 +479,10 @@ fn rand_id() -> u64 {
 }
 
 async fn reply(framed: &mut Framed<UnixStream, InitCodec>, r: Response) -> io::Result<()> {
-    framed.send(Frame::Response(r)).await.map_err(io::Error::other)
+    framed
+        .send(Frame::Response(r))
+        .await
+        .map_err(io::Error::other)
 }
 
 fn bind(path: &Path) -> io::Result<UnixListener> {

@@ -32,7 +32,11 @@ impl Drop for Fixture {
 
 async fn start(detached: Duration) -> Fixture {
     static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("wi-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "wi-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("init.sock");
     // One reaper per process: two would steal each other's exit statuses.
@@ -42,25 +46,42 @@ async fn start(detached: Duration) -> Fixture {
             let r = Arc::new(Reaper::default());
             let r2 = r.clone();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move { r2.run().await })
             });
             r
         })
         .clone();
     let stop = CancellationToken::new();
-    let server = Server::new(Options { socket: socket.clone(), detached_timeout: detached }, reaper);
+    let server = Server::new(
+        Options {
+            socket: socket.clone(),
+            detached_timeout: detached,
+        },
+        reaper,
+    );
     tokio::spawn(server.serve(stop.clone()));
     let deadline = tokio::time::Instant::now() + WAIT;
     while !socket.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "socket never appeared");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Fixture { socket, stop, dir }
 }
 
 fn open_op() -> Op {
-    Op::Open { cols: 80, rows: 24, env: BTreeMap::new(), command: Some(vec!["/bin/sh".into()]) }
+    Op::Open {
+        cols: 80,
+        rows: 24,
+        env: BTreeMap::new(),
+        command: Some(vec!["/bin/sh".into()]),
+    }
 }
 
 /// Reads terminal output until `needle` shows up; returns all of it.
@@ -81,7 +102,9 @@ async fn read_until(conn: &mut InitConn, needle: &str) -> String {
 }
 
 async fn type_line(conn: &mut InitConn, line: &str) {
-    conn.send(Frame::Data(Bytes::from(format!("{line}\n")))).await.unwrap();
+    conn.send(Frame::Data(Bytes::from(format!("{line}\n"))))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -91,7 +114,12 @@ async fn shell_echo_resize_exit_code() {
     assert!(resp.terminal.is_some() && resp.pid.is_some());
     type_line(&mut c, "echo $((6*7))").await;
     read_until(&mut c, "42").await;
-    c.send(Frame::Resize { cols: 132, rows: 50 }).await.unwrap();
+    c.send(Frame::Resize {
+        cols: 132,
+        rows: 50,
+    })
+    .await
+    .unwrap();
     type_line(&mut c, "stty size").await;
     read_until(&mut c, "50 132").await;
     type_line(&mut c, "exit 3").await;
@@ -108,17 +136,44 @@ async fn shells_outlive_clients_and_replay_on_attach() {
     read_until(&mut c1, "marker-23").await;
     drop(c1);
     // A new client sees the earlier output and the same shell.
-    let (mut c2, resp2) = client::request(&f.socket, Op::Attach { terminal: id, cols: 80, rows: 24 }).await.unwrap();
+    let (mut c2, resp2) = client::request(
+        &f.socket,
+        Op::Attach {
+            terminal: id,
+            cols: 80,
+            rows: 24,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(resp2.pid, resp.pid);
     read_until(&mut c2, "marker-23").await;
     // Two clients at once both see output.
-    let (mut c3, _) = client::request(&f.socket, Op::Attach { terminal: id, cols: 80, rows: 24 }).await.unwrap();
+    let (mut c3, _) = client::request(
+        &f.socket,
+        Op::Attach {
+            terminal: id,
+            cols: 80,
+            rows: 24,
+        },
+    )
+    .await
+    .unwrap();
     type_line(&mut c2, "echo both-$((1+1))").await;
     read_until(&mut c2, "both-2").await;
     read_until(&mut c3, "both-2").await;
     let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
     assert_eq!(list.terminals.unwrap().len(), 1);
-    let e = client::request(&f.socket, Op::Attach { terminal: 999, cols: 80, rows: 24 }).await.unwrap_err();
+    let e = client::request(
+        &f.socket,
+        Op::Attach {
+            terminal: 999,
+            cols: 80,
+            rows: 24,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("not_found"), "{e}");
 }
 
@@ -166,11 +221,24 @@ async fn hostile_clients_get_errors_and_the_server_keeps_serving() {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);
-    assert!(text.contains("version_mismatch") && text.contains("v99"), "{text}");
+    assert!(
+        text.contains("version_mismatch") && text.contains("v99"),
+        "{text}"
+    );
     // Disallowed environment.
     let mut env = BTreeMap::new();
     env.insert("LD_PRELOAD".to_string(), "/x.so".to_string());
-    let e = client::request(&f.socket, Op::Open { cols: 80, rows: 24, env, command: None }).await.unwrap_err();
+    let e = client::request(
+        &f.socket,
+        Op::Open {
+            cols: 80,
+            rows: 24,
+            env,
+            command: None,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("bad_env"));
     // Still serving.
     let (mut c, _) = client::request(&f.socket, open_op()).await.unwrap();

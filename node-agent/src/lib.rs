@@ -1,0 +1,258 @@
+//! `warren-agent`: runs on every worker node.
+//!
+//! It dials every relay over the QUIC tunnel (no inbound port), runs the
+//! node's session containers on Docker, and serves the streams relays open:
+//! a `terminal` stream is HTTP/1.1 + WebSocket bridged to a PTY held by the
+//! session's `warren-init`; a `port N` stream is piped to port N of the
+//! container. After a restart it adopts the containers it finds by label.
+//!
+//! # Layout
+//! - [`runtime`]: Docker containers (bollard); [`security`]: the DinD profile.
+//! - [`terminal`]: the WebSocket terminal endpoint.
+//! - [`Agent`]: sessions by id, and the tunnel's stream handler.
+#![forbid(unsafe_code)]
+
+pub mod runtime;
+pub mod security;
+pub mod terminal;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use warren_config::AgentConfig;
+use warren_tunnel::client::{
+    self, Backoff, ClientOptions, PendingStream, RelayDial, RelayStatus, StreamHandler,
+};
+use warren_tunnel::proto::{StreamHeader, StreamKind, codes};
+
+pub use runtime::{DockerRuntime, SessionInfo, SessionSpec};
+
+/// Time to connect to a port inside a session before answering the relay.
+const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options that do not belong in the operator's config file.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Extra labels on everything the agent creates (tests mark their runs).
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+/// Finds the static `warren-init` binary: the configured path, else
+/// `WARREN_INIT_BIN`, else next to the running executable, else the
+/// workspace's static build output.
+pub fn locate_init_binary(configured: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.clone();
+    }
+    if let Ok(p) = std::env::var("WARREN_INIT_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let p = dir.join("warren-init");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/x86_64-unknown-linux-gnu/release/warren-init"
+    ))
+}
+
+pub struct Agent {
+    node_id: String,
+    runtime: DockerRuntime,
+    sessions: DashMap<String, SessionInfo>,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// Connects to Docker and adopts this node's existing sessions.
+    pub async fn start(
+        cfg: &AgentConfig,
+        opts: AgentOptions,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Agent>> {
+        let init = locate_init_binary(cfg.docker.init_binary.as_ref());
+        let init = std::fs::canonicalize(&init).unwrap_or(init);
+        let runtime = DockerRuntime::connect(
+            cfg.docker.clone(),
+            &cfg.node_id,
+            &cfg.data_dir,
+            init,
+            opts.extra_labels,
+            cfg.terminal.detached_timeout_secs,
+        )
+        .await?;
+        let agent = Arc::new(Agent {
+            node_id: cfg.node_id.clone(),
+            runtime,
+            sessions: DashMap::new(),
+            shutdown,
+        });
+        for s in agent
+            .runtime
+            .adopt()
+            .await
+            .context("adopting existing sessions")?
+        {
+            info!(session = %s.id, container = %s.container_id, "adopted running session");
+            agent.sessions.insert(s.id.clone(), s);
+        }
+        Ok(agent)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn runtime(&self) -> &DockerRuntime {
+        &self.runtime
+    }
+
+    pub fn session(&self, id: &str) -> Option<SessionInfo> {
+        self.sessions.get(id).map(|s| s.clone())
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.iter().map(|s| s.clone()).collect()
+    }
+
+    /// Creates a session, or returns it if it already runs here.
+    pub async fn create_session(
+        &self,
+        spec: &SessionSpec,
+    ) -> Result<SessionInfo, runtime::RuntimeError> {
+        if let Some(s) = self.session(&spec.id) {
+            return Ok(s);
+        }
+        let info = self.runtime.create(spec).await?;
+        info!(session = %info.id, container = %info.container_id, ip = ?info.ip, "session started");
+        self.sessions.insert(info.id.clone(), info.clone());
+        Ok(info)
+    }
+
+    /// Stops and removes a session's container. Unknown ids are a no-op.
+    pub async fn remove_session(&self, id: &str) -> Result<(), runtime::RuntimeError> {
+        if let Some((_, info)) = self.sessions.remove(id) {
+            self.runtime.remove(&info).await?;
+            info!(session = %id, "session removed");
+        }
+        Ok(())
+    }
+
+    /// Dials every relay in `cfg` and serves their streams until shutdown.
+    pub fn connect_relays(
+        self: &Arc<Self>,
+        cfg: &AgentConfig,
+        backoff: Backoff,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<watch::Receiver<RelayStatus>> {
+        let mut relays = Vec::new();
+        for r in &cfg.relays {
+            let ca = match &r.ca_file {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading CA {}", p.display()))?)
+                }
+                None => None,
+            };
+            relays.push(RelayDial {
+                addr: r.addr.clone(),
+                server_name: r.server_name.clone(),
+                client_config: warren_tunnel::tls::client_config(
+                    ca.as_deref(),
+                    warren_tunnel::DEFAULT_IDLE_TIMEOUT,
+                )?,
+            });
+        }
+        let opts = ClientOptions {
+            node_id: cfg.node_id.clone(),
+            credential: cfg.credential.expose().to_string(),
+            relays,
+            backoff,
+        };
+        Ok(client::spawn(
+            opts,
+            self.clone(),
+            self.shutdown.clone(),
+            tracker,
+        )?)
+    }
+}
+
+#[async_trait]
+impl StreamHandler for Agent {
+    async fn handle(&self, header: StreamHeader, stream: PendingStream) {
+        let Some(session) = self.session(&header.session) else {
+            return stream
+                .reject(
+                    codes::SESSION_NOT_FOUND,
+                    &format!("session {} is not on this node", header.session),
+                )
+                .await;
+        };
+        match header.kind {
+            StreamKind::Terminal => {
+                let Ok(s) = stream.accept().await else { return };
+                if let Err(e) = terminal::serve(s, &session.socket(), self.shutdown.clone()).await {
+                    warn!("terminal stream ended with an error: {e}");
+                }
+            }
+            StreamKind::Port(port) => {
+                let Some(ip) = session.ip else {
+                    return stream
+                        .reject(
+                            codes::SESSION_NOT_READY,
+                            "the session has no network address",
+                        )
+                        .await;
+                };
+                let tcp = tokio::time::timeout(
+                    PORT_CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((ip, port)),
+                )
+                .await;
+                let mut tcp = match tcp {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        let msg = format!(
+                            "nothing answers on port {port} in session {}: {e}",
+                            session.id
+                        );
+                        return stream.reject(codes::PORT_UNREACHABLE, &msg).await;
+                    }
+                    Err(_) => {
+                        let msg = format!(
+                            "port {port} in session {} did not answer in time",
+                            session.id
+                        );
+                        return stream.reject(codes::PORT_UNREACHABLE, &msg).await;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let Ok(mut s) = stream.accept().await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {}
+                    r = tokio::io::copy_bidirectional(&mut s, &mut tcp) => {
+                        if let Err(e) = r {
+                            tracing::debug!("port stream ended: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Session containers on Docker (bollard): create, adopt, remove.
+//!
+//! Every container runs `warren-init` (bind-mounted read-only) as its
+//! entrypoint, with the image's own entrypoint and command passed after
+//! `--`; the init's socket lives in a per-session host directory.
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use futures_util::StreamExt;
+use tracing::{info, warn};
+use warren_config::DockerConfig;
+
+use crate::security::SecurityProfile;
+
+pub const LABEL_MANAGED: &str = "warren.managed";
+pub const LABEL_SESSION: &str = "warren.session";
+pub const LABEL_NODE: &str = "warren.node";
+pub const LABEL_MEMORY: &str = "warren.memory_mb";
+/// Time a new container has to bring up its init socket.
+const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to run for one session; unset fields take the agent's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSpec {
+    pub id: String,
+    pub image: Option<String>,
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// A session container the agent runs.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub container_id: String,
+    pub image: String,
+    pub memory_mb: u64,
+    /// Address on the sessions network, where its ports are reached.
+    pub ip: Option<IpAddr>,
+    /// Host directory holding the init socket.
+    pub socket_dir: PathBuf,
+}
+
+impl SessionInfo {
+    pub fn socket(&self) -> PathBuf {
+        self.socket_dir.join("init.sock")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid session spec: {0}")]
+    Invalid(String),
+    #[error("image {0} is not available and could not be pulled: {1}")]
+    Image(String, String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("session {0} did not become ready: {1}")]
+    NotReady(String, String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    cfg: DockerConfig,
+    node_id: String,
+    sessions_dir: PathBuf,
+    init_binary: PathBuf,
+    // Narrowed at runtime if the engine does not know a capability name.
+    security: std::sync::Mutex<SecurityProfile>,
+    labels: BTreeMap<String, String>,
+    detached_timeout_secs: u64,
+}
+
+impl DockerRuntime {
+    /// Connects to the local Docker engine, negotiates the API version,
+    /// resolves the security profile and makes sure the sessions network exists.
+    pub async fn connect(
+        cfg: DockerConfig,
+        node_id: &str,
+        data_dir: &Path,
+        init_binary: PathBuf,
+        extra_labels: BTreeMap<String, String>,
+        detached_timeout_secs: u64,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let docker = Docker::connect_with_local_defaults()
+            .context("connecting to Docker")?
+            .negotiate_version()
+            .await
+            .context("Docker does not answer (is dockerd running?)")?;
+        if !init_binary.is_file() {
+            anyhow::bail!(
+                "warren-init binary not found at {} (build it with scripts/build-init.sh or set docker.init_binary)",
+                init_binary.display()
+            );
+        }
+        let security = SecurityProfile::detect(cfg.security);
+        info!(profile = %security.describe(), api = %docker.client_version(), "docker runtime ready");
+        let security = std::sync::Mutex::new(security);
+        let sessions_dir = data_dir.join("sessions");
+        std::fs::create_dir_all(&sessions_dir)
+            .with_context(|| format!("creating {}", sessions_dir.display()))?;
+        let mut labels = extra_labels;
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_NODE.into(), node_id.into());
+        let rt = Self {
+            docker,
+            cfg,
+            node_id: node_id.into(),
+            sessions_dir,
+            init_binary,
+            security,
+            labels,
+            detached_timeout_secs,
+        };
+        rt.ensure_network().await?;
+        Ok(rt)
+    }
+
+    pub fn security(&self) -> SecurityProfile {
+        self.security
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Older engines reject capability names newer than themselves (Docker
+    /// 20.10 does not know `CAP_PERFMON`); drop the one named and go on.
+    fn drop_unknown_capability(&self, err: &bollard::errors::Error) -> bool {
+        let bollard::errors::Error::DockerResponseServerError {
+            status_code: 400,
+            message,
+        } = err
+        else {
+            return false;
+        };
+        let Some(rest) = message.split("unknown capability: ").nth(1) else {
+            return false;
+        };
+        let name = rest.trim_matches(|c: char| c == '"' || c == '\\' || c.is_whitespace());
+        let name = name.strip_prefix("CAP_").unwrap_or(name).to_string();
+        let mut sec = self.security.lock().unwrap_or_else(|e| e.into_inner());
+        if let SecurityProfile::Capabilities { caps, missing } = &mut *sec
+            && let Some(i) = caps.iter().position(|c| *c == name)
+        {
+            caps.remove(i);
+            missing.push(name.clone());
+            warn!(capability = %name, "Docker does not know this capability; sessions run without it");
+            return true;
+        }
+        false
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The sessions network: a bridge with no route out (`internal`) and
+    /// inter-container traffic off, so sessions reach neither each other nor
+    /// the outside; the host (the agent) still reaches them.
+    async fn ensure_network(&self) -> anyhow::Result<()> {
+        if self
+            .docker
+            .inspect_network(&self.cfg.network, None)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let mut options = HashMap::new();
+        options.insert(
+            "com.docker.network.bridge.enable_icc".to_string(),
+            "false".to_string(),
+        );
+        let req = NetworkCreateRequest {
+            name: self.cfg.network.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            options: Some(options),
+            labels: Some(self.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        match self.docker.create_network(req).await {
+            Ok(_) => {
+                info!(network = %self.cfg.network, "created sessions network");
+                Ok(())
+            }
+            // Another agent on this host created it meanwhile.
+            Err(_)
+                if self
+                    .docker
+                    .inspect_network(&self.cfg.network, None)
+                    .await
+                    .is_ok() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "creating network {}: {e}",
+                self.cfg.network
+            )),
+        }
+    }
+
+    fn container_name(&self, id: &str) -> String {
+        format!("warren-{}-{}", self.node_id, id)
+    }
+
+    async fn image_command(&self, image: &str) -> Result<Vec<String>, RuntimeError> {
+        let inspect = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(_) => {
+                self.pull(image).await?;
+                self.docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| RuntimeError::Image(image.into(), e.to_string()))?
+            }
+        };
+        let config = inspect.config.unwrap_or_default();
+        let mut argv = config.entrypoint.unwrap_or_default();
+        argv.extend(config.cmd.unwrap_or_default());
+        Ok(argv)
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        info!(%image, "pulling image");
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut s = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = s.next().await {
+            item.map_err(|e| RuntimeError::Image(image.into(), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a session container and waits for its init.
+    pub async fn create(&self, spec: &SessionSpec) -> Result<SessionInfo, RuntimeError> {
+        if !warren_config::is_dns_label(&spec.id) {
+            return Err(RuntimeError::Invalid(format!(
+                "session id {:?} is not a DNS label",
+                spec.id
+            )));
+        }
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.cfg.default_image.clone());
+        let memory_mb = spec.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        let cpus = spec.cpus.unwrap_or(self.cfg.default_cpus);
+        let pids = spec.pids_limit.unwrap_or(self.cfg.pids_limit);
+        if !(16..=1_048_576).contains(&memory_mb)
+            || !(cpus > 0.0 && cpus <= 256.0)
+            || !(16..=1_000_000).contains(&pids)
+        {
+            return Err(RuntimeError::Invalid(
+                "memory_mb, cpus or pids_limit out of range".into(),
+            ));
+        }
+        let command = self.image_command(&image).await?;
+
+        let socket_dir = self.sessions_dir.join(&spec.id);
+        std::fs::create_dir_all(&socket_dir)?;
+        let _ = std::fs::remove_file(socket_dir.join("init.sock"));
+
+        let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
+        labels.insert(LABEL_SESSION.into(), spec.id.clone());
+        labels.insert(LABEL_MEMORY.into(), memory_mb.to_string());
+
+        let hc = HostConfig {
+            memory: Some((memory_mb * 1024 * 1024) as i64),
+            // No swap: the memory limit is a hard one.
+            memory_swap: Some((memory_mb * 1024 * 1024) as i64),
+            nano_cpus: Some((cpus * 1e9) as i64),
+            pids_limit: Some(pids),
+            binds: Some(vec![
+                format!(
+                    "{}:{}:ro",
+                    self.init_binary.display(),
+                    warren_init::BINARY_IN_CONTAINER
+                ),
+                format!("{}:/run/warren", socket_dir.display()),
+            ]),
+            network_mode: Some(self.cfg.network.clone()),
+            runtime: self.cfg.runtime.clone(),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+
+        let mut cmd = vec![
+            "--socket".to_string(),
+            warren_init::SOCKET_IN_CONTAINER.to_string(),
+            "--detached-timeout".to_string(),
+            self.detached_timeout_secs.to_string(),
+            "--".to_string(),
+        ];
+        cmd.extend(command);
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            hostname: Some("warren".into()),
+            entrypoint: Some(vec![warren_init::BINARY_IN_CONTAINER.to_string()]),
+            cmd: Some(cmd),
+            labels: Some(labels),
+            host_config: Some(hc),
+            ..Default::default()
+        };
+        let name = self.container_name(&spec.id);
+        let opts = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = loop {
+            let mut body = body.clone();
+            if let Some(hc) = body.host_config.as_mut() {
+                self.security().apply(hc);
+            }
+            match self.docker.create_container(Some(opts.clone()), body).await {
+                Ok(c) => break c,
+                Err(e) if self.drop_unknown_capability(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let result = async {
+            self.docker.start_container(&created.id, None).await?;
+            let info = self
+                .inspect(&created.id, &spec.id, &image, memory_mb, socket_dir.clone())
+                .await?;
+            wait_for_init(&info).await?;
+            Ok::<_, RuntimeError>(info)
+        }
+        .await;
+        if result.is_err() {
+            // Leave nothing half-made behind.
+            let _ = self.remove_container(&created.id).await;
+            let _ = std::fs::remove_dir_all(&socket_dir);
+        }
+        result
+    }
+
+    async fn inspect(
+        &self,
+        container: &str,
+        id: &str,
+        image: &str,
+        memory_mb: u64,
+        socket_dir: PathBuf,
+    ) -> Result<SessionInfo, RuntimeError> {
+        let c = self.docker.inspect_container(container, None).await?;
+        let ip = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.cfg.network).cloned())
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok());
+        Ok(SessionInfo {
+            id: id.into(),
+            container_id: c.id.unwrap_or_else(|| container.into()),
+            image: image.into(),
+            memory_mb,
+            ip,
+            socket_dir,
+        })
+    }
+
+    /// Sessions of this node found by label, started again if they had
+    /// stopped (e.g. after a host reboot). Used to adopt them after an agent
+    /// restart instead of duplicating or leaking them.
+    pub async fn adopt(&self) -> Result<Vec<SessionInfo>, RuntimeError> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node_id)],
+        );
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for c in list {
+            let (Some(cid), Some(labels)) = (c.id.clone(), c.labels.clone()) else {
+                continue;
+            };
+            let Some(sid) = labels.get(LABEL_SESSION).cloned() else {
+                continue;
+            };
+            let memory_mb = labels
+                .get(LABEL_MEMORY)
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            let running = matches!(
+                c.state,
+                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            );
+            if !running {
+                if let Err(e) = self.docker.start_container(&cid, None).await {
+                    warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
+                    let _ = self.remove_container(&cid).await;
+                    continue;
+                }
+            }
+            let info = self
+                .inspect(
+                    &cid,
+                    &sid,
+                    c.image.as_deref().unwrap_or(""),
+                    memory_mb,
+                    self.sessions_dir.join(&sid),
+                )
+                .await?;
+            if let Err(e) = wait_for_init(&info).await {
+                warn!(session = %sid, "adopted container has no working init: {e}");
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    pub async fn remove(&self, info: &SessionInfo) -> Result<(), RuntimeError> {
+        self.remove_container(&info.container_id).await?;
+        let _ = std::fs::remove_dir_all(&info.socket_dir);
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Waits until the session's init answers on its socket.
+async fn wait_for_init(info: &SessionInfo) -> Result<(), RuntimeError> {
+    let socket = info.socket();
+    let deadline = tokio::time::Instant::now() + INIT_READY_TIMEOUT;
+    let mut last = String::from("socket not created");
+    while tokio::time::Instant::now() < deadline {
+        match warren_init::client::request(&socket, warren_init::proto::Op::List).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(RuntimeError::NotReady(info.id.clone(), last))
+}

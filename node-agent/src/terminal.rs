@@ -1,0 +1,244 @@
+//! The terminal endpoint: HTTP/1.1 + WebSocket at `/_warren/terminal` on a
+//! tunnel stream, bridged to a PTY held by the session's `warren-init`.
+//!
+//! Protocol (CONTRACT.md): binary frames carry terminal bytes both ways;
+//! text frames carry JSON control messages. Client → server:
+//! `{"type":"resize","cols":C,"rows":R}`. Server → client:
+//! `{"type":"hello","terminal":N}` once attached (pass `?terminal=N` to
+//! re-attach after a reconnect), `{"type":"exit","code":N}` when the shell
+//! ends. Unknown types are ignored.
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use warren_init::proto::{Frame, MAX_PAYLOAD, Op};
+
+pub const TERMINAL_PATH: &str = "/_warren/terminal";
+
+/// WebSocket close codes (4000-4999 are the application's).
+pub mod close {
+    /// The shell ended normally (an `exit` message precedes it).
+    pub const NORMAL: u16 = 1000;
+    /// The agent is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Missing or bad credentials (relay).
+    pub const AUTH: u16 = 4401;
+    /// Valid credentials for another session or tenant (relay).
+    pub const FORBIDDEN: u16 = 4403;
+    /// The session or the terminal asked for does not exist.
+    pub const SESSION_GONE: u16 = 4404;
+    /// The session's node is not reachable (relay).
+    pub const NODE_LOST: u16 = 4502;
+    /// The session's init failed.
+    pub const INTERNAL: u16 = 4500;
+}
+
+/// Query parameters of the terminal URL.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TerminalParams {
+    pub cols: u16,
+    pub rows: u16,
+    /// Re-attach to this terminal instead of opening a new shell.
+    pub terminal: Option<u32>,
+}
+
+impl TerminalParams {
+    /// Parses `cols`, `rows` and `terminal` from a query string; bad values
+    /// fall back to defaults rather than failing the connection.
+    pub fn from_query(query: Option<&str>) -> Self {
+        let mut p = TerminalParams {
+            cols: 80,
+            rows: 24,
+            terminal: None,
+        };
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "cols" => p.cols = v.parse().unwrap_or(80),
+                "rows" => p.rows = v.parse().unwrap_or(24),
+                "terminal" => p.terminal = v.parse().ok(),
+                _ => {}
+            }
+        }
+        let (c, r) = warren_init::proto::clamp_size(p.cols, p.rows);
+        p.cols = c;
+        p.rows = r;
+        p
+    }
+}
+
+#[derive(Deserialize)]
+struct Control {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    cols: u16,
+    #[serde(default)]
+    rows: u16,
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+fn closing(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    }))
+}
+
+/// Serves one terminal WebSocket on `stream` for the init at `socket`.
+pub async fn serve<S>(stream: S, socket: &Path, shutdown: CancellationToken) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let params = Arc::new(Mutex::new(None::<TerminalParams>));
+    let p2 = params.clone();
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != TERMINAL_PATH {
+            let mut e = ErrorResponse::new(Some(format!(
+                "no such endpoint; the terminal is at {TERMINAL_PATH}\n"
+            )));
+            *e.status_mut() = StatusCode::NOT_FOUND;
+            return Err(e);
+        }
+        *p2.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(TerminalParams::from_query(req.uri().query()));
+        Ok(resp)
+    };
+    let mut ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
+            .await?;
+    let params = params
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
+
+    let op = match params.terminal {
+        Some(terminal) => Op::Attach {
+            terminal,
+            cols: params.cols,
+            rows: params.rows,
+        },
+        None => Op::Open {
+            cols: params.cols,
+            rows: params.rows,
+            env: Default::default(),
+            command: None,
+        },
+    };
+    let (mut init, resp) = match warren_init::client::request(socket, op).await {
+        Ok(x) => x,
+        Err(e) => {
+            let code = match &e {
+                warren_init::client::ClientError::Refused { code, .. } if code == "not_found" => {
+                    close::SESSION_GONE
+                }
+                _ => close::INTERNAL,
+            };
+            let _ = ws.send(closing(code, &truncate(&e.to_string()))).await;
+            return Ok(());
+        }
+    };
+    let hello = serde_json::json!({"type": "hello", "terminal": resp.terminal, "pid": resp.pid});
+    ws.send(Message::Text(hello.to_string().into())).await?;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ws.send(closing(close::GOING_AWAY, "agent shutting down")).await;
+                return Ok(());
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    for chunk in b.chunks(MAX_PAYLOAD) {
+                        init.send(Frame::Data(Bytes::copy_from_slice(chunk))).await?;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(c) = serde_json::from_str::<Control>(&t)
+                        && c.kind == "resize"
+                    {
+                        let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
+                        init.send(Frame::Resize { cols, rows }).await?;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {} // ping/pong are answered by tungstenite
+                Some(Err(e)) => {
+                    debug!("terminal websocket error: {e}");
+                    return Ok(());
+                }
+            },
+            frame = init.next() => match frame {
+                Some(Ok(Frame::Data(b))) => {
+                    ws.feed(Message::Binary(b)).await?;
+                    // Coalesce whatever else is ready before one flush.
+                    while let Some(Some(Ok(Frame::Data(more)))) = futures_util::FutureExt::now_or_never(init.next()) {
+                        ws.feed(Message::Binary(more)).await?;
+                    }
+                    ws.flush().await?;
+                }
+                Some(Ok(Frame::Exit(code))) => {
+                    let exit = serde_json::json!({"type": "exit", "code": code});
+                    ws.send(Message::Text(exit.to_string().into())).await?;
+                    let _ = ws.send(closing(close::NORMAL, "shell exited")).await;
+                    return Ok(());
+                }
+                Some(Ok(_)) | Some(Err(_)) | None => {
+                    let _ = ws.send(closing(close::INTERNAL, "the session's terminal ended unexpectedly")).await;
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    // Close reasons are limited to 123 bytes.
+    let mut end = s.len().min(120);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_is_bounded() {
+        assert_eq!(
+            TerminalParams::from_query(Some("cols=132&rows=50&terminal=3")),
+            TerminalParams {
+                cols: 132,
+                rows: 50,
+                terminal: Some(3)
+            }
+        );
+        let p = TerminalParams::from_query(Some("cols=99999&rows=-1&terminal=x"));
+        assert_eq!((p.cols, p.rows, p.terminal), (80, 24, None));
+        let p = TerminalParams::from_query(Some("cols=0&rows=5000"));
+        assert_eq!((p.cols, p.rows), (1, 1000));
+        assert_eq!(TerminalParams::from_query(None).cols, 80);
+    }
+
+    #[test]
+    fn close_reasons_fit() {
+        assert!(truncate(&"é".repeat(200)).len() <= 123);
+    }
+}

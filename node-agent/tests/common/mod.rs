@@ -1,0 +1,442 @@
+//! Test harness: a real relay-side tunnel listener on 127.0.0.1:0, a real
+//! agent on the local Docker engine, each test on its own network and node
+//! id, everything labelled and removed on drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
+use warren_config::{AgentConfig, DockerConfig, RelayTarget, Secret, SecurityMode, TerminalConfig};
+use warren_tunnel::TunnelStream;
+use warren_tunnel::client::Backoff;
+use warren_tunnel::proto::{StreamHeader, StreamKind};
+use warren_tunnel::server::{self, Registry, SharedSecretAuth};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+const SECRET: &str = "test-node-secret-0123456789";
+pub const TEST_LABEL: &str = "warren.test";
+
+/// True when Docker answers. Under CI (`CI=true`) a missing Docker fails
+/// the test instead of skipping it.
+pub async fn docker_or_skip() -> bool {
+    let ok = match bollard::Docker::connect_with_local_defaults() {
+        Ok(d) => d.ping().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match ok {
+        Ok(_) => {
+            let init = warren_agent::locate_init_binary(None);
+            assert!(
+                init.is_file(),
+                "{} missing: run scripts/build-init.sh first",
+                init.display()
+            );
+            true
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("Docker is required under CI but does not answer: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: Docker does not answer ({e}); set CI=true to make this a failure");
+            false
+        }
+    }
+}
+
+pub struct Stack {
+    pub run: String,
+    pub registry: Arc<Registry>,
+    relay_stop: CancellationToken,
+    pub cfg: AgentConfig,
+    pub agent: Option<Arc<Agent>>,
+    agent_stop: CancellationToken,
+    agent_tasks: TaskTracker,
+    data_dir: PathBuf,
+}
+
+fn run_id(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{name}-{}-{n}", std::process::id())
+}
+
+impl Stack {
+    pub async fn start(name: &str) -> Stack {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warren=debug,info")
+            .with_test_writer()
+            .try_init();
+        let run = run_id(name);
+        let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"]).unwrap();
+        let data_dir = std::env::temp_dir().join(format!("warren-test-{run}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let ca = data_dir.join("ca.pem");
+        std::fs::write(&ca, &cert).unwrap();
+        let ep = server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            cert.as_bytes(),
+            key.as_bytes(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let addr = ep.local_addr().unwrap();
+        let registry = Arc::new(Registry::default());
+        let relay_stop = CancellationToken::new();
+        tokio::spawn(server::serve(
+            ep,
+            registry.clone(),
+            Arc::new(SharedSecretAuth::new(SECRET)),
+            relay_stop.clone(),
+        ));
+        let cfg = AgentConfig {
+            node_id: format!("t{}", run.replace('_', "-"))
+                .chars()
+                .take(63)
+                .collect(),
+            data_dir: data_dir.join("agent"),
+            credential: Secret::new(SECRET),
+            relays: vec![RelayTarget {
+                addr: addr.to_string(),
+                server_name: "warren.localhost".into(),
+                ca_file: Some(ca),
+            }],
+            docker: DockerConfig {
+                network: format!("warren-test-{run}"),
+                security: SecurityMode::Auto,
+                default_image: "warren/session:mini".into(),
+                default_memory_mb: 128,
+                pids_limit: 256,
+                ..Default::default()
+            },
+            terminal: TerminalConfig {
+                detached_timeout_secs: 300,
+            },
+        };
+        let mut s = Stack {
+            run,
+            registry,
+            relay_stop,
+            cfg,
+            agent: None,
+            agent_stop: CancellationToken::new(),
+            agent_tasks: TaskTracker::new(),
+            data_dir,
+        };
+        s.start_agent().await;
+        s
+    }
+
+    pub fn node(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    pub fn agent(&self) -> &Arc<Agent> {
+        self.agent.as_ref().expect("agent running")
+    }
+
+    pub async fn start_agent(&mut self) {
+        let stop = CancellationToken::new();
+        let mut labels = BTreeMap::new();
+        labels.insert(TEST_LABEL.to_string(), self.run.clone());
+        let agent = Agent::start(
+            &self.cfg,
+            AgentOptions {
+                extra_labels: labels,
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let tasks = TaskTracker::new();
+        let backoff = Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+            ..Default::default()
+        };
+        agent.connect_relays(&self.cfg, backoff, &tasks).unwrap();
+        let node = self.cfg.node_id.clone();
+        assert!(
+            self.registry.wait_until(WAIT, |n| n.contains(&node)).await,
+            "agent never registered"
+        );
+        self.agent = Some(agent);
+        self.agent_stop = stop;
+        self.agent_tasks = tasks;
+    }
+
+    /// Stops the agent process-equivalent: its tunnel and tasks end, its
+    /// containers keep running.
+    pub async fn stop_agent(&mut self) {
+        self.agent_stop.cancel();
+        self.agent_tasks.close();
+        tokio::time::timeout(WAIT, self.agent_tasks.wait())
+            .await
+            .expect("agent tasks did not stop");
+        self.agent = None;
+        let node = self.cfg.node_id.clone();
+        assert!(self.registry.wait_until(WAIT, |n| !n.contains(&node)).await);
+    }
+
+    pub async fn session(&self, image: &str, memory_mb: u64) -> SessionInfo {
+        let id = format!("s{}", random_suffix());
+        self.agent()
+            .create_session(&SessionSpec {
+                id,
+                image: Some(image.into()),
+                memory_mb: Some(memory_mb),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn stream(
+        &self,
+        session: &str,
+        kind: StreamKind,
+    ) -> Result<TunnelStream, warren_tunnel::server::OpenError> {
+        let h = StreamHeader {
+            session: session.into(),
+            kind,
+            request_id: format!("r{}", random_suffix()),
+            client_addr: None,
+        };
+        self.registry.open_stream(self.node(), &h).await
+    }
+
+    pub async fn terminal(&self, session: &str, query: &str) -> Term {
+        let s = self.stream(session, StreamKind::Terminal).await.unwrap();
+        let url = format!("ws://{session}.warren.localhost/_warren/terminal?{query}");
+        let (ws, _) = tokio_tungstenite::client_async(url, s).await.unwrap();
+        let mut t = Term {
+            ws,
+            out: String::new(),
+            terminal: None,
+            exit: None,
+        };
+        t.wait_hello().await;
+        t
+    }
+
+    /// An HTTP server on an ordinary (non-internal) Docker network of this
+    /// test's own, checked reachable from the host; returns `ip:port`.
+    pub async fn outside_server(&self) -> String {
+        let label = format!("{TEST_LABEL}={}", self.run);
+        let net = format!("warren-test-out-{}", self.run);
+        let docker = |args: &[&str]| {
+            let o = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        docker(&["network", "create", "--label", &label, &net]);
+        let id = docker(&[
+            "run",
+            "-d",
+            "--label",
+            &label,
+            "--network",
+            &net,
+            "warren/session:mini",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ]);
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &id,
+        ]);
+        let addr = format!("{ip}:8080");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "outside server never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        addr
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label={TEST_LABEL}={}", self.run),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.agent_stop.cancel();
+        self.relay_stop.cancel();
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+        let nets = std::process::Command::new("docker")
+            .args([
+                "network",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label={TEST_LABEL}={}", self.run),
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !nets.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["network", "rm"])
+                .args(&nets)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub fn random_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:x}{:x}{}",
+        t & 0xffff_ffff,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A terminal WebSocket client speaking CONTRACT.md's protocol.
+pub struct Term {
+    pub ws: WebSocketStream<TunnelStream>,
+    pub out: String,
+    pub terminal: Option<u32>,
+    pub exit: Option<i32>,
+}
+
+impl Term {
+    async fn wait_hello(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            while self.terminal.is_none() {
+                self.step().await.expect("closed before hello");
+            }
+        })
+        .await
+        .expect("no hello");
+    }
+
+    /// Handles one message; false once the socket closed.
+    async fn step(&mut self) -> Option<()> {
+        match self.ws.next().await? {
+            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
+                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        Some(())
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.ws
+            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) {
+        let m = serde_json::json!({"type":"resize","cols":cols,"rows":rows}).to_string();
+        self.ws.send(Message::Text(m.into())).await.unwrap();
+    }
+
+    /// Waits until the output (since the last call) contains `needle`.
+    pub async fn expect(&mut self, needle: &str) -> String {
+        self.expect_within(needle, WAIT).await
+    }
+
+    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> String {
+        let r = tokio::time::timeout(wait, async {
+            while !self.out.contains(needle) {
+                if self.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let out = std::mem::take(&mut self.out);
+        assert!(
+            matches!(r, Ok(true)),
+            "did not see {needle:?}; output was:\n{out}"
+        );
+        out
+    }
+
+    /// Types a command and waits for a marker it prints, so the echo of the
+    /// command line itself does not count.
+    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
+        self.send(cmd).await;
+        self.expect(marker).await
+    }
+
+    pub async fn wait_exit(&mut self) -> i32 {
+        tokio::time::timeout(WAIT, async {
+            while self.exit.is_none() {
+                if self.step().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("no exit");
+        self.exit.expect("closed without an exit message")
+    }
+}

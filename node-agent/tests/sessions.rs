@@ -1,0 +1,210 @@
+//! End to end with real Docker and real QUIC: a relay-side listener, an
+//! agent that dialed it, session containers running warren-init.
+mod common;
+
+use common::{Stack, WAIT, docker_or_skip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_tunnel::proto::StreamKind;
+use warren_tunnel::server::OpenError;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_echo_resize_and_exit_code() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("echo").await;
+    let s = stack.session("warren/session:mini", 64).await;
+    let mut t = stack.terminal(&s.id, "cols=100&rows=30").await;
+    t.run("echo $((6*7))", "42").await;
+    t.run("stty size", "30 100").await;
+    t.resize(132, 50).await;
+    t.run("stty size", "50 132").await;
+    t.send("exit 3").await;
+    assert_eq!(t.wait_exit().await, 3);
+
+    // A stream for a session this node does not have is refused by the agent.
+    match stack.stream("nosuchsession", StreamKind::Terminal).await {
+        Err(OpenError::Rejected { code, .. }) => assert_eq!(code, "session_not_found"),
+        other => panic!("expected a rejection, got {:?}", other.map(|_| ())),
+    }
+    stack.agent().remove_session(&s.id).await.unwrap();
+    assert!(stack.containers().is_empty(), "container not removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_from_inside() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("limits").await;
+    let a = stack
+        .agent()
+        .create_session(&warren_agent::SessionSpec {
+            id: format!("l{}", common::random_suffix()),
+            image: Some("warren/session:mini".into()),
+            memory_mb: Some(64),
+            pids_limit: Some(48),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let b = stack.session("warren/session:mini", 64).await;
+    let mut t = stack.terminal(&a.id, "").await;
+
+    // The memory limit, as the container's own cgroup shows it.
+    t.run(
+        "p=$(grep -E ':memory:' /proc/self/cgroup | cut -d: -f3); \
+         echo limit=$(cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)=",
+        "limit=67108864=",
+    )
+    .await;
+    // A memory hog is OOM-killed inside its session (137 = SIGKILL).
+    t.run(
+        "dd if=/dev/zero of=/dev/null bs=200M count=1; echo rc=$?=",
+        "rc=137=",
+    )
+    .await;
+    t.run("echo alive-$((2+3))", "alive-5").await;
+
+    // A fork bomb stops at the pids limit; the shell survives it.
+    t.send("for i in $(seq 1 100); do sleep 300 & done").await;
+    t.expect("can't fork").await;
+    t.run("kill -9 -1; echo cleaned-$((4*4))", "cleaned-16")
+        .await;
+
+    // The other session and the agent never noticed.
+    let mut tb = stack.terminal(&b.id, "").await;
+    tb.run("echo other-$((6*7))", "other-42").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_isolated_and_ports_reachable() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("net").await;
+    let a = stack.session("warren/session:mini", 64).await;
+    let b = stack.session("warren/session:mini", 64).await;
+    let b_ip = b.ip.expect("session has an address");
+
+    let mut tb = stack.terminal(&b.id, "").await;
+    tb.run("httpd -p 8080 -h /www && echo httpd-$((1+1))", "httpd-2")
+        .await;
+
+    // The agent reaches B's port over a `port 8080` stream.
+    let mut body = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match stack.stream(&b.id, StreamKind::Port(8080)).await {
+            Ok(mut s) => {
+                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                s.read_to_string(&mut body).await.unwrap();
+                break;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("port not ready yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("port stream failed: {e}"),
+        }
+    }
+    assert!(
+        body.contains("200 OK") && body.contains("warren mini session"),
+        "{body}"
+    );
+
+    // A closed port is refused with a clear code.
+    match stack.stream(&b.id, StreamKind::Port(9)).await {
+        Err(OpenError::Rejected { code, message }) => {
+            assert_eq!(code, "port_unreachable");
+            assert!(message.contains("port 9"), "{message}");
+        }
+        other => panic!("expected a rejection, got {:?}", other.map(|_| ())),
+    }
+
+    // Session A cannot open a TCP connection to session B.
+    let mut ta = stack.terminal(&a.id, "").await;
+    let out = ta
+        .run(&format!("wget -q -T 3 -O - http://{b_ip}:8080/ && echo REACH-$((1+0)) || echo BLOCK-$((1+0))"), "-1")
+        .await;
+    assert!(out.contains("BLOCK-1") && !out.contains("REACH-1"), "{out}");
+    // Nor anything outside its network: a server on another Docker network
+    // (made by this test), which the host itself reaches, is out of reach.
+    let outside = stack.outside_server().await;
+    let out = ta
+        .run(
+            &format!(
+                "wget -q -T 3 -O - http://{outside}/ && echo REACH-$((2+0)) || echo BLOCK-$((2+0))"
+            ),
+            "-2",
+        )
+        .await;
+    assert!(out.contains("BLOCK-2") && !out.contains("REACH-2"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_adopts_sessions_and_shells_survive() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let mut stack = Stack::start("restart").await;
+    let s = stack.session("warren/session:mini", 64).await;
+    let mut t = stack.terminal(&s.id, "").await;
+    let term_id = t.terminal.unwrap();
+    t.run("sleep 1000 & echo started-$((5*5))", "started-25")
+        .await;
+    drop(t);
+
+    stack.stop_agent().await;
+    stack.start_agent().await;
+
+    // Adopted: known to the new agent, and still one container.
+    assert!(
+        stack.agent().session(&s.id).is_some(),
+        "session not adopted"
+    );
+    assert_eq!(stack.containers().len(), 1, "container duplicated or lost");
+
+    // The old shell is still there, with its output and its background job.
+    let mut t = stack.terminal(&s.id, &format!("terminal={term_id}")).await;
+    assert_eq!(t.terminal, Some(term_id));
+    t.expect("started-25").await;
+    t.run(
+        "ps | grep -q '[s]leep 1000' && echo still-$((3+4))",
+        "still-7",
+    )
+    .await;
+
+    // And a new terminal works too.
+    let mut t2 = stack.terminal(&s.id, "").await;
+    assert_ne!(t2.terminal, Some(term_id));
+    t2.run("echo fresh-$((8*8))", "fresh-64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dind_session_runs_an_inner_container() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("dind").await;
+    let s = stack.session("warren/session:dind", 1024).await;
+    // Hand the inner daemon an image through the session's host directory.
+    let tar = s.socket_dir.join("mini.tar");
+    let st = std::process::Command::new("docker")
+        .args(["save", "-o", tar.to_str().unwrap(), "warren/session:mini"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let mut t = stack.terminal(&s.id, "").await;
+    t.run(
+        "for i in $(seq 1 90); do docker info >/dev/null 2>&1 && break; sleep 1; done; docker info --format 'inner={{.ServerVersion}}='",
+        "inner=",
+    )
+    .await;
+    t.send("docker load -i /run/warren/mini.tar >/dev/null && docker run --rm -m 64m warren/session:mini sh -c 'echo ran-$((6*7))'")
+        .await;
+    t.expect_within("ran-42", WAIT * 2).await;
+}
