@@ -1,6 +1,8 @@
 //! Every example under `config/examples/` parses; every file under
 //! `config/examples/invalid/` fails with an error naming the key in its
 //! `# expect:` line.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
 use std::path::Path;
 use warren_config::{AgentConfig, ConfigError, TunnelListenerConfig, from_toml_str};
 

@@ -263,9 +263,10 @@ impl DockerRuntime {
         let memory_mb = spec.memory_mb.unwrap_or(self.cfg.default_memory_mb);
         let cpus = spec.cpus.unwrap_or(self.cfg.default_cpus);
         let pids = spec.pids_limit.unwrap_or(self.cfg.pids_limit);
-        if !(16..=1_048_576).contains(&memory_mb)
-            || !(cpus > 0.0 && cpus <= 256.0)
-            || !(16..=1_000_000).contains(&pids)
+        if !((16..=1_048_576).contains(&memory_mb)
+            && cpus > 0.0
+            && cpus <= 256.0
+            && (16..=1_000_000).contains(&pids))
         {
             return Err(RuntimeError::Invalid(
                 "memory_mb, cpus or pids_limit out of range".into(),
@@ -412,12 +413,10 @@ impl DockerRuntime {
                 c.state,
                 Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             );
-            if !running {
-                if let Err(e) = self.docker.start_container(&cid, None).await {
-                    warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
-                    let _ = self.remove_container(&cid).await;
-                    continue;
-                }
+            if !running && let Err(e) = self.docker.start_container(&cid, None).await {
+                warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
+                let _ = self.remove_container(&cid).await;
+                continue;
             }
             let info = self
                 .inspect(

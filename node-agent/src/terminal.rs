@@ -106,6 +106,7 @@ where
 {
     let params = Arc::new(Mutex::new(None::<TerminalParams>));
     let p2 = params.clone();
+    #[allow(clippy::result_large_err)] // the signature tungstenite asks for
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != TERMINAL_PATH {
             let mut e = ErrorResponse::new(Some(format!(

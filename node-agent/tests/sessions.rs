@@ -1,5 +1,6 @@
 //! End to end with real Docker and real QUIC: a relay-side listener, an
 //! agent that dialed it, session containers running warren-init.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
 mod common;
 
 use common::{Stack, WAIT, docker_or_skip};

@@ -30,18 +30,15 @@ impl Reaper {
     /// Collects every exited child without blocking.
     pub fn reap(&self) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => {
-                    let code = status
-                        .exit_status()
-                        .or_else(|| status.terminating_signal().map(|s| 128 + s))
-                        .unwrap_or(-1);
-                    if let Some(tx) = waiting.remove(&pid.as_raw_nonzero().get()) {
-                        let _ = tx.send(code);
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some((pid, status))) =
+            rustix::process::wait(rustix::process::WaitOptions::NOHANG)
+        {
+            let code = status
+                .exit_status()
+                .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                .unwrap_or(-1);
+            if let Some(tx) = waiting.remove(&pid.as_raw_nonzero().get()) {
+                let _ = tx.send(code);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Test harness: a real relay-side tunnel listener on 127.0.0.1:0, a real
 //! agent on the local Docker engine, each test on its own network and node
 //! id, everything labelled and removed on drop.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs Warren's whole test suite: builds the static warren-init that session
+# containers run, makes sure the session images exist, then runs every test.
+# Tests that need Docker fail (not skip) when CI=true and Docker is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build-init.sh
+if timeout 10 docker info >/dev/null 2>&1; then
+  scripts/build-images.sh
+fi
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+exec cargo nextest run --workspace --locked --profile "$profile" "$@"
