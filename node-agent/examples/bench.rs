@@ -1,0 +1,462 @@
+//! Benchmarks of the foundation, each beside its baseline in the same run.
+//!
+//! ```sh
+//! scripts/build-init.sh && scripts/build-images.sh mini
+//! cargo run --release -p warren-agent --example bench -- [all|tunnel|terminal|start]
+//! ```
+//!
+//! - tunnel: bulk throughput of 1 and 16 streams (agent → relay, the
+//!   direction of terminal output) and stream-open latency, beside plain TCP
+//!   on loopback.
+//! - terminal: keystroke echo round trip and output throughput through the
+//!   tunnel, the agent and warren-init, beside `docker exec -it` and a local
+//!   PTY (the floor).
+//! - start: create to a shell that echoes, beside a bare container start.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_agent::{Agent, AgentOptions, SessionSpec};
+use warren_config::{AgentConfig, DockerConfig, RelayTarget, Secret, SecurityMode, TerminalConfig};
+use warren_tunnel::client::{Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler};
+use warren_tunnel::proto::{StreamHeader, StreamKind};
+use warren_tunnel::server::{self, Registry, SharedSecretAuth};
+
+const SECRET: &str = "bench-node-secret-0123456789";
+const KEYSTROKES: usize = 2000;
+const OUTPUT_BYTES: u64 = 100 * 1024 * 1024;
+
+fn ms(us: u64) -> String {
+    format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+fn pct(h: &Histogram<u64>) -> (u64, u64) {
+    (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+}
+
+struct Relay {
+    registry: Arc<Registry>,
+    dial: RelayTarget,
+    stop: CancellationToken,
+    ca_pem: String,
+}
+
+fn relay(dir: &std::path::Path) -> Relay {
+    let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"]).unwrap();
+    let ep = server::bind("127.0.0.1:0".parse().unwrap(), cert.as_bytes(), key.as_bytes(), Duration::from_secs(30)).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let registry = Arc::new(Registry::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(server::serve(ep, registry.clone(), Arc::new(SharedSecretAuth::new(SECRET)), stop.clone()));
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    Relay {
+        registry,
+        dial: RelayTarget { addr: addr.to_string(), server_name: "warren.localhost".into(), ca_file: Some(ca) },
+        stop,
+        ca_pem: cert,
+    }
+}
+
+/// Port 19: an endless source; port 7: accept and close (open latency).
+struct Source;
+
+#[async_trait]
+impl StreamHandler for Source {
+    async fn handle(&self, header: StreamHeader, stream: PendingStream) {
+        let Ok(mut s) = stream.accept().await else { return };
+        if header.kind == StreamKind::Port(19) {
+            let buf = vec![b'x'; 64 * 1024];
+            while s.write_all(&buf).await.is_ok() {}
+        } else {
+            let _ = s.shutdown().await;
+        }
+    }
+}
+
+async fn read_n(mut r: impl tokio::io::AsyncRead + Unpin, n: u64) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    while got < n {
+        let k = r.read(&mut buf).await.unwrap();
+        assert!(k > 0, "source ended early");
+        got += k as u64;
+    }
+}
+
+async fn bench_tunnel(dir: &std::path::Path) {
+    let r = relay(dir);
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    warren_tunnel::client::spawn(
+        ClientOptions {
+            node_id: "bench".into(),
+            credential: SECRET.into(),
+            relays: vec![RelayDial {
+                addr: r.dial.addr.clone(),
+                server_name: "warren.localhost".into(),
+                client_config: warren_tunnel::tls::client_config(Some(r.ca_pem.as_bytes()), Duration::from_secs(30)).unwrap(),
+            }],
+            backoff: Backoff::default(),
+        },
+        Arc::new(Source),
+        stop.clone(),
+        &tracker,
+    )
+    .unwrap();
+    assert!(r.registry.wait_until(Duration::from_secs(10), |n| n.contains("bench")).await);
+
+    // Plain TCP: an endless source on loopback.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let taddr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let buf = vec![b'x'; 64 * 1024];
+                let mut one = [0u8; 1];
+                // First byte tells: 's' = source, 'c' = close at once.
+                if s.read_exact(&mut one).await.is_err() || one[0] == b'c' {
+                    return;
+                }
+                while s.write_all(&buf).await.is_ok() {}
+            });
+        }
+    });
+    let hdr = |kind| StreamHeader { session: "b".into(), kind, request_id: "r".into(), client_addr: None };
+
+    println!("\n## Tunnel (loopback)\n\n| measure | plain TCP | Warren tunnel (QUIC) | ratio |\n|---|---|---|---|");
+    for (streams, per) in [(1usize, 1024u64 << 20), (16, 128 << 20)] {
+        let t = Instant::now();
+        let mut js = tokio::task::JoinSet::new();
+        for _ in 0..streams {
+            js.spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(taddr).await.unwrap();
+                s.write_all(b"s").await.unwrap();
+                read_n(s, per).await;
+            });
+        }
+        while js.join_next().await.is_some() {}
+        let tcp = (streams as u64 * per) as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 0..streams {
+            let reg = r.registry.clone();
+            let h = hdr(StreamKind::Port(19));
+            js.spawn(async move {
+                let s = reg.open_stream("bench", &h).await.unwrap();
+                read_n(s, per).await;
+            });
+        }
+        while js.join_next().await.is_some() {}
+        let quic = (streams as u64 * per) as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "| throughput, {streams} stream(s), {} MiB total | {:.0} MB/s | {:.0} MB/s | {:.2} |",
+            streams as u64 * per >> 20,
+            tcp / 1e6,
+            quic / 1e6,
+            quic / tcp
+        );
+    }
+    let mut ht = Histogram::<u64>::new(3).unwrap();
+    let mut hq = Histogram::<u64>::new(3).unwrap();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(taddr).await.unwrap();
+        s.write_all(b"c").await.unwrap();
+        let _ = s.read(&mut [0u8; 1]).await;
+        ht.record(t.elapsed().as_micros() as u64).unwrap();
+        let t = Instant::now();
+        let s = r.registry.open_stream("bench", &hdr(StreamKind::Port(7))).await.unwrap();
+        hq.record(t.elapsed().as_micros() as u64).unwrap();
+        drop(s);
+    }
+    let ((t50, t99), (q50, q99)) = (pct(&ht), pct(&hq));
+    println!("| stream open p50 (TCP: connect + close round trip; tunnel: header + reply) | {} | {} | {:.2} |", ms(t50), ms(q50), q50 as f64 / t50 as f64);
+    println!("| stream open p99 | {} | {} | {:.2} |", ms(t99), ms(q99), q99 as f64 / t99 as f64);
+    stop.cancel();
+    r.stop.cancel();
+}
+
+/// A process on a local PTY, driven from blocking threads.
+struct LocalPty {
+    master: std::fs::File,
+    child: std::process::Child,
+}
+
+fn spawn_on_pty(cmd: &mut Command) -> LocalPty {
+    use rustix::pty::OpenptFlags;
+    let master: OwnedFd = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave: OwnedFd = rustix::fs::open(name.as_c_str(), rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY, rustix::fs::Mode::empty()).unwrap();
+    rustix::termios::tcsetwinsize(&master, rustix::termios::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }).unwrap();
+    // Our side of the PTY passes bytes straight through.
+    let mut t = rustix::termios::tcgetattr(&slave).unwrap();
+    t.make_raw();
+    rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &t).unwrap();
+    let child = cmd
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    LocalPty { master: std::fs::File::from(master), child }
+}
+
+impl LocalPty {
+    fn wait_for(&mut self, needle: &[u8]) -> u64 {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = self.master.read(&mut buf).unwrap();
+            assert!(n > 0);
+            total += n as u64;
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(needle.len()).any(|w| w == needle) {
+                return total;
+            }
+            if seen.len() > 4096 {
+                seen.drain(..seen.len() - 64);
+            }
+        }
+    }
+
+    fn echo(&mut self, n: usize) -> Histogram<u64> {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        self.master.write_all(b"S").unwrap();
+        self.wait_for(b"S");
+        let mut b = [0u8; 1];
+        for i in 0..n {
+            let c = b'a' + (i % 26) as u8;
+            let t = Instant::now();
+            self.master.write_all(&[c]).unwrap();
+            loop {
+                self.master.read_exact(&mut b).unwrap();
+                if b[0] == c {
+                    break;
+                }
+            }
+            h.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+        h
+    }
+}
+
+impl Drop for LocalPty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CAT: &str = "stty raw -echo; exec cat";
+fn output_cmd() -> String {
+    format!("yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {OUTPUT_BYTES}; echo DONE-$((40+2))")
+}
+
+async fn ws_terminal(registry: &Registry, session: &str) -> tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream> {
+    let h = StreamHeader { session: session.into(), kind: StreamKind::Terminal, request_id: "b".into(), client_addr: None };
+    let s = registry.open_stream("bench-agent", &h).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{session}.warren.localhost/_warren/terminal"), s).await.unwrap();
+    ws
+}
+
+async fn ws_wait(ws: &mut tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream>, needle: &[u8]) -> u64 {
+    let mut seen = Vec::new();
+    let mut total = 0;
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => {
+                total += b.len() as u64;
+                seen.extend_from_slice(&b);
+                if seen.windows(needle.len()).any(|w| w == needle) {
+                    return total;
+                }
+                if seen.len() > 4096 {
+                    seen.drain(..seen.len() - 64);
+                }
+            }
+            _ => continue,
+        }
+    }
+}
+
+struct Stack {
+    relay: Relay,
+    agent: Arc<Agent>,
+    stop: CancellationToken,
+    label: String,
+    network: String,
+}
+
+async fn stack(dir: &std::path::Path) -> Stack {
+    let relay = relay(dir);
+    let label = format!("{}", std::process::id());
+    let network = format!("warren-bench-{label}");
+    let cfg = AgentConfig {
+        node_id: "bench-agent".into(),
+        data_dir: dir.join("agent"),
+        credential: Secret::new(SECRET),
+        relays: vec![relay.dial.clone()],
+        docker: DockerConfig {
+            network: network.clone(),
+            security: SecurityMode::Auto,
+            default_image: "warren/session:mini".into(),
+            default_memory_mb: 256,
+            ..Default::default()
+        },
+        terminal: TerminalConfig::default(),
+    };
+    let stop = CancellationToken::new();
+    let mut labels = BTreeMap::new();
+    labels.insert("warren.bench".to_string(), label.clone());
+    let agent = Agent::start(&cfg, AgentOptions { extra_labels: labels }, stop.clone()).await.unwrap();
+    agent.connect_relays(&cfg, Backoff::default(), &TaskTracker::new()).unwrap();
+    assert!(relay.registry.wait_until(Duration::from_secs(10), |n| n.contains("bench-agent")).await);
+    Stack { relay, agent, stop, label, network }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.relay.stop.cancel();
+        let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=warren.bench={}", self.label)]).output().unwrap();
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
+}
+
+async fn bench_terminal(st: &Stack) {
+    let s = st.agent.create_session(&SessionSpec { id: "benchterm".into(), ..Default::default() }).await.unwrap();
+
+    // Warren: tunnel + agent + warren-init.
+    let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+    ws.send(Message::Binary(format!("{CAT}\n").into_bytes().into())).await.unwrap();
+    ws.send(Message::Binary(b"S".to_vec().into())).await.unwrap();
+    ws_wait(&mut ws, b"S").await;
+    let mut hw = Histogram::<u64>::new(3).unwrap();
+    for i in 0..KEYSTROKES {
+        let c = b'a' + (i % 26) as u8;
+        let t = Instant::now();
+        ws.send(Message::Binary(vec![c].into())).await.unwrap();
+        ws_wait(&mut ws, &[c]).await;
+        hw.record(t.elapsed().as_micros() as u64).unwrap();
+    }
+    drop(ws);
+    let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+    ws.send(Message::Binary(format!("{}\n", output_cmd()).into_bytes().into())).await.unwrap();
+    let t = Instant::now();
+    let bytes = ws_wait(&mut ws, b"DONE-42").await;
+    let warren_tp = bytes as f64 / t.elapsed().as_secs_f64();
+    drop(ws);
+
+    // docker exec -it and a local PTY, driven from a blocking thread.
+    let cid = s.container_id.clone();
+    let (hd, docker_tp, hl, local_tp) = tokio::task::spawn_blocking(move || {
+        let mut p = spawn_on_pty(Command::new("docker").args(["exec", "-it", &cid, "sh", "-c", CAT]));
+        let hd = p.echo(KEYSTROKES);
+        drop(p);
+        let mut p = spawn_on_pty(Command::new("docker").args(["exec", "-it", &cid, "sh", "-c", &output_cmd()]));
+        let t = Instant::now();
+        let b = p.wait_for(b"DONE-42");
+        let dtp = b as f64 / t.elapsed().as_secs_f64();
+        drop(p);
+        let mut p = spawn_on_pty(Command::new("sh").args(["-c", CAT]));
+        let hl = p.echo(KEYSTROKES);
+        drop(p);
+        let mut p = spawn_on_pty(Command::new("sh").args(["-c", &output_cmd()]));
+        let t = Instant::now();
+        let b = p.wait_for(b"DONE-42");
+        let ltp = b as f64 / t.elapsed().as_secs_f64();
+        (hd, dtp, hl, ltp)
+    })
+    .await
+    .unwrap();
+
+    println!("\n## Terminal ({KEYSTROKES} keystrokes echoed by `cat` in raw mode; {} MiB of `yes` output)\n", OUTPUT_BYTES >> 20);
+    println!("| path | echo p50 | echo p99 | output |\n|---|---|---|---|");
+    for (name, h, tp) in [
+        ("Warren: QUIC tunnel + agent + warren-init PTY", &hw, warren_tp),
+        ("`docker exec -it`", &hd, docker_tp),
+        ("local PTY (floor)", &hl, local_tp),
+    ] {
+        let (p50, p99) = pct(h);
+        println!("| {name} | {} | {} | {:.1} MB/s |", ms(p50), ms(p99), tp / 1e6);
+    }
+    st.agent.remove_session(&s.id).await.unwrap();
+}
+
+async fn bench_start(st: &Stack) {
+    const N: usize = 10;
+    let mut hw = Histogram::<u64>::new(3).unwrap();
+    for i in 0..N {
+        let id = format!("benchstart{i}");
+        let t = Instant::now();
+        let s = st.agent.create_session(&SessionSpec { id: id.clone(), ..Default::default() }).await.unwrap();
+        let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+        ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into())).await.unwrap();
+        ws_wait(&mut ws, b"42\r\n").await;
+        hw.record(t.elapsed().as_micros() as u64).unwrap();
+        drop(ws);
+        st.agent.remove_session(&id).await.unwrap();
+    }
+    let mut hd = Histogram::<u64>::new(3).unwrap();
+    let label = format!("warren.bench={}", st.label);
+    for _ in 0..N {
+        let t = Instant::now();
+        let out = Command::new("docker")
+            .args(["run", "-d", "--label", &label, "--network", &st.network, "warren/session:mini", "sleep", "60"])
+            .output()
+            .unwrap();
+        hd.record(t.elapsed().as_micros() as u64).unwrap();
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    }
+    println!("\n## Session start ({N} runs, `warren/session:mini`)\n\n| path | p50 | p99 |\n|---|---|---|");
+    let (a, b) = pct(&hw);
+    println!("| Warren: create container + init ready + terminal over the tunnel + `echo` answered | {} | {} |", ms(a), ms(b));
+    let (a, b) = pct(&hd);
+    println!("| bare `docker run -d` (CLI) | {} | {} |", ms(a), ms(b));
+}
+
+#[tokio::main]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let dir = std::env::temp_dir().join(format!("warren-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    println!("# Warren foundation benchmarks\n\nmachine: {} cores; {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), chrono_free_date());
+    if what == "all" || what == "tunnel" {
+        bench_tunnel(&dir).await;
+    }
+    if what == "all" || what == "terminal" || what == "start" {
+        let st = stack(&dir).await;
+        if what != "start" {
+            bench_terminal(&st).await;
+        }
+        if what != "terminal" {
+            bench_start(&st).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn chrono_free_date() -> String {
+    Command::new("date").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
