@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod relay;
 mod secret;
 mod tunnel;
 
 pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
+pub use relay::{AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayTunnelConfig, StaticRoute};
 pub use secret::Secret;
 pub use tunnel::TunnelListenerConfig;
 

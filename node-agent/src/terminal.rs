@@ -141,7 +141,16 @@ where
             command: None,
         },
     };
-    let (mut init, resp) = match warren_init::client::request(socket, op).await {
+    let open = Op::Open { cols: params.cols, rows: params.rows, env: Default::default(), command: None };
+    let attempt = match warren_init::client::request(socket, op).await {
+        // The shell asked for ended while the client was away: start a new
+        // one (the hello names it) rather than leave the user with nothing.
+        Err(warren_init::client::ClientError::Refused { code, .. }) if code == "not_found" => {
+            warren_init::client::request(socket, open).await
+        }
+        other => other,
+    };
+    let (mut init, resp) = match attempt {
         Ok(x) => x,
         Err(e) => {
             let code = match &e {

@@ -363,3 +363,16 @@ impl Registry {
         self.nodes.get(node_id).map(|e| e.conn.clone())
     }
 }
+
+/// A tunnel listener on an already bound UDP socket (tests bind `127.0.0.1:0`).
+pub fn from_socket(
+    socket: std::net::UdpSocket,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    idle_timeout: Duration,
+) -> Result<quinn::Endpoint, crate::tls::TlsError> {
+    let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
+        .map_err(|e| crate::tls::TlsError::Invalid(format!("tunnel socket: {e}")))
+}

@@ -1,0 +1,135 @@
+use crate::{ConfigError, Secret, Validate, check_label};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Configuration of `warren relay`, the edge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Sessions live at `<id>.<domain>`, previews at `<port>-<id>.<domain>`.
+    pub domain: String,
+    /// Where the development CA, certificate and state are kept.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub https: HttpsConfig,
+    /// Plain HTTP, for `warren up` on loopback only.
+    #[serde(default)]
+    pub http: Option<ListenConfig>,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub admin: Option<ListenConfig>,
+    pub tunnel: RelayTunnelConfig,
+    pub auth: AuthConfig,
+    /// A static `session → node` table (until the control plane serves routes).
+    #[serde(default)]
+    pub routes: Vec<StaticRoute>,
+    /// Where `api.<domain>` is proxied to (the control plane), if anywhere.
+    #[serde(default)]
+    pub control_upstream: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsConfig {
+    pub listen: SocketAddr,
+    /// PEM wildcard certificate for `*.<domain>` and `<domain>`; when both
+    /// are unset a development CA and certificate are made in `data_dir`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayTunnelConfig {
+    /// UDP address for agents' QUIC connections.
+    pub listen: SocketAddr,
+    /// Shared secret agents present (until control issues node credentials).
+    pub node_secret: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWKS with the control plane's Ed25519 public keys: a file...
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// ...or a URL, fetched again when a token names an unknown key id.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The `aud` every session token must carry.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    pub session: String,
+    pub node: String,
+    pub tenant: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/warren/relay")
+}
+
+fn default_audience() -> String {
+    "warren".into()
+}
+
+impl Validate for RelayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.domain;
+        if d.is_empty() || d.len() > 200 || d.starts_with('.') || d.ends_with('.') || d.contains("..") {
+            return Err(ConfigError::invalid("domain", "must be a DNS name like warren.example.com"));
+        }
+        for label in d.split('.') {
+            check_label("domain", label)?;
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
+        }
+        if self.https.cert_file.is_some() != self.https.key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "https.cert_file",
+                "cert_file and key_file go together (leave both unset for a development certificate)",
+            ));
+        }
+        if let Some(h) = &self.http
+            && !h.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::invalid("http.listen", "plain HTTP is served on loopback only"));
+        }
+        if self.tunnel.node_secret.expose().len() < 16 {
+            return Err(ConfigError::invalid("tunnel.node_secret", "must be at least 16 characters"));
+        }
+        if self.auth.jwks_file.is_none() == self.auth.jwks_url.is_none() {
+            return Err(ConfigError::invalid("auth", "set exactly one of jwks_file and jwks_url"));
+        }
+        if let Some(u) = &self.auth.jwks_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid("auth.jwks_url", "must be an http(s) URL"));
+        }
+        if self.auth.audience.is_empty() {
+            return Err(ConfigError::invalid("auth.audience", "must not be empty"));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            check_label(&format!("routes[{i}].session"), &r.session)?;
+            check_label(&format!("routes[{i}].node"), &r.node)?;
+            if r.tenant.is_empty() || r.tenant.len() > 64 {
+                return Err(ConfigError::invalid(format!("routes[{i}].tenant"), "must be 1-64 characters"));
+            }
+        }
+        Ok(())
+    }
+}

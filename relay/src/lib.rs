@@ -1,0 +1,204 @@
+//! `warren-relay`: the edge.
+//!
+//! Pingora (rustls) terminates TLS with a wildcard certificate and routes by
+//! Host and SNI: `<sid>.<domain>` serves the embedded terminal page and
+//! proxies `/_warren/terminal`; `<port>-<sid>.<domain>` proxies everything to
+//! that port of the session; `api.<domain>` goes to the control plane. Every
+//! upstream connection is a QUIC stream to the session's node, opened by a
+//! custom L4 connector. Session tokens (Ed25519 JWTs) are checked here,
+//! before anything reaches an agent.
+//!
+//! # Layout
+//! - [`host`]: Host/SNI → route; [`auth`]: JWT verification; [`routes`]:
+//!   session → node; [`pages`]: error answers. Plain functions, tested alone.
+//! - [`proxy`]: the Pingora callbacks; [`connector`]: Pingora ↔ QUIC.
+//! - [`certs`]: certificates; [`metrics`]: Prometheus; [`assets`]: the web UI.
+#![forbid(unsafe_code)]
+
+pub mod assets;
+pub mod auth;
+pub mod certs;
+pub mod connector;
+pub mod host;
+pub mod metrics;
+pub mod pages;
+pub mod proxy;
+pub mod routes;
+
+use std::any::Any;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::listeners::TlsAccept;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::tls::TlsRef;
+use pingora::server::configuration::ServerConf;
+use pingora::services::Service as _;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use warren_config::RelayConfig;
+use warren_tunnel::server::{NodeAuthenticator, Registry};
+
+use crate::auth::{KeySource, Verifier};
+use crate::metrics::Metrics;
+use crate::proxy::{RelayProxy, Sni};
+use crate::routes::{RouteCache, RouteSource};
+
+/// Sockets the relay serves on, bound by the caller (tests use port 0).
+pub struct Listeners {
+    pub https: std::net::TcpListener,
+    pub http: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+    pub tunnel: std::net::UdpSocket,
+}
+
+impl Listeners {
+    /// Binds the addresses in the configuration.
+    pub fn bind(cfg: &RelayConfig) -> anyhow::Result<Self> {
+        let tcp = |a| std::net::TcpListener::bind(a).with_context(|| format!("binding {a}"));
+        Ok(Self {
+            https: tcp(cfg.https.listen)?,
+            http: cfg.http.as_ref().map(|h| tcp(h.listen)).transpose()?,
+            admin: cfg.admin.as_ref().map(|h| tcp(h.listen)).transpose()?,
+            tunnel: std::net::UdpSocket::bind(cfg.tunnel.listen).with_context(|| format!("binding UDP {}", cfg.tunnel.listen))?,
+        })
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub verifier: Arc<Verifier>,
+    pub routes: Arc<RouteCache>,
+    /// The development CA clients should trust, when one was made.
+    pub ca_file: Option<std::path::PathBuf>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Relay {
+    /// Waits until every task has stopped (after `shutdown` was cancelled).
+    pub async fn stopped(self) {
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+}
+
+struct SniCapture;
+
+#[async_trait]
+impl TlsAccept for SniCapture {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        tls.server_name().map(|n| Arc::new(Sni(n.to_string())) as Arc<dyn Any + Send + Sync>)
+    }
+}
+
+/// Starts the relay on `listeners`; it runs until `shutdown` is cancelled.
+pub async fn start(
+    cfg: RelayConfig,
+    listeners: Listeners,
+    route_source: Arc<dyn RouteSource>,
+    node_auth: Arc<dyn NodeAuthenticator>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Relay> {
+    let certs = match (&cfg.https.cert_file, &cfg.https.key_file) {
+        (Some(c), Some(k)) => certs::CertPaths { cert: c.clone(), key: k.clone(), ca: None },
+        _ => certs::dev_certificate(&cfg.data_dir, &cfg.domain)?,
+    };
+    let cert_pem = std::fs::read(&certs.cert).with_context(|| format!("reading {}", certs.cert.display()))?;
+    let key_pem = std::fs::read(&certs.key).with_context(|| format!("reading {}", certs.key.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let source = match (&cfg.auth.jwks_file, &cfg.auth.jwks_url) {
+        (Some(f), _) => KeySource::File(f.clone()),
+        (None, Some(u)) => KeySource::Url(u.clone()),
+        (None, None) => anyhow::bail!("auth: set jwks_file or jwks_url"),
+    };
+    let verifier = Verifier::new(&cfg.auth.audience, source)
+        .await
+        .map_err(|e| anyhow::anyhow!("loading session-token keys: {e}"))?
+        .with_metrics(metrics.clone());
+    let registry = Arc::new(Registry::default());
+    let routes = Arc::new(RouteCache::new(route_source, Duration::from_secs(30)));
+    let tasks = tokio_util::task::TaskTracker::new();
+
+    // The tunnel listener (QUIC), with the same certificate.
+    let endpoint = warren_tunnel::server::from_socket(listeners.tunnel, &cert_pem, &key_pem, warren_tunnel::DEFAULT_IDLE_TIMEOUT)?;
+    info!(addr = %endpoint.local_addr()?, "tunnel listening");
+    tasks.spawn(warren_tunnel::server::serve(endpoint, registry.clone(), node_auth, shutdown.clone()));
+    {
+        let (registry, metrics, shutdown) = (registry.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                metrics.tunnel_nodes.set(registry.node_ids().len() as i64);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = registry.wait_until(Duration::from_secs(3600), |_| false) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+    }
+
+    // The HTTP(S) proxy on Pingora, driven on this runtime.
+    let conf = Arc::new(ServerConf::default());
+    let proxy = RelayProxy {
+        domain: cfg.domain.clone(),
+        verifier: verifier.clone(),
+        routes: routes.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        control_upstream: cfg.control_upstream,
+    };
+    let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "warren-relay");
+    let fds: pingora::server::ListenFds = Arc::new(parking_lot::Mutex::new(pingora::server::Fds::new()));
+    let https_addr = listeners.https.local_addr()?.to_string();
+    let cert_path = certs.cert.to_string_lossy().to_string();
+    let key_path = certs.key.to_string_lossy().to_string();
+    let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture)).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+    tls.set_certificate_chain_file(&cert_path).map_err(|e| anyhow::anyhow!("certificate {cert_path}: {e}"))?;
+    tls.set_private_key_file(&key_path).map_err(|e| anyhow::anyhow!("key {key_path}: {e}"))?;
+    tls.enable_h2();
+    listeners.https.set_nonblocking(true)?;
+    fds.lock().add(https_addr.clone(), listeners.https.into_raw_fd());
+    service.add_tls_with_settings(&https_addr, None, tls);
+    info!(addr = %https_addr, domain = %cfg.domain, "https listening");
+    if let Some(http) = listeners.http {
+        let addr = http.local_addr()?.to_string();
+        http.set_nonblocking(true)?;
+        fds.lock().add(addr.clone(), http.into_raw_fd());
+        service.add_tcp(&addr);
+        info!(%addr, "plain http listening (loopback only)");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            let _ = tx.send(true);
+        });
+    }
+    tasks.spawn(async move {
+        service.start_service(Some(fds), rx, 1).await;
+    });
+
+    if let Some(admin) = listeners.admin {
+        admin.set_nonblocking(true)?;
+        let admin = tokio::net::TcpListener::from_std(admin)?;
+        info!(addr = %admin.local_addr()?, "admin (metrics) listening");
+        let m = metrics.clone();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(move || {
+                let m = m.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+            }))
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            let _ = axum::serve(admin, app).with_graceful_shutdown(async move { sd.cancelled().await }).await;
+        });
+    }
+    Ok(Relay { registry, metrics, verifier, routes, ca_file: certs.ca, tasks })
+}

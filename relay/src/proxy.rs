@@ -1,0 +1,451 @@
+//! The Pingora layer, kept thin: each callback calls plain functions
+//! (host → route, token → claims) and turns their answers into responses.
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use warren_tunnel::proto::{StreamHeader, StreamKind};
+use warren_tunnel::server::{OpenError, Registry};
+
+use crate::auth::{AuthError, Claims, SCOPE_PREVIEW, SCOPE_TERMINAL, Verifier};
+use crate::connector::TunnelConnector;
+use crate::host::{self, HostError, Route};
+use crate::metrics::Metrics;
+use crate::pages::Answer;
+use crate::routes::RouteCache;
+
+/// The cookie holding the session token on a session's host.
+pub const COOKIE: &str = "warren_token";
+pub const TERMINAL_PATH: &str = "/_warren/terminal";
+const ASSET_PREFIX: &str = "/_warren/assets/";
+
+/// TLS server name, captured after the handshake.
+pub struct Sni(pub String);
+
+pub struct RelayProxy {
+    pub domain: String,
+    pub verifier: Arc<Verifier>,
+    pub routes: Arc<RouteCache>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub control_upstream: Option<SocketAddr>,
+}
+
+enum Upstream {
+    Tunnel { node: String, kind: StreamKind, session: String },
+    Control(SocketAddr),
+}
+
+pub struct Ctx {
+    route: &'static str,
+    upstream: Option<Upstream>,
+    upgrade: bool,
+    host: String,
+    tls: bool,
+    /// The Authorization header carried our token: do not pass it on.
+    strip_authorization: bool,
+    failure: Arc<Mutex<Option<OpenError>>>,
+    upgraded: bool,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn wants_html(req: &RequestHeader) -> bool {
+    header(req, "accept").is_some_and(|a| a.contains("text/html"))
+}
+
+/// The `token` query parameter, if any.
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+}
+
+/// The query without `token`, for the redirect and for upstream requests.
+pub fn strip_token(query: Option<&str>) -> Option<String> {
+    let q = query?;
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| k != "token")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish())
+}
+
+/// Our token from a `Cookie` header.
+pub fn cookie_token(cookie_header: Option<&str>) -> Option<String> {
+    cookie_header?
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The `Cookie` header without ours (upstream apps never see the token).
+pub fn strip_cookie(cookie_header: &str) -> Option<String> {
+    let kept: Vec<&str> = cookie_header
+        .split(';')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != COOKIE))
+        .collect();
+    if kept.is_empty() { None } else { Some(kept.join("; ")) }
+}
+
+fn bearer(req: &RequestHeader) -> Option<String> {
+    header(req, "authorization")?.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+fn host_error(e: &HostError) -> Answer {
+    match e {
+        HostError::Missing => Answer::new(400, "bad_host", "Bad request", e.to_string()),
+        HostError::Invalid(_) => Answer::new(400, "bad_host", "Bad request", e.to_string()),
+        HostError::Foreign => Answer::new(404, "unknown_host", "Not found", "This relay does not serve that host."),
+        HostError::Misdirected => Answer::new(421, "misdirected", "Misdirected request", e.to_string()),
+    }
+}
+
+fn auth_error(e: &AuthError) -> Answer {
+    match e {
+        AuthError::MissingScope(_) => Answer::new(403, "forbidden", "Not allowed", e.to_string()),
+        _ => Answer::new(401, "unauthorized", "Sign-in needed", e.to_string()),
+    }
+}
+
+impl RelayProxy {
+    /// Checks credentials for `session` with `scope`; returns the node to
+    /// reach. Every refusal is decided here, before anything reaches an agent.
+    async fn authorize(&self, token: Option<&str>, session: &str, scope: &'static str) -> Result<(Arc<Claims>, String), Answer> {
+        let token = token.ok_or_else(|| auth_error(&AuthError::Missing))?;
+        let claims = self.verifier.verify(token).await.map_err(|e| auth_error(&e))?;
+        if !claims.has_scope(scope) {
+            return Err(auth_error(&AuthError::MissingScope(scope)));
+        }
+        if claims.sid != session {
+            return Err(Answer::new(403, "forbidden", "Not your session", "This token opens another session."));
+        }
+        let route = self
+            .routes
+            .resolve(session)
+            .await
+            .map_err(|e| Answer::new(503, "unavailable", "Try again", format!("Sessions cannot be looked up right now ({e}).")))?
+            .ok_or_else(|| Answer::new(404, "session_not_found", "No such session", "This session does not exist or has ended."))?;
+        if route.tenant != claims.tenant {
+            return Err(Answer::new(403, "forbidden", "Not your session", "This session belongs to another tenant."));
+        }
+        if !self.registry.is_connected(&route.node) {
+            return Err(Answer::new(
+                503,
+                "node_unavailable",
+                "Session unreachable",
+                "The machine running this session is not connected right now. Try again in a moment.",
+            ));
+        }
+        Ok((claims, route.node))
+    }
+
+    async fn send(&self, session: &mut Session, status: u16, headers: &[(&str, String)], ctype: &str, body: Bytes) -> pingora::Result<bool> {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 4))?;
+        resp.insert_header("content-type", ctype)?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        for (k, v) in headers {
+            resp.append_header(k.to_string(), v.as_str())?;
+        }
+        let head_only = session.req_header().method == pingora::http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    async fn answer(&self, session: &mut Session, a: Answer) -> pingora::Result<bool> {
+        let html = wants_html(session.req_header());
+        let (ctype, body) = a.render(html);
+        let mut headers = Vec::new();
+        if a.status == 401 {
+            headers.push(("www-authenticate", "Bearer realm=\"warren\"".to_string()));
+        }
+        self.send(session, a.status, &headers, ctype, body).await
+    }
+
+    async fn asset(&self, session: &mut Session, name: &str) -> pingora::Result<bool> {
+        match crate::assets::get(name) {
+            Some((ctype, bytes)) => {
+                let cache = [("x-content-type-options", "nosniff".to_string())];
+                self.send(session, 200, &cache, ctype, Bytes::from_static(bytes)).await
+            }
+            None => self.answer(session, Answer::new(404, "not_found", "Not found", "No such file.")).await,
+        }
+    }
+
+    /// `?token=` on a page visit: verify, set a host-only cookie, and
+    /// redirect to the same URL without the token.
+    async fn exchange(&self, session: &mut Session, token: &str, sid: &str, scope: &'static str) -> pingora::Result<bool> {
+        match self.authorize(Some(token), sid, scope).await {
+            Ok((claims, _)) => {
+                let req = session.req_header();
+                let path = req.uri.path().to_string();
+                let location = match strip_token(req.uri.query()) {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let max_age = claims.exp.saturating_sub(now());
+                let cookie = format!("{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
+                let headers = [("location", location), ("set-cookie", cookie), ("referrer-policy", "no-referrer".into())];
+                self.send(session, 303, &headers, "text/plain; charset=utf-8", Bytes::from_static(b"See the session page.\n")).await
+            }
+            Err(a) => self.answer(session, a).await,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for RelayProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            route: "none",
+            upstream: None,
+            upgrade: false,
+            host: String::new(),
+            tls: false,
+            strip_authorization: false,
+            failure: Arc::new(Mutex::new(None)),
+            upgraded: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
+        let req = session.req_header();
+        let host_header = header(req, "host").map(str::to_string).or_else(|| req.uri.authority().map(|a| a.to_string()));
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        ctx.tls = ssl.is_some();
+        let sni = ssl.as_ref().and_then(|s| s.extension.get::<Sni>().map(|s| s.0.clone()));
+        let route = match host::route(host_header.as_deref().unwrap_or(""), sni.as_deref(), &self.domain) {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.route = "invalid";
+                return self.answer(session, host_error(&e)).await;
+            }
+        };
+        ctx.host = host_header.unwrap_or_default();
+        ctx.upgrade = session.is_upgrade_req();
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let is_get = req.method == pingora::http::Method::GET || req.method == pingora::http::Method::HEAD;
+        let q_token = query_token(req.uri.query());
+        let b_token = bearer(req);
+        let c_token = cookie_token(header(req, "cookie"));
+        ctx.strip_authorization = b_token.is_some();
+        let token = b_token.or(c_token).or(q_token.clone());
+
+        match route {
+            Route::Apex => {
+                ctx.route = "apex";
+                self.answer(session, Answer::new(404, "no_session", "Warren", "Open a session link to reach a terminal.")).await
+            }
+            Route::Api => {
+                ctx.route = "api";
+                match self.control_upstream {
+                    Some(addr) => {
+                        ctx.upstream = Some(Upstream::Control(addr));
+                        Ok(false)
+                    }
+                    None => self.answer(session, Answer::new(404, "not_found", "Not found", "No control plane behind this relay.")).await,
+                }
+            }
+            Route::Terminal { session: sid } => {
+                if let Some(name) = path.strip_prefix(ASSET_PREFIX) {
+                    ctx.route = "asset";
+                    return self.asset(session, name).await;
+                }
+                if path == TERMINAL_PATH {
+                    ctx.route = "terminal";
+                    return match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
+                        Ok((_, node)) => {
+                            if ctx.upgrade {
+                                // Idle terminals stay open for hours; QUIC and
+                                // WebSocket keepalives watch the connection.
+                                session.set_read_timeout(None);
+                            }
+                            ctx.upstream = Some(Upstream::Tunnel { node, kind: StreamKind::Terminal, session: sid });
+                            Ok(false)
+                        }
+                        Err(a) => self.answer(session, a).await,
+                    };
+                }
+                ctx.route = "page";
+                if is_get && let Some(t) = q_token {
+                    return self.exchange(session, &t, &sid, SCOPE_TERMINAL).await;
+                }
+                match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
+                    Ok(_) if path == "/" || path == "/index.html" => self.asset(session, "index.html").await,
+                    Ok(_) => self.answer(session, Answer::new(404, "not_found", "Not found", "The terminal is at /.")).await,
+                    Err(a) => self.answer(session, a).await,
+                }
+            }
+            Route::Port { session: sid, port } => {
+                ctx.route = "preview";
+                if is_get && !ctx.upgrade && let Some(t) = q_token {
+                    return self.exchange(session, &t, &sid, SCOPE_PREVIEW).await;
+                }
+                match self.authorize(token.as_deref(), &sid, SCOPE_PREVIEW).await {
+                    Ok((_, node)) => {
+                        if ctx.upgrade {
+                            session.set_read_timeout(None);
+                        }
+                        ctx.upstream = Some(Upstream::Tunnel { node, kind: StreamKind::Port(port), session: sid });
+                        Ok(false)
+                    }
+                    Err(a) => self.answer(session, a).await,
+                }
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+        match &ctx.upstream {
+            Some(Upstream::Tunnel { node, kind, session: sid }) => {
+                let mut peer = HttpPeer::new(("127.0.0.1", 1), false, String::new());
+                // Never pool across nodes (virtual streams are not reused anyway).
+                peer.group_key = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    node.hash(&mut h);
+                    h.finish()
+                };
+                let client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
+                let header = StreamHeader {
+                    session: sid.clone(),
+                    kind: *kind,
+                    request_id: format!("{:016x}", rand_u64()),
+                    client_addr,
+                };
+                peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
+                    registry: self.registry.clone(),
+                    node: node.clone(),
+                    header,
+                    failure: ctx.failure.clone(),
+                    metrics: self.metrics.clone(),
+                }));
+                Ok(Box::new(peer))
+            }
+            Some(Upstream::Control(addr)) => Ok(Box::new(HttpPeer::new(*addr, false, String::new()))),
+            None => pingora::Error::e_explain(pingora::ErrorType::InternalError, "no upstream chosen"),
+        }
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+        if !ctx.upgrade {
+            // Virtual streams cannot be pooled (pingora #883): one request each.
+            req.insert_header("connection", "close")?;
+        }
+        if ctx.strip_authorization {
+            req.remove_header("authorization");
+        }
+        let cookie = header(req, "cookie").map(str::to_string);
+        if let Some(c) = cookie {
+            match strip_cookie(&c) {
+                Some(rest) => {
+                    req.insert_header("cookie", rest)?;
+                }
+                None => {
+                    req.remove_header("cookie");
+                }
+            }
+        }
+        if query_token(req.uri.query()).is_some() {
+            let path = req.uri.path().to_string();
+            let uri = match strip_token(req.uri.query()) {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            if let Ok(u) = uri.parse() {
+                req.set_uri(u);
+            }
+        }
+        if header(req, "host").is_none() {
+            req.insert_header("host", ctx.host.clone())?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            req.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        req.insert_header("x-forwarded-host", ctx.host.clone())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+        if resp.status.as_u16() == 101 {
+            ctx.upgraded = true;
+            self.metrics.connections.inc();
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Ctx) -> FailToProxy {
+        let failure = ctx.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let answer = match failure {
+            Some(OpenError::Rejected { code, message }) if code == "session_not_found" => {
+                Answer::new(404, "session_not_found", "No such session", message)
+            }
+            Some(OpenError::Rejected { message, .. }) => Answer::new(502, "upstream_refused", "Session unreachable", message),
+            Some(OpenError::NodeNotConnected(_)) | Some(OpenError::Timeout(..)) | Some(OpenError::Connection(_)) => Answer::new(
+                503,
+                "node_unavailable",
+                "Session unreachable",
+                "The machine running this session did not answer. Try again in a moment.",
+            ),
+            None if matches!(e.esource(), pingora::ErrorSource::Downstream) => {
+                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            }
+            None => Answer::new(502, "bad_gateway", "Session unreachable", "The session did not answer properly."),
+        };
+        let status = answer.status;
+        let _ = self.answer(session, answer).await;
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        self.metrics.requests.with_label_values(&[ctx.route, &status.to_string()]).inc();
+        if ctx.upgraded {
+            self.metrics.connections.dec();
+        }
+        self.metrics.bytes_relayed.with_label_values(&["to_client"]).inc_by(session.body_bytes_sent() as u64);
+        self.metrics.bytes_relayed.with_label_values(&["from_client"]).inc_by(session.body_bytes_read() as u64);
+    }
+}
+
+fn rand_u64() -> u64 {
+    rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_query_and_cookie_handling() {
+        assert_eq!(query_token(Some("a=1&token=xyz&b=2")).as_deref(), Some("xyz"));
+        assert_eq!(strip_token(Some("a=1&token=xyz&b=2")).as_deref(), Some("a=1&b=2"));
+        assert_eq!(strip_token(Some("token=xyz")), None);
+        assert_eq!(cookie_token(Some("x=1; warren_token=abc; y=2")).as_deref(), Some("abc"));
+        assert_eq!(cookie_token(Some("warren_tokenx=abc")), None);
+        assert_eq!(strip_cookie("x=1; warren_token=abc; y=2").as_deref(), Some("x=1; y=2"));
+        assert_eq!(strip_cookie("warren_token=abc"), None);
+    }
+}
