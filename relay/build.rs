@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
-    let web = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("../web");
+    let web =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("../web");
     for p in ["src", "package.json", "package-lock.json", "build.mjs"] {
         println!("cargo:rerun-if-changed={}", web.join(p).display());
     }
@@ -22,16 +23,32 @@ fn main() {
         ("app.css", "text/css; charset=utf-8"),
     ] {
         let path = dist.join(name);
-        assert!(path.exists(), "web build did not produce {}", path.display());
-        code.push_str(&format!("    ({name:?}, {ctype:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        assert!(
+            path.exists(),
+            "web build did not produce {}",
+            path.display()
+        );
+        code.push_str(&format!(
+            "    ({name:?}, {ctype:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     code.push_str("];\n");
     std::fs::write(out.join("assets.rs"), code).expect("write assets.rs");
 }
 
 fn run(dir: &Path, args: &[&str]) {
-    let status = Command::new("npm").args(args).current_dir(dir).status().unwrap_or_else(|e| {
-        panic!("cannot run npm (Node.js 20 and npm are needed to build web/): {e}")
-    });
-    assert!(status.success(), "npm {} failed in {}", args.join(" "), dir.display());
+    let status = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run npm (Node.js 20 and npm are needed to build web/): {e}")
+        });
+    assert!(
+        status.success(),
+        "npm {} failed in {}",
+        args.join(" "),
+        dir.display()
+    );
 }

@@ -12,7 +12,9 @@ mod secret;
 mod tunnel;
 
 pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
-pub use relay::{AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayTunnelConfig, StaticRoute};
+pub use relay::{
+    AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayTunnelConfig, StaticRoute,
+};
 pub use secret::Secret;
 pub use tunnel::TunnelListenerConfig;
 

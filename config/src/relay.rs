@@ -89,8 +89,16 @@ fn default_audience() -> String {
 impl Validate for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.domain;
-        if d.is_empty() || d.len() > 200 || d.starts_with('.') || d.ends_with('.') || d.contains("..") {
-            return Err(ConfigError::invalid("domain", "must be a DNS name like warren.example.com"));
+        if d.is_empty()
+            || d.len() > 200
+            || d.starts_with('.')
+            || d.ends_with('.')
+            || d.contains("..")
+        {
+            return Err(ConfigError::invalid(
+                "domain",
+                "must be a DNS name like warren.example.com",
+            ));
         }
         for label in d.split('.') {
             check_label("domain", label)?;
@@ -107,18 +115,30 @@ impl Validate for RelayConfig {
         if let Some(h) = &self.http
             && !h.listen.ip().is_loopback()
         {
-            return Err(ConfigError::invalid("http.listen", "plain HTTP is served on loopback only"));
+            return Err(ConfigError::invalid(
+                "http.listen",
+                "plain HTTP is served on loopback only",
+            ));
         }
         if self.tunnel.node_secret.expose().len() < 16 {
-            return Err(ConfigError::invalid("tunnel.node_secret", "must be at least 16 characters"));
+            return Err(ConfigError::invalid(
+                "tunnel.node_secret",
+                "must be at least 16 characters",
+            ));
         }
         if self.auth.jwks_file.is_none() == self.auth.jwks_url.is_none() {
-            return Err(ConfigError::invalid("auth", "set exactly one of jwks_file and jwks_url"));
+            return Err(ConfigError::invalid(
+                "auth",
+                "set exactly one of jwks_file and jwks_url",
+            ));
         }
         if let Some(u) = &self.auth.jwks_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
-            return Err(ConfigError::invalid("auth.jwks_url", "must be an http(s) URL"));
+            return Err(ConfigError::invalid(
+                "auth.jwks_url",
+                "must be an http(s) URL",
+            ));
         }
         if self.auth.audience.is_empty() {
             return Err(ConfigError::invalid("auth.audience", "must not be empty"));
@@ -127,7 +147,10 @@ impl Validate for RelayConfig {
             check_label(&format!("routes[{i}].session"), &r.session)?;
             check_label(&format!("routes[{i}].node"), &r.node)?;
             if r.tenant.is_empty() || r.tenant.len() > 64 {
-                return Err(ConfigError::invalid(format!("routes[{i}].tenant"), "must be 1-64 characters"));
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].tenant"),
+                    "must be 1-64 characters",
+                ));
             }
         }
         Ok(())

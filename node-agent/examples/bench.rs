@@ -55,16 +55,31 @@ struct Relay {
 
 fn relay(dir: &std::path::Path) -> Relay {
     let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"]).unwrap();
-    let ep = server::bind("127.0.0.1:0".parse().unwrap(), cert.as_bytes(), key.as_bytes(), Duration::from_secs(30)).unwrap();
+    let ep = server::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        cert.as_bytes(),
+        key.as_bytes(),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let addr = ep.local_addr().unwrap();
     let registry = Arc::new(Registry::default());
     let stop = CancellationToken::new();
-    tokio::spawn(server::serve(ep, registry.clone(), Arc::new(SharedSecretAuth::new(SECRET)), stop.clone()));
+    tokio::spawn(server::serve(
+        ep,
+        registry.clone(),
+        Arc::new(SharedSecretAuth::new(SECRET)),
+        stop.clone(),
+    ));
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &cert).unwrap();
     Relay {
         registry,
-        dial: RelayTarget { addr: addr.to_string(), server_name: "warren.localhost".into(), ca_file: Some(ca) },
+        dial: RelayTarget {
+            addr: addr.to_string(),
+            server_name: "warren.localhost".into(),
+            ca_file: Some(ca),
+        },
         stop,
         ca_pem: cert,
     }
@@ -76,7 +91,9 @@ struct Source;
 #[async_trait]
 impl StreamHandler for Source {
     async fn handle(&self, header: StreamHeader, stream: PendingStream) {
-        let Ok(mut s) = stream.accept().await else { return };
+        let Ok(mut s) = stream.accept().await else {
+            return;
+        };
         if header.kind == StreamKind::Port(19) {
             let buf = vec![b'x'; 64 * 1024];
             while s.write_all(&buf).await.is_ok() {}
@@ -107,7 +124,11 @@ async fn bench_tunnel(dir: &std::path::Path) {
             relays: vec![RelayDial {
                 addr: r.dial.addr.clone(),
                 server_name: "warren.localhost".into(),
-                client_config: warren_tunnel::tls::client_config(Some(r.ca_pem.as_bytes()), Duration::from_secs(30)).unwrap(),
+                client_config: warren_tunnel::tls::client_config(
+                    Some(r.ca_pem.as_bytes()),
+                    Duration::from_secs(30),
+                )
+                .unwrap(),
             }],
             backoff: Backoff::default(),
         },
@@ -116,7 +137,11 @@ async fn bench_tunnel(dir: &std::path::Path) {
         &tracker,
     )
     .unwrap();
-    assert!(r.registry.wait_until(Duration::from_secs(10), |n| n.contains("bench")).await);
+    assert!(
+        r.registry
+            .wait_until(Duration::from_secs(10), |n| n.contains("bench"))
+            .await
+    );
 
     // Plain TCP: an endless source on loopback.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,9 +160,16 @@ async fn bench_tunnel(dir: &std::path::Path) {
             });
         }
     });
-    let hdr = |kind| StreamHeader { session: "b".into(), kind, request_id: "r".into(), client_addr: None };
+    let hdr = |kind| StreamHeader {
+        session: "b".into(),
+        kind,
+        request_id: "r".into(),
+        client_addr: None,
+    };
 
-    println!("\n## Tunnel (loopback)\n\n| measure | plain TCP | Warren tunnel (QUIC) | ratio |\n|---|---|---|---|");
+    println!(
+        "\n## Tunnel (loopback)\n\n| measure | plain TCP | Warren tunnel (QUIC) | ratio |\n|---|---|---|---|"
+    );
     for (streams, per) in [(1usize, 1024u64 << 20), (16, 128 << 20)] {
         let t = Instant::now();
         let mut js = tokio::task::JoinSet::new();
@@ -178,13 +210,27 @@ async fn bench_tunnel(dir: &std::path::Path) {
         let _ = s.read(&mut [0u8; 1]).await;
         ht.record(t.elapsed().as_micros() as u64).unwrap();
         let t = Instant::now();
-        let s = r.registry.open_stream("bench", &hdr(StreamKind::Port(7))).await.unwrap();
+        let s = r
+            .registry
+            .open_stream("bench", &hdr(StreamKind::Port(7)))
+            .await
+            .unwrap();
         hq.record(t.elapsed().as_micros() as u64).unwrap();
         drop(s);
     }
     let ((t50, t99), (q50, q99)) = (pct(&ht), pct(&hq));
-    println!("| stream open p50 (TCP: connect + close round trip; tunnel: header + reply) | {} | {} | {:.2} |", ms(t50), ms(q50), q50 as f64 / t50 as f64);
-    println!("| stream open p99 | {} | {} | {:.2} |", ms(t99), ms(q99), q99 as f64 / t99 as f64);
+    println!(
+        "| stream open p50 (TCP: connect + close round trip; tunnel: header + reply) | {} | {} | {:.2} |",
+        ms(t50),
+        ms(q50),
+        q50 as f64 / t50 as f64
+    );
+    println!(
+        "| stream open p99 | {} | {} | {:.2} |",
+        ms(t99),
+        ms(q99),
+        q99 as f64 / t99 as f64
+    );
     stop.cancel();
     r.stop.cancel();
 }
@@ -197,12 +243,28 @@ struct LocalPty {
 
 fn spawn_on_pty(cmd: &mut Command) -> LocalPty {
     use rustix::pty::OpenptFlags;
-    let master: OwnedFd = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    let master: OwnedFd =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .unwrap();
     rustix::pty::grantpt(&master).unwrap();
     rustix::pty::unlockpt(&master).unwrap();
     let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave: OwnedFd = rustix::fs::open(name.as_c_str(), rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY, rustix::fs::Mode::empty()).unwrap();
-    rustix::termios::tcsetwinsize(&master, rustix::termios::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }).unwrap();
+    let slave: OwnedFd = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    rustix::termios::tcsetwinsize(
+        &master,
+        rustix::termios::Winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .unwrap();
     // Our side of the PTY passes bytes straight through.
     let mut t = rustix::termios::tcgetattr(&slave).unwrap();
     t.make_raw();
@@ -213,7 +275,10 @@ fn spawn_on_pty(cmd: &mut Command) -> LocalPty {
         .stderr(Stdio::from(slave))
         .spawn()
         .unwrap();
-    LocalPty { master: std::fs::File::from(master), child }
+    LocalPty {
+        master: std::fs::File::from(master),
+        child,
+    }
 }
 
 impl LocalPty {
@@ -265,17 +330,35 @@ impl Drop for LocalPty {
 
 const CAT: &str = "stty raw -echo; exec cat";
 fn output_cmd() -> String {
-    format!("yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {OUTPUT_BYTES}; echo DONE-$((40+2))")
+    format!(
+        "yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {OUTPUT_BYTES}; echo DONE-$((40+2))"
+    )
 }
 
-async fn ws_terminal(registry: &Registry, session: &str) -> tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream> {
-    let h = StreamHeader { session: session.into(), kind: StreamKind::Terminal, request_id: "b".into(), client_addr: None };
+async fn ws_terminal(
+    registry: &Registry,
+    session: &str,
+) -> tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream> {
+    let h = StreamHeader {
+        session: session.into(),
+        kind: StreamKind::Terminal,
+        request_id: "b".into(),
+        client_addr: None,
+    };
     let s = registry.open_stream("bench-agent", &h).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{session}.warren.localhost/_warren/terminal"), s).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        format!("ws://{session}.warren.localhost/_warren/terminal"),
+        s,
+    )
+    .await
+    .unwrap();
     ws
 }
 
-async fn ws_wait(ws: &mut tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream>, needle: &[u8]) -> u64 {
+async fn ws_wait(
+    ws: &mut tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream>,
+    needle: &[u8],
+) -> u64 {
     let mut seen = Vec::new();
     let mut total = 0;
     loop {
@@ -324,32 +407,81 @@ async fn stack(dir: &std::path::Path) -> Stack {
     let stop = CancellationToken::new();
     let mut labels = BTreeMap::new();
     labels.insert("warren.bench".to_string(), label.clone());
-    let agent = Agent::start(&cfg, AgentOptions { extra_labels: labels }, stop.clone()).await.unwrap();
-    agent.connect_relays(&cfg, Backoff::default(), &TaskTracker::new()).unwrap();
-    assert!(relay.registry.wait_until(Duration::from_secs(10), |n| n.contains("bench-agent")).await);
-    Stack { relay, agent, stop, label, network }
+    let agent = Agent::start(
+        &cfg,
+        AgentOptions {
+            extra_labels: labels,
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    agent
+        .connect_relays(&cfg, Backoff::default(), &TaskTracker::new())
+        .unwrap();
+    assert!(
+        relay
+            .registry
+            .wait_until(Duration::from_secs(10), |n| n.contains("bench-agent"))
+            .await
+    );
+    Stack {
+        relay,
+        agent,
+        stop,
+        label,
+        network,
+    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop.cancel();
         self.relay.stop.cancel();
-        let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=warren.bench={}", self.label)]).output().unwrap();
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warren.bench={}", self.label),
+            ])
+            .output()
+            .unwrap();
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
         if !ids.is_empty() {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
         }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
     }
 }
 
 async fn bench_terminal(st: &Stack) {
-    let s = st.agent.create_session(&SessionSpec { id: "benchterm".into(), ..Default::default() }).await.unwrap();
+    let s = st
+        .agent
+        .create_session(&SessionSpec {
+            id: "benchterm".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
     // Warren: tunnel + agent + warren-init.
     let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
-    ws.send(Message::Binary(format!("{CAT}\n").into_bytes().into())).await.unwrap();
-    ws.send(Message::Binary(b"S".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(format!("{CAT}\n").into_bytes().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(b"S".to_vec().into()))
+        .await
+        .unwrap();
     ws_wait(&mut ws, b"S").await;
     let mut hw = Histogram::<u64>::new(3).unwrap();
     for i in 0..KEYSTROKES {
@@ -361,7 +493,11 @@ async fn bench_terminal(st: &Stack) {
     }
     drop(ws);
     let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
-    ws.send(Message::Binary(format!("{}\n", output_cmd()).into_bytes().into())).await.unwrap();
+    ws.send(Message::Binary(
+        format!("{}\n", output_cmd()).into_bytes().into(),
+    ))
+    .await
+    .unwrap();
     let t = Instant::now();
     let bytes = ws_wait(&mut ws, b"DONE-42").await;
     let warren_tp = bytes as f64 / t.elapsed().as_secs_f64();
@@ -370,10 +506,18 @@ async fn bench_terminal(st: &Stack) {
     // docker exec -it and a local PTY, driven from a blocking thread.
     let cid = s.container_id.clone();
     let (hd, docker_tp, hl, local_tp) = tokio::task::spawn_blocking(move || {
-        let mut p = spawn_on_pty(Command::new("docker").args(["exec", "-it", &cid, "sh", "-c", CAT]));
+        let mut p =
+            spawn_on_pty(Command::new("docker").args(["exec", "-it", &cid, "sh", "-c", CAT]));
         let hd = p.echo(KEYSTROKES);
         drop(p);
-        let mut p = spawn_on_pty(Command::new("docker").args(["exec", "-it", &cid, "sh", "-c", &output_cmd()]));
+        let mut p = spawn_on_pty(Command::new("docker").args([
+            "exec",
+            "-it",
+            &cid,
+            "sh",
+            "-c",
+            &output_cmd(),
+        ]));
         let t = Instant::now();
         let b = p.wait_for(b"DONE-42");
         let dtp = b as f64 / t.elapsed().as_secs_f64();
@@ -390,15 +534,27 @@ async fn bench_terminal(st: &Stack) {
     .await
     .unwrap();
 
-    println!("\n## Terminal ({KEYSTROKES} keystrokes echoed by `cat` in raw mode; {} MiB of `yes` output)\n", OUTPUT_BYTES >> 20);
+    println!(
+        "\n## Terminal ({KEYSTROKES} keystrokes echoed by `cat` in raw mode; {} MiB of `yes` output)\n",
+        OUTPUT_BYTES >> 20
+    );
     println!("| path | echo p50 | echo p99 | output |\n|---|---|---|---|");
     for (name, h, tp) in [
-        ("Warren: QUIC tunnel + agent + warren-init PTY", &hw, warren_tp),
+        (
+            "Warren: QUIC tunnel + agent + warren-init PTY",
+            &hw,
+            warren_tp,
+        ),
         ("`docker exec -it`", &hd, docker_tp),
         ("local PTY (floor)", &hl, local_tp),
     ] {
         let (p50, p99) = pct(h);
-        println!("| {name} | {} | {} | {:.1} MB/s |", ms(p50), ms(p99), tp / 1e6);
+        println!(
+            "| {name} | {} | {} | {:.1} MB/s |",
+            ms(p50),
+            ms(p99),
+            tp / 1e6
+        );
     }
     st.agent.remove_session(&s.id).await.unwrap();
 }
@@ -409,9 +565,18 @@ async fn bench_start(st: &Stack) {
     for i in 0..N {
         let id = format!("benchstart{i}");
         let t = Instant::now();
-        let s = st.agent.create_session(&SessionSpec { id: id.clone(), ..Default::default() }).await.unwrap();
+        let s = st
+            .agent
+            .create_session(&SessionSpec {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
-        ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into())).await.unwrap();
+        ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
+            .await
+            .unwrap();
         ws_wait(&mut ws, b"42\r\n").await;
         hw.record(t.elapsed().as_micros() as u64).unwrap();
         drop(ws);
@@ -422,16 +587,32 @@ async fn bench_start(st: &Stack) {
     for _ in 0..N {
         let t = Instant::now();
         let out = Command::new("docker")
-            .args(["run", "-d", "--label", &label, "--network", &st.network, "warren/session:mini", "sleep", "60"])
+            .args([
+                "run",
+                "-d",
+                "--label",
+                &label,
+                "--network",
+                &st.network,
+                "warren/session:mini",
+                "sleep",
+                "60",
+            ])
             .output()
             .unwrap();
         hd.record(t.elapsed().as_micros() as u64).unwrap();
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let _ = Command::new("docker").args(["rm", "-f", &id]).output();
     }
-    println!("\n## Session start ({N} runs, `warren/session:mini`)\n\n| path | p50 | p99 |\n|---|---|---|");
+    println!(
+        "\n## Session start ({N} runs, `warren/session:mini`)\n\n| path | p50 | p99 |\n|---|---|---|"
+    );
     let (a, b) = pct(&hw);
-    println!("| Warren: create container + init ready + terminal over the tunnel + `echo` answered | {} | {} |", ms(a), ms(b));
+    println!(
+        "| Warren: create container + init ready + terminal over the tunnel + `echo` answered | {} | {} |",
+        ms(a),
+        ms(b)
+    );
     let (a, b) = pct(&hd);
     println!("| bare `docker run -d` (CLI) | {} | {} |", ms(a), ms(b));
 }
@@ -441,7 +622,13 @@ async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let dir = std::env::temp_dir().join(format!("warren-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("# Warren foundation benchmarks\n\nmachine: {} cores; {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), chrono_free_date());
+    println!(
+        "# Warren foundation benchmarks\n\nmachine: {} cores; {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        chrono_free_date()
+    );
     if what == "all" || what == "tunnel" {
         bench_tunnel(&dir).await;
     }
@@ -458,5 +645,9 @@ async fn main() {
 }
 
 fn chrono_free_date() -> String {
-    Command::new("date").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

@@ -141,7 +141,12 @@ where
             command: None,
         },
     };
-    let open = Op::Open { cols: params.cols, rows: params.rows, env: Default::default(), command: None };
+    let open = Op::Open {
+        cols: params.cols,
+        rows: params.rows,
+        env: Default::default(),
+        command: None,
+    };
     let attempt = match warren_init::client::request(socket, op).await {
         // The shell asked for ended while the client was away: start a new
         // one (the hello names it) rather than leave the user with nothing.

@@ -88,7 +88,10 @@ pub struct Verifier {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Parses a JWKS document, keeping Ed25519 (OKP) keys that have a `kid`.
@@ -96,7 +99,9 @@ pub fn parse_jwks(text: &str) -> Result<HashMap<String, Arc<DecodingKey>>, Strin
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("bad JWKS: {e}"))?;
     let mut keys = HashMap::new();
     for jwk in &set.keys {
-        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
         if !matches!(jwk.algorithm, AlgorithmParameters::OctetKeyPair(_)) {
             continue;
         }
@@ -120,8 +125,14 @@ impl Verifier {
             source,
             keys: RwLock::new(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
-            cache: moka::future::Cache::builder().max_capacity(200_000).time_to_live(CACHE_TTL).build(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?,
+            cache: moka::future::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())?,
             metrics: None,
         });
         let keys = v.load().await?;
@@ -141,9 +152,16 @@ impl Verifier {
 
     async fn load(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
         let text = match &self.source {
-            KeySource::File(p) => tokio::fs::read_to_string(p).await.map_err(|e| format!("reading {}: {e}", p.display()))?,
+            KeySource::File(p) => tokio::fs::read_to_string(p)
+                .await
+                .map_err(|e| format!("reading {}: {e}", p.display()))?,
             KeySource::Url(u) => {
-                let r = self.http.get(u).send().await.map_err(|e| format!("fetching {u}: {e}"))?;
+                let r = self
+                    .http
+                    .get(u)
+                    .send()
+                    .await
+                    .map_err(|e| format!("fetching {u}: {e}"))?;
                 if !r.status().is_success() {
                     return Err(format!("fetching {u}: HTTP {}", r.status()));
                 }
@@ -171,7 +189,11 @@ impl Verifier {
     }
 
     fn key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
     }
 
     /// Verifies a token's signature, audience and time window.
@@ -247,7 +269,11 @@ pub mod testing {
             let key = EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).expect("ed25519 pem");
             let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
             let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x}]});
-            Signer { kid: kid.into(), key, jwks: jwks.to_string() }
+            Signer {
+                kid: kid.into(),
+                key,
+                jwks: jwks.to_string(),
+            }
         }
 
         pub fn sign(&self, claims: &Claims) -> String {
@@ -279,7 +305,9 @@ mod tests {
     use base64::Engine;
 
     async fn verifier(s: &Signer) -> Arc<Verifier> {
-        Verifier::new("warren", KeySource::Static(s.jwks.clone())).await.unwrap()
+        Verifier::new("warren", KeySource::Static(s.jwks.clone()))
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -297,25 +325,45 @@ mod tests {
     async fn refusals() {
         let s = Signer::generate("k1");
         let v = verifier(&s).await;
-        assert_eq!(v.verify(&s.token("abc", "acme", -60)).await, Err(AuthError::Expired));
+        assert_eq!(
+            v.verify(&s.token("abc", "acme", -60)).await,
+            Err(AuthError::Expired)
+        );
         let other = Signer::generate("k1");
-        assert_eq!(v.verify(&other.token("abc", "acme", 60)).await, Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(&other.token("abc", "acme", 60)).await,
+            Err(AuthError::BadSignature)
+        );
         let unknown = Signer::generate("k2");
-        assert_eq!(v.verify(&unknown.token("abc", "acme", 60)).await, Err(AuthError::UnknownKey));
-        let mut c = v.verify(&s.token("abc", "acme", 60)).await.unwrap().as_ref().clone();
+        assert_eq!(
+            v.verify(&unknown.token("abc", "acme", 60)).await,
+            Err(AuthError::UnknownKey)
+        );
+        let mut c = v
+            .verify(&s.token("abc", "acme", 60))
+            .await
+            .unwrap()
+            .as_ref()
+            .clone();
         c.aud = "elsewhere".into();
         assert_eq!(v.verify(&s.sign(&c)).await, Err(AuthError::WrongAudience));
         c.aud = "warren".into();
         c.nbf = Some(now() + 3600);
         assert_eq!(v.verify(&s.sign(&c)).await, Err(AuthError::NotYetValid));
         assert_eq!(v.verify("garbage").await, Err(AuthError::Malformed));
-        assert_eq!(v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)).await, Err(AuthError::Malformed));
+        assert_eq!(
+            v.verify(&"a".repeat(MAX_TOKEN_LEN + 1)).await,
+            Err(AuthError::Malformed)
+        );
         // alg: none, unsigned.
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let none = format!(
             "{}.{}.",
             b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(&format!(r#"{{"sid":"abc","tenant":"acme","aud":"warren","exp":{}}}"#, now() + 60))
+            b64(&format!(
+                r#"{{"sid":"abc","tenant":"acme","aud":"warren","exp":{}}}"#,
+                now() + 60
+            ))
         );
         assert!(v.verify(&none).await.is_err());
         // HS256 signed with the public key as secret (algorithm confusion).

@@ -15,7 +15,11 @@ pub struct CertPaths {
 
 /// Returns existing development certificate files in `dir`, or makes them.
 pub fn dev_certificate(dir: &Path, domain: &str) -> anyhow::Result<CertPaths> {
-    let paths = CertPaths { cert: dir.join("relay.pem"), key: dir.join("relay.key"), ca: Some(dir.join("ca.pem")) };
+    let paths = CertPaths {
+        cert: dir.join("relay.pem"),
+        key: dir.join("relay.key"),
+        ca: Some(dir.join("ca.pem")),
+    };
     let ca_path = dir.join("ca.pem");
     if paths.cert.exists() && paths.key.exists() && ca_path.exists() {
         return Ok(paths);
@@ -24,13 +28,22 @@ pub fn dev_certificate(dir: &Path, domain: &str) -> anyhow::Result<CertPaths> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("Warren development CA ({domain})"));
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Warren development CA ({domain})"),
+    );
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(vec![format!("*.{domain}"), domain.to_string()])?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, format!("*.{domain}"));
+    let mut params =
+        rcgen::CertificateParams::new(vec![format!("*.{domain}"), domain.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("*.{domain}"));
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
 
@@ -44,7 +57,12 @@ pub fn dev_certificate(dir: &Path, domain: &str) -> anyhow::Result<CertPaths> {
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     Ok(())
 }

@@ -24,13 +24,21 @@ impl std::fmt::Debug for QuicSocket {
 }
 
 impl AsyncRead for QuicSocket {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for QuicSocket {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -66,11 +74,16 @@ impl std::fmt::Debug for TunnelConnector {
 
 #[async_trait]
 impl L4Connect for TunnelConnector {
-    async fn connect(&self, _addr: &pingora::protocols::l4::socket::SocketAddr) -> pingora::Result<Stream> {
+    async fn connect(
+        &self,
+        _addr: &pingora::protocols::l4::socket::SocketAddr,
+    ) -> pingora::Result<Stream> {
         match self.registry.open_stream(&self.node, &self.header).await {
             Ok(s) => {
                 self.metrics.streams_opened.inc();
-                Ok(Stream::from(VirtualSocketStream::new(Box::new(QuicSocket(s)))))
+                Ok(Stream::from(VirtualSocketStream::new(Box::new(
+                    QuicSocket(s),
+                ))))
             }
             Err(e) => {
                 let reason = match &e {
@@ -79,7 +92,10 @@ impl L4Connect for TunnelConnector {
                     OpenError::Rejected { .. } => "rejected",
                     OpenError::Connection(_) => "connection",
                 };
-                self.metrics.streams_failed.with_label_values(&[reason]).inc();
+                self.metrics
+                    .streams_failed
+                    .with_label_values(&[reason])
+                    .inc();
                 let msg = e.to_string();
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 pingora::Error::e_explain(pingora::ErrorType::ConnectError, msg)

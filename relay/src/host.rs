@@ -50,7 +50,11 @@ pub fn normalize(host: &str) -> Result<String, HostError> {
         return Err(HostError::Foreign);
     }
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5 => name,
+        Some((name, port))
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.len() <= 5 =>
+        {
+            name
+        }
         Some(_) => return Err(HostError::Invalid("bad port")),
         None => host,
     };
@@ -72,7 +76,10 @@ pub fn normalize(host: &str) -> Result<String, HostError> {
         if label.len() > 63 {
             return Err(HostError::Invalid("label longer than 63 bytes"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(HostError::Invalid("bad character"));
         }
     }
@@ -81,7 +88,10 @@ pub fn normalize(host: &str) -> Result<String, HostError> {
 
 /// A session id as Warren makes them: lowercase letters and digits.
 pub fn is_session_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Resolves the route for `host` under `domain`; `sni` is the TLS server
@@ -114,12 +124,17 @@ pub fn route(host: &str, sni: Option<&str>, domain: &str) -> Result<Route, HostE
         if !is_session_id(session) {
             return Err(HostError::Invalid("bad session id"));
         }
-        return Ok(Route::Port { session: session.into(), port });
+        return Ok(Route::Port {
+            session: session.into(),
+            port,
+        });
     }
     if !is_session_id(prefix) {
         return Err(HostError::Invalid("bad session id"));
     }
-    Ok(Route::Terminal { session: prefix.into() })
+    Ok(Route::Terminal {
+        session: prefix.into(),
+    })
 }
 
 #[cfg(test)]
@@ -134,53 +149,117 @@ mod tests {
     #[test]
     fn plain_routes() {
         assert_eq!(route("abc123.warren.localhost", None, D), term("abc123"));
-        assert_eq!(route("8080-abc123.warren.localhost", None, D), Ok(Route::Port { session: "abc123".into(), port: 8080 }));
+        assert_eq!(
+            route("8080-abc123.warren.localhost", None, D),
+            Ok(Route::Port {
+                session: "abc123".into(),
+                port: 8080
+            })
+        );
         assert_eq!(route("api.warren.localhost", None, D), Ok(Route::Api));
         assert_eq!(route("warren.localhost", None, D), Ok(Route::Apex));
     }
 
     #[test]
     fn ports_case_and_trailing_dots() {
-        assert_eq!(route("abc123.warren.localhost:8443", None, D), term("abc123"));
+        assert_eq!(
+            route("abc123.warren.localhost:8443", None, D),
+            term("abc123")
+        );
         assert_eq!(route("ABC123.Warren.LocalHost", None, D), term("abc123"));
         assert_eq!(route("abc123.warren.localhost.", None, D), term("abc123"));
-        assert_eq!(route("abc123.warren.localhost.:8443", None, D), term("abc123"));
-        assert_eq!(route("abc123.warren.localhost:", None, D), Err(HostError::Invalid("bad port")));
-        assert_eq!(route("abc123.warren.localhost:99999999", None, D), Err(HostError::Invalid("bad port")));
+        assert_eq!(
+            route("abc123.warren.localhost.:8443", None, D),
+            term("abc123")
+        );
+        assert_eq!(
+            route("abc123.warren.localhost:", None, D),
+            Err(HostError::Invalid("bad port"))
+        );
+        assert_eq!(
+            route("abc123.warren.localhost:99999999", None, D),
+            Err(HostError::Invalid("bad port"))
+        );
     }
 
     #[test]
     fn bad_names() {
         assert_eq!(route("", None, D), Err(HostError::Missing));
-        assert_eq!(route(&format!("{}.warren.localhost", "a".repeat(64)), None, D), Err(HostError::Invalid("label longer than 63 bytes")));
-        assert_eq!(route("a..warren.localhost", None, D), Err(HostError::Invalid("empty label")));
-        assert_eq!(route("a_b.warren.localhost", None, D), Err(HostError::Invalid("bad character")));
-        assert_eq!(route("ab-c.warren.localhost", None, D), Err(HostError::Invalid("bad port in preview host")));
-        assert_eq!(route("0-abc.warren.localhost", None, D), Err(HostError::Invalid("bad port in preview host")));
-        assert_eq!(route("70000-abc.warren.localhost", None, D), Err(HostError::Invalid("bad port in preview host")));
-        assert_eq!(route("08080-abc.warren.localhost", None, D), Err(HostError::Invalid("bad port in preview host")));
+        assert_eq!(
+            route(&format!("{}.warren.localhost", "a".repeat(64)), None, D),
+            Err(HostError::Invalid("label longer than 63 bytes"))
+        );
+        assert_eq!(
+            route("a..warren.localhost", None, D),
+            Err(HostError::Invalid("empty label"))
+        );
+        assert_eq!(
+            route("a_b.warren.localhost", None, D),
+            Err(HostError::Invalid("bad character"))
+        );
+        assert_eq!(
+            route("ab-c.warren.localhost", None, D),
+            Err(HostError::Invalid("bad port in preview host"))
+        );
+        assert_eq!(
+            route("0-abc.warren.localhost", None, D),
+            Err(HostError::Invalid("bad port in preview host"))
+        );
+        assert_eq!(
+            route("70000-abc.warren.localhost", None, D),
+            Err(HostError::Invalid("bad port in preview host"))
+        );
+        assert_eq!(
+            route("08080-abc.warren.localhost", None, D),
+            Err(HostError::Invalid("bad port in preview host"))
+        );
         assert_eq!(route("[::1]:8443", None, D), Err(HostError::Foreign));
         assert_eq!(route("127.0.0.1:8443", None, D), Err(HostError::Foreign));
     }
 
     #[test]
     fn idn_must_be_punycode_and_is_not_a_session() {
-        assert_eq!(route("bücher.warren.localhost", None, D), Err(HostError::Invalid("non-ASCII name (use punycode)")));
-        assert_eq!(route("xn--bcher-kva.warren.localhost", None, D), Err(HostError::Invalid("bad port in preview host")));
+        assert_eq!(
+            route("bücher.warren.localhost", None, D),
+            Err(HostError::Invalid("non-ASCII name (use punycode)"))
+        );
+        assert_eq!(
+            route("xn--bcher-kva.warren.localhost", None, D),
+            Err(HostError::Invalid("bad port in preview host"))
+        );
     }
 
     #[test]
     fn other_domains_and_deeper_names() {
         assert_eq!(route("abc.example.com", None, D), Err(HostError::Foreign));
-        assert_eq!(route("abc.evilwarren.localhost", None, D), Err(HostError::Foreign));
-        assert_eq!(route("x.abc.warren.localhost", None, D), Err(HostError::Foreign));
+        assert_eq!(
+            route("abc.evilwarren.localhost", None, D),
+            Err(HostError::Foreign)
+        );
+        assert_eq!(
+            route("x.abc.warren.localhost", None, D),
+            Err(HostError::Foreign)
+        );
     }
 
     #[test]
     fn sni_must_match_host() {
-        assert_eq!(route("abc.warren.localhost", Some("abc.warren.localhost"), D), term("abc"));
-        assert_eq!(route("abc.warren.localhost:8443", Some("ABC.warren.localhost"), D), term("abc"));
+        assert_eq!(
+            route("abc.warren.localhost", Some("abc.warren.localhost"), D),
+            term("abc")
+        );
+        assert_eq!(
+            route("abc.warren.localhost:8443", Some("ABC.warren.localhost"), D),
+            term("abc")
+        );
         // A connection opened for one session must not carry another's requests.
-        assert_eq!(route("victim.warren.localhost", Some("attacker.warren.localhost"), D), Err(HostError::Misdirected));
+        assert_eq!(
+            route(
+                "victim.warren.localhost",
+                Some("attacker.warren.localhost"),
+                D
+            ),
+            Err(HostError::Misdirected)
+        );
     }
 }

@@ -63,7 +63,8 @@ impl Listeners {
             https: tcp(cfg.https.listen)?,
             http: cfg.http.as_ref().map(|h| tcp(h.listen)).transpose()?,
             admin: cfg.admin.as_ref().map(|h| tcp(h.listen)).transpose()?,
-            tunnel: std::net::UdpSocket::bind(cfg.tunnel.listen).with_context(|| format!("binding UDP {}", cfg.tunnel.listen))?,
+            tunnel: std::net::UdpSocket::bind(cfg.tunnel.listen)
+                .with_context(|| format!("binding UDP {}", cfg.tunnel.listen))?,
         })
     }
 }
@@ -91,8 +92,12 @@ struct SniCapture;
 
 #[async_trait]
 impl TlsAccept for SniCapture {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        tls.server_name().map(|n| Arc::new(Sni(n.to_string())) as Arc<dyn Any + Send + Sync>)
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        tls.server_name()
+            .map(|n| Arc::new(Sni(n.to_string())) as Arc<dyn Any + Send + Sync>)
     }
 }
 
@@ -105,11 +110,17 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Relay> {
     let certs = match (&cfg.https.cert_file, &cfg.https.key_file) {
-        (Some(c), Some(k)) => certs::CertPaths { cert: c.clone(), key: k.clone(), ca: None },
+        (Some(c), Some(k)) => certs::CertPaths {
+            cert: c.clone(),
+            key: k.clone(),
+            ca: None,
+        },
         _ => certs::dev_certificate(&cfg.data_dir, &cfg.domain)?,
     };
-    let cert_pem = std::fs::read(&certs.cert).with_context(|| format!("reading {}", certs.cert.display()))?;
-    let key_pem = std::fs::read(&certs.key).with_context(|| format!("reading {}", certs.key.display()))?;
+    let cert_pem =
+        std::fs::read(&certs.cert).with_context(|| format!("reading {}", certs.cert.display()))?;
+    let key_pem =
+        std::fs::read(&certs.key).with_context(|| format!("reading {}", certs.key.display()))?;
     let metrics = Arc::new(Metrics::new());
     let source = match (&cfg.auth.jwks_file, &cfg.auth.jwks_url) {
         (Some(f), _) => KeySource::File(f.clone()),
@@ -125,9 +136,19 @@ pub async fn start(
     let tasks = tokio_util::task::TaskTracker::new();
 
     // The tunnel listener (QUIC), with the same certificate.
-    let endpoint = warren_tunnel::server::from_socket(listeners.tunnel, &cert_pem, &key_pem, warren_tunnel::DEFAULT_IDLE_TIMEOUT)?;
+    let endpoint = warren_tunnel::server::from_socket(
+        listeners.tunnel,
+        &cert_pem,
+        &key_pem,
+        warren_tunnel::DEFAULT_IDLE_TIMEOUT,
+    )?;
     info!(addr = %endpoint.local_addr()?, "tunnel listening");
-    tasks.spawn(warren_tunnel::server::serve(endpoint, registry.clone(), node_auth, shutdown.clone()));
+    tasks.spawn(warren_tunnel::server::serve(
+        endpoint,
+        registry.clone(),
+        node_auth,
+        shutdown.clone(),
+    ));
     {
         let (registry, metrics, shutdown) = (registry.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -153,16 +174,21 @@ pub async fn start(
         control_upstream: cfg.control_upstream,
     };
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "warren-relay");
-    let fds: pingora::server::ListenFds = Arc::new(parking_lot::Mutex::new(pingora::server::Fds::new()));
+    let fds: pingora::server::ListenFds =
+        Arc::new(parking_lot::Mutex::new(pingora::server::Fds::new()));
     let https_addr = listeners.https.local_addr()?.to_string();
     let cert_path = certs.cert.to_string_lossy().to_string();
     let key_path = certs.key.to_string_lossy().to_string();
-    let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture)).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
-    tls.set_certificate_chain_file(&cert_path).map_err(|e| anyhow::anyhow!("certificate {cert_path}: {e}"))?;
-    tls.set_private_key_file(&key_path).map_err(|e| anyhow::anyhow!("key {key_path}: {e}"))?;
+    let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture))
+        .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+    tls.set_certificate_chain_file(&cert_path)
+        .map_err(|e| anyhow::anyhow!("certificate {cert_path}: {e}"))?;
+    tls.set_private_key_file(&key_path)
+        .map_err(|e| anyhow::anyhow!("key {key_path}: {e}"))?;
     tls.enable_h2();
     listeners.https.set_nonblocking(true)?;
-    fds.lock().add(https_addr.clone(), listeners.https.into_raw_fd());
+    fds.lock()
+        .add(https_addr.clone(), listeners.https.into_raw_fd());
     service.add_tls_with_settings(&https_addr, None, tls);
     info!(addr = %https_addr, domain = %cfg.domain, "https listening");
     if let Some(http) = listeners.http {
@@ -190,15 +216,27 @@ pub async fn start(
         info!(addr = %admin.local_addr()?, "admin (metrics) listening");
         let m = metrics.clone();
         let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(move || {
-                let m = m.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
-            }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = m.clone();
+                    async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                }),
+            )
             .route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let sd = shutdown.clone();
         tasks.spawn(async move {
-            let _ = axum::serve(admin, app).with_graceful_shutdown(async move { sd.cancelled().await }).await;
+            let _ = axum::serve(admin, app)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await;
         });
     }
-    Ok(Relay { registry, metrics, verifier, routes, ca_file: certs.ca, tasks })
+    Ok(Relay {
+        registry,
+        metrics,
+        verifier,
+        routes,
+        ca_file: certs.ca,
+        tasks,
+    })
 }

@@ -18,14 +18,52 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let m = Metrics {
-            connections: IntGauge::new("warren_relay_open_upgrades", "WebSocket/upgrade connections open").expect("metric"),
-            requests: IntCounterVec::new(Opts::new("warren_relay_requests_total", "HTTP requests by route and status"), &["route", "status"]).expect("metric"),
-            streams_opened: IntCounter::new("warren_relay_tunnel_streams_opened_total", "tunnel streams opened to agents").expect("metric"),
-            streams_failed: IntCounterVec::new(Opts::new("warren_relay_tunnel_streams_failed_total", "tunnel streams that failed to open"), &["reason"]).expect("metric"),
-            bytes_relayed: IntCounterVec::new(Opts::new("warren_relay_bytes_total", "body bytes relayed"), &["direction"]).expect("metric"),
-            jwt_verifications: IntCounter::new("warren_relay_jwt_verifications_total", "JWT signature verifications").expect("metric"),
-            jwt_cache_hits: IntCounter::new("warren_relay_jwt_cache_hits_total", "tokens accepted from the verified-token cache").expect("metric"),
-            tunnel_nodes: IntGauge::new("warren_relay_tunnel_nodes", "nodes connected over the tunnel").expect("metric"),
+            connections: IntGauge::new(
+                "warren_relay_open_upgrades",
+                "WebSocket/upgrade connections open",
+            )
+            .expect("metric"),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "warren_relay_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["route", "status"],
+            )
+            .expect("metric"),
+            streams_opened: IntCounter::new(
+                "warren_relay_tunnel_streams_opened_total",
+                "tunnel streams opened to agents",
+            )
+            .expect("metric"),
+            streams_failed: IntCounterVec::new(
+                Opts::new(
+                    "warren_relay_tunnel_streams_failed_total",
+                    "tunnel streams that failed to open",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            bytes_relayed: IntCounterVec::new(
+                Opts::new("warren_relay_bytes_total", "body bytes relayed"),
+                &["direction"],
+            )
+            .expect("metric"),
+            jwt_verifications: IntCounter::new(
+                "warren_relay_jwt_verifications_total",
+                "JWT signature verifications",
+            )
+            .expect("metric"),
+            jwt_cache_hits: IntCounter::new(
+                "warren_relay_jwt_cache_hits_total",
+                "tokens accepted from the verified-token cache",
+            )
+            .expect("metric"),
+            tunnel_nodes: IntGauge::new(
+                "warren_relay_tunnel_nodes",
+                "nodes connected over the tunnel",
+            )
+            .expect("metric"),
             registry,
         };
         for c in [

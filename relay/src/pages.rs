@@ -11,8 +11,18 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn new(status: u16, code: &'static str, title: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, title, message: message.into() }
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        title: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            message: message.into(),
+        }
     }
 
     /// `(content type, body)`; HTML when the client asked for it.
@@ -39,7 +49,10 @@ impl Answer {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -37,7 +37,11 @@ pub struct RelayProxy {
 }
 
 enum Upstream {
-    Tunnel { node: String, kind: StreamKind, session: String },
+    Tunnel {
+        node: String,
+        kind: StreamKind,
+        session: String,
+    },
     Control(SocketAddr),
 }
 
@@ -54,7 +58,10 @@ pub struct Ctx {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
@@ -67,7 +74,9 @@ fn wants_html(req: &RequestHeader) -> bool {
 
 /// The `token` query parameter, if any.
 pub fn query_token(query: Option<&str>) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The query without `token`, for the redirect and for upstream requests.
@@ -80,7 +89,11 @@ pub fn strip_token(query: Option<&str>) -> Option<String> {
     if kept.is_empty() {
         return None;
     }
-    Some(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish())
+    Some(
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish(),
+    )
 }
 
 /// Our token from a `Cookie` header.
@@ -99,19 +112,32 @@ pub fn strip_cookie(cookie_header: &str) -> Option<String> {
         .map(str::trim)
         .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != COOKIE))
         .collect();
-    if kept.is_empty() { None } else { Some(kept.join("; ")) }
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join("; "))
+    }
 }
 
 fn bearer(req: &RequestHeader) -> Option<String> {
-    header(req, "authorization")?.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+    header(req, "authorization")?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
 }
 
 fn host_error(e: &HostError) -> Answer {
     match e {
         HostError::Missing => Answer::new(400, "bad_host", "Bad request", e.to_string()),
         HostError::Invalid(_) => Answer::new(400, "bad_host", "Bad request", e.to_string()),
-        HostError::Foreign => Answer::new(404, "unknown_host", "Not found", "This relay does not serve that host."),
-        HostError::Misdirected => Answer::new(421, "misdirected", "Misdirected request", e.to_string()),
+        HostError::Foreign => Answer::new(
+            404,
+            "unknown_host",
+            "Not found",
+            "This relay does not serve that host.",
+        ),
+        HostError::Misdirected => {
+            Answer::new(421, "misdirected", "Misdirected request", e.to_string())
+        }
     }
 }
 
@@ -125,23 +151,56 @@ fn auth_error(e: &AuthError) -> Answer {
 impl RelayProxy {
     /// Checks credentials for `session` with `scope`; returns the node to
     /// reach. Every refusal is decided here, before anything reaches an agent.
-    async fn authorize(&self, token: Option<&str>, session: &str, scope: &'static str) -> Result<(Arc<Claims>, String), Answer> {
+    async fn authorize(
+        &self,
+        token: Option<&str>,
+        session: &str,
+        scope: &'static str,
+    ) -> Result<(Arc<Claims>, String), Answer> {
         let token = token.ok_or_else(|| auth_error(&AuthError::Missing))?;
-        let claims = self.verifier.verify(token).await.map_err(|e| auth_error(&e))?;
+        let claims = self
+            .verifier
+            .verify(token)
+            .await
+            .map_err(|e| auth_error(&e))?;
         if !claims.has_scope(scope) {
             return Err(auth_error(&AuthError::MissingScope(scope)));
         }
         if claims.sid != session {
-            return Err(Answer::new(403, "forbidden", "Not your session", "This token opens another session."));
+            return Err(Answer::new(
+                403,
+                "forbidden",
+                "Not your session",
+                "This token opens another session.",
+            ));
         }
         let route = self
             .routes
             .resolve(session)
             .await
-            .map_err(|e| Answer::new(503, "unavailable", "Try again", format!("Sessions cannot be looked up right now ({e}).")))?
-            .ok_or_else(|| Answer::new(404, "session_not_found", "No such session", "This session does not exist or has ended."))?;
+            .map_err(|e| {
+                Answer::new(
+                    503,
+                    "unavailable",
+                    "Try again",
+                    format!("Sessions cannot be looked up right now ({e})."),
+                )
+            })?
+            .ok_or_else(|| {
+                Answer::new(
+                    404,
+                    "session_not_found",
+                    "No such session",
+                    "This session does not exist or has ended.",
+                )
+            })?;
         if route.tenant != claims.tenant {
-            return Err(Answer::new(403, "forbidden", "Not your session", "This session belongs to another tenant."));
+            return Err(Answer::new(
+                403,
+                "forbidden",
+                "Not your session",
+                "This session belongs to another tenant.",
+            ));
         }
         if !self.registry.is_connected(&route.node) {
             return Err(Answer::new(
@@ -154,7 +213,14 @@ impl RelayProxy {
         Ok((claims, route.node))
     }
 
-    async fn send(&self, session: &mut Session, status: u16, headers: &[(&str, String)], ctype: &str, body: Bytes) -> pingora::Result<bool> {
+    async fn send(
+        &self,
+        session: &mut Session,
+        status: u16,
+        headers: &[(&str, String)],
+        ctype: &str,
+        body: Bytes,
+    ) -> pingora::Result<bool> {
         let mut resp = ResponseHeader::build(status, Some(headers.len() + 4))?;
         resp.insert_header("content-type", ctype)?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -163,7 +229,9 @@ impl RelayProxy {
             resp.append_header(k.to_string(), v.as_str())?;
         }
         let head_only = session.req_header().method == pingora::http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head_only).await?;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }
@@ -184,15 +252,28 @@ impl RelayProxy {
         match crate::assets::get(name) {
             Some((ctype, bytes)) => {
                 let cache = [("x-content-type-options", "nosniff".to_string())];
-                self.send(session, 200, &cache, ctype, Bytes::from_static(bytes)).await
+                self.send(session, 200, &cache, ctype, Bytes::from_static(bytes))
+                    .await
             }
-            None => self.answer(session, Answer::new(404, "not_found", "Not found", "No such file.")).await,
+            None => {
+                self.answer(
+                    session,
+                    Answer::new(404, "not_found", "Not found", "No such file."),
+                )
+                .await
+            }
         }
     }
 
     /// `?token=` on a page visit: verify, set a host-only cookie, and
     /// redirect to the same URL without the token.
-    async fn exchange(&self, session: &mut Session, token: &str, sid: &str, scope: &'static str) -> pingora::Result<bool> {
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        token: &str,
+        sid: &str,
+        scope: &'static str,
+    ) -> pingora::Result<bool> {
         match self.authorize(Some(token), sid, scope).await {
             Ok((claims, _)) => {
                 let req = session.req_header();
@@ -202,9 +283,22 @@ impl RelayProxy {
                     None => path,
                 };
                 let max_age = claims.exp.saturating_sub(now());
-                let cookie = format!("{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax");
-                let headers = [("location", location), ("set-cookie", cookie), ("referrer-policy", "no-referrer".into())];
-                self.send(session, 303, &headers, "text/plain; charset=utf-8", Bytes::from_static(b"See the session page.\n")).await
+                let cookie = format!(
+                    "{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax"
+                );
+                let headers = [
+                    ("location", location),
+                    ("set-cookie", cookie),
+                    ("referrer-policy", "no-referrer".into()),
+                ];
+                self.send(
+                    session,
+                    303,
+                    &headers,
+                    "text/plain; charset=utf-8",
+                    Bytes::from_static(b"See the session page.\n"),
+                )
+                .await
             }
             Err(a) => self.answer(session, a).await,
         }
@@ -230,11 +324,19 @@ impl ProxyHttp for RelayProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<bool> {
         let req = session.req_header();
-        let host_header = header(req, "host").map(str::to_string).or_else(|| req.uri.authority().map(|a| a.to_string()));
+        let host_header = header(req, "host")
+            .map(str::to_string)
+            .or_else(|| req.uri.authority().map(|a| a.to_string()));
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
         ctx.tls = ssl.is_some();
-        let sni = ssl.as_ref().and_then(|s| s.extension.get::<Sni>().map(|s| s.0.clone()));
-        let route = match host::route(host_header.as_deref().unwrap_or(""), sni.as_deref(), &self.domain) {
+        let sni = ssl
+            .as_ref()
+            .and_then(|s| s.extension.get::<Sni>().map(|s| s.0.clone()));
+        let route = match host::route(
+            host_header.as_deref().unwrap_or(""),
+            sni.as_deref(),
+            &self.domain,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 ctx.route = "invalid";
@@ -245,7 +347,8 @@ impl ProxyHttp for RelayProxy {
         ctx.upgrade = session.is_upgrade_req();
         let req = session.req_header();
         let path = req.uri.path().to_string();
-        let is_get = req.method == pingora::http::Method::GET || req.method == pingora::http::Method::HEAD;
+        let is_get =
+            req.method == pingora::http::Method::GET || req.method == pingora::http::Method::HEAD;
         let q_token = query_token(req.uri.query());
         let b_token = bearer(req);
         let c_token = cookie_token(header(req, "cookie"));
@@ -255,7 +358,16 @@ impl ProxyHttp for RelayProxy {
         match route {
             Route::Apex => {
                 ctx.route = "apex";
-                self.answer(session, Answer::new(404, "no_session", "Warren", "Open a session link to reach a terminal.")).await
+                self.answer(
+                    session,
+                    Answer::new(
+                        404,
+                        "no_session",
+                        "Warren",
+                        "Open a session link to reach a terminal.",
+                    ),
+                )
+                .await
             }
             Route::Api => {
                 ctx.route = "api";
@@ -264,7 +376,18 @@ impl ProxyHttp for RelayProxy {
                         ctx.upstream = Some(Upstream::Control(addr));
                         Ok(false)
                     }
-                    None => self.answer(session, Answer::new(404, "not_found", "Not found", "No control plane behind this relay.")).await,
+                    None => {
+                        self.answer(
+                            session,
+                            Answer::new(
+                                404,
+                                "not_found",
+                                "Not found",
+                                "No control plane behind this relay.",
+                            ),
+                        )
+                        .await
+                    }
                 }
             }
             Route::Terminal { session: sid } => {
@@ -281,7 +404,11 @@ impl ProxyHttp for RelayProxy {
                                 // WebSocket keepalives watch the connection.
                                 session.set_read_timeout(None);
                             }
-                            ctx.upstream = Some(Upstream::Tunnel { node, kind: StreamKind::Terminal, session: sid });
+                            ctx.upstream = Some(Upstream::Tunnel {
+                                node,
+                                kind: StreamKind::Terminal,
+                                session: sid,
+                            });
                             Ok(false)
                         }
                         Err(a) => self.answer(session, a).await,
@@ -292,14 +419,25 @@ impl ProxyHttp for RelayProxy {
                     return self.exchange(session, &t, &sid, SCOPE_TERMINAL).await;
                 }
                 match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
-                    Ok(_) if path == "/" || path == "/index.html" => self.asset(session, "index.html").await,
-                    Ok(_) => self.answer(session, Answer::new(404, "not_found", "Not found", "The terminal is at /.")).await,
+                    Ok(_) if path == "/" || path == "/index.html" => {
+                        self.asset(session, "index.html").await
+                    }
+                    Ok(_) => {
+                        self.answer(
+                            session,
+                            Answer::new(404, "not_found", "Not found", "The terminal is at /."),
+                        )
+                        .await
+                    }
                     Err(a) => self.answer(session, a).await,
                 }
             }
             Route::Port { session: sid, port } => {
                 ctx.route = "preview";
-                if is_get && !ctx.upgrade && let Some(t) = q_token {
+                if is_get
+                    && !ctx.upgrade
+                    && let Some(t) = q_token
+                {
                     return self.exchange(session, &t, &sid, SCOPE_PREVIEW).await;
                 }
                 match self.authorize(token.as_deref(), &sid, SCOPE_PREVIEW).await {
@@ -307,7 +445,11 @@ impl ProxyHttp for RelayProxy {
                         if ctx.upgrade {
                             session.set_read_timeout(None);
                         }
-                        ctx.upstream = Some(Upstream::Tunnel { node, kind: StreamKind::Port(port), session: sid });
+                        ctx.upstream = Some(Upstream::Tunnel {
+                            node,
+                            kind: StreamKind::Port(port),
+                            session: sid,
+                        });
                         Ok(false)
                     }
                     Err(a) => self.answer(session, a).await,
@@ -316,9 +458,17 @@ impl ProxyHttp for RelayProxy {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         match &ctx.upstream {
-            Some(Upstream::Tunnel { node, kind, session: sid }) => {
+            Some(Upstream::Tunnel {
+                node,
+                kind,
+                session: sid,
+            }) => {
                 let mut peer = HttpPeer::new(("127.0.0.1", 1), false, String::new());
                 // Never pool across nodes (virtual streams are not reused anyway).
                 peer.group_key = {
@@ -343,12 +493,21 @@ impl ProxyHttp for RelayProxy {
                 }));
                 Ok(Box::new(peer))
             }
-            Some(Upstream::Control(addr)) => Ok(Box::new(HttpPeer::new(*addr, false, String::new()))),
-            None => pingora::Error::e_explain(pingora::ErrorType::InternalError, "no upstream chosen"),
+            Some(Upstream::Control(addr)) => {
+                Ok(Box::new(HttpPeer::new(*addr, false, String::new())))
+            }
+            None => {
+                pingora::Error::e_explain(pingora::ErrorType::InternalError, "no upstream chosen")
+            }
         }
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         if !ctx.upgrade {
             // Virtual streams cannot be pooled (pingora #883): one request each.
             req.insert_header("connection", "close")?;
@@ -380,7 +539,11 @@ impl ProxyHttp for RelayProxy {
         if header(req, "host").is_none() {
             req.insert_header("host", ctx.host.clone())?;
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             req.insert_header("x-forwarded-for", ip.to_string())?;
         }
         req.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
@@ -388,7 +551,12 @@ impl ProxyHttp for RelayProxy {
         Ok(())
     }
 
-    async fn upstream_response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> pingora::Result<()> {
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
         if resp.status.as_u16() == 101 {
             ctx.upgraded = true;
             self.metrics.connections.inc();
@@ -396,37 +564,69 @@ impl ProxyHttp for RelayProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &pingora::Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
         let failure = ctx.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
         let answer = match failure {
             Some(OpenError::Rejected { code, message }) if code == "session_not_found" => {
                 Answer::new(404, "session_not_found", "No such session", message)
             }
-            Some(OpenError::Rejected { message, .. }) => Answer::new(502, "upstream_refused", "Session unreachable", message),
-            Some(OpenError::NodeNotConnected(_)) | Some(OpenError::Timeout(..)) | Some(OpenError::Connection(_)) => Answer::new(
+            Some(OpenError::Rejected { message, .. }) => {
+                Answer::new(502, "upstream_refused", "Session unreachable", message)
+            }
+            Some(OpenError::NodeNotConnected(_))
+            | Some(OpenError::Timeout(..))
+            | Some(OpenError::Connection(_)) => Answer::new(
                 503,
                 "node_unavailable",
                 "Session unreachable",
                 "The machine running this session did not answer. Try again in a moment.",
             ),
             None if matches!(e.esource(), pingora::ErrorSource::Downstream) => {
-                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
             }
-            None => Answer::new(502, "bad_gateway", "Session unreachable", "The session did not answer properly."),
+            None => Answer::new(
+                502,
+                "bad_gateway",
+                "Session unreachable",
+                "The session did not answer properly.",
+            ),
         };
         let status = answer.status;
         let _ = self.answer(session, answer).await;
-        FailToProxy { error_code: status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        self.metrics.requests.with_label_values(&[ctx.route, &status.to_string()]).inc();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        self.metrics
+            .requests
+            .with_label_values(&[ctx.route, &status.to_string()])
+            .inc();
         if ctx.upgraded {
             self.metrics.connections.dec();
         }
-        self.metrics.bytes_relayed.with_label_values(&["to_client"]).inc_by(session.body_bytes_sent() as u64);
-        self.metrics.bytes_relayed.with_label_values(&["from_client"]).inc_by(session.body_bytes_read() as u64);
+        self.metrics
+            .bytes_relayed
+            .with_label_values(&["to_client"])
+            .inc_by(session.body_bytes_sent() as u64);
+        self.metrics
+            .bytes_relayed
+            .with_label_values(&["from_client"])
+            .inc_by(session.body_bytes_read() as u64);
     }
 }
 
@@ -440,12 +640,24 @@ mod tests {
 
     #[test]
     fn token_query_and_cookie_handling() {
-        assert_eq!(query_token(Some("a=1&token=xyz&b=2")).as_deref(), Some("xyz"));
-        assert_eq!(strip_token(Some("a=1&token=xyz&b=2")).as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            query_token(Some("a=1&token=xyz&b=2")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(
+            strip_token(Some("a=1&token=xyz&b=2")).as_deref(),
+            Some("a=1&b=2")
+        );
         assert_eq!(strip_token(Some("token=xyz")), None);
-        assert_eq!(cookie_token(Some("x=1; warren_token=abc; y=2")).as_deref(), Some("abc"));
+        assert_eq!(
+            cookie_token(Some("x=1; warren_token=abc; y=2")).as_deref(),
+            Some("abc")
+        );
         assert_eq!(cookie_token(Some("warren_tokenx=abc")), None);
-        assert_eq!(strip_cookie("x=1; warren_token=abc; y=2").as_deref(), Some("x=1; y=2"));
+        assert_eq!(
+            strip_cookie("x=1; warren_token=abc; y=2").as_deref(),
+            Some("x=1; y=2")
+        );
         assert_eq!(strip_cookie("warren_token=abc"), None);
     }
 }

@@ -34,17 +34,31 @@ impl StaticRoutes {
         self.table
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(session.into(), SessionRoute { node: node.into(), tenant: tenant.into() });
+            .insert(
+                session.into(),
+                SessionRoute {
+                    node: node.into(),
+                    tenant: tenant.into(),
+                },
+            );
     }
     pub fn remove(&self, session: &str) {
-        self.table.write().unwrap_or_else(|e| e.into_inner()).remove(session);
+        self.table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
     }
 }
 
 #[async_trait]
 impl RouteSource for StaticRoutes {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
-        Ok(self.table.read().unwrap_or_else(|e| e.into_inner()).get(session).cloned())
+        Ok(self
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .cloned())
     }
 }
 
@@ -57,7 +71,13 @@ pub struct RouteCache {
 
 impl RouteCache {
     pub fn new(source: Arc<dyn RouteSource>, ttl: Duration) -> Self {
-        Self { source, cache: moka::future::Cache::builder().max_capacity(100_000).time_to_live(ttl).build() }
+        Self {
+            source,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 
     pub async fn resolve(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {

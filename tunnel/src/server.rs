@@ -372,7 +372,8 @@ pub fn from_socket(
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
-    let runtime = quinn::default_runtime().ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
     quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
         .map_err(|e| crate::tls::TlsError::Invalid(format!("tunnel socket: {e}")))
 }

@@ -1,0 +1,468 @@
+//! A real relay (Pingora + TLS) on 127.0.0.1:0, a real agent that dialed
+//! its tunnel, real session containers; HTTPS and WebSocket clients that
+//! connect to 127.0.0.1 with SNI and Host set, as a browser would.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
+use warren_config::*;
+use warren_relay::auth::testing::Signer;
+use warren_relay::routes::StaticRoutes;
+use warren_tunnel::client::Backoff;
+use warren_tunnel::server::SharedSecretAuth;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+pub const DOMAIN: &str = "warren.localhost";
+pub const TENANT: &str = "acme";
+const SECRET: &str = "relay-test-node-secret-0123456789";
+
+pub async fn docker_or_skip() -> bool {
+    let ok = match bollard::Docker::connect_with_local_defaults() {
+        Ok(d) => d.ping().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match ok {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("Docker is required under CI: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: Docker does not answer ({e})");
+            false
+        }
+    }
+}
+
+fn run_id(name: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn suffix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:x}{:x}{}",
+        t & 0xffff_ffff,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Stack {
+    pub run: String,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub signer: Signer,
+    pub routes: Arc<StaticRoutes>,
+    pub relay: warren_relay::Relay,
+    pub agent: Arc<Agent>,
+    pub node: String,
+    pub ca_pem: Vec<u8>,
+    relay_stop: CancellationToken,
+    agent_stop: CancellationToken,
+    dir: PathBuf,
+    network: String,
+}
+
+impl Stack {
+    pub async fn start(name: &str) -> Stack {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warren=debug,info")
+            .with_test_writer()
+            .try_init();
+        let run = run_id(name);
+        let dir = std::env::temp_dir().join(format!("warren-relay-test-{run}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let signer = Signer::generate("test-key");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, &signer.jwks).unwrap();
+        let https = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tunnel = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (https_addr, admin_addr, tunnel_addr) = (
+            https.local_addr().unwrap(),
+            admin.local_addr().unwrap(),
+            tunnel.local_addr().unwrap(),
+        );
+        let cfg: RelayConfig = from_toml_str(&format!(
+            r#"
+domain = "{DOMAIN}"
+data_dir = "{}"
+[https]
+listen = "{https_addr}"
+[admin]
+listen = "{admin_addr}"
+[tunnel]
+listen = "{tunnel_addr}"
+node_secret = "{SECRET}"
+[auth]
+jwks_file = "{}"
+"#,
+            dir.join("relay").display(),
+            jwks.display()
+        ))
+        .unwrap();
+        let routes = Arc::new(StaticRoutes::default());
+        let relay_stop = CancellationToken::new();
+        let relay = warren_relay::start(
+            cfg,
+            warren_relay::Listeners {
+                https,
+                http: None,
+                admin: Some(admin),
+                tunnel,
+            },
+            routes.clone(),
+            Arc::new(SharedSecretAuth::new(SECRET)),
+            relay_stop.clone(),
+        )
+        .await
+        .unwrap();
+        let ca = relay.ca_file.clone().unwrap();
+        let ca_pem = std::fs::read(&ca).unwrap();
+
+        let node = format!("n{}", run.replace('_', "-"))
+            .chars()
+            .take(63)
+            .collect::<String>();
+        let network = format!("warren-rtest-{run}");
+        let agent_cfg = AgentConfig {
+            node_id: node.clone(),
+            data_dir: dir.join("agent"),
+            credential: Secret::new(SECRET),
+            relays: vec![RelayTarget {
+                addr: tunnel_addr.to_string(),
+                server_name: DOMAIN.into(),
+                ca_file: Some(ca),
+            }],
+            docker: DockerConfig {
+                network: network.clone(),
+                default_image: "warren/session:mini".into(),
+                default_memory_mb: 128,
+                ..Default::default()
+            },
+            terminal: TerminalConfig::default(),
+        };
+        let agent_stop = CancellationToken::new();
+        let mut labels = BTreeMap::new();
+        labels.insert("warren.test".to_string(), run.clone());
+        let agent = Agent::start(
+            &agent_cfg,
+            AgentOptions {
+                extra_labels: labels,
+            },
+            agent_stop.clone(),
+        )
+        .await
+        .unwrap();
+        let backoff = Backoff {
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(500),
+            ..Default::default()
+        };
+        agent
+            .connect_relays(&agent_cfg, backoff, &TaskTracker::new())
+            .unwrap();
+        let n2 = node.clone();
+        assert!(
+            relay.registry.wait_until(WAIT, |n| n.contains(&n2)).await,
+            "agent never connected to the relay"
+        );
+        Stack {
+            run,
+            https: https_addr,
+            admin: admin_addr,
+            signer,
+            routes,
+            relay,
+            agent,
+            node,
+            ca_pem,
+            relay_stop,
+            agent_stop,
+            dir,
+            network,
+        }
+    }
+
+    /// A session container plus its route, owned by tenant `acme`.
+    pub async fn session(&self) -> SessionInfo {
+        let id = format!("s{}", suffix());
+        let s = self
+            .agent
+            .create_session(&SessionSpec {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.routes.insert(&id, &self.node, TENANT);
+        s
+    }
+
+    pub fn token(&self, sid: &str) -> String {
+        self.signer.token(sid, TENANT, 300)
+    }
+
+    pub async fn tls(&self, host: &str) -> TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile_certs(&self.ca_pem) {
+            roots.add(c).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+        TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+
+    /// One HTTP/1.1 request over TLS to 127.0.0.1 with SNI = Host = `host`.
+    pub async fn request(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        self.request_sni(host, host, method, path, headers).await
+    }
+
+    pub async fn request_sni(
+        &self,
+        sni: &str,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut s = self.tls(sni).await;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n",
+            self.https.port()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+            .await
+            .expect("response in time");
+        Resp::parse(&buf)
+    }
+
+    pub async fn ws(
+        &self,
+        sid: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Term, tokio_tungstenite::tungstenite::Error> {
+        let host = format!("{sid}.{DOMAIN}");
+        let s = self.tls(&host).await;
+        let url = format!(
+            "wss://{host}:{}/_warren/terminal?{query}",
+            self.https.port()
+        );
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::client_async(req, s).await?;
+        let mut t = Term {
+            ws,
+            out: String::new(),
+            terminal: None,
+            exit: None,
+        };
+        t.wait_hello().await;
+        Ok(t)
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        self.relay
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warren.test={}", self.run),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn stop_agent(&self) {
+        self.agent_stop.cancel();
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.agent_stop.cancel();
+        self.relay_stop.cancel();
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    warren_tunnel::tls::certs_from_pem(pem).unwrap()
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    fn parse(buf: &[u8]) -> Resp {
+        let text = String::from_utf8_lossy(buf).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Resp {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Term {
+    pub ws: WebSocketStream<TlsStream<tokio::net::TcpStream>>,
+    pub out: String,
+    pub terminal: Option<u32>,
+    pub exit: Option<i32>,
+}
+
+impl Term {
+    async fn wait_hello(&mut self) {
+        tokio::time::timeout(WAIT, async {
+            while self.terminal.is_none() {
+                self.step().await.expect("closed before hello");
+            }
+        })
+        .await
+        .expect("no hello");
+    }
+
+    async fn step(&mut self) -> Option<()> {
+        match self.ws.next().await? {
+            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
+                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        Some(())
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.ws
+            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
+        self.send(cmd).await;
+        let r = tokio::time::timeout(WAIT, async {
+            while !self.out.contains(marker) {
+                if self.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let out = std::mem::take(&mut self.out);
+        assert!(
+            matches!(r, Ok(true)),
+            "did not see {marker:?}; output:\n{out}"
+        );
+        out
+    }
+}
