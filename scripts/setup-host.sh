@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what Warren needs on a Debian 12 host: Docker engine,
-# cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images).
+# cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
+# chromium (the browser test).
 # Idempotent; safe to run again.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -15,6 +15,7 @@
 pub mod runtime;
 pub mod security;
 pub mod terminal;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

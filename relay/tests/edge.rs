@@ -351,3 +351,46 @@ async fn idle_terminal_outlives_default_timeouts() {
     tokio::time::sleep(Duration::from_secs(75)).await;
     t.run("echo after-$((2+2))", "after-4").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_browser_types_into_the_terminal() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "Chromium ({chromium}) is required under CI"
+        );
+        eprintln!("SKIPPED: {chromium} not installed");
+        return;
+    }
+    let st = Stack::start("browser").await;
+    let s = st.session().await;
+    let url = format!(
+        "https://{}.{DOMAIN}:{}/?token={}",
+        s.id,
+        st.https.port(),
+        st.token(&s.id)
+    );
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("browser-terminal.png");
+    let out = tokio::process::Command::new("node")
+        .arg("e2e/terminal.mjs")
+        .arg(&url)
+        .arg(&shot)
+        .current_dir(&web)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shot.exists(), "no screenshot");
+}

@@ -24,7 +24,7 @@ use crate::reaper::Reaper;
 /// Recent output kept per terminal and replayed on attach, in bytes.
 pub const REPLAY_BYTES: usize = 64 * 1024;
 /// Terminals one session may hold at once.
-pub const MAX_TERMINALS: usize = 64;
+pub const MAX_TERMINALS: usize = 256;
 /// Clients connected to the socket at once.
 const MAX_CLIENTS: usize = 256;
 /// Time a client has to send its request.
