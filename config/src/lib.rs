@@ -7,11 +7,13 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod control;
 mod relay;
 mod secret;
 mod tunnel;
 
 pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
+pub use control::{ControlConfig, SchedulerConfig, SessionDefaults, Strategy};
 pub use relay::{
     AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayTunnelConfig, StaticRoute,
 };

@@ -9,6 +9,8 @@ use warren_config::{AgentConfig, ConfigError, TunnelListenerConfig, from_toml_st
 fn parse(name: &str, text: &str) -> Result<String, ConfigError> {
     if name.starts_with("agent") {
         from_toml_str::<AgentConfig>(text).map(|c| format!("{c:?}"))
+    } else if name.starts_with("control") {
+        from_toml_str::<warren_config::ControlConfig>(text).map(|c| format!("{c:?}"))
     } else if name.starts_with("relay") {
         from_toml_str::<warren_config::RelayConfig>(text).map(|c| format!("{c:?}"))
     } else if name.starts_with("tunnel") {

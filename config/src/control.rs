@@ -1,0 +1,142 @@
+use crate::{ConfigError, Secret, Validate, check_label};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Configuration of `warren control`, the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `sqlite://…` (default: `warren.db` in `data_dir`) or `postgres://…`.
+    #[serde(default)]
+    pub database_url: Option<Secret>,
+    /// Sessions are `https://<id>.<domain>[:port]`.
+    pub domain: String,
+    /// Port of the relays' HTTPS listener, when it is not 443.
+    #[serde(default)]
+    pub https_port: Option<u16>,
+    /// Where users point ssh (`host:port`).
+    #[serde(default)]
+    pub ssh_endpoint: Option<String>,
+    /// Operators' key; made on first start (and written to `data_dir/admin.key`) when unset.
+    #[serde(default)]
+    pub admin_api_key: Option<Secret>,
+    /// What relays present to the internal API.
+    pub relay_secret: Secret,
+    /// Relays' tunnel listeners, handed to joining workers.
+    #[serde(default)]
+    pub relays: Vec<crate::RelayTarget>,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub sessions: SessionDefaults,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The node with the most headroom (default).
+    #[default]
+    Spread,
+    /// The node with the least headroom that fits.
+    Binpack,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    pub strategy: Strategy,
+    /// A node without a heartbeat for this long is lost, with its sessions.
+    pub heartbeat_timeout_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { strategy: Strategy::Spread, heartbeat_timeout_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionDefaults {
+    pub image: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub ttl_secs: u64,
+    pub idle_timeout_secs: u64,
+    /// How long `POST /v1/sessions` waits for the session to run.
+    pub create_timeout_secs: u64,
+    /// Lifetime of session tokens.
+    pub token_ttl_secs: u64,
+    /// Per-tenant limits for tenants created without their own.
+    pub tenant_max_sessions: u64,
+    pub tenant_max_memory_mb: u64,
+}
+
+impl Default for SessionDefaults {
+    fn default() -> Self {
+        Self {
+            image: "warren/session:dind".into(),
+            memory_mb: 512,
+            cpus: 1.0,
+            ttl_secs: 1800,
+            idle_timeout_secs: 1800,
+            create_timeout_secs: 120,
+            token_ttl_secs: 600,
+            tenant_max_sessions: 20,
+            tenant_max_memory_mb: 16384,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/warren/control")
+}
+
+impl Validate for ControlConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for label in self.domain.split('.') {
+            check_label("domain", label)?;
+        }
+        if !self.data_dir.is_absolute() {
+            return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
+        }
+        if let Some(u) = &self.database_url {
+            let u = u.expose();
+            if !(u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(ConfigError::invalid("database_url", "must start with sqlite: or postgres://"));
+            }
+        }
+        if self.relay_secret.expose().len() < 16 {
+            return Err(ConfigError::invalid("relay_secret", "must be at least 16 characters"));
+        }
+        if let Some(k) = &self.admin_api_key
+            && k.expose().len() < 24
+        {
+            return Err(ConfigError::invalid("admin_api_key", "must be at least 24 characters"));
+        }
+        let s = &self.sessions;
+        if !(16..=1_048_576).contains(&s.memory_mb) {
+            return Err(ConfigError::invalid("sessions.memory_mb", "must be between 16 and 1048576"));
+        }
+        if !(s.cpus > 0.0 && s.cpus <= 256.0) {
+            return Err(ConfigError::invalid("sessions.cpus", "must be in (0, 256]"));
+        }
+        if !(60..=7 * 86_400).contains(&s.ttl_secs) {
+            return Err(ConfigError::invalid("sessions.ttl_secs", "must be between 60 and 604800"));
+        }
+        if !(60..=7 * 86_400).contains(&s.idle_timeout_secs) {
+            return Err(ConfigError::invalid("sessions.idle_timeout_secs", "must be between 60 and 604800"));
+        }
+        if !(60..=86_400).contains(&s.token_ttl_secs) {
+            return Err(ConfigError::invalid("sessions.token_ttl_secs", "must be between 60 and 86400"));
+        }
+        if !(2..=3600).contains(&self.scheduler.heartbeat_timeout_secs) {
+            return Err(ConfigError::invalid("scheduler.heartbeat_timeout_secs", "must be between 2 and 3600"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,537 @@
+//! The REST API (CONTRACT.md) and the internal API for agents and relays.
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::store::{NewSession, Principal, Session, SessionReport, StoreError, now_ms};
+use crate::{Control, is_session_id};
+
+/// An error as the API shows it: a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "send a valid API key as Authorization: Bearer <key>")
+    }
+    fn forbidden(m: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", m)
+    }
+    fn not_found(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::QuotaExceeded(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+            StoreError::NoCapacity(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m),
+            StoreError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Db(e) => {
+                tracing::error!("database error: {e}");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the control plane's database is not answering; try again")
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+async fn principal(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
+    let key = bearer(h).ok_or_else(ApiError::unauthorized)?;
+    if key.len() > 200 {
+        return Err(ApiError::unauthorized());
+    }
+    c.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)
+}
+
+async fn admin(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
+    let p = principal(c, h).await?;
+    if !p.admin {
+        return Err(ApiError::forbidden("this needs the operator's admin key"));
+    }
+    Ok(p)
+}
+
+/// A node authenticates with `Authorization: Bearer <node_id>:<credential>`.
+async fn node_auth(c: &Control, h: &HeaderMap) -> ApiResult<String> {
+    let (node, cred) = bearer(h).and_then(|b| b.split_once(':')).ok_or_else(ApiError::unauthorized)?;
+    if c.store.verify_node(node, cred).await? {
+        Ok(node.to_string())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn relay_auth(c: &Control, h: &HeaderMap) -> ApiResult<()> {
+    let ok = bearer(h).is_some_and(|b| {
+        let want = c.cfg.relay_secret.expose();
+        b.len() == want.len() && b.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    });
+    if ok { Ok(()) } else { Err(ApiError::unauthorized()) }
+}
+
+pub fn router(c: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/v1/sessions/{id}/token", post(session_token))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/join-tokens", post(join_token))
+        .route("/v1/nodes/{id}/{action}", post(node_action))
+        .route("/v1/nodes/{id}", delete(remove_node))
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/tenants/{id}/api-keys", post(create_key))
+        .route("/v1/audit", get(audit))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/internal/v1/join", post(join))
+        .route("/internal/v1/heartbeat", post(heartbeat))
+        .route("/internal/v1/watch", get(watch))
+        .route("/internal/v1/routes/{id}", get(route))
+        .route("/internal/v1/nodes/verify", post(verify_node))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(c)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateSession {
+    image: Option<String>,
+    memory_mb: Option<i64>,
+    cpus: Option<f64>,
+    ttl_seconds: Option<i64>,
+    idle_timeout_seconds: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    id: String,
+    tenant: String,
+    node: String,
+    status: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+    image: String,
+    memory_mb: i64,
+    cpus: f64,
+    url: String,
+    ssh: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_expires_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl Control {
+    fn view(&self, s: &Session, token: Option<(String, i64)>) -> SessionView {
+        let port = self.cfg.https_port.filter(|p| *p != 443).map(|p| format!(":{p}")).unwrap_or_default();
+        let base = format!("https://{}.{}{port}/", s.id, self.cfg.domain);
+        let url = match &token {
+            Some((t, _)) => format!("{base}?token={t}"),
+            None => base,
+        };
+        let (host, sport) = match self.cfg.ssh_endpoint.as_deref().and_then(|e| e.rsplit_once(':')) {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (self.cfg.domain.clone(), "2222".into()),
+        };
+        SessionView {
+            id: s.id.clone(),
+            tenant: s.tenant.clone(),
+            node: s.node.clone(),
+            status: s.status.clone(),
+            reason: s.reason.clone(),
+            image: s.image.clone(),
+            memory_mb: s.memory_mb,
+            cpus: s.millicpus as f64 / 1000.0,
+            url,
+            ssh: format!("ssh -p {sport} {}@{host}", s.id),
+            token: token.as_ref().map(|t| t.0.clone()),
+            token_expires_at: token.map(|t| t.1),
+            expires_at: s.expires_at / 1000,
+            created_at: s.created_at / 1000,
+        }
+    }
+
+    async fn owned(&self, p: &Principal, id: &str) -> ApiResult<Session> {
+        if !is_session_id(id) {
+            return Err(ApiError::not_found(format!("session {id} does not exist")));
+        }
+        let s = self.store.session(id).await?;
+        // Another tenant's session is indistinguishable from no session.
+        if !p.admin && s.tenant != p.tenant {
+            return Err(ApiError::not_found(format!("session {id} does not exist")));
+        }
+        Ok(s)
+    }
+}
+
+async fn create_session(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<CreateSession>, JsonRejection>) -> ApiResult<Response> {
+    let p = principal(&c, &h).await?;
+    let Json(req) = body?;
+    let d = &c.cfg.sessions;
+    let image = req.image.unwrap_or_else(|| d.image.clone());
+    if image.is_empty() || image.len() > 255 || image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "image must be an image reference"));
+    }
+    let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);
+    if !(16..=1_048_576).contains(&memory_mb) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "memory_mb must be between 16 and 1048576"));
+    }
+    let cpus = req.cpus.unwrap_or(d.cpus);
+    if !(cpus > 0.0 && cpus <= 256.0) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "cpus must be in (0, 256]"));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
+    let idle = req.idle_timeout_seconds.unwrap_or(d.idle_timeout_secs as i64);
+    if !(10..=7 * 86_400).contains(&ttl) || !(10..=7 * 86_400).contains(&idle) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "ttl_seconds and idle_timeout_seconds must be between 10 and 604800"));
+    }
+    let spec = NewSession { image, memory_mb, millicpus: (cpus * 1000.0) as i64, ttl_ms: ttl * 1000, idle_timeout_ms: idle * 1000 };
+    let hb = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
+    let s = match c.store.create_session(&p.tenant, &spec, c.cfg.scheduler.strategy, hb).await {
+        Ok(s) => s,
+        Err(e) => {
+            c.store.audit(&p.key_id, &p.tenant, "session.create", "-", "refused", &e.to_string()).await;
+            return Err(e.into());
+        }
+    };
+    c.changed.notify_waiters();
+    c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "scheduled", &format!("node {} memory {} MB", s.node, s.memory_mb)).await;
+    // Answer once it runs, or fail clearly after the deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
+    let s = loop {
+        let s = c.store.session(&s.id).await?;
+        match s.status.as_str() {
+            "running" => break s,
+            "pending" if tokio::time::Instant::now() < deadline => {
+                let _ = tokio::time::timeout(Duration::from_millis(100), c.reported.notified()).await;
+            }
+            "pending" => {
+                c.store.stop_session(&s.id, "did not start in time").await?;
+                c.changed.notify_waiters();
+                c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "timeout", "").await;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "start_timeout",
+                    format!("session {} did not start within {} s on node {}", s.id, c.cfg.sessions.create_timeout_secs, s.node),
+                ));
+            }
+            other => {
+                c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "failed", &s.reason).await;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session_failed",
+                    format!("session {} is {other}: {}", s.id, s.reason),
+                ));
+            }
+        }
+    };
+    let token = c.issuer.mint(&s, &p.key_id)?;
+    Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
+}
+
+async fn list_sessions(State(c): State<Arc<Control>>, h: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let p = principal(&c, &h).await?;
+    let list = c.store.sessions(if p.admin { None } else { Some(&p.tenant) }).await?;
+    Ok(Json(json!({"sessions": list.iter().map(|s| c.view(s, None)).collect::<Vec<_>>()})))
+}
+
+async fn get_session(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+    let p = principal(&c, &h).await?;
+    let s = c.owned(&p, &id).await?;
+    Ok(Json(c.view(&s, None)))
+}
+
+async fn delete_session(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let p = principal(&c, &h).await?;
+    let s = c.owned(&p, &id).await?;
+    c.store.stop_session(&s.id, "deleted").await?;
+    c.changed.notify_waiters();
+    c.store.audit(&p.key_id, &s.tenant, "session.delete", &s.id, "ok", "").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn session_token(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let p = principal(&c, &h).await?;
+    let s = c.owned(&p, &id).await?;
+    if s.status != "running" && s.status != "pending" {
+        return Err(ApiError::new(StatusCode::CONFLICT, "session_ended", format!("session {id} is {}", s.status)));
+    }
+    let (token, exp) = c.issuer.mint(&s, &p.key_id)?;
+    c.store.audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", "").await;
+    Ok(Json(json!({"token": token, "expires_at": exp})))
+}
+
+async fn list_nodes(State(c): State<Arc<Control>>, h: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    admin(&c, &h).await?;
+    Ok(Json(json!({"nodes": c.store.nodes().await?})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenReq {
+    ttl_seconds: Option<i64>,
+}
+
+async fn join_token(State(c): State<Arc<Control>>, h: HeaderMap, body: Option<Json<JoinTokenReq>>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let p = admin(&c, &h).await?;
+    let ttl = body.and_then(|b| b.0.ttl_seconds).unwrap_or(3600);
+    if !(60..=7 * 86_400).contains(&ttl) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "ttl_seconds must be between 60 and 604800"));
+    }
+    let token = c.store.create_join_token(ttl * 1000).await?;
+    c.store.audit(&p.key_id, &p.tenant, "node.join_token", "-", "ok", &format!("ttl {ttl} s")).await;
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "expires_at": now_ms() / 1000 + ttl}))))
+}
+
+async fn node_action(State(c): State<Arc<Control>>, h: HeaderMap, Path((id, action)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let p = admin(&c, &h).await?;
+    if !matches!(action.as_str(), "drain" | "cordon" | "uncordon") {
+        return Err(ApiError::not_found(format!("no node action {action}; use drain, cordon or uncordon")));
+    }
+    c.store.node_action(&id, &action).await?;
+    c.changed.notify_waiters();
+    c.store.audit(&p.key_id, &p.tenant, &format!("node.{action}"), &id, "ok", "").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_node(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let p = admin(&c, &h).await?;
+    c.store.node_action(&id, "remove").await?;
+    c.changed.notify_waiters();
+    c.store.audit(&p.key_id, &p.tenant, "node.remove", &id, "ok", "").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantReq {
+    name: String,
+    max_sessions: Option<i64>,
+    max_memory_mb: Option<i64>,
+}
+
+async fn create_tenant(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<TenantReq>, JsonRejection>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let p = admin(&c, &h).await?;
+    let Json(req) = body?;
+    if req.name.trim().is_empty() || req.name.len() > 100 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "name must be 1-100 characters"));
+    }
+    let ms = req.max_sessions.unwrap_or(c.cfg.sessions.tenant_max_sessions as i64);
+    let mm = req.max_memory_mb.unwrap_or(c.cfg.sessions.tenant_max_memory_mb as i64);
+    if !(0..=1_000_000).contains(&ms) || !(0..=1 << 40).contains(&mm) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "quotas out of range"));
+    }
+    let t = c.store.create_tenant(&req.name, ms, mm).await?;
+    c.store.audit(&p.key_id, &t.id, "tenant.create", &t.id, "ok", &req.name).await;
+    Ok((StatusCode::CREATED, Json(json!(t))))
+}
+
+async fn create_key(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let p = admin(&c, &h).await?;
+    c.store.tenant(&id).await?;
+    let key = crate::store::random_secret("wk");
+    let key_id = c.store.add_api_key(&id, &key, false).await?;
+    c.store.audit(&p.key_id, &id, "key.create", &key_id, "ok", "").await;
+    // Shown once; only its hash is kept.
+    Ok((StatusCode::CREATED, Json(json!({"id": key_id, "tenant": id, "key": key}))))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+}
+
+async fn audit(State(c): State<Arc<Control>>, h: HeaderMap, Query(q): Query<AuditQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let p = principal(&c, &h).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = c.store.audit_log(if p.admin { None } else { Some(&p.tenant) }, limit).await?;
+    Ok(Json(json!({"entries": entries})))
+}
+
+async fn jwks(State(c): State<Arc<Control>>) -> ApiResult<Json<serde_json::Value>> {
+    let keys: Vec<_> = c
+        .store
+        .public_keys()
+        .await?
+        .into_iter()
+        .map(|(kid, x)| json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x}))
+        .collect();
+    Ok(Json(json!({"keys": keys})))
+}
+
+async fn readyz(State(c): State<Arc<Control>>) -> ApiResult<&'static str> {
+    c.store.version().await?;
+    Ok("ready\n")
+}
+
+async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> {
+    let nodes = c.store.nodes().await?;
+    let mut out = String::from("# TYPE warren_control_nodes gauge\n");
+    for state in ["ready", "lost", "draining", "joining"] {
+        out.push_str(&format!("warren_control_nodes{{state=\"{state}\"}} {}\n", nodes.iter().filter(|n| n.state == state).count()));
+    }
+    out.push_str("# TYPE warren_control_reserved_memory_mb gauge\n");
+    for n in &nodes {
+        out.push_str(&format!("warren_control_reserved_memory_mb{{node=\"{}\"}} {}\n", n.id, n.reserved_mb));
+        out.push_str(&format!("warren_control_allocatable_memory_mb{{node=\"{}\"}} {}\n", n.id, n.allocatable_mb));
+    }
+    Ok(out)
+}
+
+// ---- internal: agents ---------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinReq {
+    pub token: String,
+    pub node_id: String,
+    pub allocatable_mb: i64,
+}
+
+async fn join(State(c): State<Arc<Control>>, body: Result<Json<JoinReq>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    if !warren_config::is_dns_label(&req.node_id) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "node_id must be a DNS label"));
+    }
+    if !(16..=1 << 30).contains(&req.allocatable_mb) || req.token.len() > 200 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "allocatable_mb out of range"));
+    }
+    match c.store.join(&req.token, &req.node_id, req.allocatable_mb).await {
+        Ok(credential) => {
+            c.store.audit(&format!("node:{}", req.node_id), "", "node.join", &req.node_id, "ok", "").await;
+            let relays: Vec<_> = c
+                .cfg
+                .relays
+                .iter()
+                .map(|r| {
+                    let ca = r.ca_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+                    json!({"addr": r.addr, "server_name": r.server_name, "ca_pem": ca})
+                })
+                .collect();
+            Ok(Json(json!({"node_id": req.node_id, "credential": credential, "relays": relays})))
+        }
+        Err(e) => {
+            c.store.audit(&format!("node:{}", req.node_id), "", "node.join", &req.node_id, "refused", &e.to_string()).await;
+            Err(ApiError::new(StatusCode::FORBIDDEN, "join_refused", e.to_string()))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatReq {
+    pub allocatable_mb: i64,
+    pub free_mb: i64,
+    #[serde(default)]
+    pub sessions: Vec<SessionReport>,
+}
+
+async fn heartbeat(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<HeartbeatReq>, JsonRejection>) -> ApiResult<StatusCode> {
+    let node = node_auth(&c, &h).await?;
+    let Json(req) = body?;
+    if req.sessions.len() > 10_000 || req.sessions.iter().any(|s| !is_session_id(&s.id)) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "bad session report"));
+    }
+    c.store.heartbeat(&node, req.allocatable_mb.max(0), req.free_mb.max(0), &req.sessions).await?;
+    c.reported.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    index: Option<i64>,
+}
+
+/// Long poll: answers when the desired state may have changed past `index`,
+/// or after 25 s with the current state.
+async fn watch(State(c): State<Arc<Control>>, h: HeaderMap, Query(q): Query<WatchQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let node = node_auth(&c, &h).await?;
+    let since = q.index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let v = c.store.version().await?;
+        if v != since || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        // Other replicas change the version too: look again every 500 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(500), c.changed.notified()).await;
+    }
+    let (index, sessions) = c.store.desired(&node).await?;
+    let list: Vec<_> = sessions
+        .iter()
+        .map(|s| json!({"id": s.id, "image": s.image, "memory_mb": s.memory_mb, "cpus": s.millicpus as f64 / 1000.0}))
+        .collect();
+    Ok(Json(json!({"index": index, "sessions": list})))
+}
+
+// ---- internal: relays -------------------------------------------------------------
+
+async fn route(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    relay_auth(&c, &h)?;
+    if !is_session_id(&id) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let s = c.store.session(&id).await?;
+    if !matches!(s.status.as_str(), "running" | "pending") {
+        return Err(ApiError::not_found(format!("session {id} is {}", s.status)));
+    }
+    Ok(Json(json!({"node": s.node, "tenant": s.tenant})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyReq {
+    node_id: String,
+    credential: String,
+}
+
+async fn verify_node(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<VerifyReq>, JsonRejection>) -> ApiResult<StatusCode> {
+    relay_auth(&c, &h)?;
+    let Json(req) = body?;
+    if c.store.verify_node(&req.node_id, &req.credential).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::forbidden("node credential rejected"))
+    }
+}

@@ -1,0 +1,187 @@
+//! `warren-control`: the control plane.
+//!
+//! Tenants, API keys (stored hashed), sessions with TTL and idle timeout,
+//! scheduling by memory headroom (spread or binpack, reserved in the same
+//! transaction as the choice), short-lived Ed25519 session tokens with a
+//! JWKS, worker join tokens, drain/cordon, an audit log. The store is sqlx
+//! on SQLite by default and PostgreSQL for several replicas.
+//!
+//! Agents talk to the internal API: join (a one-time token for a node
+//! credential), heartbeat (memory and the state of their sessions), and
+//! watch (a long poll on a version index for the sessions they should run).
+//! Relays ask it for `session → node` routes and to check node credentials.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use warren_config::ControlConfig;
+
+use crate::api::ApiError;
+use crate::store::{Session, Store, now_ms};
+
+/// A session id as control makes them.
+pub fn is_session_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Mints session tokens with the store's signing key.
+pub struct Issuer {
+    kid: String,
+    key: EncodingKey,
+    ttl_secs: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    sid: &'a str,
+    tenant: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+}
+
+impl Issuer {
+    /// `(token, expires_at)`; the token never outlives its session.
+    pub fn mint(&self, s: &Session, subject: &str) -> Result<(String, i64), ApiError> {
+        let now = (now_ms() / 1000) as u64;
+        let exp = (now + self.ttl_secs).min((s.expires_at / 1000) as u64).max(now + 1);
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(self.kid.clone());
+        let claims = Claims { sub: subject, sid: &s.id, tenant: &s.tenant, scope: "terminal preview", aud: "warren", exp, nbf: now.saturating_sub(5), iat: now };
+        let t = jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| {
+            tracing::error!("signing a token: {e}");
+            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot sign tokens right now")
+        })?;
+        Ok((t, exp as i64))
+    }
+}
+
+pub struct Control {
+    pub cfg: ControlConfig,
+    pub store: Store,
+    pub issuer: Issuer,
+    /// Desired state changed (wakes watches on this replica at once).
+    pub changed: Notify,
+    /// An agent reported (wakes creates waiting for `running`).
+    pub reported: Notify,
+}
+
+/// A running control plane.
+pub struct Running {
+    pub control: Arc<Control>,
+    /// The admin key, when this start made it (first start without one configured).
+    pub admin_key: Option<String>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn database_url(cfg: &ControlConfig) -> String {
+    match &cfg.database_url {
+        Some(u) => u.expose().to_string(),
+        None => format!("sqlite://{}", cfg.data_dir.join("warren.db").display()),
+    }
+}
+
+/// Opens the store, makes the default tenant, the admin key and the signing
+/// key if missing, and serves the API on `listener` until `shutdown`.
+pub async fn start(cfg: ControlConfig, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Store::open(&database_url(&cfg)).await.context("opening the database")?;
+    let d = &cfg.sessions;
+    store.ensure_tenant("default", "default", d.tenant_max_sessions as i64, d.tenant_max_memory_mb as i64).await?;
+    let mut made_admin = None;
+    match &cfg.admin_api_key {
+        Some(k) => {
+            if !store.has_admin_key(k.expose()).await? {
+                store.add_api_key("default", k.expose(), true).await?;
+            }
+        }
+        None => {
+            let file = cfg.data_dir.join("admin.key");
+            if !file.exists() {
+                let key = store::random_secret("wa");
+                store.add_api_key("default", &key, true).await?;
+                write_private(&file, key.as_bytes())?;
+                info!(file = %file.display(), "made an admin API key");
+                made_admin = Some(key);
+            }
+        }
+    }
+    let (kid, pem) = store.signing_key().await?;
+    let issuer = Issuer {
+        kid,
+        key: EncodingKey::from_ed_pem(pem.as_bytes()).context("signing key")?,
+        ttl_secs: cfg.sessions.token_ttl_secs,
+    };
+    let control = Arc::new(Control { cfg, store, issuer, changed: Notify::new(), reported: Notify::new() });
+    info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
+
+    let app = api::router(control.clone());
+    let sd = shutdown.clone();
+    let reaper = tokio::spawn(reap(control.clone(), shutdown.clone()));
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await }).await {
+            warn!("control API stopped: {e}");
+        }
+        reaper.abort();
+    });
+    Ok(Running { control, admin_key: made_admin, task })
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}://***{}", &url[..a], &url[b..]),
+        _ => url.to_string(),
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Marks silent nodes lost and stops expired or idle sessions, every second.
+async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
+    let timeout = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match c.store.mark_lost(timeout).await {
+            Ok(lost) => {
+                for n in lost {
+                    warn!(node = %n, "node lost: no heartbeat");
+                    c.store.audit("control", "", "node.lost", &n, "ok", "no heartbeat").await;
+                }
+            }
+            Err(e) => warn!("lost-node check failed: {e}"),
+        }
+        match c.store.expire().await {
+            Ok(expired) => {
+                for (id, tenant, reason) in &expired {
+                    info!(session = %id, %reason, "stopping session");
+                    c.store.audit("control", tenant, "session.expire", id, "ok", reason).await;
+                }
+                if !expired.is_empty() {
+                    c.changed.notify_waiters();
+                }
+            }
+            Err(e) => warn!("expiry check failed: {e}"),
+        }
+    }
+}

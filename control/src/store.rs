@@ -1,0 +1,657 @@
+//! The store: one set of migrations and queries for SQLite (the embedded
+//! default) and PostgreSQL (several control replicas), chosen by the URL.
+//! Every scheduling transaction first updates the `sched_lock` row, which
+//! serialises placements across replicas without over-commit.
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use warren_config::Strategy;
+
+pub const ACTIVE: &str = "('pending','running','stopping')";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Lowercase letters and digits, unguessable (`n` × ~5.2 bits).
+pub fn random_id(n: usize) -> String {
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::rng();
+    (0..n).map(|_| A[r.random_range(0..A.len())] as char).collect()
+}
+
+/// A high-entropy secret with a recognisable prefix.
+pub fn random_secret(prefix: &str) -> String {
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut r = rand::rng();
+    let body: String = (0..40).map(|_| A[r.random_range(0..A.len())] as char).collect();
+    format!("{prefix}_{body}")
+}
+
+/// Secrets are stored as SHA-256 (they have 238 bits of entropy, so a fast
+/// hash is enough).
+pub fn hash(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub max_sessions: i64,
+    pub max_memory_mb: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    pub tenant: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Node {
+    pub id: String,
+    pub allocatable_mb: i64,
+    pub free_mb: i64,
+    pub reserved_mb: i64,
+    pub state: String,
+    pub cordoned: bool,
+    pub last_heartbeat_ms: i64,
+    pub sessions: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Session {
+    pub id: String,
+    pub tenant: String,
+    pub node: String,
+    pub status: String,
+    pub reason: String,
+    pub image: String,
+    pub memory_mb: i64,
+    pub millicpus: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub idle_timeout_ms: i64,
+    pub last_activity: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub image: String,
+    pub memory_mb: i64,
+    pub millicpus: i64,
+    pub ttl_ms: i64,
+    pub idle_timeout_ms: i64,
+}
+
+/// What an agent says about one of its sessions.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionReport {
+    pub id: String,
+    /// `running` or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
+    /// Milliseconds since the last terminal activity, if any was seen.
+    #[serde(default)]
+    pub idle_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub tenant: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
+    Ok(Session {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant_id")?,
+        node: r.try_get("node_id")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        image: r.try_get("image")?,
+        memory_mb: r.try_get("memory_mb")?,
+        millicpus: r.try_get("millicpus")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        idle_timeout_ms: r.try_get("idle_timeout_ms")?,
+        last_activity: r.try_get("last_activity")?,
+    })
+}
+
+const SESSION_COLS: &str =
+    "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity";
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect(&url)
+            .await?;
+        if url.starts_with("sqlite:") {
+            // Writers wait for each other instead of failing.
+            sqlx::query("PRAGMA busy_timeout = 30000").execute(&pool).await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Db(e.into()))?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    // ---- tenants and keys -------------------------------------------------
+
+    pub async fn ensure_tenant(&self, id: &str, name: &str, max_sessions: i64, max_memory_mb: i64) -> Result<()> {
+        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        if exists.is_none() {
+            let r = sqlx::query("INSERT INTO tenants (id, name, max_sessions, max_memory_mb, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id)
+                .bind(name)
+                .bind(max_sessions)
+                .bind(max_memory_mb)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await;
+            // Another replica made it at the same moment.
+            if r.is_err() && sqlx::query("SELECT id FROM tenants WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.is_none() {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_tenant(&self, name: &str, max_sessions: i64, max_memory_mb: i64) -> Result<Tenant> {
+        let id = format!("t{}", random_id(11));
+        self.ensure_tenant(&id, name, max_sessions, max_memory_mb).await?;
+        Ok(Tenant { id, name: name.into(), max_sessions, max_memory_mb })
+    }
+
+    pub async fn tenant(&self, id: &str) -> Result<Tenant> {
+        let r = sqlx::query("SELECT id, name, max_sessions, max_memory_mb FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("tenant {id} does not exist")))?;
+        Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, max_sessions: r.try_get("max_sessions")?, max_memory_mb: r.try_get("max_memory_mb")? })
+    }
+
+    /// Stores a key (hashed); returns its id.
+    pub async fn add_api_key(&self, tenant: &str, key: &str, admin: bool) -> Result<String> {
+        let id = format!("k{}", random_id(11));
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&id)
+            .bind(tenant)
+            .bind(hash(key))
+            .bind(admin as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn has_admin_key(&self, key: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT id FROM api_keys WHERE hash = $1").bind(hash(key)).fetch_optional(&self.pool).await?.is_some())
+    }
+
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>> {
+        let r = sqlx::query("SELECT id, tenant_id, is_admin FROM api_keys WHERE hash = $1").bind(hash(key)).fetch_optional(&self.pool).await?;
+        Ok(match r {
+            Some(r) => Some(Principal { key_id: r.try_get("id")?, tenant: r.try_get("tenant_id")?, admin: r.try_get::<i64, _>("is_admin")? != 0 }),
+            None => None,
+        })
+    }
+
+    // ---- workers ------------------------------------------------------------
+
+    pub async fn create_join_token(&self, ttl_ms: i64) -> Result<String> {
+        let token = random_secret("wj");
+        sqlx::query("INSERT INTO join_tokens (hash, expires_at, used, created_at) VALUES ($1, $2, 0, $3)")
+            .bind(hash(&token))
+            .bind(now_ms() + ttl_ms)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// Spends a join token (once) and registers the node; returns its credential.
+    pub async fn join(&self, token: &str, node_id: &str, allocatable_mb: i64) -> Result<String> {
+        let mut tx = self.pool.begin().await?;
+        let spent = sqlx::query("UPDATE join_tokens SET used = 1 WHERE hash = $1 AND used = 0 AND expires_at > $2")
+            .bind(hash(token))
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        if spent.rows_affected() != 1 {
+            return Err(StoreError::Invalid("the join token is unknown, already used or expired".into()));
+        }
+        let credential = random_secret("wn");
+        let existing = sqlx::query("SELECT id FROM nodes WHERE id = $1").bind(node_id).fetch_optional(&mut *tx).await?;
+        if existing.is_some() {
+            sqlx::query("UPDATE nodes SET credential_hash = $1, allocatable_mb = $2, state = 'ready' WHERE id = $3")
+                .bind(hash(&credential))
+                .bind(allocatable_mb)
+                .bind(node_id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO nodes (id, credential_hash, allocatable_mb, free_mb, state, cordoned, last_heartbeat, created_at) \
+                 VALUES ($1, $2, $3, $3, 'joining', 0, 0, $4)",
+            )
+            .bind(node_id)
+            .bind(hash(&credential))
+            .bind(allocatable_mb)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(credential)
+    }
+
+    pub async fn verify_node(&self, node_id: &str, credential: &str) -> Result<bool> {
+        let r = sqlx::query("SELECT credential_hash FROM nodes WHERE id = $1").bind(node_id).fetch_optional(&self.pool).await?;
+        Ok(match r {
+            Some(r) => {
+                let h: String = r.try_get("credential_hash")?;
+                let want = hash(credential);
+                h.len() == want.len() && h.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+            }
+            None => false,
+        })
+    }
+
+    /// Records a heartbeat and the agent's view of its sessions.
+    pub async fn heartbeat(&self, node_id: &str, allocatable_mb: i64, free_mb: i64, reports: &[SessionReport]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query(
+            "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
+             state = CASE WHEN state IN ('joining','lost') THEN 'ready' ELSE state END WHERE id = $4",
+        )
+        .bind(allocatable_mb)
+        .bind(free_mb)
+        .bind(now)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        let mut present = Vec::new();
+        for r in reports {
+            present.push(r.id.clone());
+            match r.state.as_str() {
+                "running" => {
+                    sqlx::query("UPDATE sessions SET status = 'running', updated_at = $1 WHERE id = $2 AND node_id = $3 AND status = 'pending'")
+                        .bind(now)
+                        .bind(&r.id)
+                        .bind(node_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    if let Some(idle) = r.idle_ms {
+                        sqlx::query("UPDATE sessions SET last_activity = $1 WHERE id = $2 AND node_id = $3 AND last_activity < $1")
+                            .bind(now - idle.max(0))
+                            .bind(&r.id)
+                            .bind(node_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                _ => {
+                    sqlx::query("UPDATE sessions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = 'pending'")
+                        .bind(r.reason.chars().take(500).collect::<String>())
+                        .bind(now)
+                        .bind(&r.id)
+                        .bind(node_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        // Sessions being stopped that the agent no longer runs are stopped.
+        let stopping = sqlx::query("SELECT id FROM sessions WHERE node_id = $1 AND status = 'stopping'").bind(node_id).fetch_all(&mut *tx).await?;
+        for row in stopping {
+            let id: String = row.try_get("id")?;
+            if !present.contains(&id) {
+                sqlx::query("UPDATE sessions SET status = 'stopped', updated_at = $1 WHERE id = $2").bind(now).bind(&id).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, \
+             (SELECT COALESCE(SUM(s.memory_mb), 0) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS n_sessions \
+             FROM nodes n ORDER BY n.id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Node {
+                    id: r.try_get("id")?,
+                    allocatable_mb: r.try_get("allocatable_mb")?,
+                    free_mb: r.try_get("free_mb")?,
+                    reserved_mb: r.try_get("reserved")?,
+                    state: r.try_get("state")?,
+                    cordoned: r.try_get::<i64, _>("cordoned")? != 0,
+                    last_heartbeat_ms: r.try_get("last_heartbeat")?,
+                    sessions: r.try_get("n_sessions")?,
+                })
+            })
+            .collect()
+    }
+
+    /// `cordon` (no new sessions), `uncordon`, or `drain` (cordon and stop its sessions).
+    pub async fn node_action(&self, node_id: &str, action: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        let n = match action {
+            "cordon" => sqlx::query("UPDATE nodes SET cordoned = 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
+            "uncordon" => sqlx::query("UPDATE nodes SET cordoned = 0, state = CASE WHEN state = 'draining' THEN 'ready' ELSE state END WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
+            "drain" => {
+                let n = sqlx::query("UPDATE nodes SET cordoned = 1, state = 'draining' WHERE id = $1").bind(node_id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE sessions SET status = 'stopping', reason = 'node drained', updated_at = $1 WHERE node_id = $2 AND status IN ('pending','running')")
+                    .bind(now_ms())
+                    .bind(node_id)
+                    .execute(&mut *tx)
+                    .await?;
+                n
+            }
+            "remove" => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = 'lost', reason = 'node removed', updated_at = $1 WHERE node_id = $2 AND status IN {ACTIVE}")))
+                    .bind(now_ms())
+                    .bind(node_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node_id).execute(&mut *tx).await?
+            }
+            other => return Err(StoreError::Invalid(format!("unknown node action {other}"))),
+        };
+        if n.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("node {node_id} does not exist")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks nodes without a recent heartbeat lost, with their sessions.
+    pub async fn mark_lost(&self, timeout_ms: i64) -> Result<Vec<String>> {
+        let cutoff = now_ms() - timeout_ms;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        let rows = sqlx::query("SELECT id FROM nodes WHERE state IN ('ready','draining') AND last_heartbeat < $1").bind(cutoff).fetch_all(&mut *tx).await?;
+        let mut lost = Vec::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            sqlx::query("UPDATE nodes SET state = 'lost' WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = 'lost', reason = 'its node stopped answering', updated_at = $1 WHERE node_id = $2 AND status IN {ACTIVE}")))
+                .bind(now_ms())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            lost.push(id);
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    // ---- sessions -------------------------------------------------------------
+
+    /// Checks the tenant's quota, picks a node by memory headroom and
+    /// reserves the memory, all in one transaction.
+    pub async fn create_session(&self, tenant: &str, spec: &NewSession, strategy: Strategy, heartbeat_timeout_ms: i64) -> Result<Session> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        let t = sqlx::query("SELECT max_sessions, max_memory_mb FROM tenants WHERE id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
+        let (max_s, max_m): (i64, i64) = (t.try_get("max_sessions")?, t.try_get("max_memory_mb")?);
+        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, COALESCE(SUM(memory_mb), 0) AS m FROM sessions WHERE tenant_id = $1 AND status IN {ACTIVE}")))
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (n, m): (i64, i64) = (u.try_get("n")?, u.try_get("m")?);
+        if n + 1 > max_s {
+            return Err(StoreError::QuotaExceeded(format!("tenant {tenant} may run {max_s} sessions at once and runs {n}")));
+        }
+        if m + spec.memory_mb > max_m {
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} may use {max_m} MB in all; {m} MB are in use and {} MB were asked for",
+                spec.memory_mb
+            )));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT n.id, n.allocatable_mb, n.free_mb, \
+             (SELECT COALESCE(SUM(s.memory_mb), 0) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved \
+             FROM nodes n WHERE n.state = 'ready' AND n.cordoned = 0 AND n.last_heartbeat > $1"
+        )))
+        .bind(now - heartbeat_timeout_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut best: Option<(String, i64)> = None;
+        for r in &rows {
+            let (id, alloc, free, reserved): (String, i64, i64, i64) =
+                (r.try_get("id")?, r.try_get("allocatable_mb")?, r.try_get("free_mb")?, r.try_get("reserved")?);
+            // Headroom: what is not reserved, bounded by what the node reports free.
+            let headroom = (alloc - reserved).min(free);
+            if headroom < spec.memory_mb {
+                continue;
+            }
+            let better = match (&best, strategy) {
+                (None, _) => true,
+                (Some((_, h)), Strategy::Spread) => headroom > *h,
+                (Some((_, h)), Strategy::Binpack) => headroom < *h,
+            };
+            if better {
+                best = Some((id, headroom));
+            }
+        }
+        let Some((node, _)) = best else {
+            return Err(StoreError::NoCapacity(format!(
+                "no ready node has {} MB of memory headroom ({} ready nodes)",
+                spec.memory_mb,
+                rows.len()
+            )));
+        };
+        let id = random_id(16);
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at) \
+             VALUES ($1, $2, $3, 'pending', '', $4, $5, $6, $7, $8, $9, $7, $7)",
+        )
+        .bind(&id)
+        .bind(tenant)
+        .bind(&node)
+        .bind(&spec.image)
+        .bind(spec.memory_mb)
+        .bind(spec.millicpus)
+        .bind(now)
+        .bind(now + spec.ttl_ms)
+        .bind(spec.idle_timeout_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.session(&id).await
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Session> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("session {id} does not exist")))?;
+        Ok(session_from(&r)?)
+    }
+
+    pub async fn sessions(&self, tenant: Option<&str>) -> Result<Vec<Session>> {
+        let rows = match tenant {
+            Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1000"))).bind(t).fetch_all(&self.pool).await?,
+            None => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions ORDER BY created_at DESC LIMIT 1000"))).fetch_all(&self.pool).await?,
+        };
+        rows.iter().map(|r| session_from(r).map_err(StoreError::from)).collect()
+    }
+
+    pub async fn stop_session(&self, id: &str, reason: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query("UPDATE sessions SET status = 'stopping', reason = $1, updated_at = $2 WHERE id = $3 AND status IN ('pending','running')")
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sessions past their TTL or idle timeout; they are set stopping.
+    pub async fn expire(&self) -> Result<Vec<(String, String, String)>> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, expires_at, last_activity, idle_timeout_ms FROM sessions WHERE status = 'running' AND (expires_at < $1 OR last_activity + idle_timeout_ms < $1)",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, tenant, exp): (String, String, i64) = (r.try_get("id")?, r.try_get("tenant_id")?, r.try_get("expires_at")?);
+            let reason = if exp < now { "ttl expired" } else { "idle timeout" };
+            self.stop_session(&id, reason).await?;
+            out.push((id, tenant, reason.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Sessions a node should run, and the version to watch from.
+    pub async fn desired(&self, node_id: &str) -> Result<(i64, Vec<Session>)> {
+        let v: i64 = sqlx::query("SELECT version FROM sched_lock WHERE id = 1").fetch_one(&self.pool).await?.try_get("version")?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE node_id = $1 AND status IN ('pending','running')")))
+            .bind(node_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let s = rows.iter().map(session_from).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((v, s))
+    }
+
+    pub async fn version(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT version FROM sched_lock WHERE id = 1").fetch_one(&self.pool).await?.try_get("version")?)
+    }
+
+    // ---- audit ----------------------------------------------------------------
+
+    pub async fn audit(&self, actor: &str, tenant: &str, action: &str, target: &str, outcome: &str, detail: &str) {
+        let r = sqlx::query("INSERT INTO audit (id, at, actor, tenant_id, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(random_id(20))
+            .bind(now_ms())
+            .bind(actor)
+            .bind(tenant)
+            .bind(action)
+            .bind(target)
+            .bind(outcome)
+            .bind(detail.chars().take(1000).collect::<String>())
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = r {
+            tracing::error!("audit write failed: {e}");
+        }
+    }
+
+    pub async fn audit_log(&self, tenant: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>> {
+        let q = "SELECT at, actor, tenant_id, action, target, outcome, detail FROM audit";
+        let rows = match tenant {
+            Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!("{q} WHERE tenant_id = $1 ORDER BY at DESC LIMIT $2"))).bind(t).bind(limit).fetch_all(&self.pool).await?,
+            None => sqlx::query(sqlx::AssertSqlSafe(format!("{q} ORDER BY at DESC LIMIT $1"))).bind(limit).fetch_all(&self.pool).await?,
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    tenant: r.try_get("tenant_id")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---- signing keys -----------------------------------------------------------
+
+    /// The active signing key `(kid, private PEM)`; made once, shared by replicas
+    /// (the oldest key wins if two start at once).
+    pub async fn signing_key(&self) -> Result<(String, String)> {
+        let q = "SELECT kid, private_pem FROM signing_keys ORDER BY created_at ASC, kid ASC LIMIT 1";
+        if let Some(r) = sqlx::query(q).fetch_optional(&self.pool).await? {
+            return Ok((r.try_get("kid")?, r.try_get("private_pem")?));
+        }
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        use base64::Engine;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
+        sqlx::query("INSERT INTO signing_keys (kid, private_pem, public_x, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(format!("k{}", random_id(11)))
+            .bind(kp.serialize_pem())
+            .bind(x)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query(q).fetch_one(&self.pool).await?;
+        Ok((r.try_get("kid")?, r.try_get("private_pem")?))
+    }
+
+    pub async fn public_keys(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT kid, public_x FROM signing_keys ORDER BY created_at").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("kid")?, r.try_get("public_x")?))).collect()
+    }
+}
