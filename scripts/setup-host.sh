@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what Warren needs on a Debian 12 host: Docker engine,
 # cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
-# chromium (the browser test).
+# chromium (the browser test), PostgreSQL (the control plane's scale path).
 # Idempotent; safe to run again.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
 command -v chromium >/dev/null || need+=(chromium)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,3 +35,12 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
   timeout 10 docker info >/dev/null 2>&1 || { echo "setup-host: dockerd did not start"; tail -50 /var/log/warren-dockerd.log; exit 1; }
 fi
 echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"
+
+# PostgreSQL for the control plane's tests (a local cluster, password auth on loopback).
+if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  echo "setup-host: starting PostgreSQL"
+  pg_ctlcluster 15 main start || true
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -q && break; sleep 1; done
+fi
+su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+echo "setup-host: PostgreSQL ready (postgres://postgres:postgres@127.0.0.1:5432/postgres)"

@@ -8,6 +8,10 @@ scripts/build-init.sh
 if timeout 10 docker info >/dev/null 2>&1; then
   scripts/build-images.sh
 fi
+# The control plane's PostgreSQL tests use a local server when one answers.
+if [ -z "${WARREN_TEST_POSTGRES_URL:-}" ] && pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  export WARREN_TEST_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres
+fi
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 exec cargo nextest run --workspace --locked --profile "$profile" "$@"

@@ -55,7 +55,10 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { strategy: Strategy::Spread, heartbeat_timeout_secs: 10 }
+        Self {
+            strategy: Strategy::Spread,
+            heartbeat_timeout_secs: 10,
+        }
     }
 }
 
@@ -106,36 +109,63 @@ impl Validate for ControlConfig {
         }
         if let Some(u) = &self.database_url {
             let u = u.expose();
-            if !(u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                return Err(ConfigError::invalid("database_url", "must start with sqlite: or postgres://"));
+            if !(u.starts_with("sqlite:")
+                || u.starts_with("postgres://")
+                || u.starts_with("postgresql://"))
+            {
+                return Err(ConfigError::invalid(
+                    "database_url",
+                    "must start with sqlite: or postgres://",
+                ));
             }
         }
         if self.relay_secret.expose().len() < 16 {
-            return Err(ConfigError::invalid("relay_secret", "must be at least 16 characters"));
+            return Err(ConfigError::invalid(
+                "relay_secret",
+                "must be at least 16 characters",
+            ));
         }
         if let Some(k) = &self.admin_api_key
             && k.expose().len() < 24
         {
-            return Err(ConfigError::invalid("admin_api_key", "must be at least 24 characters"));
+            return Err(ConfigError::invalid(
+                "admin_api_key",
+                "must be at least 24 characters",
+            ));
         }
         let s = &self.sessions;
         if !(16..=1_048_576).contains(&s.memory_mb) {
-            return Err(ConfigError::invalid("sessions.memory_mb", "must be between 16 and 1048576"));
+            return Err(ConfigError::invalid(
+                "sessions.memory_mb",
+                "must be between 16 and 1048576",
+            ));
         }
         if !(s.cpus > 0.0 && s.cpus <= 256.0) {
             return Err(ConfigError::invalid("sessions.cpus", "must be in (0, 256]"));
         }
         if !(60..=7 * 86_400).contains(&s.ttl_secs) {
-            return Err(ConfigError::invalid("sessions.ttl_secs", "must be between 60 and 604800"));
+            return Err(ConfigError::invalid(
+                "sessions.ttl_secs",
+                "must be between 60 and 604800",
+            ));
         }
         if !(60..=7 * 86_400).contains(&s.idle_timeout_secs) {
-            return Err(ConfigError::invalid("sessions.idle_timeout_secs", "must be between 60 and 604800"));
+            return Err(ConfigError::invalid(
+                "sessions.idle_timeout_secs",
+                "must be between 60 and 604800",
+            ));
         }
         if !(60..=86_400).contains(&s.token_ttl_secs) {
-            return Err(ConfigError::invalid("sessions.token_ttl_secs", "must be between 60 and 86400"));
+            return Err(ConfigError::invalid(
+                "sessions.token_ttl_secs",
+                "must be between 60 and 86400",
+            ));
         }
         if !(2..=3600).contains(&self.scheduler.heartbeat_timeout_secs) {
-            return Err(ConfigError::invalid("scheduler.heartbeat_timeout_secs", "must be between 2 and 3600"));
+            return Err(ConfigError::invalid(
+                "scheduler.heartbeat_timeout_secs",
+                "must be between 2 and 3600",
+            ));
         }
         Ok(())
     }

@@ -24,10 +24,18 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "send a valid API key as Authorization: Bearer <key>")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid API key as Authorization: Bearer <key>",
+        )
     }
     fn forbidden(m: &str) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", m)
@@ -39,7 +47,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
     }
 }
 
@@ -47,13 +59,21 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
-            StoreError::QuotaExceeded(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
-            StoreError::NoCapacity(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m),
+            StoreError::QuotaExceeded(m) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m)
+            }
+            StoreError::NoCapacity(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", m)
+            }
             StoreError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Db(e) => {
                 tracing::error!("database error: {e}");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the control plane's database is not answering; try again")
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the control plane's database is not answering; try again",
+                )
             }
         }
     }
@@ -68,7 +88,11 @@ impl From<JsonRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    h.get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 async fn principal(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
@@ -76,7 +100,10 @@ async fn principal(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
     if key.len() > 200 {
         return Err(ApiError::unauthorized());
     }
-    c.store.authenticate(key).await?.ok_or_else(ApiError::unauthorized)
+    c.store
+        .authenticate(key)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
 }
 
 async fn admin(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
@@ -89,7 +116,9 @@ async fn admin(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
 
 /// A node authenticates with `Authorization: Bearer <node_id>:<credential>`.
 async fn node_auth(c: &Control, h: &HeaderMap) -> ApiResult<String> {
-    let (node, cred) = bearer(h).and_then(|b| b.split_once(':')).ok_or_else(ApiError::unauthorized)?;
+    let (node, cred) = bearer(h)
+        .and_then(|b| b.split_once(':'))
+        .ok_or_else(ApiError::unauthorized)?;
     if c.store.verify_node(node, cred).await? {
         Ok(node.to_string())
     } else {
@@ -100,9 +129,17 @@ async fn node_auth(c: &Control, h: &HeaderMap) -> ApiResult<String> {
 fn relay_auth(c: &Control, h: &HeaderMap) -> ApiResult<()> {
     let ok = bearer(h).is_some_and(|b| {
         let want = c.cfg.relay_secret.expose();
-        b.len() == want.len() && b.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        b.len() == want.len()
+            && b.bytes()
+                .zip(want.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
     });
-    if ok { Ok(()) } else { Err(ApiError::unauthorized()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
 }
 
 pub fn router(c: Arc<Control>) -> Router {
@@ -164,13 +201,23 @@ struct SessionView {
 
 impl Control {
     fn view(&self, s: &Session, token: Option<(String, i64)>) -> SessionView {
-        let port = self.cfg.https_port.filter(|p| *p != 443).map(|p| format!(":{p}")).unwrap_or_default();
+        let port = self
+            .cfg
+            .https_port
+            .filter(|p| *p != 443)
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
         let base = format!("https://{}.{}{port}/", s.id, self.cfg.domain);
         let url = match &token {
             Some((t, _)) => format!("{base}?token={t}"),
             None => base,
         };
-        let (host, sport) = match self.cfg.ssh_endpoint.as_deref().and_then(|e| e.rsplit_once(':')) {
+        let (host, sport) = match self
+            .cfg
+            .ssh_endpoint
+            .as_deref()
+            .and_then(|e| e.rsplit_once(':'))
+        {
             Some((h, p)) => (h.to_string(), p.to_string()),
             None => (self.cfg.domain.clone(), "2222".into()),
         };
@@ -205,59 +252,130 @@ impl Control {
     }
 }
 
-async fn create_session(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<CreateSession>, JsonRejection>) -> ApiResult<Response> {
+async fn create_session(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<Response> {
     let p = principal(&c, &h).await?;
     let Json(req) = body?;
     let d = &c.cfg.sessions;
     let image = req.image.unwrap_or_else(|| d.image.clone());
-    if image.is_empty() || image.len() > 255 || image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "image must be an image reference"));
+    if image.is_empty()
+        || image.len() > 255
+        || image
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "image must be an image reference",
+        ));
     }
     let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);
     if !(16..=1_048_576).contains(&memory_mb) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "memory_mb must be between 16 and 1048576"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "memory_mb must be between 16 and 1048576",
+        ));
     }
     let cpus = req.cpus.unwrap_or(d.cpus);
     if !(cpus > 0.0 && cpus <= 256.0) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "cpus must be in (0, 256]"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "cpus must be in (0, 256]",
+        ));
     }
     let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
-    let idle = req.idle_timeout_seconds.unwrap_or(d.idle_timeout_secs as i64);
+    let idle = req
+        .idle_timeout_seconds
+        .unwrap_or(d.idle_timeout_secs as i64);
     if !(10..=7 * 86_400).contains(&ttl) || !(10..=7 * 86_400).contains(&idle) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "ttl_seconds and idle_timeout_seconds must be between 10 and 604800"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "ttl_seconds and idle_timeout_seconds must be between 10 and 604800",
+        ));
     }
-    let spec = NewSession { image, memory_mb, millicpus: (cpus * 1000.0) as i64, ttl_ms: ttl * 1000, idle_timeout_ms: idle * 1000 };
+    let spec = NewSession {
+        image,
+        memory_mb,
+        millicpus: (cpus * 1000.0) as i64,
+        ttl_ms: ttl * 1000,
+        idle_timeout_ms: idle * 1000,
+    };
     let hb = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
-    let s = match c.store.create_session(&p.tenant, &spec, c.cfg.scheduler.strategy, hb).await {
+    let s = match c
+        .store
+        .create_session(&p.tenant, &spec, c.cfg.scheduler.strategy, hb)
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
-            c.store.audit(&p.key_id, &p.tenant, "session.create", "-", "refused", &e.to_string()).await;
+            c.store
+                .audit(
+                    &p.key_id,
+                    &p.tenant,
+                    "session.create",
+                    "-",
+                    "refused",
+                    &e.to_string(),
+                )
+                .await;
             return Err(e.into());
         }
     };
     c.changed.notify_waiters();
-    c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "scheduled", &format!("node {} memory {} MB", s.node, s.memory_mb)).await;
+    c.store
+        .audit(
+            &p.key_id,
+            &p.tenant,
+            "session.create",
+            &s.id,
+            "scheduled",
+            &format!("node {} memory {} MB", s.node, s.memory_mb),
+        )
+        .await;
     // Answer once it runs, or fail clearly after the deadline.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
     let s = loop {
         let s = c.store.session(&s.id).await?;
         match s.status.as_str() {
             "running" => break s,
             "pending" if tokio::time::Instant::now() < deadline => {
-                let _ = tokio::time::timeout(Duration::from_millis(100), c.reported.notified()).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), c.reported.notified()).await;
             }
             "pending" => {
                 c.store.stop_session(&s.id, "did not start in time").await?;
                 c.changed.notify_waiters();
-                c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "timeout", "").await;
+                c.store
+                    .audit(&p.key_id, &p.tenant, "session.create", &s.id, "timeout", "")
+                    .await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "start_timeout",
-                    format!("session {} did not start within {} s on node {}", s.id, c.cfg.sessions.create_timeout_secs, s.node),
+                    format!(
+                        "session {} did not start within {} s on node {}",
+                        s.id, c.cfg.sessions.create_timeout_secs, s.node
+                    ),
                 ));
             }
             other => {
-                c.store.audit(&p.key_id, &p.tenant, "session.create", &s.id, "failed", &s.reason).await;
+                c.store
+                    .audit(
+                        &p.key_id,
+                        &p.tenant,
+                        "session.create",
+                        &s.id,
+                        "failed",
+                        &s.reason,
+                    )
+                    .await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "session_failed",
@@ -270,39 +388,70 @@ async fn create_session(State(c): State<Arc<Control>>, h: HeaderMap, body: Resul
     Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
 }
 
-async fn list_sessions(State(c): State<Arc<Control>>, h: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+async fn list_sessions(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
     let p = principal(&c, &h).await?;
-    let list = c.store.sessions(if p.admin { None } else { Some(&p.tenant) }).await?;
-    Ok(Json(json!({"sessions": list.iter().map(|s| c.view(s, None)).collect::<Vec<_>>()})))
+    let list = c
+        .store
+        .sessions(if p.admin { None } else { Some(&p.tenant) })
+        .await?;
+    Ok(Json(
+        json!({"sessions": list.iter().map(|s| c.view(s, None)).collect::<Vec<_>>()}),
+    ))
 }
 
-async fn get_session(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<SessionView>> {
+async fn get_session(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionView>> {
     let p = principal(&c, &h).await?;
     let s = c.owned(&p, &id).await?;
     Ok(Json(c.view(&s, None)))
 }
 
-async fn delete_session(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_session(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let p = principal(&c, &h).await?;
     let s = c.owned(&p, &id).await?;
     c.store.stop_session(&s.id, "deleted").await?;
     c.changed.notify_waiters();
-    c.store.audit(&p.key_id, &s.tenant, "session.delete", &s.id, "ok", "").await;
+    c.store
+        .audit(&p.key_id, &s.tenant, "session.delete", &s.id, "ok", "")
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn session_token(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn session_token(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let p = principal(&c, &h).await?;
     let s = c.owned(&p, &id).await?;
     if s.status != "running" && s.status != "pending" {
-        return Err(ApiError::new(StatusCode::CONFLICT, "session_ended", format!("session {id} is {}", s.status)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_ended",
+            format!("session {id} is {}", s.status),
+        ));
     }
     let (token, exp) = c.issuer.mint(&s, &p.key_id)?;
-    c.store.audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", "").await;
+    c.store
+        .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", "")
+        .await;
     Ok(Json(json!({"token": token, "expires_at": exp})))
 }
 
-async fn list_nodes(State(c): State<Arc<Control>>, h: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+async fn list_nodes(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
     admin(&c, &h).await?;
     Ok(Json(json!({"nodes": c.store.nodes().await?})))
 }
@@ -313,33 +462,74 @@ struct JoinTokenReq {
     ttl_seconds: Option<i64>,
 }
 
-async fn join_token(State(c): State<Arc<Control>>, h: HeaderMap, body: Option<Json<JoinTokenReq>>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn join_token(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Option<Json<JoinTokenReq>>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let p = admin(&c, &h).await?;
     let ttl = body.and_then(|b| b.0.ttl_seconds).unwrap_or(3600);
     if !(60..=7 * 86_400).contains(&ttl) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "ttl_seconds must be between 60 and 604800"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "ttl_seconds must be between 60 and 604800",
+        ));
     }
     let token = c.store.create_join_token(ttl * 1000).await?;
-    c.store.audit(&p.key_id, &p.tenant, "node.join_token", "-", "ok", &format!("ttl {ttl} s")).await;
-    Ok((StatusCode::CREATED, Json(json!({"token": token, "expires_at": now_ms() / 1000 + ttl}))))
+    c.store
+        .audit(
+            &p.key_id,
+            &p.tenant,
+            "node.join_token",
+            "-",
+            "ok",
+            &format!("ttl {ttl} s"),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": now_ms() / 1000 + ttl})),
+    ))
 }
 
-async fn node_action(State(c): State<Arc<Control>>, h: HeaderMap, Path((id, action)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn node_action(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let p = admin(&c, &h).await?;
     if !matches!(action.as_str(), "drain" | "cordon" | "uncordon") {
-        return Err(ApiError::not_found(format!("no node action {action}; use drain, cordon or uncordon")));
+        return Err(ApiError::not_found(format!(
+            "no node action {action}; use drain, cordon or uncordon"
+        )));
     }
     c.store.node_action(&id, &action).await?;
     c.changed.notify_waiters();
-    c.store.audit(&p.key_id, &p.tenant, &format!("node.{action}"), &id, "ok", "").await;
+    c.store
+        .audit(
+            &p.key_id,
+            &p.tenant,
+            &format!("node.{action}"),
+            &id,
+            "ok",
+            "",
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn remove_node(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn remove_node(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let p = admin(&c, &h).await?;
     c.store.node_action(&id, "remove").await?;
     c.changed.notify_waiters();
-    c.store.audit(&p.key_id, &p.tenant, "node.remove", &id, "ok", "").await;
+    c.store
+        .audit(&p.key_id, &p.tenant, "node.remove", &id, "ok", "")
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -351,30 +541,57 @@ struct TenantReq {
     max_memory_mb: Option<i64>,
 }
 
-async fn create_tenant(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<TenantReq>, JsonRejection>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn create_tenant(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<TenantReq>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let p = admin(&c, &h).await?;
     let Json(req) = body?;
     if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "name must be 1-100 characters"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "name must be 1-100 characters",
+        ));
     }
-    let ms = req.max_sessions.unwrap_or(c.cfg.sessions.tenant_max_sessions as i64);
-    let mm = req.max_memory_mb.unwrap_or(c.cfg.sessions.tenant_max_memory_mb as i64);
+    let ms = req
+        .max_sessions
+        .unwrap_or(c.cfg.sessions.tenant_max_sessions as i64);
+    let mm = req
+        .max_memory_mb
+        .unwrap_or(c.cfg.sessions.tenant_max_memory_mb as i64);
     if !(0..=1_000_000).contains(&ms) || !(0..=1 << 40).contains(&mm) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "quotas out of range"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "quotas out of range",
+        ));
     }
     let t = c.store.create_tenant(&req.name, ms, mm).await?;
-    c.store.audit(&p.key_id, &t.id, "tenant.create", &t.id, "ok", &req.name).await;
+    c.store
+        .audit(&p.key_id, &t.id, "tenant.create", &t.id, "ok", &req.name)
+        .await;
     Ok((StatusCode::CREATED, Json(json!(t))))
 }
 
-async fn create_key(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+async fn create_key(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let p = admin(&c, &h).await?;
     c.store.tenant(&id).await?;
     let key = crate::store::random_secret("wk");
     let key_id = c.store.add_api_key(&id, &key, false).await?;
-    c.store.audit(&p.key_id, &id, "key.create", &key_id, "ok", "").await;
+    c.store
+        .audit(&p.key_id, &id, "key.create", &key_id, "ok", "")
+        .await;
     // Shown once; only its hash is kept.
-    Ok((StatusCode::CREATED, Json(json!({"id": key_id, "tenant": id, "key": key}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": key_id, "tenant": id, "key": key})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -382,10 +599,17 @@ struct AuditQuery {
     limit: Option<i64>,
 }
 
-async fn audit(State(c): State<Arc<Control>>, h: HeaderMap, Query(q): Query<AuditQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn audit(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let p = principal(&c, &h).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = c.store.audit_log(if p.admin { None } else { Some(&p.tenant) }, limit).await?;
+    let entries = c
+        .store
+        .audit_log(if p.admin { None } else { Some(&p.tenant) }, limit)
+        .await?;
     Ok(Json(json!({"entries": entries})))
 }
 
@@ -409,12 +633,21 @@ async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> {
     let nodes = c.store.nodes().await?;
     let mut out = String::from("# TYPE warren_control_nodes gauge\n");
     for state in ["ready", "lost", "draining", "joining"] {
-        out.push_str(&format!("warren_control_nodes{{state=\"{state}\"}} {}\n", nodes.iter().filter(|n| n.state == state).count()));
+        out.push_str(&format!(
+            "warren_control_nodes{{state=\"{state}\"}} {}\n",
+            nodes.iter().filter(|n| n.state == state).count()
+        ));
     }
     out.push_str("# TYPE warren_control_reserved_memory_mb gauge\n");
     for n in &nodes {
-        out.push_str(&format!("warren_control_reserved_memory_mb{{node=\"{}\"}} {}\n", n.id, n.reserved_mb));
-        out.push_str(&format!("warren_control_allocatable_memory_mb{{node=\"{}\"}} {}\n", n.id, n.allocatable_mb));
+        out.push_str(&format!(
+            "warren_control_reserved_memory_mb{{node=\"{}\"}} {}\n",
+            n.id, n.reserved_mb
+        ));
+        out.push_str(&format!(
+            "warren_control_allocatable_memory_mb{{node=\"{}\"}} {}\n",
+            n.id, n.allocatable_mb
+        ));
     }
     Ok(out)
 }
@@ -429,31 +662,73 @@ pub struct JoinReq {
     pub allocatable_mb: i64,
 }
 
-async fn join(State(c): State<Arc<Control>>, body: Result<Json<JoinReq>, JsonRejection>) -> ApiResult<Json<serde_json::Value>> {
+async fn join(
+    State(c): State<Arc<Control>>,
+    body: Result<Json<JoinReq>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
     let Json(req) = body?;
     if !warren_config::is_dns_label(&req.node_id) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "node_id must be a DNS label"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "node_id must be a DNS label",
+        ));
     }
     if !(16..=1 << 30).contains(&req.allocatable_mb) || req.token.len() > 200 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "allocatable_mb out of range"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "allocatable_mb out of range",
+        ));
     }
-    match c.store.join(&req.token, &req.node_id, req.allocatable_mb).await {
+    match c
+        .store
+        .join(&req.token, &req.node_id, req.allocatable_mb)
+        .await
+    {
         Ok(credential) => {
-            c.store.audit(&format!("node:{}", req.node_id), "", "node.join", &req.node_id, "ok", "").await;
+            c.store
+                .audit(
+                    &format!("node:{}", req.node_id),
+                    "",
+                    "node.join",
+                    &req.node_id,
+                    "ok",
+                    "",
+                )
+                .await;
             let relays: Vec<_> = c
                 .cfg
                 .relays
                 .iter()
                 .map(|r| {
-                    let ca = r.ca_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+                    let ca = r
+                        .ca_file
+                        .as_ref()
+                        .and_then(|p| std::fs::read_to_string(p).ok());
                     json!({"addr": r.addr, "server_name": r.server_name, "ca_pem": ca})
                 })
                 .collect();
-            Ok(Json(json!({"node_id": req.node_id, "credential": credential, "relays": relays})))
+            Ok(Json(
+                json!({"node_id": req.node_id, "credential": credential, "relays": relays}),
+            ))
         }
         Err(e) => {
-            c.store.audit(&format!("node:{}", req.node_id), "", "node.join", &req.node_id, "refused", &e.to_string()).await;
-            Err(ApiError::new(StatusCode::FORBIDDEN, "join_refused", e.to_string()))
+            c.store
+                .audit(
+                    &format!("node:{}", req.node_id),
+                    "",
+                    "node.join",
+                    &req.node_id,
+                    "refused",
+                    &e.to_string(),
+                )
+                .await;
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "join_refused",
+                e.to_string(),
+            ))
         }
     }
 }
@@ -467,13 +742,28 @@ pub struct HeartbeatReq {
     pub sessions: Vec<SessionReport>,
 }
 
-async fn heartbeat(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<HeartbeatReq>, JsonRejection>) -> ApiResult<StatusCode> {
+async fn heartbeat(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<HeartbeatReq>, JsonRejection>,
+) -> ApiResult<StatusCode> {
     let node = node_auth(&c, &h).await?;
     let Json(req) = body?;
     if req.sessions.len() > 10_000 || req.sessions.iter().any(|s| !is_session_id(&s.id)) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "bad session report"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "bad session report",
+        ));
     }
-    c.store.heartbeat(&node, req.allocatable_mb.max(0), req.free_mb.max(0), &req.sessions).await?;
+    c.store
+        .heartbeat(
+            &node,
+            req.allocatable_mb.max(0),
+            req.free_mb.max(0),
+            &req.sessions,
+        )
+        .await?;
     c.reported.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -485,7 +775,11 @@ struct WatchQuery {
 
 /// Long poll: answers when the desired state may have changed past `index`,
 /// or after 25 s with the current state.
-async fn watch(State(c): State<Arc<Control>>, h: HeaderMap, Query(q): Query<WatchQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn watch(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let node = node_auth(&c, &h).await?;
     let since = q.index.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
@@ -507,7 +801,11 @@ async fn watch(State(c): State<Arc<Control>>, h: HeaderMap, Query(q): Query<Watc
 
 // ---- internal: relays -------------------------------------------------------------
 
-async fn route(State(c): State<Arc<Control>>, h: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn route(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     relay_auth(&c, &h)?;
     if !is_session_id(&id) {
         return Err(ApiError::not_found("no such session"));
@@ -526,7 +824,11 @@ struct VerifyReq {
     credential: String,
 }
 
-async fn verify_node(State(c): State<Arc<Control>>, h: HeaderMap, body: Result<Json<VerifyReq>, JsonRejection>) -> ApiResult<StatusCode> {
+async fn verify_node(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<VerifyReq>, JsonRejection>,
+) -> ApiResult<StatusCode> {
     relay_auth(&c, &h)?;
     let Json(req) = body?;
     if c.store.verify_node(&req.node_id, &req.credential).await? {

@@ -30,7 +30,10 @@ use crate::store::{Session, Store, now_ms};
 
 /// A session id as control makes them.
 pub fn is_session_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Mints session tokens with the store's signing key.
@@ -56,13 +59,28 @@ impl Issuer {
     /// `(token, expires_at)`; the token never outlives its session.
     pub fn mint(&self, s: &Session, subject: &str) -> Result<(String, i64), ApiError> {
         let now = (now_ms() / 1000) as u64;
-        let exp = (now + self.ttl_secs).min((s.expires_at / 1000) as u64).max(now + 1);
+        let exp = (now + self.ttl_secs)
+            .min((s.expires_at / 1000) as u64)
+            .max(now + 1);
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some(self.kid.clone());
-        let claims = Claims { sub: subject, sid: &s.id, tenant: &s.tenant, scope: "terminal preview", aud: "warren", exp, nbf: now.saturating_sub(5), iat: now };
+        let claims = Claims {
+            sub: subject,
+            sid: &s.id,
+            tenant: &s.tenant,
+            scope: "terminal preview",
+            aud: "warren",
+            exp,
+            nbf: now.saturating_sub(5),
+            iat: now,
+        };
         let t = jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| {
             tracing::error!("signing a token: {e}");
-            ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot sign tokens right now")
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot sign tokens right now",
+            )
         })?;
         Ok((t, exp as i64))
     }
@@ -95,11 +113,25 @@ pub fn database_url(cfg: &ControlConfig) -> String {
 
 /// Opens the store, makes the default tenant, the admin key and the signing
 /// key if missing, and serves the API on `listener` until `shutdown`.
-pub async fn start(cfg: ControlConfig, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let store = Store::open(&database_url(&cfg)).await.context("opening the database")?;
+pub async fn start(
+    cfg: ControlConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Store::open(&database_url(&cfg))
+        .await
+        .context("opening the database")?;
     let d = &cfg.sessions;
-    store.ensure_tenant("default", "default", d.tenant_max_sessions as i64, d.tenant_max_memory_mb as i64).await?;
+    store
+        .ensure_tenant(
+            "default",
+            "default",
+            d.tenant_max_sessions as i64,
+            d.tenant_max_memory_mb as i64,
+        )
+        .await?;
     let mut made_admin = None;
     match &cfg.admin_api_key {
         Some(k) => {
@@ -124,19 +156,32 @@ pub async fn start(cfg: ControlConfig, listener: tokio::net::TcpListener, shutdo
         key: EncodingKey::from_ed_pem(pem.as_bytes()).context("signing key")?,
         ttl_secs: cfg.sessions.token_ttl_secs,
     };
-    let control = Arc::new(Control { cfg, store, issuer, changed: Notify::new(), reported: Notify::new() });
+    let control = Arc::new(Control {
+        cfg,
+        store,
+        issuer,
+        changed: Notify::new(),
+        reported: Notify::new(),
+    });
     info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
 
     let app = api::router(control.clone());
     let sd = shutdown.clone();
     let reaper = tokio::spawn(reap(control.clone(), shutdown.clone()));
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { sd.cancelled().await }).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await
+        {
             warn!("control API stopped: {e}");
         }
         reaper.abort();
     });
-    Ok(Running { control, admin_key: made_admin, task })
+    Ok(Running {
+        control,
+        admin_key: made_admin,
+        task,
+    })
 }
 
 fn redact(url: &str) -> String {
@@ -149,7 +194,12 @@ fn redact(url: &str) -> String {
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)?;
     Ok(())
 }
@@ -166,7 +216,9 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
             Ok(lost) => {
                 for n in lost {
                     warn!(node = %n, "node lost: no heartbeat");
-                    c.store.audit("control", "", "node.lost", &n, "ok", "no heartbeat").await;
+                    c.store
+                        .audit("control", "", "node.lost", &n, "ok", "no heartbeat")
+                        .await;
                 }
             }
             Err(e) => warn!("lost-node check failed: {e}"),
@@ -175,7 +227,9 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
             Ok(expired) => {
                 for (id, tenant, reason) in &expired {
                     info!(session = %id, %reason, "stopping session");
-                    c.store.audit("control", tenant, "session.expire", id, "ok", reason).await;
+                    c.store
+                        .audit("control", tenant, "session.expire", id, "ok", reason)
+                        .await;
                 }
                 if !expired.is_empty() {
                     c.changed.notify_waiters();

@@ -30,21 +30,28 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Lowercase letters and digits, unguessable (`n` × ~5.2 bits).
 pub fn random_id(n: usize) -> String {
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut r = rand::rng();
-    (0..n).map(|_| A[r.random_range(0..A.len())] as char).collect()
+    (0..n)
+        .map(|_| A[r.random_range(0..A.len())] as char)
+        .collect()
 }
 
 /// A high-entropy secret with a recognisable prefix.
 pub fn random_secret(prefix: &str) -> String {
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut r = rand::rng();
-    let body: String = (0..40).map(|_| A[r.random_range(0..A.len())] as char).collect();
+    let body: String = (0..40)
+        .map(|_| A[r.random_range(0..A.len())] as char)
+        .collect();
     format!("{prefix}_{body}")
 }
 
@@ -148,8 +155,7 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
     })
 }
 
-const SESSION_COLS: &str =
-    "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity";
+const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity";
 
 #[derive(Clone)]
 pub struct Store {
@@ -172,9 +178,14 @@ impl Store {
             .await?;
         if url.starts_with("sqlite:") {
             // Writers wait for each other instead of failing.
-            sqlx::query("PRAGMA busy_timeout = 30000").execute(&pool).await?;
+            sqlx::query("PRAGMA busy_timeout = 30000")
+                .execute(&pool)
+                .await?;
         }
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| StoreError::Db(e.into()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Db(e.into()))?;
         Ok(Store { pool })
     }
 
@@ -184,8 +195,17 @@ impl Store {
 
     // ---- tenants and keys -------------------------------------------------
 
-    pub async fn ensure_tenant(&self, id: &str, name: &str, max_sessions: i64, max_memory_mb: i64) -> Result<()> {
-        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+    pub async fn ensure_tenant(
+        &self,
+        id: &str,
+        name: &str,
+        max_sessions: i64,
+        max_memory_mb: i64,
+    ) -> Result<()> {
+        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         if exists.is_none() {
             let r = sqlx::query("INSERT INTO tenants (id, name, max_sessions, max_memory_mb, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(id)
@@ -196,26 +216,49 @@ impl Store {
                 .execute(&self.pool)
                 .await;
             // Another replica made it at the same moment.
-            if r.is_err() && sqlx::query("SELECT id FROM tenants WHERE id = $1").bind(id).fetch_optional(&self.pool).await?.is_none() {
+            if r.is_err()
+                && sqlx::query("SELECT id FROM tenants WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .is_none()
+            {
                 r?;
             }
         }
         Ok(())
     }
 
-    pub async fn create_tenant(&self, name: &str, max_sessions: i64, max_memory_mb: i64) -> Result<Tenant> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        max_sessions: i64,
+        max_memory_mb: i64,
+    ) -> Result<Tenant> {
         let id = format!("t{}", random_id(11));
-        self.ensure_tenant(&id, name, max_sessions, max_memory_mb).await?;
-        Ok(Tenant { id, name: name.into(), max_sessions, max_memory_mb })
+        self.ensure_tenant(&id, name, max_sessions, max_memory_mb)
+            .await?;
+        Ok(Tenant {
+            id,
+            name: name.into(),
+            max_sessions,
+            max_memory_mb,
+        })
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant> {
-        let r = sqlx::query("SELECT id, name, max_sessions, max_memory_mb FROM tenants WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("tenant {id} does not exist")))?;
-        Ok(Tenant { id: r.try_get("id")?, name: r.try_get("name")?, max_sessions: r.try_get("max_sessions")?, max_memory_mb: r.try_get("max_memory_mb")? })
+        let r =
+            sqlx::query("SELECT id, name, max_sessions, max_memory_mb FROM tenants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("tenant {id} does not exist")))?;
+        Ok(Tenant {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            max_sessions: r.try_get("max_sessions")?,
+            max_memory_mb: r.try_get("max_memory_mb")?,
+        })
     }
 
     /// Stores a key (hashed); returns its id.
@@ -233,13 +276,24 @@ impl Store {
     }
 
     pub async fn has_admin_key(&self, key: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT id FROM api_keys WHERE hash = $1").bind(hash(key)).fetch_optional(&self.pool).await?.is_some())
+        Ok(sqlx::query("SELECT id FROM api_keys WHERE hash = $1")
+            .bind(hash(key))
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
     }
 
     pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>> {
-        let r = sqlx::query("SELECT id, tenant_id, is_admin FROM api_keys WHERE hash = $1").bind(hash(key)).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT id, tenant_id, is_admin FROM api_keys WHERE hash = $1")
+            .bind(hash(key))
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match r {
-            Some(r) => Some(Principal { key_id: r.try_get("id")?, tenant: r.try_get("tenant_id")?, admin: r.try_get::<i64, _>("is_admin")? != 0 }),
+            Some(r) => Some(Principal {
+                key_id: r.try_get("id")?,
+                tenant: r.try_get("tenant_id")?,
+                admin: r.try_get::<i64, _>("is_admin")? != 0,
+            }),
             None => None,
         })
     }
@@ -248,28 +302,37 @@ impl Store {
 
     pub async fn create_join_token(&self, ttl_ms: i64) -> Result<String> {
         let token = random_secret("wj");
-        sqlx::query("INSERT INTO join_tokens (hash, expires_at, used, created_at) VALUES ($1, $2, 0, $3)")
-            .bind(hash(&token))
-            .bind(now_ms() + ttl_ms)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (hash, expires_at, used, created_at) VALUES ($1, $2, 0, $3)",
+        )
+        .bind(hash(&token))
+        .bind(now_ms() + ttl_ms)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 
     /// Spends a join token (once) and registers the node; returns its credential.
     pub async fn join(&self, token: &str, node_id: &str, allocatable_mb: i64) -> Result<String> {
         let mut tx = self.pool.begin().await?;
-        let spent = sqlx::query("UPDATE join_tokens SET used = 1 WHERE hash = $1 AND used = 0 AND expires_at > $2")
-            .bind(hash(token))
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        let spent = sqlx::query(
+            "UPDATE join_tokens SET used = 1 WHERE hash = $1 AND used = 0 AND expires_at > $2",
+        )
+        .bind(hash(token))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         if spent.rows_affected() != 1 {
-            return Err(StoreError::Invalid("the join token is unknown, already used or expired".into()));
+            return Err(StoreError::Invalid(
+                "the join token is unknown, already used or expired".into(),
+            ));
         }
         let credential = random_secret("wn");
-        let existing = sqlx::query("SELECT id FROM nodes WHERE id = $1").bind(node_id).fetch_optional(&mut *tx).await?;
+        let existing = sqlx::query("SELECT id FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if existing.is_some() {
             sqlx::query("UPDATE nodes SET credential_hash = $1, allocatable_mb = $2, state = 'ready' WHERE id = $3")
                 .bind(hash(&credential))
@@ -294,22 +357,34 @@ impl Store {
     }
 
     pub async fn verify_node(&self, node_id: &str, credential: &str) -> Result<bool> {
-        let r = sqlx::query("SELECT credential_hash FROM nodes WHERE id = $1").bind(node_id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT credential_hash FROM nodes WHERE id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match r {
             Some(r) => {
                 let h: String = r.try_get("credential_hash")?;
                 let want = hash(credential);
-                h.len() == want.len() && h.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+                h.len() == want.len()
+                    && h.bytes()
+                        .zip(want.bytes())
+                        .fold(0u8, |a, (x, y)| a | (x ^ y))
+                        == 0
             }
             None => false,
         })
     }
 
     /// Records a heartbeat and the agent's view of its sessions.
-    pub async fn heartbeat(&self, node_id: &str, allocatable_mb: i64, free_mb: i64, reports: &[SessionReport]) -> Result<()> {
+    pub async fn heartbeat(
+        &self,
+        node_id: &str,
+        allocatable_mb: i64,
+        free_mb: i64,
+        reports: &[SessionReport],
+    ) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
         sqlx::query(
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
              state = CASE WHEN state IN ('joining','lost') THEN 'ready' ELSE state END WHERE id = $4",
@@ -352,11 +427,21 @@ impl Store {
             }
         }
         // Sessions being stopped that the agent no longer runs are stopped.
-        let stopping = sqlx::query("SELECT id FROM sessions WHERE node_id = $1 AND status = 'stopping'").bind(node_id).fetch_all(&mut *tx).await?;
+        let stopping =
+            sqlx::query("SELECT id FROM sessions WHERE node_id = $1 AND status = 'stopping'")
+                .bind(node_id)
+                .fetch_all(&mut *tx)
+                .await?;
         for row in stopping {
             let id: String = row.try_get("id")?;
             if !present.contains(&id) {
-                sqlx::query("UPDATE sessions SET status = 'stopped', updated_at = $1 WHERE id = $2").bind(now).bind(&id).execute(&mut *tx).await?;
+                sqlx::query(
+                    "UPDATE sessions SET status = 'stopped', updated_at = $1 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -366,7 +451,7 @@ impl Store {
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, \
-             (SELECT COALESCE(SUM(s.memory_mb), 0) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved, \
+             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved, \
              (SELECT COUNT(*) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS n_sessions \
              FROM nodes n ORDER BY n.id"
         )))
@@ -391,7 +476,9 @@ impl Store {
     /// `cordon` (no new sessions), `uncordon`, or `drain` (cordon and stop its sessions).
     pub async fn node_action(&self, node_id: &str, action: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         let n = match action {
             "cordon" => sqlx::query("UPDATE nodes SET cordoned = 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
             "uncordon" => sqlx::query("UPDATE nodes SET cordoned = 0, state = CASE WHEN state = 'draining' THEN 'ready' ELSE state END WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
@@ -415,7 +502,9 @@ impl Store {
             other => return Err(StoreError::Invalid(format!("unknown node action {other}"))),
         };
         if n.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("node {node_id} does not exist")));
+            return Err(StoreError::NotFound(format!(
+                "node {node_id} does not exist"
+            )));
         }
         tx.commit().await?;
         Ok(())
@@ -425,12 +514,22 @@ impl Store {
     pub async fn mark_lost(&self, timeout_ms: i64) -> Result<Vec<String>> {
         let cutoff = now_ms() - timeout_ms;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
-        let rows = sqlx::query("SELECT id FROM nodes WHERE state IN ('ready','draining') AND last_heartbeat < $1").bind(cutoff).fetch_all(&mut *tx).await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id FROM nodes WHERE state IN ('ready','draining') AND last_heartbeat < $1",
+        )
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut lost = Vec::new();
         for r in rows {
             let id: String = r.try_get("id")?;
-            sqlx::query("UPDATE nodes SET state = 'lost' WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE nodes SET state = 'lost' WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = 'lost', reason = 'its node stopped answering', updated_at = $1 WHERE node_id = $2 AND status IN {ACTIVE}")))
                 .bind(now_ms())
                 .bind(&id)
@@ -446,23 +545,33 @@ impl Store {
 
     /// Checks the tenant's quota, picks a node by memory headroom and
     /// reserves the memory, all in one transaction.
-    pub async fn create_session(&self, tenant: &str, spec: &NewSession, strategy: Strategy, heartbeat_timeout_ms: i64) -> Result<Session> {
+    pub async fn create_session(
+        &self,
+        tenant: &str,
+        spec: &NewSession,
+        strategy: Strategy,
+        heartbeat_timeout_ms: i64,
+    ) -> Result<Session> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         let t = sqlx::query("SELECT max_sessions, max_memory_mb FROM tenants WHERE id = $1")
             .bind(tenant)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
         let (max_s, max_m): (i64, i64) = (t.try_get("max_sessions")?, t.try_get("max_memory_mb")?);
-        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, COALESCE(SUM(memory_mb), 0) AS m FROM sessions WHERE tenant_id = $1 AND status IN {ACTIVE}")))
+        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m FROM sessions WHERE tenant_id = $1 AND status IN {ACTIVE}")))
             .bind(tenant)
             .fetch_one(&mut *tx)
             .await?;
         let (n, m): (i64, i64) = (u.try_get("n")?, u.try_get("m")?);
         if n + 1 > max_s {
-            return Err(StoreError::QuotaExceeded(format!("tenant {tenant} may run {max_s} sessions at once and runs {n}")));
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} may run {max_s} sessions at once and runs {n}"
+            )));
         }
         if m + spec.memory_mb > max_m {
             return Err(StoreError::QuotaExceeded(format!(
@@ -472,7 +581,7 @@ impl Store {
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.allocatable_mb, n.free_mb, \
-             (SELECT COALESCE(SUM(s.memory_mb), 0) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved \
+             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved \
              FROM nodes n WHERE n.state = 'ready' AND n.cordoned = 0 AND n.last_heartbeat > $1"
         )))
         .bind(now - heartbeat_timeout_ms)
@@ -480,8 +589,12 @@ impl Store {
         .await?;
         let mut best: Option<(String, i64)> = None;
         for r in &rows {
-            let (id, alloc, free, reserved): (String, i64, i64, i64) =
-                (r.try_get("id")?, r.try_get("allocatable_mb")?, r.try_get("free_mb")?, r.try_get("reserved")?);
+            let (id, alloc, free, reserved): (String, i64, i64, i64) = (
+                r.try_get("id")?,
+                r.try_get("allocatable_mb")?,
+                r.try_get("free_mb")?,
+                r.try_get("reserved")?,
+            );
             // Headroom: what is not reserved, bounded by what the node reports free.
             let headroom = (alloc - reserved).min(free);
             if headroom < spec.memory_mb {
@@ -524,11 +637,13 @@ impl Store {
     }
 
     pub async fn session(&self, id: &str) -> Result<Session> {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("session {id} does not exist")))?;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("session {id} does not exist")))?;
         Ok(session_from(&r)?)
     }
 
@@ -537,12 +652,16 @@ impl Store {
             Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1000"))).bind(t).fetch_all(&self.pool).await?,
             None => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions ORDER BY created_at DESC LIMIT 1000"))).fetch_all(&self.pool).await?,
         };
-        rows.iter().map(|r| session_from(r).map_err(StoreError::from)).collect()
+        rows.iter()
+            .map(|r| session_from(r).map_err(StoreError::from))
+            .collect()
     }
 
     pub async fn stop_session(&self, id: &str, reason: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("UPDATE sessions SET status = 'stopping', reason = $1, updated_at = $2 WHERE id = $3 AND status IN ('pending','running')")
             .bind(reason)
             .bind(now_ms())
@@ -564,8 +683,16 @@ impl Store {
         .await?;
         let mut out = Vec::new();
         for r in rows {
-            let (id, tenant, exp): (String, String, i64) = (r.try_get("id")?, r.try_get("tenant_id")?, r.try_get("expires_at")?);
-            let reason = if exp < now { "ttl expired" } else { "idle timeout" };
+            let (id, tenant, exp): (String, String, i64) = (
+                r.try_get("id")?,
+                r.try_get("tenant_id")?,
+                r.try_get("expires_at")?,
+            );
+            let reason = if exp < now {
+                "ttl expired"
+            } else {
+                "idle timeout"
+            };
             self.stop_session(&id, reason).await?;
             out.push((id, tenant, reason.to_string()));
         }
@@ -574,22 +701,39 @@ impl Store {
 
     /// Sessions a node should run, and the version to watch from.
     pub async fn desired(&self, node_id: &str) -> Result<(i64, Vec<Session>)> {
-        let v: i64 = sqlx::query("SELECT version FROM sched_lock WHERE id = 1").fetch_one(&self.pool).await?.try_get("version")?;
+        let v: i64 = sqlx::query("SELECT version FROM sched_lock WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("version")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE node_id = $1 AND status IN ('pending','running')")))
             .bind(node_id)
             .fetch_all(&self.pool)
             .await?;
-        let s = rows.iter().map(session_from).collect::<std::result::Result<Vec<_>, _>>()?;
+        let s = rows
+            .iter()
+            .map(session_from)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok((v, s))
     }
 
     pub async fn version(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT version FROM sched_lock WHERE id = 1").fetch_one(&self.pool).await?.try_get("version")?)
+        Ok(sqlx::query("SELECT version FROM sched_lock WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("version")?)
     }
 
     // ---- audit ----------------------------------------------------------------
 
-    pub async fn audit(&self, actor: &str, tenant: &str, action: &str, target: &str, outcome: &str, detail: &str) {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        tenant: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
         let r = sqlx::query("INSERT INTO audit (id, at, actor, tenant_id, action, target, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(random_id(20))
             .bind(now_ms())
@@ -609,8 +753,23 @@ impl Store {
     pub async fn audit_log(&self, tenant: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>> {
         let q = "SELECT at, actor, tenant_id, action, target, outcome, detail FROM audit";
         let rows = match tenant {
-            Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!("{q} WHERE tenant_id = $1 ORDER BY at DESC LIMIT $2"))).bind(t).bind(limit).fetch_all(&self.pool).await?,
-            None => sqlx::query(sqlx::AssertSqlSafe(format!("{q} ORDER BY at DESC LIMIT $1"))).bind(limit).fetch_all(&self.pool).await?,
+            Some(t) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{q} WHERE tenant_id = $1 ORDER BY at DESC LIMIT $2"
+                )))
+                .bind(t)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{q} ORDER BY at DESC LIMIT $1"
+                )))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
         };
         rows.iter()
             .map(|r| {
@@ -632,11 +791,13 @@ impl Store {
     /// The active signing key `(kid, private PEM)`; made once, shared by replicas
     /// (the oldest key wins if two start at once).
     pub async fn signing_key(&self) -> Result<(String, String)> {
-        let q = "SELECT kid, private_pem FROM signing_keys ORDER BY created_at ASC, kid ASC LIMIT 1";
+        let q =
+            "SELECT kid, private_pem FROM signing_keys ORDER BY created_at ASC, kid ASC LIMIT 1";
         if let Some(r) = sqlx::query(q).fetch_optional(&self.pool).await? {
             return Ok((r.try_get("kid")?, r.try_get("private_pem")?));
         }
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         use base64::Engine;
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
         sqlx::query("INSERT INTO signing_keys (kid, private_pem, public_x, created_at) VALUES ($1, $2, $3, $4)")
@@ -651,7 +812,11 @@ impl Store {
     }
 
     pub async fn public_keys(&self) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT kid, public_x FROM signing_keys ORDER BY created_at").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.try_get("kid")?, r.try_get("public_x")?))).collect()
+        let rows = sqlx::query("SELECT kid, public_x FROM signing_keys ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kid")?, r.try_get("public_x")?)))
+            .collect()
     }
 }

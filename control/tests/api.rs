@@ -1,0 +1,396 @@
+//! The control plane's API, scheduling and lifecycle on SQLite and on
+//! PostgreSQL, with fake agents (the real-Docker path is tested end to end
+//! in the CLI's tests).
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use serde_json::json;
+use warren_config::Strategy;
+
+async fn three_nodes(c: &TestControl, tag: &str) -> Vec<FakeAgent> {
+    let mut v = Vec::new();
+    for (i, mem) in [1000, 2000, 3000].into_iter().enumerate() {
+        let t = c.join_token().await;
+        v.push(
+            FakeAgent::join(&c.url, &t, &format!("{tag}-n{i}"), mem)
+                .await
+                .unwrap(),
+        );
+    }
+    eventually("three ready nodes", || async {
+        let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
+        n["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["state"] == "ready")
+            .count()
+            == 3
+    })
+    .await;
+    v
+}
+
+async fn create(c: &TestControl, key: &str, mem: i64) -> (u16, serde_json::Value) {
+    c.call("POST", "/v1/sessions", key, Some(json!({"memory_mb": mem})))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placements_follow_headroom() {
+    for db in backends() {
+        for strategy in [Strategy::Spread, Strategy::Binpack] {
+            let url = database(db, "place").await;
+            let c = TestControl::start(config(&url, strategy)).await;
+            let _agents = three_nodes(&c, "p").await;
+            let mut placed = Vec::new();
+            for _ in 0..3 {
+                let (s, v) = create(&c, ADMIN, 500).await;
+                assert_eq!(s, 201, "{db:?} {v}");
+                assert_eq!(v["status"], "running");
+                assert!(v["url"].as_str().unwrap().starts_with(&format!(
+                    "https://{}.warren.localhost:8443/?token=",
+                    v["id"].as_str().unwrap()
+                )));
+                assert!(
+                    v["ssh"]
+                        .as_str()
+                        .unwrap()
+                        .contains(v["id"].as_str().unwrap())
+                );
+                placed.push(v["node"].as_str().unwrap().to_string());
+            }
+            match strategy {
+                // Most headroom first: 3000 → (2500 vs 2000) 3000 again → 2000.
+                Strategy::Spread => assert_eq!(placed, ["p-n2", "p-n2", "p-n1"], "{db:?}"),
+                // Least headroom that fits: 1000 → 500 → 500 left on n0 → next fits n0 again.
+                Strategy::Binpack => assert_eq!(placed, ["p-n0", "p-n0", "p-n1"], "{db:?}"),
+            }
+            // Nothing fits: 503 no_capacity, with a message.
+            let (s, v) = create(&c, ADMIN, 4000).await;
+            assert_eq!(s, 503, "{v}");
+            assert_eq!(v["error"]["code"], "no_capacity");
+            assert!(v["error"]["message"].as_str().unwrap().contains("4000 MB"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_creates_never_overcommit() {
+    for db in backends() {
+        let url = database(db, "burst").await;
+        let c = TestControl::start(config(&url, Strategy::Spread)).await;
+        let _agents = three_nodes(&c, "b").await;
+        // 6000 MB in all; 50 × 300 MB = 15000 MB asked.
+        let c = std::sync::Arc::new(c);
+        let mut js = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let c = c.clone();
+            js.spawn(async move { create(&c, ADMIN, 300).await });
+        }
+        let mut ok = 0;
+        while let Some(r) = js.join_next().await {
+            let (s, v) = r.unwrap();
+            match s {
+                201 => ok += 1,
+                503 => assert_eq!(v["error"]["code"], "no_capacity", "{v}"),
+                other => panic!("{db:?}: unexpected {other}: {v}"),
+            }
+        }
+        // Per node: 1000/300 = 3, 2000/300 = 6, 3000/300 = 10.
+        assert_eq!(
+            ok, 19,
+            "{db:?}: every node filled as far as it fits, and no further"
+        );
+        let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
+        for node in n["nodes"].as_array().unwrap() {
+            assert!(
+                node["reserved_mb"].as_i64().unwrap() <= node["allocatable_mb"].as_i64().unwrap(),
+                "{db:?}: over-committed {node}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenants_are_isolated_and_quotas_hold() {
+    for db in backends() {
+        let url = database(db, "tenants").await;
+        let c = TestControl::start(config(&url, Strategy::Spread)).await;
+        let _agents = three_nodes(&c, "t").await;
+        let (ta, ka) = c.tenant("acme", 2, 1000).await;
+        let (_tb, kb) = c.tenant("globex", 5, 5000).await;
+        let (s, a) = create(&c, &ka, 400).await;
+        assert_eq!(s, 201, "{a}");
+        assert_eq!(a["tenant"], ta.as_str());
+        let id = a["id"].as_str().unwrap();
+        assert!(
+            id.len() >= 12
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+        // B sees nothing of A's.
+        for (m, p) in [
+            ("GET", format!("/v1/sessions/{id}")),
+            ("DELETE", format!("/v1/sessions/{id}")),
+            ("POST", format!("/v1/sessions/{id}/token")),
+        ] {
+            let (s, v) = c.call(m, &p, &kb, None).await;
+            assert_eq!(s, 404, "{m} {p}: {v}");
+        }
+        let (_, l) = c.call("GET", "/v1/sessions", &kb, None).await;
+        assert!(l["sessions"].as_array().unwrap().is_empty());
+        // Tenant keys cannot do operators' work.
+        assert_eq!(c.call("GET", "/v1/nodes", &kb, None).await.0, 403);
+        assert_eq!(
+            c.call("POST", "/v1/tenants", &kb, Some(json!({"name": "x"})))
+                .await
+                .0,
+            403
+        );
+        // Memory quota: 400 + 700 > 1000.
+        let (s, v) = create(&c, &ka, 700).await;
+        assert_eq!(s, 429, "{v}");
+        assert_eq!(v["error"]["code"], "quota_exceeded");
+        // Session-count quota: 2.
+        assert_eq!(create(&c, &ka, 100).await.0, 201);
+        let (s, v) = create(&c, &ka, 100).await;
+        assert_eq!(s, 429, "{v}");
+        // Nothing was started for the refused ones.
+        let (_, l) = c.call("GET", "/v1/sessions", &ka, None).await;
+        assert_eq!(l["sessions"].as_array().unwrap().len(), 2);
+        // Bad input: clear errors, never a 500.
+        let (s, v) = c
+            .call("POST", "/v1/sessions", &ka, Some(json!({"memory_mb": -5})))
+            .await;
+        assert_eq!(s, 422, "{v}");
+        let (s, v) = c
+            .call("POST", "/v1/sessions", &ka, Some(json!({"bogus": 1})))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert_eq!(c.call("GET", "/v1/sessions", "wk_wrong", None).await.0, 401);
+        // Audit: A sees its own events only.
+        let (_, au) = c.call("GET", "/v1/audit", &ka, None).await;
+        let entries = au["entries"].as_array().unwrap();
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["action"] == "session.create" && e["outcome"] == "refused")
+        );
+        assert!(entries.iter().all(|e| e["tenant"] == ta.as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_tokens_lost_nodes_and_delete() {
+    for db in backends() {
+        let url = database(db, "nodes").await;
+        let c = TestControl::start(config(&url, Strategy::Spread)).await;
+        let agents = three_nodes(&c, "j").await;
+        // A used token is refused; so is an expired one.
+        let t = c.join_token().await;
+        FakeAgent::join(&c.url, &t, "j-extra", 1000).await.unwrap();
+        let (s, v) = FakeAgent::join(&c.url, &t, "j-again", 1000)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(s, 403, "{v}");
+        let expired = c
+            .running
+            .control
+            .store
+            .create_join_token(-1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            FakeAgent::join(&c.url, &expired, "j-late", 1000)
+                .await
+                .err()
+                .unwrap()
+                .0,
+            403
+        );
+
+        let (s, v) = create(&c, ADMIN, 2500).await; // only the 3000 MB node fits
+        assert_eq!(s, 201);
+        assert_eq!(v["node"], "j-n2");
+        let id = v["id"].as_str().unwrap().to_string();
+        // Kill the agent: its node becomes lost, and its session too.
+        agents[2].alive.store(false, Ordering::Relaxed);
+        eventually("node lost", || async {
+            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
+            n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "j-n2" && n["state"] == "lost")
+        })
+        .await;
+        let (_, s) = c
+            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
+            .await;
+        assert_eq!(s["status"], "lost");
+        // New sessions go elsewhere.
+        let (st, v) = create(&c, ADMIN, 500).await;
+        assert_eq!(st, 201);
+        assert_ne!(v["node"], "j-n2");
+        // Drain stops a node's sessions and takes no new ones.
+        let (_, v) = create(&c, ADMIN, 1500).await;
+        let node = v["node"].as_str().unwrap().to_string();
+        assert_eq!(
+            c.call("POST", &format!("/v1/nodes/{node}/drain"), ADMIN, None)
+                .await
+                .0,
+            204
+        );
+        let sid = v["id"].as_str().unwrap().to_string();
+        eventually("drained session stopped", || async {
+            c.call("GET", &format!("/v1/sessions/{sid}"), ADMIN, None)
+                .await
+                .1["status"]
+                == "stopped"
+        })
+        .await;
+        // DELETE stops at once: the agent stops running it, then it is stopped.
+        let (_, v) = create(&c, ADMIN, 100).await;
+        let sid = v["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            c.call("DELETE", &format!("/v1/sessions/{sid}"), ADMIN, None)
+                .await
+                .0,
+            204
+        );
+        eventually("deleted session stopped", || async {
+            c.call("GET", &format!("/v1/sessions/{sid}"), ADMIN, None)
+                .await
+                .1["status"]
+                == "stopped"
+        })
+        .await;
+        assert_eq!(
+            c.call("POST", "/v1/nodes/nosuch/cordon", ADMIN, None)
+                .await
+                .0,
+            404
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ttl_and_idle_timeouts_stop_sessions() {
+    for db in backends() {
+        let url = database(db, "ttl").await;
+        let c = TestControl::start(config(&url, Strategy::Spread)).await;
+        let agents = three_nodes(&c, "x").await;
+        let (_, short) = c
+            .call(
+                "POST",
+                "/v1/sessions",
+                ADMIN,
+                Some(json!({"ttl_seconds": 10, "memory_mb": 64})),
+            )
+            .await;
+        let (_, idle) = c
+            .call(
+                "POST",
+                "/v1/sessions",
+                ADMIN,
+                Some(json!({"idle_timeout_seconds": 10, "memory_mb": 64})),
+            )
+            .await;
+        let (_, active) = c
+            .call(
+                "POST",
+                "/v1/sessions",
+                ADMIN,
+                Some(json!({"idle_timeout_seconds": 10, "memory_mb": 64})),
+            )
+            .await;
+        // Agents report `idle` as idle for a minute; `active` as just used.
+        let idle_id = idle["id"].as_str().unwrap().to_string();
+        let active_id = active["id"].as_str().unwrap().to_string();
+        for a in &agents {
+            a.idle_ms.lock().unwrap().insert(idle_id.clone(), 60_000);
+        }
+        let short_id = short["id"].as_str().unwrap().to_string();
+        eventually("ttl expiry", || async {
+            c.call("GET", &format!("/v1/sessions/{short_id}"), ADMIN, None)
+                .await
+                .1["status"]
+                == "stopped"
+        })
+        .await;
+        eventually("idle expiry", || async {
+            c.call("GET", &format!("/v1/sessions/{idle_id}"), ADMIN, None)
+                .await
+                .1["status"]
+                == "stopped"
+        })
+        .await;
+        let (_, a) = c
+            .call("GET", &format!("/v1/sessions/{active_id}"), ADMIN, None)
+            .await;
+        assert_eq!(a["status"], "running", "an active session must stay: {a}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_loses_nothing_and_jwks_stays() {
+    for db in backends() {
+        let url = database(db, "restart").await;
+        let cfg = config(&url, Strategy::Spread);
+        let c = TestControl::start(cfg.clone()).await;
+        let _agents = three_nodes(&c, "r").await;
+        let (_, v) = create(&c, ADMIN, 100).await;
+        let id = v["id"].as_str().unwrap().to_string();
+        let (_, jwks1) = c.call("GET", "/.well-known/jwks.json", ADMIN, None).await;
+        drop(c);
+        let c = TestControl::start(cfg).await;
+        let (s, v) = c
+            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(v["status"], "running");
+        let (_, jwks2) = c.call("GET", "/.well-known/jwks.json", ADMIN, None).await;
+        assert_eq!(jwks1, jwks2, "signing key must survive a restart");
+        let (s, t) = c
+            .call("POST", &format!("/v1/sessions/{id}/token"), ADMIN, None)
+            .await;
+        assert_eq!(s, 200, "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgres_never_overcommit() {
+    if !backends().iter().any(|d| matches!(d, Db::Postgres)) {
+        return;
+    }
+    let url = database(Db::Postgres, "replicas").await;
+    let a = std::sync::Arc::new(TestControl::start(config(&url, Strategy::Spread)).await);
+    let b = std::sync::Arc::new(TestControl::start(config(&url, Strategy::Spread)).await);
+    let _agents = three_nodes(&a, "rep").await;
+    let mut js = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        js.spawn(async move { create(&c, ADMIN, 300).await.0 });
+    }
+    let mut ok = 0;
+    while let Some(r) = js.join_next().await {
+        let s = r.unwrap();
+        assert!(s == 201 || s == 503, "unexpected {s}");
+        ok += (s == 201) as i32;
+    }
+    assert_eq!(ok, 19);
+    let (_, n) = b.call("GET", "/v1/nodes", ADMIN, None).await;
+    for node in n["nodes"].as_array().unwrap() {
+        assert!(
+            node["reserved_mb"].as_i64().unwrap() <= node["allocatable_mb"].as_i64().unwrap(),
+            "over-committed {node}"
+        );
+    }
+}
