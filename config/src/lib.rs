@@ -15,7 +15,8 @@ mod tunnel;
 pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
 pub use control::{ControlConfig, SchedulerConfig, SessionDefaults, Strategy};
 pub use relay::{
-    AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayTunnelConfig, StaticRoute,
+    AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayControl, RelayTunnelConfig,
+    StaticRoute,
 };
 pub use secret::Secret;
 pub use tunnel::TunnelListenerConfig;

@@ -27,6 +27,19 @@ pub struct RelayConfig {
     /// Where `api.<domain>` is proxied to (the control plane), if anywhere.
     #[serde(default)]
     pub control_upstream: Option<SocketAddr>,
+    /// The control plane that serves routes and checks node credentials
+    /// (instead of `routes` and `tunnel.node_secret`).
+    #[serde(default)]
+    pub control: Option<RelayControl>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayControl {
+    /// e.g. `http://control.internal:7000`
+    pub url: String,
+    /// The control plane's `relay_secret`.
+    pub secret: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +155,20 @@ impl Validate for RelayConfig {
         }
         if self.auth.audience.is_empty() {
             return Err(ConfigError::invalid("auth.audience", "must not be empty"));
+        }
+        if let Some(c) = &self.control {
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "control.url",
+                    "must be an http(s) URL",
+                ));
+            }
+            if c.secret.expose().len() < 16 {
+                return Err(ConfigError::invalid(
+                    "control.secret",
+                    "must be at least 16 characters",
+                ));
+            }
         }
         for (i, r) in self.routes.iter().enumerate() {
             check_label(&format!("routes[{i}].session"), &r.session)?;

@@ -12,6 +12,7 @@
 //! - [`Agent`]: sessions by id, and the tunnel's stream handler.
 #![forbid(unsafe_code)]
 
+pub mod control;
 pub mod runtime;
 pub mod security;
 pub mod terminal;
@@ -75,7 +76,16 @@ pub struct Agent {
     node_id: String,
     runtime: DockerRuntime,
     sessions: DashMap<String, SessionInfo>,
+    /// Last terminal traffic per session (Unix ms), for idle timeouts.
+    activity: DashMap<String, Arc<std::sync::atomic::AtomicI64>>,
     shutdown: CancellationToken,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Agent {
@@ -100,6 +110,7 @@ impl Agent {
             node_id: cfg.node_id.clone(),
             runtime,
             sessions: DashMap::new(),
+            activity: DashMap::new(),
             shutdown,
         });
         for s in agent
@@ -130,6 +141,18 @@ impl Agent {
         self.sessions.iter().map(|s| s.clone()).collect()
     }
 
+    fn activity(&self, id: &str) -> Arc<std::sync::atomic::AtomicI64> {
+        self.activity
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(std::sync::atomic::AtomicI64::new(now_ms())))
+            .clone()
+    }
+
+    /// Milliseconds since the session's terminals last carried a byte.
+    pub fn idle_ms(&self, id: &str) -> i64 {
+        (now_ms() - self.activity(id).load(std::sync::atomic::Ordering::Relaxed)).max(0)
+    }
+
     /// Creates a session, or returns it if it already runs here.
     pub async fn create_session(
         &self,
@@ -146,6 +169,7 @@ impl Agent {
 
     /// Stops and removes a session's container. Unknown ids are a no-op.
     pub async fn remove_session(&self, id: &str) -> Result<(), runtime::RuntimeError> {
+        self.activity.remove(id);
         if let Some((_, info)) = self.sessions.remove(id) {
             self.runtime.remove(&info).await?;
             info!(session = %id, "session removed");
@@ -206,7 +230,11 @@ impl StreamHandler for Agent {
         match header.kind {
             StreamKind::Terminal => {
                 let Ok(s) = stream.accept().await else { return };
-                if let Err(e) = terminal::serve(s, &session.socket(), self.shutdown.clone()).await {
+                let activity = self.activity(&session.id);
+                if let Err(e) =
+                    terminal::serve(s, &session.socket(), self.shutdown.clone(), Some(activity))
+                        .await
+                {
                     warn!("terminal stream ended with an error: {e}");
                 }
             }

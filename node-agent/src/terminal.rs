@@ -100,7 +100,12 @@ fn closing(code: u16, reason: &str) -> Message {
 }
 
 /// Serves one terminal WebSocket on `stream` for the init at `socket`.
-pub async fn serve<S>(stream: S, socket: &Path, shutdown: CancellationToken) -> anyhow::Result<()>
+pub async fn serve<S>(
+    stream: S,
+    socket: &Path,
+    shutdown: CancellationToken,
+    activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -171,7 +176,17 @@ where
     let hello = serde_json::json!({"type": "hello", "terminal": resp.terminal, "pid": resp.pid});
     ws.send(Message::Text(hello.to_string().into())).await?;
 
+    let touch = || {
+        if let Some(a) = &activity {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            a.store(now, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     loop {
+        touch();
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = ws.send(closing(close::GOING_AWAY, "agent shutting down")).await;

@@ -19,6 +19,7 @@ pub mod assets;
 pub mod auth;
 pub mod certs;
 pub mod connector;
+pub mod control;
 pub mod host;
 pub mod metrics;
 pub mod pages;

@@ -273,6 +273,7 @@ impl RelayProxy {
         token: &str,
         sid: &str,
         scope: &'static str,
+        tls: bool,
     ) -> pingora::Result<bool> {
         match self.authorize(Some(token), sid, scope).await {
             Ok((claims, _)) => {
@@ -283,8 +284,11 @@ impl RelayProxy {
                     None => path,
                 };
                 let max_age = claims.exp.saturating_sub(now());
+                // Plain HTTP is served on loopback only (`warren up`), where
+                // browsers would drop a Secure cookie set over http.
+                let secure = if tls { "; Secure" } else { "" };
                 let cookie = format!(
-                    "{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax"
+                    "{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly{secure}; SameSite=Lax"
                 );
                 let headers = [
                     ("location", location),
@@ -416,7 +420,9 @@ impl ProxyHttp for RelayProxy {
                 }
                 ctx.route = "page";
                 if is_get && let Some(t) = q_token {
-                    return self.exchange(session, &t, &sid, SCOPE_TERMINAL).await;
+                    return self
+                        .exchange(session, &t, &sid, SCOPE_TERMINAL, ctx.tls)
+                        .await;
                 }
                 match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
                     Ok(_) if path == "/" || path == "/index.html" => {
@@ -438,7 +444,9 @@ impl ProxyHttp for RelayProxy {
                     && !ctx.upgrade
                     && let Some(t) = q_token
                 {
-                    return self.exchange(session, &t, &sid, SCOPE_PREVIEW).await;
+                    return self
+                        .exchange(session, &t, &sid, SCOPE_PREVIEW, ctx.tls)
+                        .await;
                 }
                 match self.authorize(token.as_deref(), &sid, SCOPE_PREVIEW).await {
                     Ok((_, node)) => {

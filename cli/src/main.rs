@@ -1,0 +1,598 @@
+//! `warren`: one binary for operators and users (CONTRACT.md).
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren::client::Client;
+use warren::stack::{StackOptions, agent_config};
+
+#[derive(Parser)]
+#[command(
+    name = "warren",
+    version,
+    about = "Warren: isolated Linux boxes in the browser and over SSH"
+)]
+struct Cli {
+    /// Control plane URL (else WARREN_CONTROL_URL, else .warren/up.json).
+    #[arg(long, global = true, env = "WARREN_CONTROL_URL")]
+    control_url: Option<String>,
+    /// API key (else WARREN_API_KEY, else .warren/up.json).
+    #[arg(long, global = true, env = "WARREN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The whole stack on this machine: control, relay, one agent.
+    Up {
+        #[arg(long, default_value = ".warren")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "warren.localhost")]
+        domain: String,
+        #[arg(long, default_value_t = 8443)]
+        https_port: u16,
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        #[arg(long, default_value_t = 2222)]
+        ssh_port: u16,
+        #[arg(long, default_value_t = 7000)]
+        api_port: u16,
+        /// UDP port of the relay's tunnel listener.
+        #[arg(long, default_value_t = 7443)]
+        tunnel_port: u16,
+        /// Memory the local agent offers to sessions (default: host memory less a reserve).
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// Session image (built by scripts/build-images.sh if missing).
+        #[arg(long, default_value = "warren/session:dind")]
+        image: String,
+        /// Install the development CA into the system trust store.
+        #[arg(long)]
+        trust: bool,
+    },
+    /// The control plane alone.
+    Control {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A relay alone.
+    Relay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A worker's agent: joins with a token once, then reconnects with its credential.
+    Agent {
+        #[arg(long)]
+        control: Option<String>,
+        #[arg(long)]
+        join: Option<String>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        #[arg(long, default_value = "/var/lib/warren/agent")]
+        data_dir: PathBuf,
+        /// Node id (default: the host name).
+        #[arg(long)]
+        node_id: Option<String>,
+        #[arg(long, default_value = "warren/session:dind")]
+        image: String,
+    },
+    /// Sessions.
+    Session {
+        #[command(subcommand)]
+        cmd: SessionCmd,
+    },
+    /// Workers (operators).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    Create {
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        #[arg(long, value_parser = warren::parse_duration)]
+        ttl: Option<u64>,
+    },
+    Ls,
+    Show {
+        id: String,
+    },
+    Rm {
+        id: String,
+    },
+    Token {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    Token {
+        #[arg(long, value_parser = warren::parse_duration, default_value = "1h")]
+        ttl: u64,
+    },
+    Ls,
+    Drain {
+        id: String,
+    },
+    Cordon {
+        id: String,
+    },
+    Uncordon {
+        id: String,
+    },
+    Rm {
+        id: String,
+    },
+}
+
+fn shutdown_on_signals() -> CancellationToken {
+    let t = CancellationToken::new();
+    let t2 = t.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("\nwarren: shutting down");
+        t2.cancel();
+    });
+    t
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.cmd, Cmd::Session { .. } | Cmd::Node { .. });
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| if quiet { "warn".into() } else { "info".into() });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli).await {
+        eprintln!("warren: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn print(json_out: bool, v: &Value, human: impl FnOnce(&Value) -> String) {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{}", human(v));
+    }
+}
+
+fn session_line(s: &Value) -> String {
+    format!(
+        "{:<18} {:<9} {:<14} {:>6} MB  {}",
+        s["id"].as_str().unwrap_or(""),
+        s["status"].as_str().unwrap_or(""),
+        s["node"].as_str().unwrap_or(""),
+        s["memory_mb"],
+        s["image"].as_str().unwrap_or("")
+    )
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = || {
+        Client::resolve(
+            cli.control_url.clone(),
+            cli.api_key.clone(),
+            std::path::Path::new(".warren"),
+        )
+    };
+    match cli.cmd {
+        Cmd::Up {
+            data_dir,
+            domain,
+            https_port,
+            http_port,
+            ssh_port,
+            api_port,
+            tunnel_port,
+            memory_mb,
+            image,
+            trust,
+        } => {
+            up(
+                data_dir,
+                domain,
+                https_port,
+                http_port,
+                ssh_port,
+                api_port,
+                tunnel_port,
+                memory_mb,
+                image,
+                trust,
+            )
+            .await
+        }
+        Cmd::Control { config } => {
+            let cfg: warren_config::ControlConfig =
+                warren_config::load("control", config.as_deref())?;
+            let l = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.listen))?;
+            let stop = shutdown_on_signals();
+            let r = warren_control::start(cfg, l, stop).await?;
+            if let Some(k) = &r.admin_key {
+                println!("admin API key (shown once): {k}");
+            }
+            let _ = r.task.await;
+            Ok(())
+        }
+        Cmd::Relay { config } => {
+            let cfg: warren_config::RelayConfig = warren_config::load("relay", config.as_deref())?;
+            let listeners = warren_relay::Listeners::bind(&cfg)?;
+            let stop = shutdown_on_signals();
+            let (routes, auth): (
+                Arc<dyn warren_relay::routes::RouteSource>,
+                Arc<dyn warren_tunnel::server::NodeAuthenticator>,
+            ) = match &cfg.control {
+                Some(c) => {
+                    let cc = Arc::new(warren_relay::control::ControlClient::new(
+                        &c.url,
+                        c.secret.expose(),
+                    )?);
+                    (cc.clone(), cc)
+                }
+                None => {
+                    let s = Arc::new(warren_relay::routes::StaticRoutes::default());
+                    for r in &cfg.routes {
+                        s.insert(&r.session, &r.node, &r.tenant);
+                    }
+                    (
+                        s,
+                        Arc::new(warren_tunnel::server::SharedSecretAuth::new(
+                            cfg.tunnel.node_secret.expose(),
+                        )),
+                    )
+                }
+            };
+            let relay = warren_relay::start(cfg, listeners, routes, auth, stop.clone()).await?;
+            stop.cancelled().await;
+            relay.stopped().await;
+            Ok(())
+        }
+        Cmd::Agent {
+            control,
+            join,
+            memory_mb,
+            data_dir,
+            node_id,
+            image,
+        } => {
+            let enrollment = match (control, join) {
+                (Some(url), Some(token)) => {
+                    let node = node_id.unwrap_or_else(default_node_id);
+                    let (alloc, _) = warren_agent::control::host_memory_mb(memory_mb);
+                    let e =
+                        warren_agent::control::join(&url, &token, &node, alloc, &data_dir).await?;
+                    println!(
+                        "joined as node {}; credential stored in {}",
+                        e.node_id,
+                        data_dir.join("node.json").display()
+                    );
+                    e
+                }
+                (None, None) => warren_agent::control::load_enrollment(&data_dir)?.context(
+                    "this worker has not joined yet: run `warren agent --control URL --join TOKEN`",
+                )?,
+                _ => anyhow::bail!("--control and --join go together"),
+            };
+            let cfg = agent_config(&enrollment, &data_dir, &image, "warren-sessions")?;
+            let stop = shutdown_on_signals();
+            let tracker = TaskTracker::new();
+            let agent = warren_agent::Agent::start(&cfg, Default::default(), stop.clone()).await?;
+            agent.connect_relays(&cfg, Default::default(), &tracker)?;
+            warren_agent::control::spawn_sync(
+                agent,
+                &enrollment,
+                memory_mb,
+                &tracker,
+                stop.clone(),
+            );
+            stop.cancelled().await;
+            tracker.close();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
+            Ok(())
+        }
+        Cmd::Session { cmd } => {
+            let c = api()?;
+            match cmd {
+                SessionCmd::Create {
+                    image,
+                    memory_mb,
+                    ttl,
+                } => {
+                    let mut body = json!({});
+                    if let Some(i) = image {
+                        body["image"] = json!(i);
+                    }
+                    if let Some(m) = memory_mb {
+                        body["memory_mb"] = json!(m);
+                    }
+                    if let Some(t) = ttl {
+                        body["ttl_seconds"] = json!(t);
+                    }
+                    let v = c.call("POST", "/v1/sessions", Some(body)).await?;
+                    print(cli.json, &v, |v| {
+                        format!(
+                            "session {}\n  browser: {}\n  ssh:     {}\n  expires: in {} min",
+                            v["id"].as_str().unwrap_or(""),
+                            v["url"].as_str().unwrap_or(""),
+                            v["ssh"].as_str().unwrap_or(""),
+                            (v["expires_at"].as_i64().unwrap_or(0)
+                                - warren_control::store::now_ms() / 1000)
+                                / 60
+                        )
+                    });
+                }
+                SessionCmd::Ls => {
+                    let v = c.call("GET", "/v1/sessions", None).await?;
+                    print(cli.json, &v, |v| {
+                        v["sessions"]
+                            .as_array()
+                            .map(|a| a.iter().map(session_line).collect::<Vec<_>>().join("\n"))
+                            .unwrap_or_default()
+                    });
+                }
+                SessionCmd::Show { id } => {
+                    let v = c.call("GET", &format!("/v1/sessions/{id}"), None).await?;
+                    print(cli.json, &v, |v| {
+                        serde_json::to_string_pretty(v).unwrap_or_default()
+                    });
+                }
+                SessionCmd::Rm { id } => {
+                    c.call("DELETE", &format!("/v1/sessions/{id}"), None)
+                        .await?;
+                    print(cli.json, &json!({"deleted": id}), |_| {
+                        format!("session {id} is stopping")
+                    });
+                }
+                SessionCmd::Token { id } => {
+                    let v = c
+                        .call("POST", &format!("/v1/sessions/{id}/token"), None)
+                        .await?;
+                    print(cli.json, &v, |v| {
+                        v["token"].as_str().unwrap_or("").to_string()
+                    });
+                }
+            }
+            Ok(())
+        }
+        Cmd::Node { cmd } => {
+            let c = api()?;
+            match cmd {
+                NodeCmd::Token { ttl } => {
+                    let v = c
+                        .call(
+                            "POST",
+                            "/v1/nodes/join-tokens",
+                            Some(json!({"ttl_seconds": ttl})),
+                        )
+                        .await?;
+                    print(cli.json, &v, |v| {
+                        format!(
+                            "{}\n\non the new worker:\n  warren agent --control {} --join {}",
+                            v["token"].as_str().unwrap_or(""),
+                            c.base,
+                            v["token"].as_str().unwrap_or("")
+                        )
+                    });
+                }
+                NodeCmd::Ls => {
+                    let v = c.call("GET", "/v1/nodes", None).await?;
+                    print(cli.json, &v, |v| {
+                        v["nodes"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|n| {
+                                        format!(
+                                            "{:<20} {:<9} {}reserved {} / {} MB, {} sessions",
+                                            n["id"].as_str().unwrap_or(""),
+                                            n["state"].as_str().unwrap_or(""),
+                                            if n["cordoned"] == true {
+                                                "cordoned, "
+                                            } else {
+                                                ""
+                                            },
+                                            n["reserved_mb"],
+                                            n["allocatable_mb"],
+                                            n["sessions"]
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
+                            .unwrap_or_default()
+                    });
+                }
+                NodeCmd::Drain { id } => node_action(&c, cli.json, &id, "drain").await?,
+                NodeCmd::Cordon { id } => node_action(&c, cli.json, &id, "cordon").await?,
+                NodeCmd::Uncordon { id } => node_action(&c, cli.json, &id, "uncordon").await?,
+                NodeCmd::Rm { id } => {
+                    c.call("DELETE", &format!("/v1/nodes/{id}"), None).await?;
+                    print(cli.json, &json!({"removed": id}), |_| {
+                        format!("node {id} removed")
+                    });
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn node_action(c: &Client, json_out: bool, id: &str, action: &str) -> anyhow::Result<()> {
+    c.call("POST", &format!("/v1/nodes/{id}/{action}"), None)
+        .await?;
+    print(json_out, &json!({"node": id, "action": action}), |_| {
+        format!("node {id}: {action} done")
+    });
+    Ok(())
+}
+
+fn default_node_id() -> String {
+    let h = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+    let h: String = h
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    if warren_config::is_dns_label(&h) {
+        h
+    } else {
+        "worker".into()
+    }
+}
+
+fn find_script(name: &str) -> Option<PathBuf> {
+    let mut dirs = vec![std::env::current_dir().ok()?];
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.extend(exe.ancestors().map(|p| p.to_path_buf()));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("scripts").join(name))
+        .find(|p| p.is_file())
+}
+
+async fn image_exists(image: &str) -> bool {
+    tokio::process::Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .await
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn up(
+    data_dir: PathBuf,
+    domain: String,
+    https_port: u16,
+    http_port: u16,
+    ssh_port: u16,
+    api_port: u16,
+    tunnel_port: u16,
+    memory_mb: Option<u64>,
+    image: String,
+    trust: bool,
+) -> anyhow::Result<()> {
+    // Images first, with progress on the terminal.
+    if !image_exists(&image).await {
+        let which = match image.as_str() {
+            "warren/session:dind" => "dind",
+            "warren/session:mini" => "mini",
+            other => anyhow::bail!("image {other} is missing; pull or build it first"),
+        };
+        let script = find_script("build-images.sh")
+            .context("scripts/build-images.sh not found: run warren up from the repository")?;
+        eprintln!("warren: building session image {image} (about a minute)…");
+        let st = tokio::process::Command::new("bash")
+            .arg(&script)
+            .arg(which)
+            .status()
+            .await?;
+        if !st.success() {
+            anyhow::bail!("building {image} failed");
+        }
+    }
+    let stop = shutdown_on_signals();
+    let any = |p: u16| -> SocketAddr { SocketAddr::from(([0, 0, 0, 0], p)) };
+    let lo = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
+    let stack = warren::stack::start(StackOptions {
+        data_dir: data_dir.clone(),
+        domain: domain.clone(),
+        https: any(https_port),
+        http: Some(lo(http_port)),
+        api: lo(api_port),
+        tunnel: lo(tunnel_port),
+        ssh_port,
+        memory_mb,
+        image: image.clone(),
+        network: "warren-sessions".into(),
+        node_id: "local".into(),
+        labels: BTreeMap::new(),
+        session_memory_mb: 1024,
+    })
+    .await?;
+    if trust {
+        let dest = PathBuf::from("/usr/local/share/ca-certificates/warren-dev-ca.crt");
+        std::fs::copy(&stack.ca_file, &dest)
+            .with_context(|| format!("installing the CA at {} (run as root)", dest.display()))?;
+        let st = tokio::process::Command::new("update-ca-certificates")
+            .status()
+            .await?;
+        eprintln!(
+            "warren: development CA installed into the system trust store ({})",
+            if st.success() {
+                "ok"
+            } else {
+                "update-ca-certificates failed"
+            }
+        );
+    }
+    let up = json!({
+        "control_url": stack.control_url,
+        "relay_https_url": format!("https://{domain}:{https_port}"),
+        "relay_http_url": format!("http://{domain}:{http_port}"),
+        "relay_ssh": format!("{domain}:{ssh_port}"),
+        "domain": domain,
+        "admin_api_key": stack.admin_key,
+        "ca_cert": stack.ca_file,
+    });
+    std::fs::write(data_dir.join("up.json"), serde_json::to_string_pretty(&up)?)?;
+    // A session ready to use.
+    let client = Client::resolve(
+        Some(stack.control_url.clone()),
+        Some(stack.admin_key.clone()),
+        &data_dir,
+    )?;
+    let s = client
+        .call("POST", "/v1/sessions", Some(json!({})))
+        .await
+        .context("creating the first session")?;
+    let id = s["id"].as_str().unwrap_or_default();
+    let token = s["token"].as_str().unwrap_or_default();
+    println!(
+        "\nWarren is up.\n\n  open:     http://{id}.{domain}:{http_port}/?token={token}\n  (https:   {})\n  ssh:      {}   (SSH arrives with its issue)\n\n  API:      {}\n  admin key: {}\n  CA:       {}\n  written:  {}\n\nnext:\n  warren session create        a new session (prints its URL)\n  warren session ls\n  warren node token            a join token for another worker\n\nCtrl-C stops everything.",
+        s["url"].as_str().unwrap_or(""),
+        s["ssh"].as_str().unwrap_or(""),
+        stack.control_url,
+        stack.admin_key,
+        stack.ca_file.display(),
+        data_dir.join("up.json").display()
+    );
+    stop.cancelled().await;
+    stack.stop.cancel();
+    stack.tracker.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stack.tracker.wait()).await;
+    Ok(())
+}

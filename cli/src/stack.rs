@@ -1,0 +1,255 @@
+//! The whole stack in one process: control (SQLite), a relay and a local
+//! agent, wired as they are in production (the agent joins with a one-time
+//! token and dials the relay; the relay asks control for routes, node
+//! credentials and keys). Used by `warren up` and by the end-to-end tests.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+use warren_agent::control::{Enrollment, host_memory_mb};
+use warren_agent::{Agent, AgentOptions};
+use warren_config::*;
+
+pub struct StackOptions {
+    pub data_dir: PathBuf,
+    pub domain: String,
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub api: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub ssh_port: u16,
+    pub memory_mb: Option<u64>,
+    pub image: String,
+    pub network: String,
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub session_memory_mb: u64,
+}
+
+pub struct Stack {
+    pub control_url: String,
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub admin_key: String,
+    pub ca_file: PathBuf,
+    pub control: warren_control::Running,
+    pub relay: warren_relay::Relay,
+    pub agent: Arc<Agent>,
+    pub stop: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+fn secret_file(path: &std::path::Path, prefix: &str) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_string());
+    }
+    let s = warren_control::store::random_secret(prefix);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(s.as_bytes())?;
+    Ok(s)
+}
+
+pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
+    let data = std::path::absolute(&o.data_dir)?;
+    std::fs::create_dir_all(&data)?;
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Sockets first, so every part knows every real address.
+    let api = tokio::net::TcpListener::bind(o.api)
+        .await
+        .with_context(|| format!("binding the API on {}", o.api))?;
+    let api_addr = api.local_addr()?;
+    let https = std::net::TcpListener::bind(o.https)
+        .with_context(|| format!("binding HTTPS on {}", o.https))?;
+    let http = o
+        .http
+        .map(|a| std::net::TcpListener::bind(a).with_context(|| format!("binding HTTP on {a}")))
+        .transpose()?;
+    let tunnel = std::net::UdpSocket::bind(o.tunnel)
+        .with_context(|| format!("binding the tunnel on {}", o.tunnel))?;
+    let (https_addr, http_addr, tunnel_addr) = (
+        https.local_addr()?,
+        http.as_ref().map(|h| h.local_addr()).transpose()?,
+        tunnel.local_addr()?,
+    );
+    let relay_dir = data.join("relay");
+    let certs = warren_relay::certs::dev_certificate(&relay_dir, &o.domain)?;
+    let ca_file = certs.ca.clone().context("development CA")?;
+    let relay_secret = secret_file(&data.join("relay.secret"), "wr")?;
+
+    // Control.
+    let control_url = format!("http://{api_addr}");
+    let ccfg = ControlConfig {
+        listen: api_addr,
+        data_dir: data.join("control"),
+        database_url: None,
+        domain: o.domain.clone(),
+        https_port: Some(https_addr.port()),
+        ssh_endpoint: Some(format!("{}:{}", o.domain, o.ssh_port)),
+        admin_api_key: None,
+        relay_secret: Secret::new(relay_secret.clone()),
+        relays: vec![RelayTarget {
+            addr: tunnel_addr.to_string(),
+            server_name: o.domain.clone(),
+            ca_file: Some(ca_file.clone()),
+        }],
+        scheduler: SchedulerConfig::default(),
+        sessions: SessionDefaults {
+            image: o.image.clone(),
+            memory_mb: o.session_memory_mb,
+            ..Default::default()
+        },
+    };
+    let control = warren_control::start(ccfg, api, stop.clone()).await?;
+    let admin_key = std::fs::read_to_string(data.join("control/admin.key"))
+        .context("reading the admin key")?
+        .trim()
+        .to_string();
+
+    // Relay.
+    let rcfg = RelayConfig {
+        domain: o.domain.clone(),
+        data_dir: relay_dir,
+        https: HttpsConfig {
+            listen: https_addr,
+            cert_file: None,
+            key_file: None,
+        },
+        http: http_addr.map(|listen| ListenConfig { listen }),
+        admin: None,
+        tunnel: RelayTunnelConfig {
+            listen: tunnel_addr,
+            node_secret: Secret::new(relay_secret.clone()),
+        },
+        auth: AuthConfig {
+            jwks_file: None,
+            jwks_url: Some(format!("{control_url}/.well-known/jwks.json")),
+            audience: "warren".into(),
+        },
+        routes: vec![],
+        control_upstream: Some(api_addr),
+        control: Some(RelayControl {
+            url: control_url.clone(),
+            secret: Secret::new(relay_secret.clone()),
+        }),
+    };
+    let cc = Arc::new(warren_relay::control::ControlClient::new(
+        &control_url,
+        &relay_secret,
+    )?);
+    let relay = warren_relay::start(
+        rcfg,
+        warren_relay::Listeners {
+            https,
+            http,
+            admin: None,
+            tunnel,
+        },
+        cc.clone(),
+        cc,
+        stop.clone(),
+    )
+    .await?;
+
+    // The local agent: joins once, then reuses its credential.
+    let agent_dir = data.join("agent");
+    let enrollment = match warren_agent::control::load_enrollment(&agent_dir)? {
+        Some(e) if e.control_url == control_url => e,
+        _ => {
+            let token = control.control.store.create_join_token(600_000).await?;
+            let (alloc, _) = host_memory_mb(o.memory_mb);
+            warren_agent::control::join(&control_url, &token, &o.node_id, alloc, &agent_dir).await?
+        }
+    };
+    let acfg = agent_config(&enrollment, &agent_dir, &o.image, &o.network)?;
+    let agent = Agent::start(
+        &acfg,
+        AgentOptions {
+            extra_labels: o.labels.clone(),
+        },
+        stop.clone(),
+    )
+    .await?;
+    agent.connect_relays(&acfg, Default::default(), &tracker)?;
+    warren_agent::control::spawn_sync(
+        agent.clone(),
+        &enrollment,
+        o.memory_mb,
+        &tracker,
+        stop.clone(),
+    );
+    let node = enrollment.node_id.clone();
+    if !relay
+        .registry
+        .wait_until(std::time::Duration::from_secs(30), |n| n.contains(&node))
+        .await
+    {
+        anyhow::bail!("the local agent did not connect to the relay");
+    }
+    info!(api = %control_url, https = %https_addr, "stack ready");
+    Ok(Stack {
+        control_url,
+        https: https_addr,
+        http: http_addr,
+        admin_key,
+        ca_file,
+        control,
+        relay,
+        agent,
+        stop,
+        tracker,
+    })
+}
+
+/// The agent's configuration from its enrollment (relays and their CAs).
+pub fn agent_config(
+    e: &Enrollment,
+    data_dir: &std::path::Path,
+    image: &str,
+    network: &str,
+) -> anyhow::Result<AgentConfig> {
+    let mut relays = Vec::new();
+    for (i, r) in e.relays.iter().enumerate() {
+        let ca_file = match &r.ca_pem {
+            Some(pem) => {
+                let p = data_dir.join(format!("relay-{i}-ca.pem"));
+                std::fs::write(&p, pem)?;
+                Some(p)
+            }
+            None => None,
+        };
+        relays.push(RelayTarget {
+            addr: r.addr.clone(),
+            server_name: r.server_name.clone(),
+            ca_file,
+        });
+    }
+    if relays.is_empty() {
+        anyhow::bail!("the control plane named no relays to connect to");
+    }
+    Ok(AgentConfig {
+        node_id: e.node_id.clone(),
+        data_dir: data_dir.to_path_buf(),
+        credential: Secret::new(e.credential.clone()),
+        relays,
+        docker: DockerConfig {
+            network: network.into(),
+            default_image: image.into(),
+            ..Default::default()
+        },
+        terminal: TerminalConfig::default(),
+    })
+}

@@ -1,0 +1,281 @@
+//! The whole stack as `warren up` wires it (control on SQLite, relay, a
+//! real agent that joined with a token, real Docker), on 127.0.0.1:0.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn docker_or_skip() -> bool {
+    let ok = tokio::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .await
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "Docker is required under CI"
+        );
+        eprintln!("SKIPPED: Docker does not answer");
+    }
+    ok
+}
+
+struct Cleanup(String, String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warren.test={}", self.0),
+            ])
+            .output()
+            .unwrap();
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.1])
+            .output();
+    }
+}
+
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut r = c
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{base}{path}"),
+        )
+        .bearer_auth(key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str, bearer: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {bearer}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_to_shell_and_back() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let run = format!("stack-{}", std::process::id());
+    let network = format!("warren-test-{run}");
+    let _cleanup = Cleanup(run.clone(), network.clone());
+    let data = std::env::temp_dir().join(format!("warren-{run}"));
+    let lo = "127.0.0.1:0".parse().unwrap();
+    let mut labels = BTreeMap::new();
+    labels.insert("warren.test".to_string(), run.clone());
+    let st = warren::stack::start(warren::stack::StackOptions {
+        data_dir: data.clone(),
+        domain: "warren.localhost".into(),
+        https: lo,
+        http: Some(lo),
+        api: lo,
+        tunnel: lo,
+        ssh_port: 2222,
+        memory_mb: Some(4096),
+        image: "warren/session:mini".into(),
+        network,
+        node_id: "local".into(),
+        labels,
+        session_memory_mb: 128,
+    })
+    .await
+    .unwrap();
+    let base = st.control_url.clone();
+    let http = st.http.unwrap();
+
+    // Create through the API: it answers once the session runs.
+    let (s, a) = call(
+        &base,
+        "POST",
+        "/v1/sessions",
+        &st.admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let token = a["token"].as_str().unwrap().to_string();
+    assert!(
+        a["url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{id}.warren.localhost"))
+    );
+
+    // Its shell, through the relay.
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let url = format!(
+        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
+        http.port()
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !out.contains("42\r\n") {
+            if let Some(Ok(Message::Binary(b))) = ws.next().await {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no 42 in {out:?}"));
+
+    // Another tenant: 404 through the API, 403 with its token on A's host.
+    let (_, t) = call(
+        &base,
+        "POST",
+        "/v1/tenants",
+        &st.admin_key,
+        Some(json!({"name": "globex"})),
+    )
+    .await;
+    let (_, k) = call(
+        &base,
+        "POST",
+        &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
+        &st.admin_key,
+        None,
+    )
+    .await;
+    let kb = k["key"].as_str().unwrap();
+    assert_eq!(
+        call(&base, "GET", &format!("/v1/sessions/{id}"), kb, None)
+            .await
+            .0,
+        404
+    );
+    let (s, b) = call(&base, "POST", "/v1/sessions", kb, Some(json!({}))).await;
+    assert_eq!(s, 201, "{b}");
+    let tb = b["token"].as_str().unwrap();
+    assert_eq!(
+        http_get(
+            http,
+            &format!("{id}.warren.localhost"),
+            "/_warren/terminal",
+            tb
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        http_get(
+            http,
+            &format!("{id}.warren.localhost"),
+            "/_warren/terminal",
+            "garbage"
+        )
+        .await,
+        401
+    );
+
+    // Delete: the container goes away.
+    assert_eq!(
+        call(
+            &base,
+            "DELETE",
+            &format!("/v1/sessions/{id}"),
+            &st.admin_key,
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = tokio::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warren.session={id}"),
+            ])
+            .output()
+            .await
+            .unwrap();
+        if o.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "container of {id} still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, v) = call(
+        &base,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        &st.admin_key,
+        None,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut status = v["status"].as_str().unwrap_or("").to_string();
+    while status != "stopped" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session stays {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = call(
+            &base,
+            "GET",
+            &format!("/v1/sessions/{id}"),
+            &st.admin_key,
+            None,
+        )
+        .await
+        .1["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+    }
+    st.stop.cancel();
+    let _ = std::fs::remove_dir_all(&data);
+}

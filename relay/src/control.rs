@@ -1,0 +1,74 @@
+//! The relay backed by the control plane: `session → node` routes and node
+//! credentials come from control's internal API (relays alone may call it).
+use std::time::Duration;
+
+use async_trait::async_trait;
+use warren_tunnel::proto::Hello;
+use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
+
+use crate::routes::{RouteError, RouteSource, SessionRoute};
+
+pub struct ControlClient {
+    base: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    pub fn new(base: &str, secret: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            secret: secret.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+        })
+    }
+}
+
+#[async_trait]
+impl RouteSource for ControlClient {
+    async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
+        let r = self
+            .http
+            .get(format!("{}/internal/v1/routes/{session}", self.base))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .map_err(|e| RouteError(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+                Ok(Some(SessionRoute {
+                    node: v["node"].as_str().unwrap_or_default().to_string(),
+                    tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
+                }))
+            }
+            404 => Ok(None),
+            s => Err(RouteError(format!("control answered {s}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl NodeAuthenticator for ControlClient {
+    async fn authenticate(&self, hello: &Hello) -> Result<NodeIdentity, AuthError> {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/nodes/verify", self.base))
+            .bearer_auth(&self.secret)
+            .json(&serde_json::json!({"node_id": hello.node_id, "credential": hello.credential}))
+            .send()
+            .await
+            .map_err(|e| AuthError(format!("control plane unreachable: {e}")))?;
+        if r.status().is_success() {
+            Ok(NodeIdentity {
+                node_id: hello.node_id.clone(),
+            })
+        } else {
+            Err(AuthError(
+                "node credential rejected by the control plane".into(),
+            ))
+        }
+    }
+}
