@@ -340,11 +340,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         body["ttl_seconds"] = json!(t);
                     }
                     let v = c.call("POST", "/v1/sessions", Some(body)).await?;
+                    let browser = local_url(&v)
+                        .unwrap_or_else(|| v["url"].as_str().unwrap_or("").to_string());
                     print(cli.json, &v, |v| {
                         format!(
                             "session {}\n  browser: {}\n  ssh:     {}\n  expires: in {} min",
                             v["id"].as_str().unwrap_or(""),
-                            v["url"].as_str().unwrap_or(""),
+                            browser,
                             v["ssh"].as_str().unwrap_or(""),
                             (v["expires_at"].as_i64().unwrap_or(0)
                                 - warren_control::store::now_ms() / 1000)
@@ -455,6 +457,19 @@ async fn node_action(c: &Client, json_out: bool, id: &str, action: &str) -> anyh
         format!("node {id}: {action} done")
     });
     Ok(())
+}
+
+/// Under `warren up`, the loopback HTTP URL of a session: it opens without
+/// a certificate warning (browsers treat `*.localhost` as secure).
+fn local_url(v: &Value) -> Option<String> {
+    let up: Value = serde_json::from_str(&std::fs::read_to_string(".warren/up.json").ok()?).ok()?;
+    let http = up["relay_http_url"].as_str()?;
+    let port = http.rsplit_once(':')?.1;
+    let (id, token) = (v["id"].as_str()?, v["token"].as_str()?);
+    Some(format!(
+        "http://{id}.{}:{port}/?token={token}",
+        up["domain"].as_str()?
+    ))
 }
 
 fn default_node_id() -> String {
