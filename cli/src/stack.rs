@@ -38,6 +38,8 @@ pub struct Stack {
     pub admin_key: String,
     pub ca_file: PathBuf,
     pub control: warren_control::Running,
+    /// How control was configured (tests restart it with the same).
+    pub control_config: ControlConfig,
     pub relay: warren_relay::Relay,
     pub agent: Arc<Agent>,
     pub stop: CancellationToken,
@@ -113,7 +115,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             ..Default::default()
         },
     };
-    let control = warren_control::start(ccfg, api, stop.clone()).await?;
+    let control = warren_control::start(ccfg.clone(), api, stop.clone()).await?;
     let admin_key = std::fs::read_to_string(data.join("control/admin.key"))
         .context("reading the admin key")?
         .trim()
@@ -207,6 +209,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         admin_key,
         ca_file,
         control,
+        control_config: ccfg,
         relay,
         agent,
         stop,

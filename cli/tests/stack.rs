@@ -105,7 +105,7 @@ async fn api_to_shell_and_back() {
     let lo = "127.0.0.1:0".parse().unwrap();
     let mut labels = BTreeMap::new();
     labels.insert("warren.test".to_string(), run.clone());
-    let st = warren::stack::start(warren::stack::StackOptions {
+    let mut st = warren::stack::start(warren::stack::StackOptions {
         data_dir: data.clone(),
         domain: "warren.localhost".into(),
         https: lo,
@@ -164,6 +164,63 @@ async fn api_to_shell_and_back() {
     })
     .await
     .unwrap_or_else(|_| panic!("no 42 in {out:?}"));
+
+    // Control restarts: meanwhile the relay keeps accepting the valid token
+    // (cached), and afterwards every session is still there.
+    st.control.task.abort();
+    let _ = (&mut st.control.task).await;
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "control should be down"
+    );
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let url = format!(
+        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
+        http.port()
+    );
+    let (mut ws2, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("relay refused a valid token while control was down");
+    ws2.send(Message::Binary(b"echo $((7*7))\n".to_vec().into()))
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !out.contains("49\r\n") {
+            if let Some(Ok(Message::Binary(b))) = ws2.next().await {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no 49 in {out:?}"));
+    let l = tokio::net::TcpListener::bind(st.control_config.listen)
+        .await
+        .unwrap();
+    let _control2 = warren_control::start(st.control_config.clone(), l, st.stop.clone())
+        .await
+        .unwrap();
+    let (s, v) = call(
+        &base,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        &st.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+
+    // A session past its TTL is stopped and its container removed.
+    let (s, short) = call(
+        &base,
+        "POST",
+        "/v1/sessions",
+        &st.admin_key,
+        Some(json!({"ttl_seconds": 10})),
+    )
+    .await;
+    assert_eq!(s, 201, "{short}");
+    let short_id = short["id"].as_str().unwrap().to_string();
 
     // Another tenant: 404 through the API, 403 with its token on A's host.
     let (_, t) = call(
@@ -275,6 +332,37 @@ async fn api_to_shell_and_back() {
             .as_str()
             .unwrap_or("")
             .to_string();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = tokio::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=warren.session={short_id}"),
+            ])
+            .output()
+            .await
+            .unwrap();
+        let status = call(
+            &base,
+            "GET",
+            &format!("/v1/sessions/{short_id}"),
+            &st.admin_key,
+            None,
+        )
+        .await
+        .1["status"]
+            .clone();
+        if o.stdout.is_empty() && status == "stopped" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "TTL session still {status} / container present"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     st.stop.cancel();
     let _ = std::fs::remove_dir_all(&data);

@@ -582,7 +582,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT n.id, n.allocatable_mb, n.free_mb, \
              (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved \
-             FROM nodes n WHERE n.state = 'ready' AND n.cordoned = 0 AND n.last_heartbeat > $1"
+             FROM nodes n WHERE n.state = 'ready' AND n.cordoned = 0 AND n.last_heartbeat > $1 ORDER BY n.id"
         )))
         .bind(now - heartbeat_timeout_ms)
         .fetch_all(&mut *tx)

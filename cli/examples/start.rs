@@ -1,0 +1,146 @@
+//! Session start through the whole product: `POST /v1/sessions` (scheduled,
+//! container created by the agent, reported running) until a shell behind
+//! the relay echoes, for `warren/session:mini` and `warren/session:dind`,
+//! beside a bare `docker run -d` of the same image in the same run.
+//!
+//! ```sh
+//! scripts/build-init.sh && scripts/build-images.sh
+//! cargo run --release -p warren --example start
+//! ```
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const RUNS: usize = 10;
+
+fn ms(us: u64) -> String {
+    format!("{:.0} ms", us as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let run = format!("bench-{}", std::process::id());
+    let mut labels = BTreeMap::new();
+    labels.insert("warren.bench".to_string(), run.clone());
+    let lo = "127.0.0.1:0".parse().unwrap();
+    let network = format!("warren-{run}");
+    let st = warren::stack::start(warren::stack::StackOptions {
+        data_dir: std::env::temp_dir().join(format!("warren-{run}")),
+        domain: "warren.localhost".into(),
+        https: lo,
+        http: Some(lo),
+        api: lo,
+        tunnel: lo,
+        ssh_port: 2222,
+        memory_mb: Some(16384),
+        image: "warren/session:mini".into(),
+        network: network.clone(),
+        node_id: "bench".into(),
+        labels,
+        session_memory_mb: 256,
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let port = st.http.unwrap();
+    println!("| image | path | p50 | p99 |\n|---|---|---|---|");
+    for (image, mem) in [("warren/session:mini", 128), ("warren/session:dind", 1024)] {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let v: serde_json::Value = http
+                .post(format!("{}/v1/sessions", st.control_url))
+                .bearer_auth(&st.admin_key)
+                .json(&serde_json::json!({"image": image, "memory_mb": mem}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let (id, token) = (
+                v["id"].as_str().unwrap().to_string(),
+                v["token"].as_str().unwrap().to_string(),
+            );
+            let tcp = tokio::net::TcpStream::connect(port).await.unwrap();
+            let url = format!(
+                "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
+                port.port()
+            );
+            let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+            ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
+                .await
+                .unwrap();
+            let mut out = String::new();
+            while !out.contains("42\r\n") {
+                if let Some(Ok(Message::Binary(b))) = ws.next().await {
+                    out.push_str(&String::from_utf8_lossy(&b));
+                }
+            }
+            h.record(t.elapsed().as_micros() as u64).unwrap();
+            drop(ws);
+            http.delete(format!("{}/v1/sessions/{id}", st.control_url))
+                .bearer_auth(&st.admin_key)
+                .send()
+                .await
+                .unwrap();
+        }
+        println!(
+            "| `{image}` | Warren: API create → running → shell echoes through the relay | {} | {} |",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99))
+        );
+        let mut d = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let o = tokio::process::Command::new("docker")
+                .args([
+                    "run",
+                    "-d",
+                    "--label",
+                    &format!("warren.bench={run}"),
+                    &format!("--memory={mem}m"),
+                    image,
+                    "sleep",
+                    "60",
+                ])
+                .output()
+                .await
+                .unwrap();
+            d.record(t.elapsed().as_micros() as u64).unwrap();
+            let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let _ = tokio::process::Command::new("docker")
+                .args(["rm", "-f", &id])
+                .output()
+                .await;
+        }
+        println!(
+            "| `{image}` | bare `docker run -d` (CLI) | {} | {} |",
+            ms(d.value_at_quantile(0.5)),
+            ms(d.value_at_quantile(0.99))
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    st.stop.cancel();
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=warren.bench={run}"),
+        ])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", id])
+            .output();
+    }
+    let _ = std::process::Command::new("docker")
+        .args(["network", "rm", &network])
+        .output();
+}

@@ -1,0 +1,102 @@
+//! Create throughput of the control plane alone: fake agents that run every
+//! session at once (no Docker), on SQLite and on PostgreSQL.
+//!
+//! ```sh
+//! cargo run --release -p warren-control --example bench
+//! WARREN_TEST_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres \
+//!   cargo run --release -p warren-control --example bench
+//! ```
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::*;
+use serde_json::json;
+use warren_config::Strategy;
+
+const CREATES: usize = 400;
+const CONCURRENCY: usize = 16;
+
+#[tokio::main]
+async fn main() {
+    println!(
+        "| store | creates | concurrency | creates/s | create p50 | create p99 |\n|---|---|---|---|---|---|"
+    );
+    for db in backends() {
+        let url = database(db, "bench").await;
+        let mut cfg = config(&url, Strategy::Spread);
+        cfg.sessions.tenant_max_sessions = 100_000;
+        let c = Arc::new(TestControl::start(cfg).await);
+        let mut agents = Vec::new();
+        for i in 0..3 {
+            let t = c.join_token().await;
+            agents.push(
+                FakeAgent::join(&c.url, &t, &format!("bench-{i}"), 1 << 24)
+                    .await
+                    .unwrap(),
+            );
+        }
+        eventually("nodes ready", || async {
+            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
+            n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["state"] == "ready")
+                .count()
+                == 3
+        })
+        .await;
+        let (_, t) = c
+            .call(
+                "POST",
+                "/v1/tenants",
+                ADMIN,
+                Some(json!({"name": "bench", "max_sessions": 100000, "max_memory_mb": 1i64 << 40})),
+            )
+            .await;
+        let (_, k) = c
+            .call(
+                "POST",
+                &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
+                ADMIN,
+                None,
+            )
+            .await;
+        let key = Arc::new(k["key"].as_str().unwrap().to_string());
+        let start = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut js = tokio::task::JoinSet::new();
+        for _ in 0..CONCURRENCY {
+            let (c, key, next) = (c.clone(), key.clone(), next.clone());
+            js.spawn(async move {
+                let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < CREATES {
+                    let t = Instant::now();
+                    let (s, v) = c
+                        .call("POST", "/v1/sessions", &key, Some(json!({"memory_mb": 64})))
+                        .await;
+                    assert_eq!(s, 201, "{v}");
+                    h.record(t.elapsed().as_micros() as u64).unwrap();
+                }
+                h
+            });
+        }
+        let mut all = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        while let Some(h) = js.join_next().await {
+            all.add(h.unwrap()).unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "| {db:?} | {CREATES} | {CONCURRENCY} | {:.0} | {:.1} ms | {:.1} ms |",
+            CREATES as f64 / secs,
+            all.value_at_quantile(0.5) as f64 / 1000.0,
+            all.value_at_quantile(0.99) as f64 / 1000.0
+        );
+        drop(agents);
+    }
+}
