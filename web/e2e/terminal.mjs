@@ -21,7 +21,18 @@ try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 900, height: 560 } });
   const page = await ctx.newPage();
   page.on("console", (m) => console.error(`[page] ${m.text()}`));
-  await page.goto(url, { waitUntil: "load", timeout: 30000 });
+  // Tests running beside this one create and remove Docker networks, which
+  // Chromium reports as ERR_NETWORK_CHANGED: navigate again when it does.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await page.goto(url, { waitUntil: "load", timeout: 30000 });
+      break;
+    } catch (e) {
+      if (attempt >= 5 || !String(e.message).includes("ERR_NETWORK_CHANGED")) throw e;
+      console.error(`[retry] ${e.message.split("\n")[0]}`);
+      await page.waitForTimeout(200 * attempt);
+    }
+  }
   // The token must be gone from the address bar (exchanged for a cookie).
   if (page.url().includes("token=")) throw new Error(`token still in URL: ${page.url()}`);
   await page.waitForFunction(() => document.getElementById("status")?.textContent === "connected", null, { timeout: 30000 });
