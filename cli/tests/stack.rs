@@ -10,49 +10,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn docker_or_skip() -> bool {
-    let ok = tokio::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .await
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Docker is required under CI"
-        );
-        eprintln!("SKIPPED: Docker does not answer");
-    }
-    ok
-}
-
 struct Cleanup(String, String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.test={}", self.0),
-            ])
-            .output()
-            .unwrap();
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        if !ids.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.1])
-            .output();
+        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
     }
 }
 
@@ -95,7 +56,7 @@ async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str, bearer: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_to_shell_and_back() {
-    if !docker_or_skip().await {
+    if !warren_testkit::docker_or_skip() {
         return;
     }
     let run = format!("stack-{}", std::process::id());

@@ -9,9 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
@@ -21,35 +18,23 @@ use warren_tunnel::client::Backoff;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
 use warren_tunnel::server::{self, Registry, SharedSecretAuth};
 
-pub const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = warren_testkit::WAIT;
 const SECRET: &str = "test-node-secret-0123456789";
 pub const TEST_LABEL: &str = "warren.test";
 
 /// True when Docker answers. Under CI (`CI=true`) a missing Docker fails
 /// the test instead of skipping it.
 pub async fn docker_or_skip() -> bool {
-    let ok = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d.ping().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match ok {
-        Ok(_) => {
-            let init = warren_agent::locate_init_binary(None);
-            assert!(
-                init.is_file(),
-                "{} missing: run scripts/build-init.sh first",
-                init.display()
-            );
-            true
-        }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("Docker is required under CI but does not answer: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: Docker does not answer ({e}); set CI=true to make this a failure");
-            false
-        }
+    if !warren_testkit::docker_or_skip() {
+        return false;
     }
+    let init = warren_agent::locate_init_binary(None);
+    assert!(
+        init.is_file(),
+        "{} missing: run scripts/build-init.sh first",
+        init.display()
+    );
+    true
 }
 
 pub struct Stack {
@@ -217,14 +202,7 @@ impl Stack {
         let s = self.stream(session, StreamKind::Terminal).await.unwrap();
         let url = format!("ws://{session}.warren.localhost/_warren/terminal?{query}");
         let (ws, _) = tokio_tungstenite::client_async(url, s).await.unwrap();
-        let mut t = Term {
-            ws,
-            out: String::new(),
-            terminal: None,
-            exit: None,
-        };
-        t.wait_hello().await;
-        t
+        warren_testkit::Term::new(ws).await
     }
 
     /// An HTTP server on an ordinary (non-internal) Docker network of this
@@ -299,36 +277,10 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.agent_stop.cancel();
         self.relay_stop.cancel();
-        let ids = self.containers();
-        if !ids.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        let nets = std::process::Command::new("docker")
-            .args([
-                "network",
-                "ls",
-                "-q",
-                "--filter",
-                &format!("label={TEST_LABEL}={}", self.run),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !nets.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .args(["network", "rm"])
-                .args(&nets)
-                .output();
-        }
+        warren_testkit::remove_labelled(
+            &format!("{TEST_LABEL}={}", self.run),
+            &[&self.cfg.docker.network],
+        );
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -348,95 +300,4 @@ pub fn random_suffix() -> String {
     )
 }
 
-/// A terminal WebSocket client speaking CONTRACT.md's protocol.
-pub struct Term {
-    pub ws: WebSocketStream<TunnelStream>,
-    pub out: String,
-    pub terminal: Option<u32>,
-    pub exit: Option<i32>,
-}
-
-impl Term {
-    async fn wait_hello(&mut self) {
-        tokio::time::timeout(WAIT, async {
-            while self.terminal.is_none() {
-                self.step().await.expect("closed before hello");
-            }
-        })
-        .await
-        .expect("no hello");
-    }
-
-    /// Handles one message; false once the socket closed.
-    async fn step(&mut self) -> Option<()> {
-        match self.ws.next().await? {
-            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Message::Text(t)) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                match v["type"].as_str() {
-                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
-                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
-                    _ => {}
-                }
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        Some(())
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        self.ws
-            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
-            .await
-            .unwrap();
-    }
-
-    pub async fn resize(&mut self, cols: u16, rows: u16) {
-        let m = serde_json::json!({"type":"resize","cols":cols,"rows":rows}).to_string();
-        self.ws.send(Message::Text(m.into())).await.unwrap();
-    }
-
-    /// Waits until the output (since the last call) contains `needle`.
-    pub async fn expect(&mut self, needle: &str) -> String {
-        self.expect_within(needle, WAIT).await
-    }
-
-    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> String {
-        let r = tokio::time::timeout(wait, async {
-            while !self.out.contains(needle) {
-                if self.step().await.is_none() {
-                    return false;
-                }
-            }
-            true
-        })
-        .await;
-        let out = std::mem::take(&mut self.out);
-        assert!(
-            matches!(r, Ok(true)),
-            "did not see {needle:?}; output was:\n{out}"
-        );
-        out
-    }
-
-    /// Types a command and waits for a marker it prints, so the echo of the
-    /// command line itself does not count.
-    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
-        self.send(cmd).await;
-        self.expect(marker).await
-    }
-
-    pub async fn wait_exit(&mut self) -> i32 {
-        tokio::time::timeout(WAIT, async {
-            while self.exit.is_none() {
-                if self.step().await.is_none() {
-                    break;
-                }
-            }
-        })
-        .await
-        .expect("no exit");
-        self.exit.expect("closed without an exit message")
-    }
-}
+pub type Term = warren_testkit::Term<TunnelStream>;

@@ -10,12 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
@@ -25,26 +22,13 @@ use warren_relay::routes::StaticRoutes;
 use warren_tunnel::client::Backoff;
 use warren_tunnel::server::SharedSecretAuth;
 
-pub const WAIT: Duration = Duration::from_secs(60);
+pub const WAIT: Duration = warren_testkit::WAIT;
 pub const DOMAIN: &str = "warren.localhost";
 pub const TENANT: &str = "acme";
 const SECRET: &str = "relay-test-node-secret-0123456789";
 
 pub async fn docker_or_skip() -> bool {
-    let ok = match bollard::Docker::connect_with_local_defaults() {
-        Ok(d) => d.ping().await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match ok {
-        Ok(_) => true,
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("Docker is required under CI: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: Docker does not answer ({e})");
-            false
-        }
-    }
+    warren_testkit::docker_or_skip()
 }
 
 fn run_id(name: &str) -> String {
@@ -305,14 +289,7 @@ jwks_file = "{}"
             );
         }
         let (ws, _) = tokio_tungstenite::client_async(req, s).await?;
-        let mut t = Term {
-            ws,
-            out: String::new(),
-            terminal: None,
-            exit: None,
-        };
-        t.wait_hello().await;
-        Ok(t)
+        Ok(warren_testkit::Term::new(ws).await)
     }
 
     pub fn metric(&self, name: &str) -> f64 {
@@ -350,17 +327,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.agent_stop.cancel();
         self.relay_stop.cancel();
-        let ids = self.containers();
-        if !ids.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        warren_testkit::remove_labelled(&format!("warren.test={}", self.run), &[&self.network]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -405,64 +372,4 @@ impl Resp {
     }
 }
 
-pub struct Term {
-    pub ws: WebSocketStream<TlsStream<tokio::net::TcpStream>>,
-    pub out: String,
-    pub terminal: Option<u32>,
-    pub exit: Option<i32>,
-}
-
-impl Term {
-    async fn wait_hello(&mut self) {
-        tokio::time::timeout(WAIT, async {
-            while self.terminal.is_none() {
-                self.step().await.expect("closed before hello");
-            }
-        })
-        .await
-        .expect("no hello");
-    }
-
-    async fn step(&mut self) -> Option<()> {
-        match self.ws.next().await? {
-            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Message::Text(t)) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                match v["type"].as_str() {
-                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
-                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
-                    _ => {}
-                }
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        Some(())
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        self.ws
-            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
-            .await
-            .unwrap();
-    }
-
-    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
-        self.send(cmd).await;
-        let r = tokio::time::timeout(WAIT, async {
-            while !self.out.contains(marker) {
-                if self.step().await.is_none() {
-                    return false;
-                }
-            }
-            true
-        })
-        .await;
-        let out = std::mem::take(&mut self.out);
-        assert!(
-            matches!(r, Ok(true)),
-            "did not see {marker:?}; output:\n{out}"
-        );
-        out
-    }
-}
+pub type Term = warren_testkit::Term<TlsStream<tokio::net::TcpStream>>;

@@ -1,0 +1,168 @@
+//! Test support shared by the crates' end-to-end tests (dev-dependency only).
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The deadline tests wait on conditions with.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// True when Docker answers. Under CI (`CI=true`) a missing Docker fails
+/// the test instead of skipping it.
+pub fn docker_or_skip() -> bool {
+    let ok = std::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "Docker is required under CI but does not answer"
+        );
+        eprintln!("SKIPPED: Docker does not answer; set CI=true to make this a failure");
+    }
+    ok
+}
+
+fn docker_ids(args: &[&str]) -> Vec<String> {
+    let out = std::process::Command::new("docker").args(args).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Containers carrying `label` (`key=value`).
+pub fn labelled_containers(label: &str) -> Vec<String> {
+    docker_ids(&["ps", "-aq", "--filter", &format!("label={label}")])
+}
+
+/// Removes every container and network carrying `label`, and the named networks.
+pub fn remove_labelled(label: &str, networks: &[&str]) {
+    let ids = labelled_containers(label);
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .arg("rm")
+            .arg("-f")
+            .args(&ids)
+            .output();
+    }
+    let mut nets = docker_ids(&["network", "ls", "-q", "--filter", &format!("label={label}")]);
+    nets.extend(networks.iter().map(|n| n.to_string()));
+    for n in nets {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &n])
+            .output();
+    }
+}
+
+/// A terminal WebSocket client (CONTRACT.md: binary frames are terminal
+/// bytes, text frames JSON control messages).
+pub struct Term<S> {
+    pub ws: WebSocketStream<S>,
+    pub out: String,
+    pub terminal: Option<u32>,
+    pub exit: Option<i32>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
+    /// Wraps a connected WebSocket and waits for the server's hello.
+    pub async fn new(ws: WebSocketStream<S>) -> Self {
+        let mut t = Term {
+            ws,
+            out: String::new(),
+            terminal: None,
+            exit: None,
+        };
+        tokio::time::timeout(WAIT, async {
+            while t.terminal.is_none() {
+                t.step().await.expect("closed before hello");
+            }
+        })
+        .await
+        .expect("no hello");
+        t
+    }
+
+    /// Handles one message; `None` once the socket closed.
+    async fn step(&mut self) -> Option<()> {
+        match self.ws.next().await? {
+            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
+                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        Some(())
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.ws
+            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) {
+        let m = serde_json::json!({"type": "resize", "cols": cols, "rows": rows}).to_string();
+        self.ws.send(Message::Text(m.into())).await.unwrap();
+    }
+
+    /// Waits until the output (since the last call) contains `needle`.
+    pub async fn expect(&mut self, needle: &str) -> String {
+        self.expect_within(needle, WAIT).await
+    }
+
+    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> String {
+        let r = tokio::time::timeout(wait, async {
+            while !self.out.contains(needle) {
+                if self.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let out = std::mem::take(&mut self.out);
+        assert!(
+            matches!(r, Ok(true)),
+            "did not see {needle:?}; output was:\n{out}"
+        );
+        out
+    }
+
+    /// Types a command and waits for a marker it prints (computed by the
+    /// shell, so the echo of the command line does not count).
+    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
+        self.send(cmd).await;
+        self.expect(marker).await
+    }
+
+    pub async fn wait_exit(&mut self) -> i32 {
+        tokio::time::timeout(WAIT, async {
+            while self.exit.is_none() {
+                if self.step().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("no exit");
+        self.exit.expect("closed without an exit message")
+    }
+}
