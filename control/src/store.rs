@@ -174,14 +174,20 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 })
             .acquire_timeout(std::time::Duration::from_secs(30))
+            // SQLite writers wait for each other (placements serialise on
+            // the lock row) instead of failing with SQLITE_BUSY.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
-        if url.starts_with("sqlite:") {
-            // Writers wait for each other instead of failing.
-            sqlx::query("PRAGMA busy_timeout = 30000")
-                .execute(&pool)
-                .await?;
-        }
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await

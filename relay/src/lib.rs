@@ -157,7 +157,6 @@ pub async fn start(
                 metrics.tunnel_nodes.set(registry.node_ids().len() as i64);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = registry.wait_until(Duration::from_secs(3600), |_| false) => {}
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 }
             }
