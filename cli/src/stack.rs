@@ -51,15 +51,7 @@ fn secret_file(path: &std::path::Path, prefix: &str) -> anyhow::Result<String> {
         return Ok(s.trim().to_string());
     }
     let s = warren_control::store::random_secret(prefix);
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(s.as_bytes())?;
+    warren_config::write_private(path, s.as_bytes())?;
     Ok(s)
 }
 

@@ -18,7 +18,7 @@ pub use relay::{
     AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayControl, RelayTunnelConfig,
     StaticRoute,
 };
-pub use secret::Secret;
+pub use secret::{Secret, write_private};
 pub use tunnel::TunnelListenerConfig;
 
 use figment::Figment;

@@ -144,7 +144,7 @@ pub async fn start(
             if !file.exists() {
                 let key = store::random_secret("wa");
                 store.add_api_key("default", &key, true).await?;
-                write_private(&file, key.as_bytes())?;
+                warren_config::write_private(&file, key.as_bytes())?;
                 info!(file = %file.display(), "made an admin API key");
                 made_admin = Some(key);
             }
@@ -189,19 +189,6 @@ fn redact(url: &str) -> String {
         (Some(a), Some(b)) if b > a => format!("{}://***{}", &url[..a], &url[b..]),
         _ => url.to_string(),
     }
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// Marks silent nodes lost and stops expired or idle sessions, every second.

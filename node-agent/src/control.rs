@@ -101,15 +101,10 @@ pub async fn join(
         relays: serde_json::from_value(v["relays"].clone()).unwrap_or_default(),
     };
     std::fs::create_dir_all(data_dir)?;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(data_dir.join("node.json"))?;
-    f.write_all(serde_json::to_string_pretty(&e)?.as_bytes())?;
+    warren_config::write_private(
+        &data_dir.join("node.json"),
+        serde_json::to_string_pretty(&e)?.as_bytes(),
+    )?;
     Ok(e)
 }
 

@@ -47,22 +47,9 @@ pub fn dev_certificate(dir: &Path, domain: &str) -> anyhow::Result<CertPaths> {
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
 
-    write_private(&paths.key, key.serialize_pem().as_bytes())?;
+    warren_config::write_private(&paths.key, key.serialize_pem().as_bytes())?;
     std::fs::write(&paths.cert, format!("{}{}", cert.pem(), ca_cert.pem()))?;
     std::fs::write(&ca_path, ca_cert.pem())?;
     tracing::info!(ca = %ca_path.display(), "made a development CA and a wildcard certificate for *.{domain}");
     Ok(paths)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    Ok(())
 }
