@@ -126,21 +126,5 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     st.stop.cancel();
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=warren.bench={run}"),
-        ])
-        .output()
-        .unwrap();
-    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", id])
-            .output();
-    }
-    let _ = std::process::Command::new("docker")
-        .args(["network", "rm", &network])
-        .output();
+    warren_testkit::remove_labelled(&format!("warren.bench={run}"), &[&network]);
 }

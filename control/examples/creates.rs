@@ -2,9 +2,9 @@
 //! session at once (no Docker), on SQLite and on PostgreSQL.
 //!
 //! ```sh
-//! cargo run --release -p warren-control --example bench
+//! cargo run --release -p warren-control --example creates
 //! WARREN_TEST_POSTGRES_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres \
-//!   cargo run --release -p warren-control --example bench
+//!   cargo run --release -p warren-control --example creates
 //! ```
 #![allow(clippy::unwrap_used)]
 

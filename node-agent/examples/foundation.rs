@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! scripts/build-init.sh && scripts/build-images.sh mini
-//! cargo run --release -p warren-agent --example bench -- [all|tunnel|terminal|start]
+//! cargo run --release -p warren-agent --example foundation -- [all|tunnel|terminal|start]
 //! ```
 //!
 //! - tunnel: bulk throughput of 1 and 16 streams (agent → relay, the
@@ -344,29 +344,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.stop.cancel();
         self.relay.stop.cancel();
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.bench={}", self.label),
-            ])
-            .output()
-            .unwrap();
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        warren_testkit::remove_labelled(&format!("warren.bench={}", self.label), &[&self.network]);
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! scripts/build-init.sh && scripts/build-images.sh mini
-//! cargo run --release -p warren-relay --example bench
+//! cargo run --release -p warren-relay --example edge
 //! ```
 #![allow(clippy::unwrap_used)]
 
@@ -140,23 +140,7 @@ async fn env() -> (Env, Arc<Agent>) {
 impl Drop for Env {
     fn drop(&mut self) {
         self.stop.cancel();
-        let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.bench={}", self.label),
-            ])
-            .output()
-            .unwrap();
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", id])
-                .output();
-        }
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .output();
+        warren_testkit::remove_labelled(&format!("warren.bench={}", self.label), &[&self.network]);
     }
 }
 
@@ -165,28 +149,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Ws = WebSocketStream<Box<dyn Io>>;
 
 async fn via_relay(e: &Env) -> Ws {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in warren_tunnel::tls::certs_from_pem(&e.ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let host = format!("{}.warren.localhost", e.sid);
-    let tcp = tokio::net::TcpStream::connect(e.https).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from(host.clone()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = warren_testkit::tls_connect(e.https, &host, &e.ca).await;
     let url = format!(
         "wss://{host}:{}/_warren/terminal?token={}",
         e.https.port(),

@@ -166,3 +166,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
         self.exit.expect("closed without an exit message")
     }
 }
+
+/// A TLS connection to `addr` as a browser would open it to `host` (SNI set,
+/// HTTP/1.1 by ALPN), trusting only the CA in `ca_pem`.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    host: &str,
+    ca_pem: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in warren_tunnel::tls::certs_from_pem(ca_pem).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}

@@ -257,19 +257,7 @@ impl Stack {
     }
 
     pub fn containers(&self) -> Vec<String> {
-        let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label={TEST_LABEL}={}", self.run),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect()
+        warren_testkit::labelled_containers(&format!("{TEST_LABEL}={}", self.run))
     }
 }
 

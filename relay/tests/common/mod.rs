@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -211,24 +210,7 @@ jwks_file = "{}"
     }
 
     pub async fn tls(&self, host: &str) -> TlsStream<tokio::net::TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile_certs(&self.ca_pem) {
-            roots.add(c).unwrap();
-        }
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.https).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-        TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .unwrap()
+        warren_testkit::tls_connect(self.https, host, &self.ca_pem).await
     }
 
     /// One HTTP/1.1 request over TLS to 127.0.0.1 with SNI = Host = `host`.
@@ -303,19 +285,7 @@ jwks_file = "{}"
     }
 
     pub fn containers(&self) -> Vec<String> {
-        let out = std::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.test={}", self.run),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect()
+        warren_testkit::labelled_containers(&format!("warren.test={}", self.run))
     }
 
     pub fn stop_agent(&self) {
@@ -330,10 +300,6 @@ impl Drop for Stack {
         warren_testkit::remove_labelled(&format!("warren.test={}", self.run), &[&self.network]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    warren_tunnel::tls::certs_from_pem(pem).unwrap()
 }
 
 #[derive(Debug)]
