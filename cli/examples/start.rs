@@ -12,9 +12,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-
 const RUNS: usize = 10;
 
 fn ms(us: u64) -> String {
@@ -71,18 +68,11 @@ async fn main() {
                 "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
                 port.port()
             );
-            let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-            ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
-                .await
-                .unwrap();
-            let mut out = String::new();
-            while !out.contains("42\r\n") {
-                if let Some(Ok(Message::Binary(b))) = ws.next().await {
-                    out.push_str(&String::from_utf8_lossy(&b));
-                }
-            }
+            let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+            let mut term = warren_testkit::Term::new(ws).await;
+            term.run("echo $((6*7))", "42\r\n").await;
             h.record(t.elapsed().as_micros() as u64).unwrap();
-            drop(ws);
+            drop(term);
             http.delete(format!("{}/v1/sessions/{id}", st.control_url))
                 .bearer_auth(&st.admin_key)
                 .send()

@@ -35,32 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole stack on this machine: control, relay, one agent.
-    Up {
-        #[arg(long, default_value = ".warren")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "warren.localhost")]
-        domain: String,
-        #[arg(long, default_value_t = 8443)]
-        https_port: u16,
-        #[arg(long, default_value_t = 8080)]
-        http_port: u16,
-        #[arg(long, default_value_t = 2222)]
-        ssh_port: u16,
-        #[arg(long, default_value_t = 7000)]
-        api_port: u16,
-        /// UDP port of the relay's tunnel listener.
-        #[arg(long, default_value_t = 7443)]
-        tunnel_port: u16,
-        /// Memory the local agent offers to sessions (default: host memory less a reserve).
-        #[arg(long)]
-        memory_mb: Option<u64>,
-        /// Session image (built by scripts/build-images.sh if missing).
-        #[arg(long, default_value = "warren/session:dind")]
-        image: String,
-        /// Install the development CA into the system trust store.
-        #[arg(long)]
-        trust: bool,
-    },
+    Up(UpArgs),
     /// The control plane alone.
     Control {
         #[arg(long)]
@@ -97,6 +72,34 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[arg(long, default_value = ".warren")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "warren.localhost")]
+    domain: String,
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    #[arg(long, default_value_t = 2222)]
+    ssh_port: u16,
+    #[arg(long, default_value_t = 7000)]
+    api_port: u16,
+    /// UDP port of the relay's tunnel listener.
+    #[arg(long, default_value_t = 7443)]
+    tunnel_port: u16,
+    /// Memory the local agent offers to sessions (default: host memory less a reserve).
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Session image (built by scripts/build-images.sh if missing).
+    #[arg(long, default_value = "warren/session:dind")]
+    image: String,
+    /// Install the development CA into the system trust store.
+    #[arg(long)]
+    trust: bool,
 }
 
 #[derive(Subcommand)]
@@ -205,32 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
     };
     match cli.cmd {
-        Cmd::Up {
-            data_dir,
-            domain,
-            https_port,
-            http_port,
-            ssh_port,
-            api_port,
-            tunnel_port,
-            memory_mb,
-            image,
-            trust,
-        } => {
-            up(
-                data_dir,
-                domain,
-                https_port,
-                http_port,
-                ssh_port,
-                api_port,
-                tunnel_port,
-                memory_mb,
-                image,
-                trust,
-            )
-            .await
-        }
+        Cmd::Up(args) => up(args).await,
         Cmd::Control { config } => {
             let cfg: warren_config::ControlConfig =
                 warren_config::load("control", config.as_deref())?;
@@ -507,19 +485,19 @@ async fn image_exists(image: &str) -> bool {
         .unwrap_or(false)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn up(
-    data_dir: PathBuf,
-    domain: String,
-    https_port: u16,
-    http_port: u16,
-    ssh_port: u16,
-    api_port: u16,
-    tunnel_port: u16,
-    memory_mb: Option<u64>,
-    image: String,
-    trust: bool,
-) -> anyhow::Result<()> {
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        data_dir,
+        domain,
+        https_port,
+        http_port,
+        ssh_port,
+        api_port,
+        tunnel_port,
+        memory_mb,
+        image,
+        trust,
+    } = args;
     // Images first, with progress on the terminal.
     if !image_exists(&image).await {
         let which = match image.as_str() {

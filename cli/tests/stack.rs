@@ -5,16 +5,29 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
 struct Cleanup(String, String);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
     }
+}
+
+/// The session's terminal through the relay's plain-HTTP listener.
+async fn shell(
+    http: std::net::SocketAddr,
+    id: &str,
+    token: &str,
+) -> Result<warren_testkit::Term<tokio::net::TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let url = format!(
+        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
+        http.port()
+    );
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    Ok(warren_testkit::Term::new(ws).await)
 }
 
 async fn call(
@@ -106,25 +119,9 @@ async fn api_to_shell_and_back() {
     );
 
     // Its shell, through the relay.
-    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let url = format!(
-        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
-        http.port()
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-    ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !out.contains("42\r\n") {
-            if let Some(Ok(Message::Binary(b))) = ws.next().await {
-                out.push_str(&String::from_utf8_lossy(&b));
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no 42 in {out:?}"));
+    let mut t = shell(http, &id, &token).await.unwrap();
+    t.send("echo $((6*7))").await;
+    t.expect_within("42\r\n", Duration::from_secs(30)).await;
 
     // Control restarts: meanwhile the relay keeps accepting the valid token
     // (cached), and afterwards every session is still there.
@@ -134,27 +131,11 @@ async fn api_to_shell_and_back() {
         reqwest::get(format!("{base}/healthz")).await.is_err(),
         "control should be down"
     );
-    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-    let url = format!(
-        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
-        http.port()
-    );
-    let (mut ws2, _) = tokio_tungstenite::client_async(url, tcp)
+    let mut t2 = shell(http, &id, &token)
         .await
         .expect("relay refused a valid token while control was down");
-    ws2.send(Message::Binary(b"echo $((7*7))\n".to_vec().into()))
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !out.contains("49\r\n") {
-            if let Some(Ok(Message::Binary(b))) = ws2.next().await {
-                out.push_str(&String::from_utf8_lossy(&b));
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no 49 in {out:?}"));
+    t2.send("echo $((7*7))").await;
+    t2.expect_within("49\r\n", Duration::from_secs(30)).await;
     let l = tokio::net::TcpListener::bind(st.control_config.listen)
         .await
         .unwrap();

@@ -31,26 +31,7 @@ async fn main() {
         let mut cfg = config(&url, Strategy::Spread);
         cfg.sessions.tenant_max_sessions = 100_000;
         let c = Arc::new(TestControl::start(cfg).await);
-        let mut agents = Vec::new();
-        for i in 0..3 {
-            let t = c.join_token().await;
-            agents.push(
-                FakeAgent::join(&c.url, &t, &format!("bench-{i}"), 1 << 24)
-                    .await
-                    .unwrap(),
-            );
-        }
-        eventually("nodes ready", || async {
-            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-            n["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["state"] == "ready")
-                .count()
-                == 3
-        })
-        .await;
+        let agents = c.nodes("bench", &[1 << 24; 3]).await;
         let (_, t) = c
             .call(
                 "POST",

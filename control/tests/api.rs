@@ -11,27 +11,7 @@ use serde_json::json;
 use warren_config::Strategy;
 
 async fn three_nodes(c: &TestControl, tag: &str) -> Vec<FakeAgent> {
-    let mut v = Vec::new();
-    for (i, mem) in [1000, 2000, 3000].into_iter().enumerate() {
-        let t = c.join_token().await;
-        v.push(
-            FakeAgent::join(&c.url, &t, &format!("{tag}-n{i}"), mem)
-                .await
-                .unwrap(),
-        );
-    }
-    eventually("three ready nodes", || async {
-        let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-        n["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["state"] == "ready")
-            .count()
-            == 3
-    })
-    .await;
-    v
+    c.nodes(tag, &[1000, 2000, 3000]).await
 }
 
 async fn create(c: &TestControl, key: &str, mem: i64) -> (u16, serde_json::Value) {

@@ -316,3 +316,31 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl TestControl {
+    /// Fake agents `<tag>-n0`, `<tag>-n1`, … offering `memory_mb` each, once
+    /// all of them are ready.
+    pub async fn nodes(&self, tag: &str, memory_mb: &[i64]) -> Vec<FakeAgent> {
+        let mut v = Vec::new();
+        for (i, mem) in memory_mb.iter().enumerate() {
+            let t = self.join_token().await;
+            v.push(
+                FakeAgent::join(&self.url, &t, &format!("{tag}-n{i}"), *mem)
+                    .await
+                    .unwrap(),
+            );
+        }
+        eventually("ready nodes", || async {
+            let (_, n) = self.call("GET", "/v1/nodes", ADMIN, None).await;
+            n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["state"] == "ready")
+                .count()
+                == memory_mb.len()
+        })
+        .await;
+        v
+    }
+}
