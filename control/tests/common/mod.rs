@@ -216,48 +216,29 @@ impl FakeAgent {
             alive: Arc::new(AtomicBool::new(true)),
             stop: CancellationToken::new(),
         };
-        let auth = format!("{node}:{credential}");
+        let reporter = Reporter {
+            http: http.clone(),
+            url: ctl_url.to_string(),
+            auth: format!("{node}:{credential}"),
+            running: a.running.clone(),
+            idle: a.idle_ms.clone(),
+            memory_mb,
+        };
         // Heartbeats.
         {
-            let (http, url, auth, running, idle, alive, stop) = (
-                http.clone(),
-                ctl_url.to_string(),
-                auth.clone(),
-                a.running.clone(),
-                a.idle_ms.clone(),
-                a.alive.clone(),
-                a.stop.clone(),
-            );
+            let (reporter, alive, stop) = (reporter.clone(), a.alive.clone(), a.stop.clone());
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
                     if alive.load(Ordering::Relaxed) {
-                        let ids: Vec<String> = running.lock().unwrap().iter().cloned().collect();
-                        let reports: Vec<Value> = {
-                            let idle = idle.lock().unwrap();
-                            ids.iter().map(|id| json!({"id": id, "state": "running", "idle_ms": idle.get(id).copied().unwrap_or(0)})).collect()
-                        };
-                        let _ = http
-                            .post(format!("{url}/internal/v1/heartbeat"))
-                            .bearer_auth(&auth)
-                            .json(&json!({"allocatable_mb": memory_mb, "free_mb": memory_mb, "sessions": reports}))
-                            .send()
-                            .await;
+                        reporter.heartbeat().await;
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             });
         }
-        // Watch.
+        // Watch: run what is desired at once, and say so.
         {
-            let (http, url, auth, running, idle, alive, stop) = (
-                http.clone(),
-                ctl_url.to_string(),
-                auth.clone(),
-                a.running.clone(),
-                a.idle_ms.clone(),
-                a.alive.clone(),
-                a.stop.clone(),
-            );
+            let (alive, stop) = (a.alive.clone(), a.stop.clone());
             tokio::spawn(async move {
                 let mut index = 0i64;
                 while !stop.is_cancelled() {
@@ -265,9 +246,14 @@ impl FakeAgent {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                    let watch = reporter
+                        .http
+                        .get(format!("{}/internal/v1/watch?index={index}", reporter.url))
+                        .bearer_auth(&reporter.auth)
+                        .send();
                     let r = tokio::select! {
                         _ = stop.cancelled() => return,
-                        r = http.get(format!("{url}/internal/v1/watch?index={index}")).bearer_auth(&auth).send() => r,
+                        r = watch => r,
                     };
                     let Ok(r) = r else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -277,27 +263,47 @@ impl FakeAgent {
                         continue;
                     };
                     index = v["index"].as_i64().unwrap_or(0);
-                    let desired: BTreeSet<String> = v["sessions"]
+                    *reporter.running.lock().unwrap() = v["sessions"]
                         .as_array()
                         .unwrap()
                         .iter()
                         .map(|s| s["id"].as_str().unwrap().to_string())
                         .collect();
-                    let ids: Vec<Value> = {
-                        let idle = idle.lock().unwrap();
-                        desired.iter().map(|id| json!({"id": id, "state": "running", "idle_ms": idle.get(id).copied().unwrap_or(0)})).collect()
-                    };
-                    *running.lock().unwrap() = desired;
-                    let _ = http
-                        .post(format!("{url}/internal/v1/heartbeat"))
-                        .bearer_auth(&auth)
-                        .json(&json!({"allocatable_mb": memory_mb, "free_mb": memory_mb, "sessions": ids}))
-                        .send()
-                        .await;
+                    reporter.heartbeat().await;
                 }
             });
         }
         Ok(a)
+    }
+}
+
+/// What a fake agent tells control: every session it runs is running.
+#[derive(Clone)]
+struct Reporter {
+    http: reqwest::Client,
+    url: String,
+    auth: String,
+    running: Arc<Mutex<BTreeSet<String>>>,
+    idle: Arc<Mutex<HashMap<String, i64>>>,
+    memory_mb: i64,
+}
+
+impl Reporter {
+    async fn heartbeat(&self) {
+        let reports: Vec<Value> = {
+            let (running, idle) = (self.running.lock().unwrap(), self.idle.lock().unwrap());
+            running
+                .iter()
+                .map(|id| json!({"id": id, "state": "running", "idle_ms": idle.get(id).copied().unwrap_or(0)}))
+                .collect()
+        };
+        let _ = self
+            .http
+            .post(format!("{}/internal/v1/heartbeat", self.url))
+            .bearer_auth(&self.auth)
+            .json(&json!({"allocatable_mb": self.memory_mb, "free_mb": self.memory_mb, "sessions": reports}))
+            .send()
+            .await;
     }
 }
 
