@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::proto::{self, Hello, ProtoError, StreamHeader, StreamReply};
 use crate::{TunnelStream, close_code};
@@ -340,7 +340,6 @@ async fn handle_connection(
         _ = shutdown.cancelled() => "relay shutting down".to_string(),
     };
     registry.remove(&node_id, generation);
-    debug!(node = %node_id, "node connection closed: {reason}");
     info!(node = %node_id, "node disconnected: {reason}");
     Ok(())
 }
