@@ -17,7 +17,14 @@ for a in "$@"; do
 done
 [ ${#want[@]} -eq 0 ] && want=(mini dind)
 
-have() { docker image inspect "$1" >/dev/null 2>&1; }
+# An image is current when its warren.image.rev label matches the recipe's.
+DIND_REV=2 # 2: openssh-server (the SSH benchmark's sshd baseline)
+have() {
+  local want_rev=${2:-}
+  local rev
+  rev=$(docker image inspect -f '{{ index .Config.Labels "warren.image.rev" }}' "$1" 2>/dev/null) || return 1
+  [ -z "$want_rev" ] || [ "$rev" = "$want_rev" ]
+}
 work=$(mktemp -d /tmp/warren-images.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -51,13 +58,13 @@ mirror() {
 
 build_dind() {
   local name=warren/session:dind
-  if [ $force -eq 0 ] && have $name; then echo "images: $name exists"; return; fi
+  if [ $force -eq 0 ] && have $name $DIND_REV; then echo "images: $name exists"; return; fi
   command -v debootstrap >/dev/null || { echo "images: debootstrap missing (apt-get install debootstrap)" >&2; exit 1; }
   local root=$work/dind m
   m=$(mirror)
   echo "images: building $name (debootstrap from $m, about a minute)"
   debootstrap --variant=minbase \
-    --include=bash,docker.io,iptables,procps,iproute2,ca-certificates,coreutils,vim-tiny,openssh-sftp-server,less,busybox \
+    --include=bash,docker.io,iptables,procps,iproute2,ca-certificates,coreutils,vim-tiny,openssh-sftp-server,openssh-server,less,busybox \
     bookworm "$root" "$m" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log"; exit 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   # The image's own command: start the inner Docker engine (vfs works in any
@@ -70,10 +77,13 @@ exec dockerd --storage-driver=vfs >/var/log/dockerd.log 2>&1
 SH
   chmod +x "$root/usr/local/bin/warren-dind"
   echo 'warren' >"$root/etc/hostname"
+  # sshd is there for comparisons (and users who want it), not started.
+  rm -f "$root"/etc/ssh/ssh_host_*_key*
+  mkdir -p "$root/run/sshd"
   tar -C "$root" -c . | docker import \
     -c 'CMD ["/usr/local/bin/warren-dind"]' \
     -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c 'ENV LANG=C.UTF-8' -c 'LABEL warren.image=dind' - $name >/dev/null
+    -c 'ENV LANG=C.UTF-8' -c 'LABEL warren.image=dind' -c "LABEL warren.image.rev=$DIND_REV" - $name >/dev/null
   echo "images: $name built"
 }
 

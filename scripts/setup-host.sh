@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what Warren needs on a Debian 12 host: Docker engine,
 # cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
-# chromium (the browser test), PostgreSQL (the control plane's scale path).
+# chromium (the browser test), the OpenSSH client (the SSH tests), PostgreSQL (the control plane's scale path).
 # Idempotent; safe to run again.
 set -euo pipefail
 
@@ -11,6 +11,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
+command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then

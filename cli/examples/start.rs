@@ -32,7 +32,7 @@ async fn main() {
         http: Some(lo),
         api: lo,
         tunnel: lo,
-        ssh_port: 2222,
+        ssh: Some(lo),
         memory_mb: Some(16384),
         image: "warren/session:mini".into(),
         network: network.clone(),

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod ssh;
 pub mod stack;
 
 /// Parses `90`, `90s`, `30m`, `2h`, `1d` into seconds.

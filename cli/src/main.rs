@@ -72,6 +72,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Your SSH public keys: a registered key opens your tenant's sessions.
+    #[command(name = "ssh-key")]
+    SshKey {
+        #[command(subcommand)]
+        cmd: SshKeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshKeyCmd {
+    /// Register a public key (a .pub file, `-` for stdin).
+    Add {
+        file: PathBuf,
+    },
+    Ls,
+    Rm {
+        id: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -122,6 +140,13 @@ enum SessionCmd {
     Token {
         id: String,
     },
+    /// Open an SSH shell in the session (your registered key, else a fresh
+    /// token as the password); arguments after `--` go to ssh (a command).
+    Ssh {
+        id: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,8 +191,17 @@ fn shutdown_on_signals() -> CancellationToken {
 
 #[tokio::main]
 async fn main() {
+    // `warren session ssh` hands ssh a fresh token through SSH_ASKPASS
+    // pointing back at this binary: answer its prompt and stop.
+    if let Ok(token) = std::env::var(warren::ssh::ASKPASS_ENV) {
+        println!("{token}");
+        return;
+    }
     let cli = Cli::parse();
-    let quiet = matches!(cli.cmd, Cmd::Session { .. } | Cmd::Node { .. });
+    let quiet = matches!(
+        cli.cmd,
+        Cmd::Session { .. } | Cmd::Node { .. } | Cmd::SshKey { .. }
+    );
     let filter = std::env::var("RUST_LOG")
         .unwrap_or_else(|_| if quiet { "warn".into() } else { "info".into() });
     tracing_subscriber::fmt()
@@ -354,12 +388,89 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("session {id} is stopping")
                     });
                 }
+                SessionCmd::Ssh { id, args } => {
+                    let v = c.call("GET", &format!("/v1/sessions/{id}"), None).await?;
+                    let t = c
+                        .call("POST", &format!("/v1/sessions/{id}/token"), None)
+                        .await?;
+                    let (host, port) = v["ssh"]
+                        .as_str()
+                        .and_then(warren::ssh::endpoint)
+                        .context("the control plane names no SSH endpoint for this session")?;
+                    let kh =
+                        warren::ssh::known_hosts(&c, std::path::Path::new(".warren"), &host, port)
+                            .await?;
+                    let cmd = warren::ssh::command(
+                        &v,
+                        t["token"].as_str().unwrap_or_default(),
+                        &kh,
+                        &args,
+                    )?;
+                    return warren::ssh::exec(cmd);
+                }
                 SessionCmd::Token { id } => {
                     let v = c
                         .call("POST", &format!("/v1/sessions/{id}/token"), None)
                         .await?;
                     print(cli.json, &v, |v| {
                         v["token"].as_str().unwrap_or("").to_string()
+                    });
+                }
+            }
+            Ok(())
+        }
+        Cmd::SshKey { cmd } => {
+            let c = api()?;
+            match cmd {
+                SshKeyCmd::Add { file } => {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?
+                    };
+                    let v = c
+                        .call(
+                            "POST",
+                            "/v1/users/me/ssh-keys",
+                            Some(json!({"public_key": text.trim()})),
+                        )
+                        .await?;
+                    print(cli.json, &v, |v| {
+                        format!(
+                            "registered {} ({}): it now opens every session of tenant {}",
+                            v["fingerprint"].as_str().unwrap_or(""),
+                            v["id"].as_str().unwrap_or(""),
+                            v["tenant"].as_str().unwrap_or("")
+                        )
+                    });
+                }
+                SshKeyCmd::Ls => {
+                    let v = c.call("GET", "/v1/users/me/ssh-keys", None).await?;
+                    print(cli.json, &v, |v| {
+                        v["keys"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|k| {
+                                        format!(
+                                            "{:<18} {} {}",
+                                            k["id"].as_str().unwrap_or(""),
+                                            k["fingerprint"].as_str().unwrap_or(""),
+                                            k["comment"].as_str().unwrap_or("")
+                                        )
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("\n")
+                            })
+                            .unwrap_or_default()
+                    });
+                }
+                SshKeyCmd::Rm { id } => {
+                    c.call("DELETE", &format!("/v1/users/me/ssh-keys/{id}"), None)
+                        .await?;
+                    print(cli.json, &json!({"deleted": id}), |_| {
+                        format!("removed {id}")
                     });
                 }
             }
@@ -527,7 +638,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         http: Some(lo(http_port)),
         api: lo(api_port),
         tunnel: lo(tunnel_port),
-        ssh_port,
+        ssh: Some(any(ssh_port)),
         memory_mb,
         image: image.clone(),
         network: "warren-sessions".into(),
@@ -552,11 +663,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             }
         );
     }
+    let (host_key, fingerprint) = stack.relay.ssh_host_key.clone().unwrap_or_default();
+    let known_hosts = std::path::absolute(data_dir.join("known_hosts"))?;
+    std::fs::write(
+        &known_hosts,
+        warren::ssh::known_hosts_lines(&["localhost", "127.0.0.1", &domain], ssh_port, &host_key),
+    )?;
     let up = json!({
         "control_url": stack.control_url,
         "relay_https_url": format!("https://{domain}:{https_port}"),
         "relay_http_url": format!("http://{domain}:{http_port}"),
-        "relay_ssh": format!("{domain}:{ssh_port}"),
+        "relay_ssh": format!("localhost:{ssh_port}"),
+        "ssh_host_key": host_key,
+        "ssh_host_key_fingerprint": fingerprint,
+        "ssh_known_hosts": known_hosts,
         "domain": domain,
         "admin_api_key": stack.admin_key,
         "ca_cert": stack.ca_file,
@@ -575,7 +695,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let id = s["id"].as_str().unwrap_or_default();
     let token = s["token"].as_str().unwrap_or_default();
     println!(
-        "\nWarren is up.\n\n  open:     http://{id}.{domain}:{http_port}/?token={token}\n  (https:   {})\n  ssh:      {}   (SSH arrives with its issue)\n\n  API:      {}\n  admin key: {}\n  CA:       {}\n  written:  {}\n\nnext:\n  warren session create        a new session (prints its URL)\n  warren session ls\n  warren node token            a join token for another worker\n\nCtrl-C stops everything.",
+        "\nWarren is up.\n\n  open:     http://{id}.{domain}:{http_port}/?token={token}\n  (https:   {})\n  ssh:      {}\n            host key {fingerprint}\n            (or: warren session ssh {id})\n\n  API:      {}\n  admin key: {}\n  CA:       {}\n  written:  {}\n\nnext:\n  warren session create        a new session (prints its URL)\n  warren session ls\n  warren node token            a join token for another worker\n\nCtrl-C stops everything.",
         s["url"].as_str().unwrap_or(""),
         s["ssh"].as_str().unwrap_or(""),
         stack.control_url,

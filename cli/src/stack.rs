@@ -22,7 +22,8 @@ pub struct StackOptions {
     pub http: Option<SocketAddr>,
     pub api: SocketAddr,
     pub tunnel: SocketAddr,
-    pub ssh_port: u16,
+    /// SSH listen address (`None`: no SSH).
+    pub ssh: Option<SocketAddr>,
     pub memory_mb: Option<u64>,
     pub image: String,
     pub network: String,
@@ -35,6 +36,7 @@ pub struct Stack {
     pub control_url: String,
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub ssh: Option<SocketAddr>,
     pub admin_key: String,
     pub ca_file: PathBuf,
     pub control: warren_control::Running,
@@ -74,6 +76,11 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         .transpose()?;
     let tunnel = std::net::UdpSocket::bind(o.tunnel)
         .with_context(|| format!("binding the tunnel on {}", o.tunnel))?;
+    let ssh = o
+        .ssh
+        .map(|a| std::net::TcpListener::bind(a).with_context(|| format!("binding SSH on {a}")))
+        .transpose()?;
+    let ssh_addr = ssh.as_ref().map(|s| s.local_addr()).transpose()?;
     let (https_addr, http_addr, tunnel_addr) = (
         https.local_addr()?,
         http.as_ref().map(|h| h.local_addr()).transpose()?,
@@ -92,7 +99,16 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         database_url: None,
         domain: o.domain.clone(),
         https_port: Some(https_addr.port()),
-        ssh_endpoint: Some(format!("{}:{}", o.domain, o.ssh_port)),
+        // Names under .localhost resolve to loopback in browsers, not in
+        // every resolver ssh uses: local stacks give `localhost`.
+        ssh_endpoint: ssh_addr.map(|a| {
+            let host = if o.domain == "localhost" || o.domain.ends_with(".localhost") {
+                "localhost"
+            } else {
+                o.domain.as_str()
+            };
+            format!("{host}:{}", a.port())
+        }),
         admin_api_key: None,
         relay_secret: Secret::new(relay_secret.clone()),
         relays: vec![RelayTarget {
@@ -124,6 +140,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         },
         http: http_addr.map(|listen| ListenConfig { listen }),
         admin: None,
+        ssh: ssh_addr.map(|listen| ListenConfig { listen }),
         tunnel: RelayTunnelConfig {
             listen: tunnel_addr,
             node_secret: Secret::new(relay_secret.clone()),
@@ -151,6 +168,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             http,
             admin: None,
             tunnel,
+            ssh,
         },
         cc.clone(),
         cc,
@@ -198,6 +216,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         control_url,
         https: https_addr,
         http: http_addr,
+        ssh: ssh_addr,
         admin_key,
         ca_file,
         control,

@@ -86,7 +86,7 @@ async fn api_to_shell_and_back() {
         http: Some(lo),
         api: lo,
         tunnel: lo,
-        ssh_port: 2222,
+        ssh: Some(lo),
         memory_mb: Some(4096),
         image: "warren/session:mini".into(),
         network,

@@ -19,6 +19,10 @@ pub struct RelayConfig {
     /// Prometheus metrics.
     #[serde(default)]
     pub admin: Option<ListenConfig>,
+    /// SSH into sessions (`ssh -p 2222 <session>@<domain>`); the host key is
+    /// made in `data_dir` on first start.
+    #[serde(default)]
+    pub ssh: Option<ListenConfig>,
     pub tunnel: RelayTunnelConfig,
     pub auth: AuthConfig,
     /// A static `session → node` table (until the control plane serves routes).

@@ -154,6 +154,12 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/v1/tenants", post(create_tenant))
         .route("/v1/tenants/{id}/api-keys", post(create_key))
         .route("/v1/audit", get(audit))
+        .route(
+            "/v1/users/me/ssh-keys",
+            post(add_ssh_key).get(list_ssh_keys),
+        )
+        .route("/v1/users/me/ssh-keys/{id}", delete(delete_ssh_key))
+        .route("/v1/ssh/host-keys", get(host_keys))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -163,6 +169,9 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/internal/v1/watch", get(watch))
         .route("/internal/v1/routes/{id}", get(route))
         .route("/internal/v1/nodes/verify", post(verify_node))
+        .route("/internal/v1/ssh/authorize", post(ssh_authorize))
+        .route("/internal/v1/ssh/audit", post(ssh_audit))
+        .route("/internal/v1/ssh/host-key", post(ssh_host_key))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(c)
@@ -595,6 +604,75 @@ async fn create_key(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshKeyReq {
+    public_key: String,
+}
+
+/// Registers a public key for the caller's tenant: it then opens every
+/// session of that tenant over SSH.
+async fn add_ssh_key(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<SshKeyReq>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let p = principal(&c, &h).await?;
+    let Json(req) = body?;
+    let key = crate::sshkeys::parse(&req.public_key)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    let k = c.store.add_ssh_key(&p.tenant, &p.key_id, &key).await?;
+    c.store
+        .audit(
+            &p.key_id,
+            &p.tenant,
+            "ssh_key.add",
+            &k.id,
+            "ok",
+            &k.fingerprint,
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(json!(k))))
+}
+
+async fn list_ssh_keys(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let p = principal(&c, &h).await?;
+    Ok(Json(json!({"keys": c.store.ssh_keys(&p.tenant).await?})))
+}
+
+async fn delete_ssh_key(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let p = principal(&c, &h).await?;
+    if id.len() > 64 {
+        return Err(ApiError::not_found("no such SSH key"));
+    }
+    c.store.delete_ssh_key(&p.tenant, &id).await?;
+    c.store
+        .audit(&p.key_id, &p.tenant, "ssh_key.delete", &id, "ok", "")
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The relays' SSH host keys, for users to pin (public, no key needed).
+async fn host_keys(State(c): State<Arc<Control>>) -> ApiResult<Json<serde_json::Value>> {
+    let keys: Vec<_> = c
+        .store
+        .host_keys()
+        .await?
+        .into_iter()
+        .map(|(k, fp)| json!({"public_key": k, "fingerprint": fp}))
+        .collect();
+    Ok(Json(
+        json!({"host_keys": keys, "endpoint": c.cfg.ssh_endpoint}),
+    ))
+}
+
+#[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<i64>,
 }
@@ -836,4 +914,129 @@ async fn verify_node(
     } else {
         Err(ApiError::forbidden("node credential rejected"))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshAuthorizeReq {
+    session: String,
+    public_key: String,
+}
+
+async fn ssh_authorize(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<SshAuthorizeReq>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    relay_auth(&c, &h)?;
+    let Json(req) = body?;
+    if !is_session_id(&req.session) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let key = crate::sshkeys::parse(&req.public_key)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    match c
+        .store
+        .ssh_key_opens(&req.session, &key.fingerprint)
+        .await?
+    {
+        Some(s) => Ok(Json(json!({"node": s.node, "tenant": s.tenant}))),
+        None => Err(ApiError::forbidden(
+            "the key is not registered for this session's tenant",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct SshAuditReq {
+    action: String,
+    session: String,
+    method: String,
+    client_addr: String,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn ssh_audit(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<SshAuditReq>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    relay_auth(&c, &h)?;
+    let Json(e) = body?;
+    if !matches!(
+        e.action.as_str(),
+        "ssh.login" | "ssh.login_failed" | "ssh.rate_limited"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "unknown ssh audit action",
+        ));
+    }
+    let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    // The tenant of a real session sees the attempts on it in its audit log.
+    let tenant = if is_session_id(&e.session) {
+        c.store
+            .session(&e.session)
+            .await
+            .map(|s| s.tenant)
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let outcome = if e.action == "ssh.login" {
+        "ok"
+    } else {
+        "refused"
+    };
+    let detail = format!(
+        "method={} {}{}",
+        clip(&e.method, 16),
+        e.fingerprint
+            .as_deref()
+            .map(|f| format!("key={} ", clip(f, 60)))
+            .unwrap_or_default(),
+        clip(&e.reason, 300)
+    );
+    c.store
+        .audit(
+            &format!("ssh:{}", clip(&e.client_addr, 64)),
+            &tenant,
+            &e.action,
+            &clip(&e.session, 64),
+            outcome,
+            detail.trim(),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostKeyReq {
+    public_key: String,
+    fingerprint: String,
+}
+
+async fn ssh_host_key(
+    State(c): State<Arc<Control>>,
+    h: HeaderMap,
+    body: Result<Json<HostKeyReq>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    relay_auth(&c, &h)?;
+    let Json(req) = body?;
+    let key = crate::sshkeys::parse(&req.public_key)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m))?;
+    if key.fingerprint != req.fingerprint {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "the fingerprint does not match the key",
+        ));
+    }
+    c.store.set_host_key(&key.key, &key.fingerprint).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

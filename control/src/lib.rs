@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod sshkeys;
 pub mod store;
 
 use std::sync::Arc;

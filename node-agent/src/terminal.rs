@@ -7,6 +7,13 @@
 //! `{"type":"hello","terminal":N}` once attached (pass `?terminal=N` to
 //! re-attach after a reconnect), `{"type":"exit","code":N}` when the shell
 //! ends. Unknown types are ignored.
+//!
+//! Query: `cols`, `rows`, `terminal` (re-attach), `term` and `lang` (set
+//! `TERM`/`LANG` of a new shell), `command` (run `sh -c COMMAND` instead of
+//! a login shell) and `mode=exec` (run `command` on pipes, no PTY: SSH
+//! `exec` and subsystems). In exec mode every binary frame starts with a
+//! stream byte: `0` stdin (client → server), `1` stdout, `2` stderr
+//! (server → client); the client ends stdin with `{"type":"eof"}`.
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +48,8 @@ pub mod close {
     pub const NODE_LOST: u16 = 4502;
     /// The session's init failed.
     pub const INTERNAL: u16 = 4500;
+    /// The request cannot be served as asked.
+    pub const BAD_REQUEST: u16 = 4400;
 }
 
 /// Query parameters of the terminal URL.
@@ -50,6 +59,29 @@ pub struct TerminalParams {
     pub rows: u16,
     /// Re-attach to this terminal instead of opening a new shell.
     pub terminal: Option<u32>,
+    /// `sh -c` this instead of a login shell.
+    pub command: Option<String>,
+    /// Run `command` on pipes rather than a PTY.
+    pub exec: bool,
+    /// `TERM`, `LANG` for a new shell.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// Longest `command` accepted, in bytes.
+pub const MAX_COMMAND: usize = 8 * 1024;
+
+/// Exec-mode stream bytes.
+pub mod stream_byte {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+}
+
+fn env_value_ok(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
 }
 
 impl TerminalParams {
@@ -59,13 +91,23 @@ impl TerminalParams {
         let mut p = TerminalParams {
             cols: 80,
             rows: 24,
-            terminal: None,
+            ..Default::default()
         };
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
                 "cols" => p.cols = v.parse().unwrap_or(80),
                 "rows" => p.rows = v.parse().unwrap_or(24),
                 "terminal" => p.terminal = v.parse().ok(),
+                "command" if v.len() <= MAX_COMMAND && !v.contains('\0') => {
+                    p.command = Some(v.into_owned())
+                }
+                "mode" => p.exec = v == "exec",
+                "term" if env_value_ok(&v) => {
+                    p.env.insert("TERM".into(), v.into_owned());
+                }
+                "lang" if env_value_ok(&v) => {
+                    p.env.insert("LANG".into(), v.into_owned());
+                }
                 _ => {}
             }
         }
@@ -133,24 +175,31 @@ where
         .take()
         .unwrap_or_default();
 
-    let op = match params.terminal {
-        Some(terminal) => Op::Attach {
+    let sh = |c: &String| vec!["/bin/sh".to_string(), "-c".to_string(), c.clone()];
+    let open = Op::Open {
+        cols: params.cols,
+        rows: params.rows,
+        env: params.env.clone(),
+        command: params.command.as_ref().map(sh),
+    };
+    let exec = params.exec;
+    let op = match (&params.command, params.terminal) {
+        (Some(c), _) if exec => Op::Exec {
+            command: sh(c),
+            env: params.env.clone(),
+        },
+        (None, _) if exec => {
+            let _ = ws
+                .send(closing(close::BAD_REQUEST, "mode=exec needs a command"))
+                .await;
+            return Ok(());
+        }
+        (None, Some(terminal)) => Op::Attach {
             terminal,
             cols: params.cols,
             rows: params.rows,
         },
-        None => Op::Open {
-            cols: params.cols,
-            rows: params.rows,
-            env: Default::default(),
-            command: None,
-        },
-    };
-    let open = Op::Open {
-        cols: params.cols,
-        rows: params.rows,
-        env: Default::default(),
-        command: None,
+        _ => open.clone(),
     };
     let attempt = match warren_init::client::request(socket, op).await {
         // The shell asked for ended while the client was away: start a new
@@ -194,16 +243,25 @@ where
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    for chunk in b.chunks(MAX_PAYLOAD) {
+                    let data = match (exec, b.first()) {
+                        (false, _) => &b[..],
+                        (true, Some(&stream_byte::STDIN)) => &b[1..],
+                        (true, _) => continue, // no other stream flows this way
+                    };
+                    for chunk in data.chunks(MAX_PAYLOAD) {
                         init.send(Frame::Data(Bytes::copy_from_slice(chunk))).await?;
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
-                    if let Ok(c) = serde_json::from_str::<Control>(&t)
-                        && c.kind == "resize"
-                    {
-                        let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
-                        init.send(Frame::Resize { cols, rows }).await?;
+                    if let Ok(c) = serde_json::from_str::<Control>(&t) {
+                        match c.kind.as_str() {
+                            "resize" if !exec => {
+                                let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
+                                init.send(Frame::Resize { cols, rows }).await?;
+                            }
+                            "eof" if exec => init.send(Frame::Eof).await?,
+                            _ => {}
+                        }
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -214,6 +272,12 @@ where
                 }
             },
             frame = init.next() => match frame {
+                Some(Ok(Frame::Data(b))) if exec => {
+                    ws.send(Message::Binary(tagged(stream_byte::STDOUT, &b))).await?;
+                }
+                Some(Ok(Frame::Stderr(b))) if exec => {
+                    ws.send(Message::Binary(tagged(stream_byte::STDERR, &b))).await?;
+                }
                 Some(Ok(Frame::Data(b))) => {
                     ws.feed(Message::Binary(b)).await?;
                     // Coalesce whatever else is ready before one flush.
@@ -237,6 +301,13 @@ where
     }
 }
 
+fn tagged(stream: u8, data: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(stream);
+    v.extend_from_slice(data);
+    v.into()
+}
+
 fn truncate(s: &str) -> String {
     // Close reasons are limited to 123 bytes.
     let mut end = s.len().min(120);
@@ -257,8 +328,24 @@ mod tests {
             TerminalParams {
                 cols: 132,
                 rows: 50,
-                terminal: Some(3)
+                terminal: Some(3),
+                ..Default::default()
             }
+        );
+        let p = TerminalParams::from_query(Some(
+            "mode=exec&command=echo%20hi&term=xterm-256color&lang=en_US.UTF-8",
+        ));
+        assert!(p.exec && p.command.as_deref() == Some("echo hi"));
+        assert_eq!(p.env["TERM"], "xterm-256color");
+        assert_eq!(p.env["LANG"], "en_US.UTF-8");
+        // Hostile values are dropped, not passed to the shell's environment.
+        let p = TerminalParams::from_query(Some("term=x%0Ay&lang=$(reboot)"));
+        assert!(p.env.is_empty());
+        let long = "x".repeat(MAX_COMMAND + 1);
+        assert!(
+            TerminalParams::from_query(Some(&format!("command={long}")))
+                .command
+                .is_none()
         );
         let p = TerminalParams::from_query(Some("cols=99999&rows=-1&terminal=x"));
         assert_eq!((p.cols, p.rows, p.terminal), (80, 24, None));

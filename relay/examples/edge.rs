@@ -67,6 +67,7 @@ async fn env() -> (Env, Arc<Agent>) {
             http: None,
             admin: None,
             tunnel,
+            ssh: None,
         },
         routes.clone(),
         Arc::new(SharedSecretAuth::new(SECRET)),

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use warren_tunnel::proto::Hello;
 use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
 
-use crate::routes::{RouteError, RouteSource, SessionRoute};
+use crate::routes::{RouteError, RouteSource, SessionRoute, SshAuditEvent};
 
 pub struct ControlClient {
     base: String,
@@ -46,6 +46,65 @@ impl RouteSource for ControlClient {
             }
             404 => Ok(None),
             s => Err(RouteError(format!("control answered {s}"))),
+        }
+    }
+
+    async fn authorize_ssh_key(
+        &self,
+        session: &str,
+        public_key: &str,
+    ) -> Result<Option<SessionRoute>, RouteError> {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/ssh/authorize", self.base))
+            .bearer_auth(&self.secret)
+            .json(&serde_json::json!({"session": session, "public_key": public_key}))
+            .send()
+            .await
+            .map_err(|e| RouteError(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+                Ok(Some(SessionRoute {
+                    node: v["node"].as_str().unwrap_or_default().to_string(),
+                    tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
+                }))
+            }
+            403 | 404 | 422 => Ok(None),
+            s => Err(RouteError(format!("control answered {s}"))),
+        }
+    }
+
+    async fn audit(&self, event: SshAuditEvent) {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/ssh/audit", self.base))
+            .bearer_auth(&self.secret)
+            .json(&event)
+            .send()
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("ssh audit event not recorded: {e}");
+        }
+    }
+
+    async fn publish_host_key(
+        &self,
+        public_key: &str,
+        fingerprint: &str,
+    ) -> Result<(), RouteError> {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/ssh/host-key", self.base))
+            .bearer_auth(&self.secret)
+            .json(&serde_json::json!({"public_key": public_key, "fingerprint": fingerprint}))
+            .send()
+            .await
+            .map_err(|e| RouteError(e.to_string()))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(RouteError(format!("control answered {}", r.status())))
         }
     }
 }

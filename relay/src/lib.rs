@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod routes;
+pub mod ssh;
 
 use std::any::Any;
 use std::os::fd::IntoRawFd;
@@ -54,6 +55,8 @@ pub struct Listeners {
     pub http: Option<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
     pub tunnel: std::net::UdpSocket,
+    /// SSH (2222 by default); `None` serves no SSH.
+    pub ssh: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -66,6 +69,7 @@ impl Listeners {
             admin: cfg.admin.as_ref().map(|h| tcp(h.listen)).transpose()?,
             tunnel: std::net::UdpSocket::bind(cfg.tunnel.listen)
                 .with_context(|| format!("binding UDP {}", cfg.tunnel.listen))?,
+            ssh: cfg.ssh.as_ref().map(|h| tcp(h.listen)).transpose()?,
         })
     }
 }
@@ -78,6 +82,8 @@ pub struct Relay {
     pub routes: Arc<RouteCache>,
     /// The development CA clients should trust, when one was made.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The SSH host key (`ssh-ed25519 …`) and its fingerprint, when SSH is served.
+    pub ssh_host_key: Option<(String, String)>,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -133,7 +139,10 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("loading session-token keys: {e}"))?
         .with_metrics(metrics.clone());
     let registry = Arc::new(Registry::default());
-    let routes = Arc::new(RouteCache::new(route_source, Duration::from_secs(30)));
+    let routes = Arc::new(RouteCache::new(
+        route_source.clone(),
+        Duration::from_secs(30),
+    ));
     let tasks = tokio_util::task::TaskTracker::new();
 
     // The tunnel listener (QUIC), with the same certificate.
@@ -231,12 +240,54 @@ pub async fn start(
                 .await;
         });
     }
+    let mut ssh_host_key = None;
+    if let Some(listener) = listeners.ssh {
+        let key = ssh::host_key(&cfg.data_dir)?;
+        let line = ssh::public_line(&key);
+        let fp = ssh::fingerprint(key.public_key());
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        info!(addr = %listener.local_addr()?, fingerprint = %fp, "ssh listening");
+        let ctx = Arc::new(ssh::SshContext {
+            verifier: verifier.clone(),
+            routes: routes.clone(),
+            source: route_source.clone(),
+            registry: registry.clone(),
+            limiter: Default::default(),
+            metrics: metrics.clone(),
+        });
+        tasks.spawn(ssh::serve(listener, key, ctx, shutdown.clone()));
+        // Users pin the host key from the API: keep telling control until
+        // it has heard (it may start after the relay).
+        let (source, sd, l2, fp2) = (
+            route_source.clone(),
+            shutdown.clone(),
+            line.clone(),
+            fp.clone(),
+        );
+        tasks.spawn(async move {
+            let mut wait = Duration::from_millis(200);
+            loop {
+                match source.publish_host_key(&l2, &fp2).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!("publishing the SSH host key: {e}"),
+                }
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
+        ssh_host_key = Some((line, fp));
+    }
     Ok(Relay {
         registry,
         metrics,
         verifier,
         routes,
         ca_file: certs.ca,
+        ssh_host_key,
         tasks,
     })
 }

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub jwt_verifications: IntCounter,
     pub jwt_cache_hits: IntCounter,
     pub tunnel_nodes: IntGauge,
+    pub ssh_logins: IntCounterVec,
+    pub ssh_channels: IntCounter,
 }
 
 impl Metrics {
@@ -64,6 +66,16 @@ impl Metrics {
                 "nodes connected over the tunnel",
             )
             .expect("metric"),
+            ssh_logins: IntCounterVec::new(
+                Opts::new("warren_relay_ssh_logins_total", "SSH logins by outcome"),
+                &["outcome"],
+            )
+            .expect("metric"),
+            ssh_channels: IntCounter::new(
+                "warren_relay_ssh_channels_total",
+                "SSH shells, commands and subsystems bridged to sessions",
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -75,6 +87,8 @@ impl Metrics {
             Box::new(m.jwt_verifications.clone()),
             Box::new(m.jwt_cache_hits.clone()),
             Box::new(m.tunnel_nodes.clone()),
+            Box::new(m.ssh_logins.clone()),
+            Box::new(m.ssh_channels.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }

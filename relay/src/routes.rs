@@ -17,16 +17,56 @@ pub struct SessionRoute {
 #[error("route lookup failed: {0}")]
 pub struct RouteError(pub String);
 
+/// Something the relay's SSH server saw, for the audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SshAuditEvent {
+    /// `ssh.login`, `ssh.login_failed`, `ssh.rate_limited`.
+    pub action: &'static str,
+    pub session: String,
+    /// `publickey` or `password`.
+    pub method: &'static str,
+    pub client_addr: String,
+    /// The key's SHA-256 fingerprint, for public-key attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    pub reason: String,
+}
+
+/// What the relay asks the control plane (or a static table).
 #[async_trait]
 pub trait RouteSource: Send + Sync + 'static {
     /// `Ok(None)`: no such session.
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError>;
+
+    /// The session's route if `public_key` (OpenSSH format) is registered
+    /// for the session's tenant; `Ok(None)` if it is not (or no session).
+    async fn authorize_ssh_key(
+        &self,
+        _session: &str,
+        _public_key: &str,
+    ) -> Result<Option<SessionRoute>, RouteError> {
+        Ok(None)
+    }
+
+    /// Records an SSH event in the audit log (best effort).
+    async fn audit(&self, _event: SshAuditEvent) {}
+
+    /// Publishes the relay's SSH host key so users can pin it.
+    async fn publish_host_key(
+        &self,
+        _public_key: &str,
+        _fingerprint: &str,
+    ) -> Result<(), RouteError> {
+        Ok(())
+    }
 }
 
 /// A table set from configuration (or by tests).
 #[derive(Default)]
 pub struct StaticRoutes {
     table: RwLock<HashMap<String, SessionRoute>>,
+    /// `(tenant, key)`: SSH public keys and the tenant whose sessions they open.
+    ssh_keys: RwLock<Vec<(String, String)>>,
 }
 
 impl StaticRoutes {
@@ -41,6 +81,13 @@ impl StaticRoutes {
                     tenant: tenant.into(),
                 },
             );
+    }
+    /// Lets `public_key` (OpenSSH `type base64`) open `tenant`'s sessions.
+    pub fn add_ssh_key(&self, tenant: &str, public_key: &str) {
+        self.ssh_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((tenant.into(), key_body(public_key).into()));
     }
     pub fn remove(&self, session: &str) {
         self.table
@@ -59,6 +106,31 @@ impl RouteSource for StaticRoutes {
             .unwrap_or_else(|e| e.into_inner())
             .get(session)
             .cloned())
+    }
+
+    async fn authorize_ssh_key(
+        &self,
+        session: &str,
+        public_key: &str,
+    ) -> Result<Option<SessionRoute>, RouteError> {
+        let Some(route) = self.lookup(session).await? else {
+            return Ok(None);
+        };
+        let keys = self.ssh_keys.read().unwrap_or_else(|e| e.into_inner());
+        let body = key_body(public_key);
+        Ok(keys
+            .iter()
+            .any(|(t, k)| *t == route.tenant && k == body)
+            .then_some(route))
+    }
+}
+
+/// `type base64` of an OpenSSH public key line, without its comment.
+pub fn key_body(line: &str) -> &str {
+    let line = line.trim();
+    match line.match_indices(' ').nth(1) {
+        Some((i, _)) => &line[..i],
+        None => line,
     }
 }
 

@@ -8,7 +8,10 @@
 //! protocol version); init answers with a [`Response`]. After an `open` or
 //! `attach`, `Data` frames carry terminal bytes both ways, `Resize` (4 bytes:
 //! cols, rows as u16 BE) goes to init, and `Exit` (i32 BE) comes back when
-//! the shell ends.
+//! the shell ends. After an `exec` (a command on pipes, no PTY: SSH `exec`
+//! and subsystems), `Data` carries stdin to init and stdout back, `Stderr`
+//! carries stderr, and `Eof` (empty) from the agent closes the command's
+//! stdin.
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +30,8 @@ const T_RESPONSE: u8 = 2;
 const T_DATA: u8 = 3;
 const T_RESIZE: u8 = 4;
 const T_EXIT: u8 = 5;
+const T_STDERR: u8 = 6;
+const T_EOF: u8 = 7;
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,6 +55,13 @@ pub enum Op {
     },
     /// Attach to a running terminal; its recent output is replayed first.
     Attach { terminal: u32, cols: u16, rows: u16 },
+    /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
+    /// when its client goes (then it is killed).
+    Exec {
+        command: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
     /// The terminals held.
     List,
 }
@@ -92,8 +104,15 @@ pub enum Frame {
     Request(Request),
     Response(Response),
     Data(Bytes),
-    Resize { cols: u16, rows: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+    },
     Exit(i32),
+    /// stderr of an `exec`.
+    Stderr(Bytes),
+    /// The end of an `exec`'s stdin.
+    Eof,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +143,8 @@ impl Decoder for InitCodec {
         let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
         let limit = match ty {
             T_REQUEST | T_RESPONSE => MAX_JSON,
-            T_DATA => MAX_PAYLOAD,
+            T_DATA | T_STDERR => MAX_PAYLOAD,
+            T_EOF => 0,
             T_RESIZE | T_EXIT => 4,
             other => return Err(FrameError::UnknownType(other)),
         };
@@ -142,6 +162,8 @@ impl Decoder for InitCodec {
             T_REQUEST => Frame::Request(serde_json::from_slice(&payload).map_err(json_err)?),
             T_RESPONSE => Frame::Response(serde_json::from_slice(&payload).map_err(json_err)?),
             T_DATA => Frame::Data(payload),
+            T_STDERR => Frame::Stderr(payload),
+            T_EOF => Frame::Eof,
             T_RESIZE if len == 4 => Frame::Resize {
                 cols: u16::from_be_bytes([payload[0], payload[1]]),
                 rows: u16::from_be_bytes([payload[2], payload[3]]),
@@ -170,6 +192,8 @@ impl Encoder<Frame> for InitCodec {
                 (T_RESIZE, b.freeze())
             }
             Frame::Exit(c) => (T_EXIT, Bytes::copy_from_slice(&c.to_be_bytes())),
+            Frame::Stderr(b) => (T_STDERR, b),
+            Frame::Eof => (T_EOF, Bytes::new()),
         };
         let limit = if matches!(ty, T_REQUEST | T_RESPONSE) {
             MAX_JSON
@@ -212,6 +236,15 @@ mod tests {
             rows: 40,
         });
         roundtrip(Frame::Exit(-1));
+        roundtrip(Frame::Stderr(Bytes::from_static(b"oops\n")));
+        roundtrip(Frame::Eof);
+        roundtrip(Frame::Request(Request {
+            version: 1,
+            op: Op::Exec {
+                command: vec!["sh".into(), "-c".into(), "exit 7".into()],
+                env: BTreeMap::new(),
+            },
+        }));
         roundtrip(Frame::Request(Request {
             version: 1,
             op: Op::Open {
@@ -251,6 +284,12 @@ mod tests {
         assert!(matches!(
             InitCodec.decode(&mut b),
             Err(FrameError::TooLarge(_)) | Err(FrameError::Malformed(_))
+        ));
+        // EOF carries nothing.
+        let mut b = BytesMut::from(&[T_EOF, 0, 0, 0, 1, 0][..]);
+        assert!(matches!(
+            InitCodec.decode(&mut b),
+            Err(FrameError::TooLarge(1))
         ));
         // Garbage JSON.
         let mut b = BytesMut::from(&[T_REQUEST, 0, 0, 0, 3, b'{', b'x', b'}'][..]);

@@ -27,6 +27,19 @@ impl Reaper {
         Ok((pid, rx))
     }
 
+    /// Like [`Reaper::spawn`], but hands back the child for its pipes. Never
+    /// call `wait` on it: the reaper collects its status.
+    pub fn spawn_child(
+        &self,
+        cmd: &mut Command,
+    ) -> io::Result<(std::process::Child, oneshot::Receiver<i32>)> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiting.insert(child.id() as i32, tx);
+        Ok((child, rx))
+    }
+
     /// Collects every exited child without blocking.
     pub fn reap(&self) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());

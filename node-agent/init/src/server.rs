@@ -222,6 +222,7 @@ impl Server {
                 Ok(t) => (t, cols, rows),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
+            Op::Exec { command, env } => return self.exec(framed, command, env).await,
             Op::Attach {
                 terminal,
                 cols,
@@ -252,43 +253,15 @@ impl Server {
                 format!("a session holds at most {MAX_TERMINALS} terminals"),
             ));
         }
-        if env.len() > 32
-            || env
-                .iter()
-                .any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0'))
-        {
-            return Err((
-                "bad_env",
-                "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into(),
-            ));
-        }
+        check_env(env)?;
         let (cols, rows) = proto::clamp_size(cols, rows);
         let internal = |e: io::Error| ("spawn_failed", e.to_string());
         let (master, slave) = pty::open(cols, rows).map_err(internal)?;
         let mut cmd = match &command {
-            Some(argv) if !argv.is_empty() => {
-                if argv.len() > 256 || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
-                    return Err(("bad_command", "command too long".into()));
-                }
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
+            Some(argv) if !argv.is_empty() => command_of(argv)?,
             _ => login_shell(),
         };
-        let home = std::env::var("HOME")
-            .ok()
-            .filter(|h| Path::new(h).is_dir())
-            .unwrap_or_else(|| {
-                if Path::new("/root").is_dir() {
-                    "/root".into()
-                } else {
-                    "/".into()
-                }
-            });
-        cmd.current_dir(&home)
-            .env("HOME", &home)
-            .env("TERM", "xterm-256color");
+        in_home(&mut cmd).env("TERM", "xterm-256color");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -319,6 +292,143 @@ impl Server {
         self.terminals().insert(id, term.clone());
         tokio::spawn(self.clone().pump(term.clone(), exit_rx));
         Ok(term)
+    }
+
+    /// Runs a command on pipes for one client: stdin from its `Data` frames,
+    /// stdout and stderr back apart, then its exit code. The command's
+    /// process group is killed if the client goes first.
+    async fn exec(
+        &self,
+        mut framed: Framed<UnixStream, InitCodec>,
+        command: Vec<String>,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let prepared = check_env(&env).and_then(|()| {
+            if command.is_empty() {
+                return Err(("bad_command", "exec needs a command".into()));
+            }
+            command_of(&command)
+        });
+        let mut cmd = match prepared {
+            Ok(c) => c,
+            Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
+        };
+        in_home(&mut cmd)
+            .envs(&env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let (mut child, mut exit_rx) = match self.reaper.spawn_child(&mut cmd) {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("cannot run {}: {e}", command[0]);
+                return reply(&mut framed, Response::error("spawn_failed", msg)).await;
+            }
+        };
+        let pid = child.id() as i32;
+        let kill = move || {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+        };
+        let pipes = (|| {
+            let stdin = child.stdin.take().map(tokio::process::ChildStdin::from_std);
+            let stdout = child
+                .stdout
+                .take()
+                .map(tokio::process::ChildStdout::from_std);
+            let stderr = child
+                .stderr
+                .take()
+                .map(tokio::process::ChildStderr::from_std);
+            match (stdin, stdout, stderr) {
+                (Some(i), Some(o), Some(e)) => Ok((i?, o?, e?)),
+                _ => Err(io::Error::other("pipes missing")),
+            }
+        })();
+        drop(child); // the reaper collects its status
+        let (stdin, mut stdout, mut stderr) = match pipes {
+            Ok(p) => p,
+            Err(e) => {
+                kill();
+                return reply(&mut framed, Response::error("spawn_failed", e.to_string())).await;
+            }
+        };
+        let resp = Response {
+            ok: true,
+            pid: Some(pid),
+            ..Default::default()
+        };
+        framed
+            .send(Frame::Response(resp))
+            .await
+            .map_err(io::Error::other)?;
+        let (mut sink, mut stream) = framed.split();
+        // Input on its own task: a command that does not read its stdin
+        // must not stop us from draining its stdout (or the client's EOF).
+        let mut input = tokio::spawn(async move {
+            let mut stdin = Some(stdin);
+            while let Some(frame) = stream.next().await {
+                match frame {
+                    Ok(Frame::Data(b)) => {
+                        if let Some(w) = stdin.as_mut()
+                            && w.write_all(&b).await.is_err()
+                        {
+                            stdin = None; // the command closed its stdin
+                        }
+                    }
+                    Ok(Frame::Eof) => stdin = None,
+                    Ok(Frame::Resize { .. }) => {}
+                    _ => break,
+                }
+            }
+        });
+        let (mut out_buf, mut err_buf) = (vec![0u8; 32 * 1024], vec![0u8; 16 * 1024]);
+        let (mut out_open, mut err_open) = (true, true);
+        let mut code: Option<i32> = None;
+        // After the exit, output still in the pipes is sent; a background
+        // job that keeps them open is not waited for long.
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        let result: io::Result<()> = async {
+            loop {
+                if code.is_some() && !out_open && !err_open {
+                    break;
+                }
+                let deadline = drain_until.unwrap_or_else(|| {
+                    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+                });
+                tokio::select! {
+                    r = stdout.read(&mut out_buf), if out_open => match r {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(n) => sink.send(Frame::Data(Bytes::copy_from_slice(&out_buf[..n]))).await.map_err(io::Error::other)?,
+                    },
+                    r = stderr.read(&mut err_buf), if err_open => match r {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(n) => sink.send(Frame::Stderr(Bytes::copy_from_slice(&err_buf[..n]))).await.map_err(io::Error::other)?,
+                    },
+                    c = &mut exit_rx, if code.is_none() => {
+                        code = Some(c.unwrap_or(-1));
+                        drain_until = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    }
+                    _ = &mut input => {
+                        // The client went away: nobody wants the result.
+                        kill();
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep_until(deadline), if drain_until.is_some() => break,
+                }
+            }
+            sink.send(Frame::Exit(code.unwrap_or(-1))).await.map_err(io::Error::other)?;
+            Ok(())
+        }
+        .await;
+        input.abort();
+        result
     }
 
     /// Reads the PTY until the shell exits; then tells every client.
@@ -458,6 +568,46 @@ impl Server {
             }
         }
     }
+}
+
+fn check_env(
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), (&'static str, String)> {
+    if env.len() > 32
+        || env
+            .iter()
+            .any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0'))
+    {
+        return Err((
+            "bad_env",
+            "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn command_of(argv: &[String]) -> Result<Command, (&'static str, String)> {
+    if argv.len() > 256 || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+        return Err(("bad_command", "command too long".into()));
+    }
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    Ok(c)
+}
+
+/// Starts `cmd` in the user's home, as a login would.
+fn in_home(cmd: &mut Command) -> &mut Command {
+    let home = std::env::var("HOME")
+        .ok()
+        .filter(|h| Path::new(h).is_dir())
+        .unwrap_or_else(|| {
+            if Path::new("/root").is_dir() {
+                "/root".into()
+            } else {
+                "/".into()
+            }
+        });
+    cmd.current_dir(&home).env("HOME", home)
 }
 
 fn login_shell() -> Command {

@@ -247,3 +247,112 @@ async fn hostile_clients_get_errors_and_the_server_keeps_serving() {
     type_line(&mut c, "echo ok-$((2*2))").await;
     read_until(&mut c, "ok-4").await;
 }
+
+/// Collects an exec's stdout, stderr and exit code.
+async fn exec_result(conn: &mut InitConn) -> (Vec<u8>, Vec<u8>, i32) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match conn.next().await {
+                Some(Ok(Frame::Data(b))) => out.extend_from_slice(&b),
+                Some(Ok(Frame::Stderr(b))) => err.extend_from_slice(&b),
+                Some(Ok(Frame::Exit(c))) => return c,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("exec did not finish");
+    (out, err, code)
+}
+
+fn exec_op(script: &str) -> Op {
+    Op::Exec {
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn exec_keeps_stdout_stderr_apart_and_returns_the_exit_code() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut c, resp) = client::request(&f.socket, exec_op("echo out; echo err >&2; exit 7"))
+        .await
+        .unwrap();
+    assert!(resp.pid.is_some() && resp.terminal.is_none());
+    let (out, err, code) = exec_result(&mut c).await;
+    assert_eq!(
+        (&out[..], &err[..], code),
+        (&b"out\n"[..], &b"err\n"[..], 7)
+    );
+
+    // stdin is a pipe, closed by Eof; binary data passes unchanged.
+    let (mut c, _) = client::request(&f.socket, exec_op("cat; echo done >&2"))
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    for chunk in payload.chunks(60_000) {
+        c.send(Frame::Data(Bytes::copy_from_slice(chunk)))
+            .await
+            .unwrap();
+    }
+    c.send(Frame::Eof).await.unwrap();
+    let (out, err, code) = exec_result(&mut c).await;
+    assert_eq!(out.len(), payload.len());
+    assert!(out == payload && err == b"done\n" && code == 0);
+
+    // Bad commands are refused with a reason; the server keeps serving.
+    let e = client::request(
+        &f.socket,
+        Op::Exec {
+            command: vec![],
+            env: BTreeMap::new(),
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("bad_command"), "{e}");
+    let e = client::request(
+        &f.socket,
+        Op::Exec {
+            command: vec!["/no/such/binary".into()],
+            env: BTreeMap::new(),
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("spawn_failed"), "{e}");
+}
+
+#[tokio::test]
+async fn an_exec_is_killed_when_its_client_leaves() {
+    let f = start(Duration::from_secs(60)).await;
+    let marker = f.dir.join("alive");
+    let script = format!(
+        "while true; do touch {}; sleep 0.05; done",
+        marker.display()
+    );
+    let (c, resp) = client::request(&f.socket, exec_op(&script)).await.unwrap();
+    let pid = resp.pid.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !marker.exists() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(c);
+    // The process group goes: its leader disappears from /proc.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exec survived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -116,6 +116,7 @@ jwks_file = "{}"
                 http: None,
                 admin: Some(admin),
                 tunnel,
+                ssh: None,
             },
             routes.clone(),
             Arc::new(SharedSecretAuth::new(SECRET)),

@@ -1,0 +1,516 @@
+//! SSH through the relay with Debian's OpenSSH client (`ssh`, `scp`,
+//! `sftp`) against the whole stack: control on SQLite, the relay's russh
+//! server, a real agent and a real DinD session container.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Cleanup(String, String, PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
+        let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut r = c
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{base}{path}"),
+        )
+        .bearer_auth(key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public)
+}
+
+/// Options every OpenSSH command here shares: the relay's pinned host key,
+/// no agent, no prompts.
+struct Ssh {
+    port: u16,
+    known_hosts: PathBuf,
+}
+
+impl Ssh {
+    fn opts(&self, key: Option<&Path>) -> Vec<String> {
+        let mut o = vec![
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "IdentityAgent=none".into(),
+            "-o".into(),
+            "ConnectTimeout=20".into(),
+            "-F".into(),
+            "/dev/null".into(),
+        ];
+        match key {
+            Some(k) => o.extend([
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+                "-o".into(),
+                "BatchMode=yes".into(),
+                "-o".into(),
+                "PasswordAuthentication=no".into(),
+                "-i".into(),
+                k.display().to_string(),
+            ]),
+            None => o.extend([
+                "-o".into(),
+                "PubkeyAuthentication=no".into(),
+                "-o".into(),
+                "NumberOfPasswordPrompts=1".into(),
+            ]),
+        }
+        o
+    }
+
+    fn ssh(&self, key: Option<&Path>, session: &str) -> Command {
+        self.ssh_with(key, session, &[])
+    }
+
+    fn ssh_with(&self, key: Option<&Path>, session: &str, flags: &[&str]) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.opts(key))
+            .args(flags)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{session}@127.0.0.1"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `ssh` with the session token as the password, fed by `warren`
+    /// itself as SSH_ASKPASS (what `warren session ssh` does).
+    fn ssh_password(&self, session: &str, token: &str) -> Command {
+        let mut c = self.ssh(None, session);
+        c.env("SSH_ASKPASS", env!("CARGO_BIN_EXE_warren"))
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("WARREN_SSH_ASKPASS_TOKEN", token);
+        c
+    }
+}
+
+async fn output(mut c: Command) -> Output {
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn refused(o: &Output) -> bool {
+    o.status.code() == Some(255)
+        && o.stdout.is_empty()
+        && String::from_utf8_lossy(&o.stderr).contains("Permission denied")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_through_the_relay() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let run = format!("ssh-{}", std::process::id());
+    let network = format!("warren-test-{run}");
+    let data = std::env::temp_dir().join(format!("warren-{run}"));
+    let _cleanup = Cleanup(run.clone(), network.clone(), data.clone());
+    std::fs::create_dir_all(&data).unwrap();
+    let lo = "127.0.0.1:0".parse().unwrap();
+    let mut labels = BTreeMap::new();
+    labels.insert("warren.test".to_string(), run.clone());
+    let st = warren::stack::start(warren::stack::StackOptions {
+        data_dir: data.join("stack"),
+        domain: "warren.localhost".into(),
+        https: lo,
+        http: Some(lo),
+        api: lo,
+        tunnel: lo,
+        ssh: Some(lo),
+        memory_mb: Some(4096),
+        image: "warren/session:dind".into(),
+        network,
+        node_id: "local".into(),
+        labels,
+        session_memory_mb: 512,
+    })
+    .await
+    .unwrap();
+    let base = st.control_url.clone();
+    let admin = st.admin_key.clone();
+    let ssh_port = st.ssh.unwrap().port();
+
+    // The relay's host key, as the API publishes it, pinned for OpenSSH.
+    let (host_key, fp) = st.relay.ssh_host_key.clone().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (s, v) = call(&base, "GET", "/v1/ssh/host-keys", "", None).await;
+        assert_eq!(s, 200);
+        if v["host_keys"][0]["fingerprint"] == fp.as_str() {
+            assert_eq!(v["host_keys"][0]["public_key"], host_key.as_str());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "host key never published: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let known_hosts = data.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        warren::ssh::known_hosts_lines(&["127.0.0.1"], ssh_port, &host_key),
+    )
+    .unwrap();
+    let ssh = Ssh {
+        port: ssh_port,
+        known_hosts,
+    };
+
+    // Two tenants, each with a registered key; a third key nobody registered.
+    let mut tenant_keys = Vec::new();
+    for name in ["acme", "globex"] {
+        let (_, t) = call(
+            &base,
+            "POST",
+            "/v1/tenants",
+            &admin,
+            Some(json!({"name": name})),
+        )
+        .await;
+        let (_, k) = call(
+            &base,
+            "POST",
+            &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
+            &admin,
+            None,
+        )
+        .await;
+        tenant_keys.push(k["key"].as_str().unwrap().to_string());
+    }
+    let (ka, kb) = (&tenant_keys[0], &tenant_keys[1]);
+    let (key_a, pub_a) = keygen(&data, "alice");
+    let (key_b, pub_b) = keygen(&data, "bob");
+    let (key_x, _) = keygen(&data, "mallory");
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/v1/users/me/ssh-keys",
+        ka,
+        Some(json!({"public_key": pub_a})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    let (s, _) = call(
+        &base,
+        "POST",
+        "/v1/users/me/ssh-keys",
+        kb,
+        Some(json!({"public_key": pub_b})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/v1/users/me/ssh-keys",
+        ka,
+        Some(json!({"public_key": pub_a})),
+    )
+    .await;
+    assert_eq!(s, 409, "the same key twice: {v}");
+    let (s, v) = call(
+        &base,
+        "POST",
+        "/v1/users/me/ssh-keys",
+        ka,
+        Some(json!({"public_key": "-----BEGIN OPENSSH PRIVATE KEY-----"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid")),
+        "{v}"
+    );
+
+    let (s, a) = call(&base, "POST", "/v1/sessions", ka, Some(json!({}))).await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let token = a["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        a["ssh"].as_str().unwrap(),
+        format!("ssh -p {ssh_port} {id}@localhost")
+    );
+
+    // exec: exit status, stdout and stderr apart.
+    let mut c = ssh.ssh(Some(&key_a), &id);
+    c.arg("echo out-$((6*7)); echo err-$((7*7)) >&2; exit 7");
+    let o = output(c).await;
+    assert_eq!(
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).as_ref(),
+            String::from_utf8_lossy(&o.stderr).as_ref()
+        ),
+        (Some(7), "out-42\n", "err-49\n")
+    );
+
+    // The session token as the password opens it too.
+    let mut c = ssh.ssh_password(&id, &token);
+    c.arg("echo via-token");
+    let o = output(c).await;
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "via-token\n", "{o:?}");
+
+    // An interactive shell on a real PTY: `ssh -tt`, typed input, then a
+    // window change that `stty size` sees.
+    let mut cmd = ssh.ssh_with(Some(&key_a), &id, &["-tt"]);
+    let shell = tokio::task::spawn_blocking(move || {
+        let mut p = warren_agent::testing::spawn_on_pty(&mut cmd);
+        p.master.write_all(b"echo $((6*7))\r").unwrap();
+        p.wait_for(b"42\r\n");
+        rustix::termios::tcsetwinsize(
+            &p.master,
+            rustix::termios::Winsize {
+                ws_row: 50,
+                ws_col: 132,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        )
+        .unwrap();
+        // ssh is not this PTY's session leader: tell it as the kernel would.
+        let pid = rustix::process::Pid::from_raw(p.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::WINCH).unwrap();
+        // The window change travels ahead of the next keystrokes.
+        p.master.write_all(b"stty size\r").unwrap();
+        p.wait_for(b"50 132");
+        p.master.write_all(b"exit 3\r").unwrap();
+        p.child.wait().unwrap().code()
+    });
+    let code = tokio::time::timeout(WAIT, shell)
+        .await
+        .expect("interactive shell hung")
+        .unwrap();
+    assert_eq!(code, Some(3));
+
+    // scp (SFTP underneath, as OpenSSH 9 does) up and down, and sftp, 50 MB.
+    let big = data.join("big.bin");
+    {
+        let mut f = std::fs::File::create(&big).unwrap();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..50 {
+            for b in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let want = sha256_file(&big);
+    let scp = |args: Vec<String>| {
+        let mut c = Command::new("scp");
+        c.args(ssh.opts(Some(&key_a)))
+            .arg("-P")
+            .arg(ssh_port.to_string())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    };
+    let o = output(scp(vec![
+        big.display().to_string(),
+        format!("{id}@127.0.0.1:/root/big.bin"),
+    ]))
+    .await;
+    assert!(o.status.success(), "scp up: {o:?}");
+    let mut c = ssh.ssh(Some(&key_a), &id);
+    c.arg("sha256sum /root/big.bin");
+    let o = output(c).await;
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with(&want),
+        "{o:?}"
+    );
+    let down = data.join("down.bin");
+    let o = output(scp(vec![
+        format!("{id}@127.0.0.1:/root/big.bin"),
+        down.display().to_string(),
+    ]))
+    .await;
+    assert!(o.status.success(), "scp down: {o:?}");
+    assert_eq!(sha256_file(&down), want);
+
+    let batch = data.join("sftp.batch");
+    let back = data.join("back.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} /tmp/put.bin\nget /tmp/put.bin {}\n",
+            big.display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new("sftp");
+    c.args(ssh.opts(Some(&key_a)))
+        .arg("-P")
+        .arg(ssh_port.to_string())
+        .arg("-b")
+        .arg(&batch)
+        .arg(format!("{id}@127.0.0.1"))
+        .stdin(Stdio::null());
+    let o = output(c).await;
+    assert!(o.status.success(), "sftp: {o:?}");
+    assert_eq!(sha256_file(&back), want);
+
+    // ssh -L: an HTTP server in the session answers on a local port.
+    let mut c = ssh.ssh(Some(&key_a), &id);
+    c.arg("mkdir -p /tmp/www && echo hello-from-warren > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www");
+    let o = output(c).await;
+    assert!(o.status.success(), "httpd: {o:?}");
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = local.local_addr().unwrap().port();
+    drop(local);
+    let spec = format!("127.0.0.1:{lport}:localhost:8080");
+    let mut fwd = ssh.ssh_with(
+        Some(&key_a),
+        &id,
+        &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec],
+    );
+    let mut fwd = fwd.spawn().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let body = loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{lport}/")).await
+            && r.status().is_success()
+        {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forwarded port never answered"
+        );
+        assert!(fwd.try_wait().unwrap().is_none(), "ssh -L exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    assert_eq!(body, "hello-from-warren\n");
+
+    // Refused, each with no shell: a key nobody registered, another
+    // tenant's key, an expired token, an unknown session.
+    for (what, c) in [
+        ("unregistered key", ssh.ssh(Some(&key_x), &id)),
+        ("other tenant's key", ssh.ssh(Some(&key_b), &id)),
+        (
+            "unknown session",
+            ssh.ssh(Some(&key_a), "zzzzzzzzzzzzzzzzzzzz"),
+        ),
+    ] {
+        let mut c = c;
+        c.arg("echo opened");
+        let o = output(c).await;
+        assert!(refused(&o), "{what}: {o:?}");
+    }
+    let expired = {
+        let (kid, pem) = st.control.control.store.signing_key().await.unwrap();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(kid);
+        let now = warren_control::store::now_ms() / 1000;
+        let claims = json!({"sub": "t", "sid": id, "tenant": a["tenant"], "scope": "terminal",
+            "aud": "warren", "exp": now - 600, "nbf": now - 900, "iat": now - 900});
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut c = ssh.ssh_password(&id, &expired);
+    c.arg("echo opened");
+    let o = output(c).await;
+    assert!(refused(&o), "expired token: {o:?}");
+    // The tenant sees the refusals in its audit log.
+    let (_, log) = call(&base, "GET", "/v1/audit?limit=200", ka, None).await;
+    let failures = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "ssh.login_failed" && e["target"] == id.as_str())
+        .count();
+    assert!(failures >= 3, "{log}");
+
+    // `warren session ssh` (a fresh token via askpass, the host key from the API).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.current_dir(&data)
+        .env("WARREN_CONTROL_URL", &base)
+        .env("WARREN_API_KEY", ka)
+        .args([
+            "session",
+            "ssh",
+            &id,
+            "--",
+            "-o",
+            "PubkeyAuthentication=no",
+            "echo",
+            "cli-$((2*21))",
+        ])
+        .stdin(Stdio::null());
+    let o = output(c).await;
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "cli-42\n", "{o:?}");
+
+    // A deleted session refuses logins; a key removed stops working.
+    let (s, _) = call(&base, "DELETE", &format!("/v1/sessions/{id}"), ka, None).await;
+    assert_eq!(s, 204);
+    let mut c = ssh.ssh(Some(&key_a), &id);
+    c.arg("echo opened");
+    let o = output(c).await;
+    assert!(refused(&o), "deleted session: {o:?}");
+
+    st.stop.cancel();
+}

@@ -1,0 +1,810 @@
+//! The SSH edge (russh): `ssh -p 2222 <session>@<domain>`.
+//!
+//! The user name is the session id. A public key registered for the
+//! session's tenant, or the session's short-lived token as the password,
+//! opens it. Every channel becomes a tunnel stream to the session's node:
+//! shells, commands and `sftp` speak the same terminal WebSocket as the
+//! browser (commands and subsystems in its `mode=exec`, stdout and stderr
+//! apart); `direct-tcpip` becomes a `port N` stream.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::{SinkExt, StreamExt};
+use russh::keys::ssh_key::{self, LineEnding};
+use russh::keys::{HashAlg, PrivateKey};
+use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use warren_tunnel::TunnelStream;
+use warren_tunnel::proto::{StreamHeader, StreamKind};
+use warren_tunnel::server::{OpenError, Registry};
+
+use crate::auth::{SCOPE_TERMINAL, Verifier};
+use crate::host::is_session_id;
+use crate::routes::{RouteCache, RouteSource, SessionRoute, SshAuditEvent};
+
+/// File name of the host key in the relay's data directory.
+pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+/// Failed authentications from one address within [`FAILURE_WINDOW`]
+/// before every further attempt from it is refused unchecked.
+pub const MAX_FAILURES: u32 = 20;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// SSH connections served at once.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Session and forwarding channels one connection may hold.
+const MAX_CHANNELS: usize = 64;
+/// Time to open the tunnel stream and the terminal handshake.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Finds an `sftp-server` where Debian, Alpine and Fedora put it.
+const SFTP_COMMAND: &str = "for p in /usr/lib/openssh/sftp-server /usr/lib/ssh/sftp-server \
+     /usr/libexec/openssh/sftp-server /usr/libexec/sftp-server; do \
+     [ -x \"$p\" ] && exec \"$p\"; done; \
+     echo 'warren: this session image has no sftp-server (install openssh-sftp-server)' >&2; exit 127";
+/// A shell without a PTY (`ssh -T`).
+const PLAIN_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi";
+
+/// The relay's host key, made on first start and kept in the data dir.
+pub fn host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
+    let path = data_dir.join(HOST_KEY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return PrivateKey::from_openssh(text.trim())
+            .with_context(|| format!("{} is not an OpenSSH private key", path.display()));
+    }
+    let mut seed = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut seed);
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let mut key = PrivateKey::from(pair);
+    key.set_comment("warren-relay");
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the host key: {e}"))?;
+    std::fs::create_dir_all(data_dir)?;
+    warren_config::write_private(&path, pem.as_bytes())?;
+    std::fs::write(
+        data_dir.join(format!("{HOST_KEY_FILE}.pub")),
+        format!("{}\n", public_line(&key)),
+    )?;
+    info!(path = %path.display(), "made a new SSH host key");
+    Ok(key)
+}
+
+/// `ssh-ed25519 AAAA…` of a key.
+pub fn public_line(key: &PrivateKey) -> String {
+    key.public_key()
+        .to_openssh()
+        .map(|s| crate::routes::key_body(&s).to_string())
+        .unwrap_or_default()
+}
+
+/// `SHA256:…`, as `ssh` prints it.
+pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Counts failed logins per client address.
+#[derive(Default)]
+pub struct FailureLimiter {
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl FailureLimiter {
+    /// Whether `ip` has used up its failures for now.
+    pub fn limited(&self, ip: IpAddr) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(seen.get(&ip), Some((since, n)) if since.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+    }
+
+    /// Records a failure; true when this one reached the limit.
+    pub fn fail(&self, ip: IpAddr) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 100_000 {
+            seen.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = seen.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1 == MAX_FAILURES
+    }
+}
+
+/// What every connection shares.
+pub struct SshContext {
+    pub verifier: Arc<Verifier>,
+    pub routes: Arc<RouteCache>,
+    pub source: Arc<dyn RouteSource>,
+    pub registry: Arc<Registry>,
+    pub limiter: FailureLimiter,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Serves SSH on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    key: PrivateKey,
+    ctx: Arc<SshContext>,
+    shutdown: CancellationToken,
+) {
+    let config = Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard("SSH-2.0-Warren".into()),
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![key],
+        max_auth_attempts: 10,
+        // A connection that never authenticates, or goes silent, goes.
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        nodelay: true,
+        ..Default::default()
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("ssh accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(tcp); // over capacity: the client sees a closed connection
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = Conn {
+            ctx: ctx.clone(),
+            peer,
+            target: None,
+            channels: 0,
+        };
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            match russh::server::run_stream(config, tcp, handler).await {
+                Ok(running) => {
+                    let handle = running.handle();
+                    tokio::select! {
+                        r = running => if let Err(e) = r { debug!(%peer, "ssh connection ended: {e}") },
+                        _ = shutdown.cancelled() => {
+                            let _ = handle
+                                .disconnect(russh::Disconnect::ByApplication, "the relay is shutting down".into(), "en".into())
+                                .await;
+                        }
+                    }
+                }
+                Err(e) => debug!(%peer, "ssh handshake failed: {e}"),
+            }
+            drop(permit);
+        });
+    }
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+}
+
+/// The session an authenticated connection may use.
+#[derive(Clone)]
+struct Target {
+    session: String,
+    route: SessionRoute,
+}
+
+struct Conn {
+    ctx: Arc<SshContext>,
+    peer: SocketAddr,
+    target: Option<Target>,
+    channels: usize,
+}
+
+impl Conn {
+    fn audit(
+        &self,
+        action: &'static str,
+        session: &str,
+        method: &'static str,
+        fp: Option<String>,
+        reason: String,
+    ) {
+        let event = SshAuditEvent {
+            action,
+            session: session.chars().take(64).collect(),
+            method,
+            client_addr: self.peer.to_string(),
+            fingerprint: fp,
+            reason,
+        };
+        let source = self.ctx.source.clone();
+        tokio::spawn(async move { source.audit(event).await });
+    }
+
+    /// Counts a failure, audits it and answers "no".
+    fn refuse(
+        &self,
+        session: &str,
+        method: &'static str,
+        fp: Option<String>,
+        reason: String,
+    ) -> Auth {
+        self.ctx
+            .metrics
+            .ssh_logins
+            .with_label_values(&["refused"])
+            .inc();
+        info!(peer = %self.peer, session, method, %reason, "ssh login refused");
+        let reached = self.ctx.limiter.fail(self.peer.ip());
+        self.audit("ssh.login_failed", session, method, fp.clone(), reason);
+        if reached {
+            self.audit(
+                "ssh.rate_limited",
+                session,
+                method,
+                fp,
+                format!(
+                    "{MAX_FAILURES} failures within {}s",
+                    FAILURE_WINDOW.as_secs()
+                ),
+            );
+        }
+        Auth::reject()
+    }
+
+    fn accept(
+        &mut self,
+        session: &str,
+        route: SessionRoute,
+        method: &'static str,
+        fp: Option<String>,
+    ) -> Auth {
+        self.ctx.metrics.ssh_logins.with_label_values(&["ok"]).inc();
+        self.audit("ssh.login", session, method, fp, String::new());
+        self.target = Some(Target {
+            session: session.to_string(),
+            route,
+        });
+        Auth::Accept
+    }
+
+    /// Checks that apply to every method; `Some` is the refusal.
+    fn precheck(&self, user: &str) -> Option<Auth> {
+        if self.ctx.limiter.limited(self.peer.ip()) {
+            return Some(Auth::reject());
+        }
+        if !is_session_id(user) {
+            return Some(self.refuse(
+                user,
+                "none",
+                None,
+                "the user name is not a session id".into(),
+            ));
+        }
+        None
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if let Some(no) = self.precheck(user) {
+            return Ok(no);
+        }
+        let claims = match self.ctx.verifier.verify(password.trim()).await {
+            Ok(c) => c,
+            Err(e) => return Ok(self.refuse(user, "password", None, e.to_string())),
+        };
+        if claims.sid != user {
+            return Ok(self.refuse(
+                user,
+                "password",
+                None,
+                "the token is for another session".into(),
+            ));
+        }
+        if !claims.has_scope(SCOPE_TERMINAL) {
+            return Ok(self.refuse(
+                user,
+                "password",
+                None,
+                "the token lacks the terminal scope".into(),
+            ));
+        }
+        match self.ctx.routes.resolve(user).await {
+            Ok(Some(route)) if route.tenant == claims.tenant => {
+                Ok(self.accept(user, route, "password", None))
+            }
+            Ok(Some(_)) => Ok(self.refuse(
+                user,
+                "password",
+                None,
+                "the token is for another tenant".into(),
+            )),
+            Ok(None) => Ok(self.refuse(user, "password", None, "no such session".into())),
+            Err(e) => {
+                warn!("ssh: route lookup failed: {e}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if let Some(no) = self.precheck(user) {
+            return Ok(no);
+        }
+        let fp = fingerprint(key.public_key);
+        let line = match key.public_key.to_openssh() {
+            Ok(l) => l,
+            Err(_) => return Ok(self.refuse(user, "publickey", Some(fp), "unreadable key".into())),
+        };
+        match self.ctx.source.authorize_ssh_key(user, &line).await {
+            Ok(Some(route)) => Ok(self.accept(user, route, "publickey", Some(fp))),
+            Ok(None) => Ok(self.refuse(
+                user,
+                "publickey",
+                Some(fp),
+                "the key is not registered for this session's tenant (or no such session)".into(),
+            )),
+            Err(e) => {
+                warn!("ssh: key check failed: {e}");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(target) = self.target.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        if self.channels >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.channels += 1;
+        reply.accept().await;
+        let (ctx, handle, peer) = (self.ctx.clone(), session.handle(), self.peer);
+        tokio::spawn(async move {
+            session_channel(channel, handle, ctx, target, peer).await;
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(target) = self.target.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // Only the session itself: the agent reaches its ports, nothing else.
+        let local = matches!(
+            host_to_connect,
+            "localhost" | "127.0.0.1" | "::1" | "0.0.0.0"
+        ) || host_to_connect == target.session;
+        let Ok(port) = u16::try_from(port_to_connect) else {
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        if !local || port == 0 {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        if self.channels >= MAX_CHANNELS {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        let stream = open_stream(&self.ctx, &target, StreamKind::Port(port), self.peer).await;
+        let mut tunnel = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(session = %target.session, port, "ssh forward refused: {e}");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            let mut ch = channel.into_stream();
+            if let Err(e) = tokio::io::copy_bidirectional(&mut ch, &mut tunnel).await {
+                debug!("ssh forward ended: {e}");
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn open_stream(
+    ctx: &SshContext,
+    target: &Target,
+    kind: StreamKind,
+    peer: SocketAddr,
+) -> Result<TunnelStream, String> {
+    let header = StreamHeader {
+        session: target.session.clone(),
+        kind,
+        request_id: format!("ssh{:013x}", rand::random::<u64>() >> 12),
+        client_addr: Some(peer),
+    };
+    match ctx.registry.open_stream(&target.route.node, &header).await {
+        Ok(s) => {
+            ctx.metrics.streams_opened.inc();
+            Ok(s)
+        }
+        Err(OpenError::NodeNotConnected(_)) => Err(format!(
+            "session {}'s node is not connected to this relay right now",
+            target.session
+        )),
+        Err(OpenError::Rejected { code, message })
+            if code == warren_tunnel::proto::codes::SESSION_NOT_FOUND =>
+        {
+            ctx.routes.invalidate(&target.session).await;
+            Err(format!("session {} is gone ({message})", target.session))
+        }
+        Err(e) => Err(format!("cannot reach session {}: {e}", target.session)),
+    }
+}
+
+/// What a session channel was asked to run.
+enum Run {
+    Shell,
+    Command(String),
+    Sftp,
+}
+
+#[derive(Default)]
+struct Pty {
+    term: String,
+    cols: u16,
+    rows: u16,
+}
+
+fn dim(v: u32, default: u16) -> u16 {
+    if v == 0 { default } else { v.min(1000) as u16 }
+}
+
+fn env_ok(name: &str) -> bool {
+    matches!(name, "TERM" | "LANG")
+}
+
+/// One session channel: wait for its request, then bridge it to the
+/// session's terminal over the tunnel.
+async fn session_channel(
+    channel: Channel<Msg>,
+    handle: Handle,
+    ctx: Arc<SshContext>,
+    target: Target,
+    peer: SocketAddr,
+) {
+    let id = channel.id();
+    let (mut rx, tx) = channel.split();
+    let mut pty: Option<Pty> = None;
+    let mut env = BTreeMap::new();
+    let reply = |ok: bool, want: bool| {
+        let handle = &handle;
+        async move {
+            if want {
+                let _ = if ok {
+                    handle.channel_success(id).await
+                } else {
+                    handle.channel_failure(id).await
+                };
+            }
+        }
+    };
+    let run = loop {
+        match rx.wait().await {
+            Some(ChannelMsg::RequestPty {
+                want_reply,
+                term,
+                col_width,
+                row_height,
+                ..
+            }) => {
+                pty = Some(Pty {
+                    term,
+                    cols: dim(col_width, 80),
+                    rows: dim(row_height, 24),
+                });
+                reply(true, want_reply).await;
+            }
+            Some(ChannelMsg::SetEnv {
+                want_reply,
+                variable_name,
+                variable_value,
+            }) => {
+                let ok = env_ok(&variable_name);
+                if ok {
+                    env.insert(variable_name, variable_value);
+                }
+                reply(ok, want_reply).await;
+            }
+            Some(ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            }) => {
+                if let Some(p) = pty.as_mut() {
+                    p.cols = dim(col_width, p.cols);
+                    p.rows = dim(row_height, p.rows);
+                }
+            }
+            Some(ChannelMsg::RequestShell { want_reply }) => {
+                reply(true, want_reply).await;
+                break Run::Shell;
+            }
+            Some(ChannelMsg::Exec {
+                want_reply,
+                command,
+            }) => {
+                let ok = command.len() <= warren_agent_limits::MAX_COMMAND;
+                reply(ok, want_reply).await;
+                if !ok {
+                    continue;
+                }
+                break Run::Command(String::from_utf8_lossy(&command).into_owned());
+            }
+            Some(ChannelMsg::RequestSubsystem { want_reply, name }) => {
+                let ok = name == "sftp";
+                reply(ok, want_reply).await;
+                if ok {
+                    break Run::Sftp;
+                }
+            }
+            Some(ChannelMsg::Eof) => {}
+            Some(ChannelMsg::Close) | None => return,
+            Some(ChannelMsg::AgentForward { want_reply })
+            | Some(ChannelMsg::RequestX11 { want_reply, .. }) => {
+                reply(false, want_reply).await;
+            }
+            Some(_) => {}
+        }
+    };
+
+    // The terminal URL: a PTY for shells and `ssh -t CMD`, pipes otherwise.
+    let (url, exec) = terminal_url(&target.session, &run, pty.as_ref(), &env);
+
+    let mut out = tx.make_writer();
+    let mut err = tx.make_writer_ext(Some(1));
+    let finish = |code: u32| {
+        let tx = &tx;
+        async move {
+            let _ = tx.exit_status(code).await;
+            let _ = tx.eof().await;
+            let _ = tx.close().await;
+        }
+    };
+
+    let connected = tokio::time::timeout(OPEN_TIMEOUT, async {
+        let stream = open_stream(&ctx, &target, StreamKind::Terminal, peer).await?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| format!("the session's terminal did not answer: {e}"))
+    })
+    .await
+    .unwrap_or_else(|_| Err("the session's node did not answer in time".into()));
+    let mut ws = match connected {
+        Ok(ws) => ws,
+        Err(msg) => {
+            let _ = err.write_all(format!("warren: {msg}\r\n").as_bytes()).await;
+            let _ = err.flush().await;
+            finish(255).await;
+            return;
+        }
+    };
+    ctx.metrics.ssh_channels.inc();
+
+    let mut code: Option<i32> = None;
+    let mut gone: Option<String> = None;
+    loop {
+        tokio::select! {
+            m = rx.wait() => match m {
+                Some(ChannelMsg::Data { data }) => {
+                    let frame = if exec {
+                        let mut v = Vec::with_capacity(data.len() + 1);
+                        v.push(0u8);
+                        v.extend_from_slice(&data);
+                        v
+                    } else {
+                        data.to_vec()
+                    };
+                    if ws.send(Message::Binary(frame.into())).await.is_err() {
+                        gone = Some("the connection to the session was lost".into());
+                        break;
+                    }
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) if !exec => {
+                    let msg = serde_json::json!({"type": "resize", "cols": dim(col_width, 80), "rows": dim(row_height, 24)});
+                    let _ = ws.send(Message::Text(msg.to_string().into())).await;
+                }
+                Some(ChannelMsg::Eof) if exec => {
+                    let _ = ws.send(Message::Text(r#"{"type":"eof"}"#.into())).await;
+                }
+                Some(ChannelMsg::Close) | None => {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+                Some(_) => {}
+            },
+            f = ws.next() => match f {
+                Some(Ok(Message::Binary(b))) => {
+                    let written = match (exec, b.first()) {
+                        (false, _) => out.write_all(&b).await,
+                        (true, Some(1)) => out.write_all(&b[1..]).await,
+                        (true, Some(2)) => err.write_all(&b[1..]).await,
+                        (true, _) => Ok(()),
+                    };
+                    if written.is_err() {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+                        && v["type"] == "exit"
+                    {
+                        code = v["code"].as_i64().map(|c| c as i32);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    if code.is_none() {
+                        let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        gone = Some(if why.is_empty() { "the session's terminal closed".into() } else { why });
+                    }
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    if code.is_none() {
+                        gone = Some("the session's node was lost".into());
+                    }
+                    break;
+                }
+            },
+        }
+    }
+    let _ = out.flush().await;
+    if let Some(msg) = gone {
+        let _ = err
+            .write_all(format!("\r\nwarren: {msg}\r\n").as_bytes())
+            .await;
+        let _ = err.flush().await;
+    }
+    // Exit codes of signals (128+n) pass as they are; anything odd is 255.
+    let status = code.and_then(|c| u32::try_from(c).ok()).unwrap_or(255);
+    finish(status).await;
+}
+
+/// The agent's terminal URL for what the channel asked to run.
+fn terminal_url(
+    session: &str,
+    run: &Run,
+    pty: Option<&Pty>,
+    env: &BTreeMap<String, String>,
+) -> (String, bool) {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    let exec = match (run, pty) {
+        (Run::Sftp, _) => {
+            q.append_pair("mode", "exec")
+                .append_pair("command", SFTP_COMMAND);
+            true
+        }
+        (Run::Shell, None) => {
+            q.append_pair("mode", "exec")
+                .append_pair("command", PLAIN_SHELL);
+            true
+        }
+        (Run::Command(c), None) => {
+            q.append_pair("mode", "exec").append_pair("command", c);
+            true
+        }
+        (Run::Shell, Some(_)) => false,
+        (Run::Command(c), Some(_)) => {
+            q.append_pair("command", c);
+            false
+        }
+    };
+    if let Some(p) = pty {
+        q.append_pair("cols", &p.cols.to_string())
+            .append_pair("rows", &p.rows.to_string());
+        if !p.term.is_empty() {
+            q.append_pair("term", &p.term);
+        }
+    } else if let Some(t) = env.get("TERM") {
+        q.append_pair("term", t);
+    }
+    if let Some(l) = env.get("LANG") {
+        q.append_pair("lang", l);
+    }
+    let url = format!("ws://{session}.ssh/_warren/terminal?{}", q.finish());
+    (url, exec)
+}
+
+/// Limits shared with the agent's terminal endpoint.
+mod warren_agent_limits {
+    /// Longest command the agent accepts (its `MAX_COMMAND`).
+    pub const MAX_COMMAND: usize = 8 * 1024;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_limited_per_address() {
+        let l = FailureLimiter::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let b: IpAddr = "192.0.2.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        for i in 1..MAX_FAILURES {
+            assert!(!l.fail(a), "limit reached early at {i}");
+            assert!(!l.limited(a));
+        }
+        assert!(l.fail(a));
+        assert!(l.limited(a));
+        assert!(!l.limited(b), "another address is not affected");
+    }
+
+    #[test]
+    fn host_key_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("wr-ssh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let k1 = host_key(&dir).expect("made");
+        let k2 = host_key(&dir).expect("loaded");
+        assert_eq!(fingerprint(k1.public_key()), fingerprint(k2.public_key()));
+        assert!(public_line(&k1).starts_with("ssh-ed25519 "));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(HOST_KEY_FILE))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        assert_eq!(dim(0, 80), 80);
+        assert_eq!(dim(100_000, 80), 1000);
+        assert_eq!(dim(132, 80), 132);
+    }
+}
