@@ -155,6 +155,10 @@ async fn openssh_through_the_relay() {
     if !warren_testkit::docker_or_skip() {
         return;
     }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let run = format!("ssh-{}", std::process::id());
     let network = format!("warren-test-{run}");
     let data = std::env::temp_dir().join(format!("warren-{run}"));
@@ -308,9 +312,12 @@ async fn openssh_through_the_relay() {
 
     // An interactive shell on a real PTY: `ssh -tt`, typed input, then a
     // window change that `stty size` sees.
-    let mut cmd = ssh.ssh_with(Some(&key_a), &id, &["-tt"]);
+    let ssh_log = data.join("ssh-tt.log");
+    let log_arg = ssh_log.display().to_string();
+    let mut cmd = ssh.ssh_with(Some(&key_a), &id, &["-tt", "-v", "-E", &log_arg]);
     let shell = tokio::task::spawn_blocking(move || {
         let mut p = warren_agent::testing::spawn_on_pty(&mut cmd);
+        drop(cmd); // it holds copies of the PTY's slave end
         p.master.write_all(b"echo $((6*7))\r").unwrap();
         p.wait_for(b"42\r\n");
         rustix::termios::tcsetwinsize(
@@ -330,13 +337,28 @@ async fn openssh_through_the_relay() {
         p.master.write_all(b"stty size\r").unwrap();
         p.wait_for(b"50 132");
         p.master.write_all(b"exit 3\r").unwrap();
-        p.child.wait().unwrap().code()
+        let code = p.child.wait().unwrap().code();
+        // What the user saw after `exit 3`, for the message below.
+        let mut rest = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = p.master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&buf[..n]);
+        }
+        (code, String::from_utf8_lossy(&rest).into_owned())
     });
-    let code = tokio::time::timeout(WAIT, shell)
+    let (code, seen) = tokio::time::timeout(WAIT, shell)
         .await
         .expect("interactive shell hung")
         .unwrap();
-    assert_eq!(code, Some(3));
+    assert_eq!(
+        code,
+        Some(3),
+        "{seen}\n{}",
+        std::fs::read_to_string(&ssh_log).unwrap_or_default()
+    );
 
     // scp (SFTP underneath, as OpenSSH 9 does) up and down, and sftp, 50 MB.
     let big = data.join("big.bin");

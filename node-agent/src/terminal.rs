@@ -189,9 +189,11 @@ where
             env: params.env.clone(),
         },
         (None, _) if exec => {
-            let _ = ws
-                .send(closing(close::BAD_REQUEST, "mode=exec needs a command"))
-                .await;
+            close_with(
+                &mut ws,
+                closing(close::BAD_REQUEST, "mode=exec needs a command"),
+            )
+            .await;
             return Ok(());
         }
         (None, Some(terminal)) => Op::Attach {
@@ -218,7 +220,7 @@ where
                 }
                 _ => close::INTERNAL,
             };
-            let _ = ws.send(closing(code, &truncate(&e.to_string()))).await;
+            close_with(&mut ws, closing(code, &truncate(&e.to_string()))).await;
             return Ok(());
         }
     };
@@ -234,11 +236,13 @@ where
             a.store(now, std::sync::atomic::Ordering::Relaxed);
         }
     };
+    // A frame read ahead while coalescing output.
+    let mut held = None;
     loop {
         touch();
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = ws.send(closing(close::GOING_AWAY, "agent shutting down")).await;
+                close_with(&mut ws, closing(close::GOING_AWAY, "agent shutting down")).await;
                 return Ok(());
             }
             msg = ws.next() => match msg {
@@ -249,7 +253,11 @@ where
                         (true, _) => continue, // no other stream flows this way
                     };
                     for chunk in data.chunks(MAX_PAYLOAD) {
-                        init.send(Frame::Data(Bytes::copy_from_slice(chunk))).await?;
+                        // A write can fail because the command just ended:
+                        // its exit (already sent by init) is still to be read.
+                        if init.send(Frame::Data(Bytes::copy_from_slice(chunk))).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
@@ -257,9 +265,11 @@ where
                         match c.kind.as_str() {
                             "resize" if !exec => {
                                 let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
-                                init.send(Frame::Resize { cols, rows }).await?;
+                                let _ = init.send(Frame::Resize { cols, rows }).await;
                             }
-                            "eof" if exec => init.send(Frame::Eof).await?,
+                            "eof" if exec => {
+                                let _ = init.send(Frame::Eof).await;
+                            }
                             _ => {}
                         }
                     }
@@ -271,7 +281,12 @@ where
                     return Ok(());
                 }
             },
-            frame = init.next() => match frame {
+            frame = async {
+                match held.take() {
+                    Some(f) => f,
+                    None => init.next().await,
+                }
+            } => match frame {
                 Some(Ok(Frame::Data(b))) if exec => {
                     ws.send(Message::Binary(tagged(stream_byte::STDOUT, &b))).await?;
                 }
@@ -281,24 +296,47 @@ where
                 Some(Ok(Frame::Data(b))) => {
                     ws.feed(Message::Binary(b)).await?;
                     // Coalesce whatever else is ready before one flush.
-                    while let Some(Some(Ok(Frame::Data(more)))) = futures_util::FutureExt::now_or_never(init.next()) {
-                        ws.feed(Message::Binary(more)).await?;
+                    // Anything else that was ready (the exit) is kept for
+                    // the next turn, not dropped.
+                    loop {
+                        match futures_util::FutureExt::now_or_never(init.next()) {
+                            Some(Some(Ok(Frame::Data(more)))) => ws.feed(Message::Binary(more)).await?,
+                            Some(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
                     }
                     ws.flush().await?;
                 }
                 Some(Ok(Frame::Exit(code))) => {
                     let exit = serde_json::json!({"type": "exit", "code": code});
                     ws.send(Message::Text(exit.to_string().into())).await?;
-                    let _ = ws.send(closing(close::NORMAL, "shell exited")).await;
+                    close_with(&mut ws, closing(close::NORMAL, "shell exited")).await;
                     return Ok(());
                 }
                 Some(Ok(_)) | Some(Err(_)) | None => {
-                    let _ = ws.send(closing(close::INTERNAL, "the session's terminal ended unexpectedly")).await;
+                    close_with(&mut ws, closing(close::INTERNAL, "the session's terminal ended unexpectedly")).await;
                     return Ok(());
                 }
             },
         }
     }
+}
+
+/// Sends a close frame and waits briefly for the client's, so the stream
+/// is not torn down while the client still writes (its reads would fail
+/// before it saw our last messages).
+async fn close_with<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, msg: Message)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = ws.send(msg).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
 }
 
 fn tagged(stream: u8, data: &[u8]) -> Bytes {

@@ -695,8 +695,9 @@ async fn session_channel(
                     break;
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
+                other => {
                     if code.is_none() {
+                        warn!(session = %target.session, "terminal stream ended early: {:?}", other.map(|r| r.err()));
                         gone = Some("the session's node was lost".into());
                     }
                     break;

@@ -508,10 +508,14 @@ impl Server {
                         None => return Ok(()),
                     },
                     f = framed.next() => match f {
-                        Some(Ok(Frame::Data(b))) => term.write_all(&b).await?,
+                        // Input racing the shell's exit fails (EIO); the
+                        // exit is on its way to this client, so keep going.
+                        Some(Ok(Frame::Data(b))) => {
+                            let _ = term.write_all(&b).await;
+                        }
                         Some(Ok(Frame::Resize { cols, rows })) => {
                             let (c, r) = proto::clamp_size(cols, rows);
-                            pty::resize(term.master.get_ref(), c, r)?;
+                            let _ = pty::resize(term.master.get_ref(), c, r);
                         }
                         Some(Ok(_)) => return Err(io::Error::other("unexpected frame from client")),
                         Some(Err(e)) => return Err(io::Error::other(e.to_string())),
