@@ -72,6 +72,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// The bundled load-test harness (docs/loadtest.md).
+    Loadtest {
+        #[command(flatten)]
+        args: warren_loadtest::Args,
+        /// The relay: http://DOMAIN:PORT (loopback) or https://DOMAIN:PORT with --ca
+        /// (default: up.json's relay_http_url).
+        #[arg(long)]
+        relay: Option<String>,
+        /// CA certificate (PEM) that signed the relay's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// SSH endpoint HOST:PORT for the ssh scenario (default: up.json's relay_ssh).
+        #[arg(long)]
+        ssh: Option<String>,
+    },
     /// Your SSH public keys: a registered key opens your tenant's sessions.
     #[command(name = "ssh-key")]
     SshKey {
@@ -416,6 +431,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         v["token"].as_str().unwrap_or("").to_string()
                     });
                 }
+            }
+            Ok(())
+        }
+        Cmd::Loadtest {
+            args,
+            relay,
+            ca,
+            ssh,
+        } => {
+            let target = warren_loadtest::Target::resolve(
+                cli.control_url.clone(),
+                cli.api_key.clone(),
+                relay,
+                ca,
+                ssh,
+                std::path::Path::new(".warren/up.json"),
+            )?;
+            let interrupt = shutdown_on_signals();
+            let report = warren_loadtest::run(&args, &target, interrupt).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.markdown());
+                eprintln!("report written to {}", args.out.display());
             }
             Ok(())
         }
