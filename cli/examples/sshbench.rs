@@ -48,7 +48,8 @@ fn echo(opts: &[String], port: u16, dest: &str) -> hdrhistogram::Histogram<u64> 
     let mut p = warren_agent::testing::spawn_on_pty(&mut cmd);
     drop(cmd);
     use std::io::Write;
-    p.wait_for(b"READY\r\n");
+    // sshd applies our raw local modes (no ONLCR): no \r here.
+    p.wait_for(b"READY");
     let h = p.echo(KEYS);
     p.master.write_all(&[3]).unwrap();
     h
