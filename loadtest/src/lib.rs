@@ -315,6 +315,27 @@ impl Api {
         }
     }
 
+    /// Ids of the tenant's sessions that are not stopped.
+    pub async fn live(&self) -> anyhow::Result<Vec<String>> {
+        let v: Value = self
+            .http
+            .get(format!("{}/v1/sessions", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["sessions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|s| matches!(s["status"].as_str(), Some("pending" | "running")))
+                    .filter_map(|s| s["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Checks the key before anything is created.
     pub async fn check(&self) -> anyhow::Result<()> {
         let r = self
@@ -465,10 +486,12 @@ fn print_command(rate: u64) -> String {
     if rate == 0 {
         "stty raw -echo; echo WARREN-READY; exec yes warren-load-test-output-line-0123456789".into()
     } else {
-        // Blocks of a tenth of the rate, ten times a second.
-        let block = (rate / 10).max(1);
+        // A tenth of the rate ten times a second, with shell builtins only
+        // (printf, and read -t as the timer: nobody types into a printer),
+        // so thousands of printers do not turn into thousands of forks.
+        let block = (rate / 10).clamp(1, 1 << 20);
         format!(
-            "stty raw -echo; echo WARREN-READY; while :; do head -c {block} /dev/zero | tr '\\0' x; sleep 0.1; done"
+            "stty raw -echo; s=$(head -c {block} /dev/zero | tr '\\0' x); echo WARREN-READY; while :; do printf %s \"$s\"; read -t 0.1 _w; done"
         )
     }
 }
@@ -496,6 +519,14 @@ pub async fn run(
     let progress = report::progress(args, stats.clone(), stop.clone(), total);
     let timeline = report::timeline(stats.clone(), stop.clone());
 
+    // Sessions the tenant had before: a create that timed out on our side may
+    // still start later, and is found at clean-up as a session not in here.
+    let before: Option<Vec<String>> = match Api::new(target) {
+        Ok(api) if args.baseline.is_none() && args.scenario != Scenario::Tunnel => {
+            api.live().await.ok()
+        }
+        _ => None,
+    };
     let body = run_body(
         args,
         target,
@@ -515,7 +546,17 @@ pub async fn run(
 
     // Clean up everything this run made, whatever happened.
     let api = Api::new(target)?;
-    let ids: Vec<String> = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut ids: Vec<String> = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(before) = &before
+        && let Ok(now) = api.live().await
+    {
+        for id in now {
+            if !before.contains(&id) && !ids.contains(&id) {
+                stats.error("a create that failed on our side started later (deleted)");
+                ids.push(id);
+            }
+        }
+    }
     let mut js = tokio::task::JoinSet::new();
     let api = Arc::new(api);
     for id in ids {

@@ -205,10 +205,10 @@ impl Report {
             let _ = writeln!(s, "| {k} | {v} |");
         }
         let l = &self.latency;
-        let what = if matches!(self.scenario, crate::Scenario::Sessions) {
-            "session start (create → shell answers)"
-        } else {
-            "keystroke echo round trip"
+        let what = match self.scenario {
+            crate::Scenario::Sessions => "session start (create → shell answers)",
+            crate::Scenario::Tunnel => "tunnel stream open (header + reply)",
+            _ => "keystroke echo round trip",
         };
         let _ = writeln!(
             s,
