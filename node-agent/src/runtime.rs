@@ -152,13 +152,15 @@ impl DockerRuntime {
         let name = rest.trim_matches(|c: char| c == '"' || c == '\\' || c.is_whitespace());
         let name = name.strip_prefix("CAP_").unwrap_or(name).to_string();
         let mut sec = self.security.lock().unwrap_or_else(|e| e.into_inner());
-        if let SecurityProfile::Capabilities { caps, missing } = &mut *sec
-            && let Some(i) = caps.iter().position(|c| *c == name)
-        {
-            caps.remove(i);
-            missing.push(name.clone());
-            warn!(capability = %name, "Docker does not know this capability; sessions run without it");
-            return true;
+        if let SecurityProfile::Capabilities { caps, missing } = &mut *sec {
+            if let Some(i) = caps.iter().position(|c| *c == name) {
+                caps.remove(i);
+                missing.push(name.clone());
+                warn!(capability = %name, "Docker does not know this capability; sessions run without it");
+                return true;
+            }
+            // Another create, racing this one, dropped it already: retry too.
+            return missing.contains(&name);
         }
         false
     }
