@@ -98,7 +98,7 @@ async fn every_scenario_adds_up_and_cleans_up() {
         memory_mb: Some(4096),
         image: "warren/session:mini".into(),
         network,
-        node_id: "local".into(),
+        node_id: format!("n{}", run.replace('_', "-")),
         labels,
         session_memory_mb: 64,
     })

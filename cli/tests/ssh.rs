@@ -178,7 +178,7 @@ async fn openssh_through_the_relay() {
         memory_mb: Some(4096),
         image: "warren/session:dind".into(),
         network,
-        node_id: "local".into(),
+        node_id: format!("n{}", run.replace('_', "-")),
         labels,
         session_memory_mb: 512,
     })

@@ -90,7 +90,7 @@ async fn api_to_shell_and_back() {
         memory_mb: Some(4096),
         image: "warren/session:mini".into(),
         network,
-        node_id: "local".into(),
+        node_id: format!("n{}", run.replace('_', "-")),
         labels,
         session_memory_mb: 128,
     })

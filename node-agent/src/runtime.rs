@@ -420,7 +420,7 @@ impl DockerRuntime {
                 let _ = self.remove_container(&cid).await;
                 continue;
             }
-            let info = self
+            let info = match self
                 .inspect(
                     &cid,
                     &sid,
@@ -428,7 +428,16 @@ impl DockerRuntime {
                     memory_mb,
                     self.sessions_dir.join(&sid),
                 )
-                .await?;
+                .await
+            {
+                Ok(i) => i,
+                // Removed between the list and now: nothing to adopt.
+                Err(RuntimeError::Docker(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                })) => continue,
+                Err(e) => return Err(e),
+            };
             if let Err(e) = wait_for_init(&info).await {
                 warn!(session = %sid, "adopted container has no working init: {e}");
             }
