@@ -9,7 +9,6 @@
 //! ```
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -79,28 +78,16 @@ fn ms(us: u64) -> String {
 #[tokio::main]
 async fn main() {
     let run = format!("sshbench-{}", std::process::id());
-    let mut labels = BTreeMap::new();
-    labels.insert("warren.bench".to_string(), run.clone());
-    let lo = "127.0.0.1:0".parse().unwrap();
-    let network = format!("warren-{run}");
-    let dir = std::env::temp_dir().join(format!("warren-{run}"));
-    let st = warren::stack::start(warren::stack::StackOptions {
-        data_dir: dir.join("stack"),
-        domain: "warren.localhost".into(),
-        https: lo,
-        http: Some(lo),
-        api: lo,
-        tunnel: lo,
-        ssh: Some(lo),
-        memory_mb: Some(8192),
-        image: "warren/session:dind".into(),
-        network: network.clone(),
-        node_id: "bench".into(),
-        labels,
-        session_memory_mb: 1024,
-    })
-    .await
-    .unwrap();
+    let mut opts = warren::stack::StackOptions::loopback(
+        "warren.bench",
+        &run,
+        "warren/session:dind",
+        8192,
+        1024,
+    );
+    let (network, dir) = (opts.network.clone(), opts.data_dir.clone());
+    opts.data_dir = dir.join("stack");
+    let st = warren::stack::start(opts).await.unwrap();
     let http = reqwest::Client::new();
     let key = dir.join("key");
     assert!(

@@ -9,7 +9,6 @@
 //! ```
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 10;
@@ -21,27 +20,15 @@ fn ms(us: u64) -> String {
 #[tokio::main]
 async fn main() {
     let run = format!("bench-{}", std::process::id());
-    let mut labels = BTreeMap::new();
-    labels.insert("warren.bench".to_string(), run.clone());
-    let lo = "127.0.0.1:0".parse().unwrap();
-    let network = format!("warren-{run}");
-    let st = warren::stack::start(warren::stack::StackOptions {
-        data_dir: std::env::temp_dir().join(format!("warren-{run}")),
-        domain: "warren.localhost".into(),
-        https: lo,
-        http: Some(lo),
-        api: lo,
-        tunnel: lo,
-        ssh: Some(lo),
-        memory_mb: Some(16384),
-        image: "warren/session:mini".into(),
-        network: network.clone(),
-        node_id: "bench".into(),
-        labels,
-        session_memory_mb: 256,
-    })
-    .await
-    .unwrap();
+    let opts = warren::stack::StackOptions::loopback(
+        "warren.bench",
+        &run,
+        "warren/session:mini",
+        16384,
+        256,
+    );
+    let network = opts.network.clone();
+    let st = warren::stack::start(opts).await.unwrap();
     let http = reqwest::Client::new();
     let port = st.http.unwrap();
     println!("| image | path | p50 | p99 |\n|---|---|---|---|");

@@ -32,6 +32,39 @@ pub struct StackOptions {
     pub session_memory_mb: u64,
 }
 
+impl StackOptions {
+    /// Everything on `127.0.0.1:0` for tests and benchmarks: its own data
+    /// dir, Docker network and node id (agents adopt every container with
+    /// their node id, so runs side by side must differ), containers
+    /// labelled `label=run`.
+    pub fn loopback(
+        label: &str,
+        run: &str,
+        image: &str,
+        memory_mb: u64,
+        session_memory_mb: u64,
+    ) -> Self {
+        let lo: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut labels = BTreeMap::new();
+        labels.insert(label.to_string(), run.to_string());
+        StackOptions {
+            data_dir: std::env::temp_dir().join(format!("warren-{run}")),
+            domain: "warren.localhost".into(),
+            https: lo,
+            http: Some(lo),
+            api: lo,
+            tunnel: lo,
+            ssh: Some(lo),
+            memory_mb: Some(memory_mb),
+            image: image.into(),
+            network: format!("warren-test-{run}"),
+            node_id: format!("n{}", run.replace('_', "-")),
+            labels,
+            session_memory_mb,
+        }
+    }
+}
+
 pub struct Stack {
     pub control_url: String,
     pub https: SocketAddr,

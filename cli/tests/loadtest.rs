@@ -3,7 +3,6 @@
 //! targets end the run with a clear message and a partial report.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Parser;
@@ -84,26 +83,11 @@ async fn every_scenario_adds_up_and_cleans_up() {
     let network = format!("warren-test-{run}");
     let dir = std::env::temp_dir().join(format!("warren-{run}"));
     let _cleanup = Cleanup(run.clone(), network.clone(), dir.clone());
-    let lo = "127.0.0.1:0".parse().unwrap();
-    let mut labels = BTreeMap::new();
-    labels.insert("warren.test".to_string(), run.clone());
-    let st = warren::stack::start(warren::stack::StackOptions {
-        data_dir: dir.join("stack"),
-        domain: "warren.localhost".into(),
-        https: lo,
-        http: Some(lo),
-        api: lo,
-        tunnel: lo,
-        ssh: Some(lo),
-        memory_mb: Some(4096),
-        image: "warren/session:mini".into(),
-        network,
-        node_id: format!("n{}", run.replace('_', "-")),
-        labels,
-        session_memory_mb: 64,
-    })
-    .await
-    .unwrap();
+    let mut opts =
+        warren::stack::StackOptions::loopback("warren.test", &run, "warren/session:mini", 4096, 64);
+    opts.data_dir = dir.join("stack");
+    assert_eq!(opts.network, network);
+    let st = warren::stack::start(opts).await.unwrap();
     let target = relay_target(&st, st.http.unwrap());
     let brief = "--sessions 2 --terminals 2 --rate 5 --duration 2 --ramp-up 1 --warmup 1";
 

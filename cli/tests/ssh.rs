@@ -3,7 +3,6 @@
 //! server, a real agent and a real DinD session container.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -164,26 +163,16 @@ async fn openssh_through_the_relay() {
     let data = std::env::temp_dir().join(format!("warren-{run}"));
     let _cleanup = Cleanup(run.clone(), network.clone(), data.clone());
     std::fs::create_dir_all(&data).unwrap();
-    let lo = "127.0.0.1:0".parse().unwrap();
-    let mut labels = BTreeMap::new();
-    labels.insert("warren.test".to_string(), run.clone());
-    let st = warren::stack::start(warren::stack::StackOptions {
-        data_dir: data.join("stack"),
-        domain: "warren.localhost".into(),
-        https: lo,
-        http: Some(lo),
-        api: lo,
-        tunnel: lo,
-        ssh: Some(lo),
-        memory_mb: Some(4096),
-        image: "warren/session:dind".into(),
-        network,
-        node_id: format!("n{}", run.replace('_', "-")),
-        labels,
-        session_memory_mb: 512,
-    })
-    .await
-    .unwrap();
+    let mut opts = warren::stack::StackOptions::loopback(
+        "warren.test",
+        &run,
+        "warren/session:dind",
+        4096,
+        512,
+    );
+    opts.data_dir = data.join("stack");
+    assert_eq!(opts.network, network);
+    let st = warren::stack::start(opts).await.unwrap();
     let base = st.control_url.clone();
     let admin = st.admin_key.clone();
     let ssh_port = st.ssh.unwrap().port();

@@ -2,7 +2,6 @@
 //! real agent that joined with a token, real Docker), on 127.0.0.1:0.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -76,26 +75,15 @@ async fn api_to_shell_and_back() {
     let network = format!("warren-test-{run}");
     let _cleanup = Cleanup(run.clone(), network.clone());
     let data = std::env::temp_dir().join(format!("warren-{run}"));
-    let lo = "127.0.0.1:0".parse().unwrap();
-    let mut labels = BTreeMap::new();
-    labels.insert("warren.test".to_string(), run.clone());
-    let mut st = warren::stack::start(warren::stack::StackOptions {
-        data_dir: data.clone(),
-        domain: "warren.localhost".into(),
-        https: lo,
-        http: Some(lo),
-        api: lo,
-        tunnel: lo,
-        ssh: Some(lo),
-        memory_mb: Some(4096),
-        image: "warren/session:mini".into(),
-        network,
-        node_id: format!("n{}", run.replace('_', "-")),
-        labels,
-        session_memory_mb: 128,
-    })
-    .await
-    .unwrap();
+    let opts = warren::stack::StackOptions::loopback(
+        "warren.test",
+        &run,
+        "warren/session:mini",
+        4096,
+        128,
+    );
+    assert_eq!((&opts.data_dir, &opts.network), (&data, &network));
+    let mut st = warren::stack::start(opts).await.unwrap();
     let base = st.control_url.clone();
     let http = st.http.unwrap();
 

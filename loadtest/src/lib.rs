@@ -507,7 +507,6 @@ pub async fn run(
         .with_context(|| format!("creating {}", args.out.display()))?;
     let stats = Stats::new();
     let started = Instant::now();
-    let run_id = format!("lt{}", std::process::id());
     let total = args.ramp_up + args.warmup + args.duration;
     let hard = Duration::from_secs(args.hard_stop.unwrap_or(total + 120));
     let sampler = sample::Sampler::start(&args.pids);
@@ -584,7 +583,6 @@ pub async fn run(
             .output()
             .await;
     }
-    let _ = run_id;
     let timeline = timeline.await.unwrap_or_default();
     if let Some(p) = progress {
         let _ = p.await;
