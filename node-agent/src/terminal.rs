@@ -129,10 +129,17 @@ struct Control {
 }
 
 fn ws_config() -> WebSocketConfig {
+    // tungstenite fills its whole read buffer (128 KiB by default) on every
+    // read: per open terminal that was most of the agent's memory. Keys and
+    // resizes are small; larger frames still grow the buffer as needed.
     WebSocketConfig::default()
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20))
+        .read_buffer_size(READ_BUFFER)
 }
+
+/// WebSocket read buffer per terminal, in bytes.
+pub const READ_BUFFER: usize = 8 * 1024;
 
 fn closing(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {

@@ -614,9 +614,11 @@ async fn session_channel(
 
     let connected = tokio::time::timeout(OPEN_TIMEOUT, async {
         let stream = open_stream(&ctx, &target, StreamKind::Terminal, peer).await?;
+        // A small read buffer: tungstenite touches all of it on every read.
         let config = WebSocketConfig::default()
             .max_message_size(Some(1 << 20))
-            .max_frame_size(Some(1 << 20));
+            .max_frame_size(Some(1 << 20))
+            .read_buffer_size(16 * 1024);
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
             .await
             .map(|(ws, _)| ws)
