@@ -26,6 +26,24 @@ impl ControlClient {
     }
 }
 
+/// `{"node","tenant"}` on 200; `None` for the statuses that mean "no".
+async fn route_answer(
+    r: reqwest::Response,
+    no: &[u16],
+) -> Result<Option<SessionRoute>, RouteError> {
+    match r.status().as_u16() {
+        200 => {
+            let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+            Ok(Some(SessionRoute {
+                node: v["node"].as_str().unwrap_or_default().to_string(),
+                tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
+            }))
+        }
+        s if no.contains(&s) => Ok(None),
+        s => Err(RouteError(format!("control answered {s}"))),
+    }
+}
+
 #[async_trait]
 impl RouteSource for ControlClient {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
@@ -36,17 +54,7 @@ impl RouteSource for ControlClient {
             .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
-        match r.status().as_u16() {
-            200 => {
-                let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
-                Ok(Some(SessionRoute {
-                    node: v["node"].as_str().unwrap_or_default().to_string(),
-                    tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
-                }))
-            }
-            404 => Ok(None),
-            s => Err(RouteError(format!("control answered {s}"))),
-        }
+        route_answer(r, &[404]).await
     }
 
     async fn authorize_ssh_key(
@@ -62,17 +70,7 @@ impl RouteSource for ControlClient {
             .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
-        match r.status().as_u16() {
-            200 => {
-                let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
-                Ok(Some(SessionRoute {
-                    node: v["node"].as_str().unwrap_or_default().to_string(),
-                    tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
-                }))
-            }
-            403 | 404 | 422 => Ok(None),
-            s => Err(RouteError(format!("control answered {s}"))),
-        }
+        route_answer(r, &[403, 404, 422]).await
     }
 
     async fn audit(&self, event: SshAuditEvent) {
