@@ -173,7 +173,7 @@ pub async fn serve(
             ctx: ctx.clone(),
             peer,
             target: None,
-            channels: 0,
+            channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
         };
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -210,10 +210,27 @@ struct Conn {
     ctx: Arc<SshContext>,
     peer: SocketAddr,
     target: Option<Target>,
-    channels: usize,
+    /// Open channels hold a permit until their task ends.
+    channels: Arc<tokio::sync::Semaphore>,
 }
 
 impl Conn {
+    /// The authenticated session and a channel slot, or why a channel is refused.
+    fn channel_slot(
+        &self,
+    ) -> Result<(Target, tokio::sync::OwnedSemaphorePermit), ChannelOpenFailure> {
+        let target = self
+            .target
+            .clone()
+            .ok_or(ChannelOpenFailure::AdministrativelyProhibited)?;
+        let slot = self
+            .channels
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ChannelOpenFailure::ResourceShortage)?;
+        Ok((target, slot))
+    }
+
     fn audit(
         &self,
         action: &'static str,
@@ -377,21 +394,18 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(target) = self.target.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let (target, slot) = match self.channel_slot() {
+            Ok(x) => x,
+            Err(why) => {
+                reply.reject(why).await;
+                return Ok(());
+            }
         };
-        if self.channels >= MAX_CHANNELS {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
-        }
-        self.channels += 1;
         reply.accept().await;
         let (ctx, handle, peer) = (self.ctx.clone(), session.handle(), self.peer);
         tokio::spawn(async move {
             session_channel(channel, handle, ctx, target, peer).await;
+            drop(slot);
         });
         Ok(())
     }
@@ -406,11 +420,12 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(target) = self.target.clone() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let (target, slot) = match self.channel_slot() {
+            Ok(x) => x,
+            Err(why) => {
+                reply.reject(why).await;
+                return Ok(());
+            }
         };
         // Only the session itself: the agent reaches its ports, nothing else.
         let local = matches!(
@@ -425,10 +440,6 @@ impl russh::server::Handler for Conn {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
-            return Ok(());
-        }
-        if self.channels >= MAX_CHANNELS {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
         let stream = open_stream(&self.ctx, &target, StreamKind::Port(port), self.peer).await;
@@ -446,6 +457,7 @@ impl russh::server::Handler for Conn {
             if let Err(e) = tokio::io::copy_bidirectional(&mut ch, &mut tunnel).await {
                 debug!("ssh forward ended: {e}");
             }
+            drop(slot);
         });
         Ok(())
     }
