@@ -520,15 +520,17 @@ pub async fn run(
 
     // Sessions the tenant had before: a create that timed out on our side may
     // still start later, and is found at clean-up as a session not in here.
-    let before: Option<Vec<String>> = match Api::new(target) {
-        Ok(api) if args.baseline.is_none() && args.scenario != Scenario::Tunnel => {
+    let api = Arc::new(Api::new(target)?);
+    let before: Option<Vec<String>> =
+        if args.baseline.is_none() && args.scenario != Scenario::Tunnel {
             api.live().await.ok()
-        }
-        _ => None,
-    };
+        } else {
+            None
+        };
     let body = run_body(
         args,
         target,
+        &api,
         &stats,
         &created,
         &containers,
@@ -544,7 +546,6 @@ pub async fn run(
     stats.measuring.store(false, Ordering::Relaxed);
 
     // Clean up everything this run made, whatever happened.
-    let api = Api::new(target)?;
     let mut ids: Vec<String> = created.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if let Some(before) = &before
         && let Ok(now) = api.live().await
@@ -557,7 +558,6 @@ pub async fn run(
         }
     }
     let mut js = tokio::task::JoinSet::new();
-    let api = Arc::new(api);
     for id in ids {
         let (api, stats) = (api.clone(), stats.clone());
         js.spawn(async move {
@@ -601,9 +601,11 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_body(
     args: &Args,
     target: &Target,
+    api: &Arc<Api>,
     stats: &Arc<Stats>,
     created: &Arc<Mutex<Vec<String>>>,
     containers: &Arc<Mutex<Vec<String>>>,
@@ -629,7 +631,6 @@ async fn run_body(
     } else {
         None
     };
-    let api = Arc::new(Api::new(target)?);
     if !direct {
         api.check().await?;
     }
@@ -637,7 +638,7 @@ async fn run_body(
         return sessions(
             args,
             target,
-            &api,
+            api,
             stats,
             created,
             containers,
