@@ -3,12 +3,15 @@
 //! server, a real agent and a real DinD session container.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::call;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -18,28 +21,6 @@ impl Drop for Cleanup {
         warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
         let _ = std::fs::remove_dir_all(&self.2);
     }
-}
-
-async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let c = reqwest::Client::new();
-    let mut r = c
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("{base}{path}"),
-        )
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {

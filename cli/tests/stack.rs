@@ -2,9 +2,12 @@
 //! real agent that joined with a token, real Docker), on 127.0.0.1:0.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::call;
+
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Cleanup(String, String);
@@ -27,28 +30,6 @@ async fn shell(
     );
     let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
     Ok(warren_testkit::Term::new(ws).await)
-}
-
-async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let c = reqwest::Client::new();
-    let mut r = c
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("{base}{path}"),
-        )
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str, bearer: &str) -> u16 {
