@@ -48,19 +48,30 @@ enum Cmd {
     },
     /// A worker's agent: joins with a token once, then reconnects with its credential.
     Agent {
+        /// Control plane URL to join through (with --join; used once).
         #[arg(long)]
         control: Option<String>,
+        /// One-time join token from `warren node token` (with --control).
         #[arg(long)]
         join: Option<String>,
+        /// Memory offered to sessions (default: host memory less a reserve).
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// Where the credential and per-session state are kept.
         #[arg(long, default_value = "/var/lib/warren/agent")]
         data_dir: PathBuf,
         /// Node id (default: the host name).
         #[arg(long)]
         node_id: Option<String>,
+        /// Default session image.
         #[arg(long, default_value = "warren/session:dind")]
         image: String,
+        /// Run sessions as root on this worker (privileged Docker-in-Docker):
+        /// any tenant can then take this host and every session on it. Off by
+        /// default: sessions run in the isolated `default` profile
+        /// (docs/security.md).
+        #[arg(long)]
+        allow_host_root_sessions: bool,
     },
     /// Sessions.
     Session {
@@ -133,6 +144,12 @@ struct UpArgs {
     /// Install the development CA into the system trust store.
     #[arg(long)]
     trust: bool,
+    /// Run sessions in the isolated `default` profile (no Docker engine
+    /// inside them). Without it, `warren up`, made for one user on their own
+    /// machine, runs Docker-in-Docker sessions as root on this machine and
+    /// says so (docs/security.md).
+    #[arg(long)]
+    isolated: bool,
 }
 
 #[derive(Subcommand)]
@@ -312,7 +329,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             node_id,
             image,
+            allow_host_root_sessions,
         } => {
+            if allow_host_root_sessions {
+                eprintln!("{HOST_ROOT_WARNING}");
+            }
             let enrollment = match (control, join) {
                 (Some(url), Some(token)) => {
                     let node = node_id.unwrap_or_else(default_node_id);
@@ -331,7 +352,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?,
                 _ => anyhow::bail!("--control and --join go together"),
             };
-            let cfg = agent_config(&enrollment, &data_dir, &image, "warren-sessions")?;
+            let cfg = agent_config(
+                &enrollment,
+                &data_dir,
+                &image,
+                "warren-sessions",
+                allow_host_root_sessions,
+            )?;
             let stop = shutdown_on_signals();
             let tracker = TaskTracker::new();
             let agent = warren_agent::Agent::start(&cfg, Default::default(), stop.clone()).await?;
@@ -635,6 +662,10 @@ async fn image_exists(image: &str) -> bool {
         .unwrap_or(false)
 }
 
+const HOST_ROOT_WARNING: &str = "warren: WARNING: sessions run as root on this host (host-root Docker-in-Docker): \
+any session can take this machine and every other session on it. Never offer this to other people; \
+production workers run the isolated default profile (docs/security.md).";
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let UpArgs {
         data_dir,
@@ -647,7 +678,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         memory_mb,
         image,
         trust,
+        isolated,
     } = args;
+    if !isolated {
+        eprintln!(
+            "{HOST_ROOT_WARNING}\nwarren: (warren up is for one user on their own machine; --isolated turns this off)"
+        );
+    }
     // Images first, with progress on the terminal.
     if !image_exists(&image).await {
         let which = match image.as_str() {
@@ -684,6 +721,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         node_id: "local".into(),
         labels: BTreeMap::new(),
         session_memory_mb: 1024,
+        allow_host_root_sessions: !isolated,
     })
     .await?;
     if trust {

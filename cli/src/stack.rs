@@ -30,6 +30,8 @@ pub struct StackOptions {
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     pub session_memory_mb: u64,
+    /// Lets the agent run host-root (Docker-in-Docker) sessions.
+    pub allow_host_root_sessions: bool,
 }
 
 impl StackOptions {
@@ -61,6 +63,7 @@ impl StackOptions {
             node_id: format!("n{}", run.replace('_', "-")),
             labels,
             session_memory_mb,
+            allow_host_root_sessions: false,
         }
     }
 }
@@ -219,7 +222,13 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             warren_agent::control::join(&control_url, &token, &o.node_id, alloc, &agent_dir).await?
         }
     };
-    let acfg = agent_config(&enrollment, &agent_dir, &o.image, &o.network)?;
+    let acfg = agent_config(
+        &enrollment,
+        &agent_dir,
+        &o.image,
+        &o.network,
+        o.allow_host_root_sessions,
+    )?;
     let agent = Agent::start(
         &acfg,
         AgentOptions {
@@ -267,6 +276,7 @@ pub fn agent_config(
     data_dir: &std::path::Path,
     image: &str,
     network: &str,
+    allow_host_root_sessions: bool,
 ) -> anyhow::Result<AgentConfig> {
     let mut relays = Vec::new();
     for (i, r) in e.relays.iter().enumerate() {
@@ -295,6 +305,7 @@ pub fn agent_config(
         docker: DockerConfig {
             network: network.into(),
             default_image: image.into(),
+            allow_host_root_sessions,
             ..Default::default()
         },
         terminal: TerminalConfig::default(),

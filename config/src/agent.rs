@@ -34,17 +34,22 @@ pub struct RelayTarget {
     pub ca_file: Option<PathBuf>,
 }
 
-/// How containers are given what Docker-in-Docker needs.
+/// The security profile session containers run with (docs/security.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityMode {
-    /// `privileged` if the host's capability bounding set is full, else `capabilities`.
+    /// `default`, unless `allow_host_root_sessions` is set: then `privileged`
+    /// if the host's capability bounding set is full, else `capabilities`.
     #[default]
     Auto,
+    /// Host root: `--privileged` (needs `allow_host_root_sessions`).
     Privileged,
-    /// Every capability in the host's bounding set, unconfined seccomp/AppArmor/system paths.
+    /// Host root: every capability in the host's bounding set, unconfined
+    /// seccomp/AppArmor/system paths, host cgroups writable (needs
+    /// `allow_host_root_sessions`).
     Capabilities,
-    /// Docker's default profile (no DinD).
+    /// Isolated: Docker's default capabilities less NET_RAW, a private cgroup
+    /// namespace, no new privileges. No Docker engine inside.
     Default,
 }
 
@@ -54,6 +59,10 @@ pub struct DockerConfig {
     /// Bridge network for sessions (internal, inter-container traffic off).
     pub network: String,
     pub security: SecurityMode,
+    /// Lets `privileged`/`capabilities` (and `auto`) make a session's root
+    /// root on this worker: any tenant can then take the host and every
+    /// other session on it. Only for a single trusted user (`warren up`).
+    pub allow_host_root_sessions: bool,
     /// OCI runtime, e.g. `sysbox-runc`; Docker's default when unset.
     pub runtime: Option<String>,
     /// Static `warren-init` binary bind-mounted into every session.
@@ -69,6 +78,7 @@ impl Default for DockerConfig {
         Self {
             network: "warren-sessions".into(),
             security: SecurityMode::Auto,
+            allow_host_root_sessions: false,
             runtime: None,
             init_binary: None,
             default_image: "warren/session:dind".into(),
@@ -137,6 +147,17 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid(
                 "docker.network",
                 "must be 1-64 characters",
+            ));
+        }
+        if matches!(
+            d.security,
+            SecurityMode::Privileged | SecurityMode::Capabilities
+        ) && !d.allow_host_root_sessions
+        {
+            return Err(ConfigError::invalid(
+                "docker.security",
+                "privileged and capabilities make a session's root root on the worker; \
+                 set docker.allow_host_root_sessions = true to accept that, or use default",
             ));
         }
         if let Some(p) = &d.init_binary

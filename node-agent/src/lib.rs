@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod firewall;
+pub mod initsock;
 pub mod runtime;
 pub mod security;
 pub mod terminal;
@@ -232,8 +234,7 @@ impl StreamHandler for Agent {
                 let Ok(s) = stream.accept().await else { return };
                 let activity = self.activity(&session.id);
                 if let Err(e) =
-                    terminal::serve(s, &session.socket(), self.shutdown.clone(), Some(activity))
-                        .await
+                    terminal::serve(s, &session.init, self.shutdown.clone(), Some(activity)).await
                 {
                     warn!("terminal stream ended with an error: {e}");
                 }

@@ -2,7 +2,9 @@
 //!
 //! Every container runs `warren-init` (bind-mounted read-only) as its
 //! entrypoint, with the image's own entrypoint and command passed after
-//! `--`; the init's socket lives in a per-session host directory.
+//! `--`. Init's socket lives on a small tmpfs inside the container, reached
+//! by the agent through [`crate::initsock`]; no host directory is writable
+//! from a session.
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,8 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, NetworkCreateRequest, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
@@ -19,12 +22,17 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 use warren_config::DockerConfig;
 
+use crate::initsock::InitTarget;
 use crate::security::SecurityProfile;
 
 pub const LABEL_MANAGED: &str = "warren.managed";
 pub const LABEL_SESSION: &str = "warren.session";
 pub const LABEL_NODE: &str = "warren.node";
 pub const LABEL_MEMORY: &str = "warren.memory_mb";
+/// Where init's socket directory (a tmpfs) is mounted in every session.
+const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
+/// Bound on a session's container log (init's and the image command's output).
+const LOG_MAX_SIZE: &str = "1m";
 /// Time a new container has to bring up its init socket.
 const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,14 +55,8 @@ pub struct SessionInfo {
     pub memory_mb: u64,
     /// Address on the sessions network, where its ports are reached.
     pub ip: Option<IpAddr>,
-    /// Host directory holding the init socket.
-    pub socket_dir: PathBuf,
-}
-
-impl SessionInfo {
-    pub fn socket(&self) -> PathBuf {
-        self.socket_dir.join("init.sock")
-    }
+    /// The session's init, as the agent reaches it.
+    pub init: InitTarget,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,10 @@ impl DockerRuntime {
                 init_binary.display()
             );
         }
-        let security = SecurityProfile::detect(cfg.security);
+        let security = SecurityProfile::detect(cfg.security, cfg.allow_host_root_sessions);
+        if security.is_host_root() {
+            warn!(profile = %security.describe(), "HOST-ROOT SESSIONS: any session can take this worker and every session on it (docker.allow_host_root_sessions)");
+        }
         info!(profile = %security.describe(), api = %docker.client_version(), "docker runtime ready");
         let security = std::sync::Mutex::new(security);
         let sessions_dir = data_dir.join("sessions");
@@ -173,6 +178,20 @@ impl DockerRuntime {
     /// inter-container traffic off, so sessions reach neither each other nor
     /// the outside; the host (the agent) still reaches them.
     async fn ensure_network(&self) -> anyhow::Result<()> {
+        self.create_network().await?;
+        let net = self
+            .docker
+            .inspect_network(&self.cfg.network, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("inspecting network {}: {e}", self.cfg.network))?;
+        let id = net.id.unwrap_or_default();
+        let bridge = crate::firewall::bridge_name(&id, net.options.as_ref());
+        crate::firewall::install(&bridge)?;
+        info!(network = %self.cfg.network, %bridge, "sessions cannot reach this host");
+        Ok(())
+    }
+
+    async fn create_network(&self) -> anyhow::Result<()> {
         if self
             .docker
             .inspect_network(&self.cfg.network, None)
@@ -275,10 +294,8 @@ impl DockerRuntime {
             ));
         }
         let command = self.image_command(&image).await?;
-
-        let socket_dir = self.sessions_dir.join(&spec.id);
-        std::fs::create_dir_all(&socket_dir)?;
-        let _ = std::fs::remove_file(socket_dir.join("init.sock"));
+        // Left by agents before init's socket moved into the container.
+        let _ = std::fs::remove_dir_all(self.sessions_dir.join(&spec.id));
 
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.insert(LABEL_SESSION.into(), spec.id.clone());
@@ -290,14 +307,26 @@ impl DockerRuntime {
             memory_swap: Some((memory_mb * 1024 * 1024) as i64),
             nano_cpus: Some((cpus * 1e9) as i64),
             pids_limit: Some(pids),
-            binds: Some(vec![
-                format!(
-                    "{}:{}:ro",
-                    self.init_binary.display(),
-                    warren_init::BINARY_IN_CONTAINER
-                ),
-                format!("{}:/run/warren", socket_dir.display()),
-            ]),
+            binds: Some(vec![format!(
+                "{}:{}:ro",
+                self.init_binary.display(),
+                warren_init::BINARY_IN_CONTAINER
+            )]),
+            // Init's socket: inside the container, small, counted in the
+            // session's memory; never a host directory.
+            tmpfs: Some(HashMap::from([(
+                SOCKET_DIR_IN_CONTAINER.to_string(),
+                "rw,nosuid,nodev,noexec,size=64k,mode=0700".to_string(),
+            )])),
+            // Container logs are bounded: a session printing to PID 1's
+            // stdout must not fill the worker's disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                    ("max-file".to_string(), "1".to_string()),
+                ])),
+            }),
             network_mode: Some(self.cfg.network.clone()),
             runtime: self.cfg.runtime.clone(),
             restart_policy: Some(RestartPolicy {
@@ -343,7 +372,7 @@ impl DockerRuntime {
         let result = async {
             self.docker.start_container(&created.id, None).await?;
             let info = self
-                .inspect(&created.id, &spec.id, &image, memory_mb, socket_dir.clone())
+                .inspect(&created.id, &spec.id, &image, memory_mb)
                 .await?;
             wait_for_init(&info).await?;
             Ok::<_, RuntimeError>(info)
@@ -352,7 +381,6 @@ impl DockerRuntime {
         if result.is_err() {
             // Leave nothing half-made behind.
             let _ = self.remove_container(&created.id).await;
-            let _ = std::fs::remove_dir_all(&socket_dir);
         }
         result
     }
@@ -363,9 +391,10 @@ impl DockerRuntime {
         id: &str,
         image: &str,
         memory_mb: u64,
-        socket_dir: PathBuf,
     ) -> Result<SessionInfo, RuntimeError> {
         let c = self.docker.inspect_container(container, None).await?;
+        let init_pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0) as i32;
+        let container_id = c.id.clone().unwrap_or_else(|| container.into());
         let ip = c
             .network_settings
             .and_then(|n| n.networks)
@@ -374,11 +403,14 @@ impl DockerRuntime {
             .and_then(|ip| ip.parse().ok());
         Ok(SessionInfo {
             id: id.into(),
-            container_id: c.id.unwrap_or_else(|| container.into()),
+            container_id: container_id.clone(),
             image: image.into(),
             memory_mb,
             ip,
-            socket_dir,
+            init: InitTarget {
+                container_id,
+                init_pid,
+            },
         })
     }
 
@@ -421,13 +453,7 @@ impl DockerRuntime {
                 continue;
             }
             let info = match self
-                .inspect(
-                    &cid,
-                    &sid,
-                    c.image.as_deref().unwrap_or(""),
-                    memory_mb,
-                    self.sessions_dir.join(&sid),
-                )
+                .inspect(&cid, &sid, c.image.as_deref().unwrap_or(""), memory_mb)
                 .await
             {
                 Ok(i) => i,
@@ -448,7 +474,7 @@ impl DockerRuntime {
 
     pub async fn remove(&self, info: &SessionInfo) -> Result<(), RuntimeError> {
         self.remove_container(&info.container_id).await?;
-        let _ = std::fs::remove_dir_all(&info.socket_dir);
+        let _ = std::fs::remove_dir_all(self.sessions_dir.join(&info.id));
         Ok(())
     }
 
@@ -476,11 +502,10 @@ impl DockerRuntime {
 
 /// Waits until the session's init answers on its socket.
 async fn wait_for_init(info: &SessionInfo) -> Result<(), RuntimeError> {
-    let socket = info.socket();
     let deadline = tokio::time::Instant::now() + INIT_READY_TIMEOUT;
     let mut last = String::from("socket not created");
     while tokio::time::Instant::now() < deadline {
-        match warren_init::client::request(&socket, warren_init::proto::Op::List).await {
+        match crate::initsock::request(&info.init, warren_init::proto::Op::List).await {
             Ok(_) => return Ok(()),
             Err(e) => last = e.to_string(),
         }

@@ -1,8 +1,11 @@
-//! Which security profile a Docker-in-Docker session gets on this host.
+//! Which security profile sessions get on this worker (docs/security.md).
 //!
+//! `default` keeps a session's root inside Docker's confinement, less
+//! NET_RAW. The host-root profiles exist for Docker-in-Docker on a
+//! single-user machine and only behind `allow_host_root_sessions`:
 //! `--privileged` asks runc for every capability; where the host's bounding
 //! set is narrower (these build machines lack `CAP_SYS_RESOURCE`), runc
-//! fails. Then the agent grants every capability the host does have, with
+//! fails, so `capabilities` grants every capability the host does have, with
 //! unconfined seccomp, AppArmor and system paths and a writable cgroup mount,
 //! which is what `dockerd` inside the session needs.
 use warren_config::SecurityMode;
@@ -52,23 +55,36 @@ const CAP_NAMES: [&str; 41] = [
     "CHECKPOINT_RESTORE",
 ];
 
-/// The settings applied to every session container.
+/// The settings applied to every session container (docs/security.md).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecurityProfile {
+    /// Host root: `--privileged`.
     Privileged,
+    /// Host root: every capability the host has, confinement off.
     Capabilities {
         caps: Vec<String>,
         missing: Vec<String>,
     },
+    /// Isolated: Docker's default capabilities less NET_RAW (no raw packets,
+    /// so no ARP/L2 spoofing on the shared bridge), a private cgroup
+    /// namespace over the read-only cgroup mount Docker gives, no new
+    /// privileges, Docker's seccomp and masked /proc paths.
     Default,
 }
 
 impl SecurityProfile {
-    /// Resolves the configured mode against what this host allows.
-    pub fn detect(mode: SecurityMode) -> SecurityProfile {
+    /// Resolves the configured mode against what this host allows. Host-root
+    /// profiles only come from an explicit `allow_host_root`.
+    pub fn detect(mode: SecurityMode, allow_host_root: bool) -> SecurityProfile {
         match mode {
-            SecurityMode::Privileged => SecurityProfile::Privileged,
             SecurityMode::Default => SecurityProfile::Default,
+            SecurityMode::Auto if !allow_host_root => SecurityProfile::Default,
+            // Config validation refuses these without the setting; refuse
+            // here too, whatever built the config.
+            SecurityMode::Privileged | SecurityMode::Capabilities if !allow_host_root => {
+                SecurityProfile::Default
+            }
+            SecurityMode::Privileged => SecurityProfile::Privileged,
             SecurityMode::Capabilities | SecurityMode::Auto => {
                 let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
                 let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -85,12 +101,30 @@ impl SecurityProfile {
         }
     }
 
+    /// The profile's name, as the node record shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SecurityProfile::Default => "default",
+            SecurityProfile::Privileged => "host-root-privileged",
+            SecurityProfile::Capabilities { .. } => "host-root-capabilities",
+        }
+    }
+
+    /// Whether a session's root is root on the worker.
+    pub fn is_host_root(&self) -> bool {
+        !matches!(self, SecurityProfile::Default)
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            SecurityProfile::Privileged => "privileged (full capability bounding set)".into(),
-            SecurityProfile::Default => "Docker's default profile (no Docker-in-Docker)".into(),
+            SecurityProfile::Privileged => {
+                "host-root-privileged: sessions are root on this worker".into()
+            }
+            SecurityProfile::Default => {
+                "default: isolated (no NET_RAW, private cgroup namespace, no new privileges; no Docker-in-Docker)".into()
+            }
             SecurityProfile::Capabilities { caps, missing } => format!(
-                "{} capabilities, unconfined seccomp/AppArmor/system paths, writable cgroups; host lacks {}",
+                "host-root-capabilities: sessions are root on this worker ({} capabilities, unconfined seccomp/AppArmor/system paths, writable cgroups; host lacks {})",
                 caps.len(),
                 if missing.is_empty() {
                     "nothing".to_string()
@@ -105,7 +139,11 @@ impl SecurityProfile {
     pub fn apply(&self, hc: &mut bollard::models::HostConfig) {
         match self {
             SecurityProfile::Privileged => hc.privileged = Some(true),
-            SecurityProfile::Default => {}
+            SecurityProfile::Default => {
+                hc.cap_drop = Some(vec!["NET_RAW".into()]);
+                hc.security_opt = Some(vec!["no-new-privileges:true".into()]);
+                hc.cgroupns_mode = Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE);
+            }
             SecurityProfile::Capabilities { caps, .. } => {
                 hc.cap_add = Some(caps.iter().map(|c| format!("CAP_{c}")).collect());
                 hc.security_opt = Some(vec![

@@ -14,7 +14,6 @@
 //! `exec` and subsystems). In exec mode every binary frame starts with a
 //! stream byte: `0` stdin (client → server), `1` stdout, `2` stderr
 //! (server → client); the client ends stdin with `{"type":"eof"}`.
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -148,10 +147,10 @@ fn closing(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Serves one terminal WebSocket on `stream` for the init at `socket`.
+/// Serves one terminal WebSocket on `stream` for the session's init.
 pub async fn serve<S>(
     stream: S,
-    socket: &Path,
+    init: &crate::initsock::InitTarget,
     shutdown: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
 ) -> anyhow::Result<()>
@@ -210,11 +209,11 @@ where
         },
         _ => open.clone(),
     };
-    let attempt = match warren_init::client::request(socket, op).await {
+    let attempt = match crate::initsock::request(init, op).await {
         // The shell asked for ended while the client was away: start a new
         // one (the hello names it) rather than leave the user with nothing.
         Err(warren_init::client::ClientError::Refused { code, .. }) if code == "not_found" => {
-            warren_init::client::request(socket, open).await
+            crate::initsock::request(init, open).await
         }
         other => other,
     };

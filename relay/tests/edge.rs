@@ -109,15 +109,18 @@ async fn port_previews_http_and_upgrade() {
     let token = st.token(&s.id);
     let auth = format!("Bearer {token}");
     // An upgrade server inside the session: answers 101, then echoes bytes.
+    let script = std::env::temp_dir().join(format!("ws-{}.sh", s.id));
     std::fs::write(
-        s.socket_dir.join("ws.sh"),
+        &script,
         "#!/bin/sh\nwhile read -r l; do l=$(printf '%s' \"$l\" | tr -d '\\r'); [ -z \"$l\" ] && break; done\n\
          printf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\\r\\n\\r\\n'\nexec cat\n",
     )
     .unwrap();
+    warren_testkit::copy_into(&s.container_id, &script, "/tmp/ws.sh");
+    let _ = std::fs::remove_file(&script);
     let mut t = st.ws(&s.id, "", &[("authorization", &auth)]).await.unwrap();
     t.run(
-        "chmod +x /run/warren/ws.sh; httpd -p 8080 -h /www; nc -ll -p 8081 -e /run/warren/ws.sh & echo up-$((2+2))",
+        "chmod +x /tmp/ws.sh; httpd -p 8080 -h /www; nc -ll -p 8081 -e /tmp/ws.sh & echo up-$((2+2))",
         "up-4",
     )
     .await;

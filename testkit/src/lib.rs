@@ -59,10 +59,42 @@ pub fn remove_labelled(label: &str, networks: &[&str]) {
     let mut nets = docker_ids(&["network", "ls", "-q", "--filter", &format!("label={label}")]);
     nets.extend(networks.iter().map(|n| n.to_string()));
     for n in nets {
+        let id = docker_ids(&["network", "inspect", "-f", "{{.Id}}", &n]);
         let _ = std::process::Command::new("docker")
             .args(["network", "rm", &n])
             .output();
+        if let Some(id) = id.first() {
+            remove_host_rules(&format!("br-{}", &id[..id.len().min(12)]));
+        }
     }
+}
+
+/// Copies a host file into a container (`docker cp`): sessions share no
+/// writable host directory, so tests hand files over this way.
+pub fn copy_into(container: &str, host_path: &std::path::Path, dest: &str) {
+    let st = std::process::Command::new("docker")
+        .arg("cp")
+        .arg(host_path)
+        .arg(format!("{container}:{dest}"))
+        .status()
+        .expect("running docker cp");
+    assert!(
+        st.success(),
+        "docker cp {} {container}:{dest} failed",
+        host_path.display()
+    );
+}
+
+/// Removes the agent's host firewall rules for a bridge that is gone.
+fn remove_host_rules(bridge: &str) {
+    let script = format!(
+        "for t in iptables ip6tables; do command -v $t >/dev/null || continue; \
+         $t -w -S INPUT | grep -F -- '-i {bridge} ' | grep -F 'warren:' | sed 's/^-A /-D /' | \
+         while read -r r; do eval \"$t -w $r\"; done; done"
+    );
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output();
 }
 
 /// A terminal WebSocket client (CONTRACT.md: binary frames are terminal

@@ -30,6 +30,11 @@ pub async fn request(socket: &Path, op: Op) -> Result<(InitConn, Response), Clie
     let stream = UnixStream::connect(socket)
         .await
         .map_err(ClientError::Connect)?;
+    request_on(stream, op).await
+}
+
+/// Like [`request`], on a stream the caller connected (and verified).
+pub async fn request_on(stream: UnixStream, op: Op) -> Result<(InitConn, Response), ClientError> {
     let mut framed = Framed::new(stream, InitCodec);
     let fut = async {
         framed

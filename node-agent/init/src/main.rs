@@ -88,6 +88,7 @@ async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
         Options {
             socket,
             detached_timeout: detached,
+            agent_only: true,
         },
         reaper.clone(),
     );

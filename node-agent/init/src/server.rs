@@ -41,6 +41,20 @@ pub struct Options {
     pub socket: PathBuf,
     /// A shell with no client attached for this long is hung up.
     pub detached_timeout: Duration,
+    /// Answer only peers outside this process's PID namespace (the agent on
+    /// the host). Processes of the session itself, root included, see a
+    /// non-zero peer pid and are refused: they must not speak the init
+    /// protocol as the agent. Off only for in-process tests.
+    pub agent_only: bool,
+}
+
+/// Whether a connecting peer may speak the init protocol.
+///
+/// `SO_PEERCRED` reports a peer's pid as seen from our PID namespace, and 0
+/// when the peer lives outside it (or in no namespace we can see). Every
+/// process of the session, and of containers nested in it, has a pid here.
+pub fn peer_allowed(agent_only: bool, peer_pid: Option<i32>) -> bool {
+    !agent_only || peer_pid == Some(0)
 }
 
 enum Event {
@@ -164,7 +178,19 @@ impl Server {
     }
 
     async fn client(self: Arc<Self>, stream: UnixStream) -> io::Result<()> {
+        let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid());
         let mut framed = Framed::new(stream, InitCodec);
+        if !peer_allowed(self.opts.agent_only, peer_pid) {
+            eprintln!("warren-init: refused a client inside the session (pid {peer_pid:?})");
+            return reply(
+                &mut framed,
+                Response::error(
+                    "forbidden",
+                    "this socket answers only the Warren agent, not processes in the session",
+                ),
+            )
+            .await;
+        }
         let first = tokio::time::timeout(REQUEST_TIMEOUT, framed.next()).await;
         let req = match first {
             Err(_) => {

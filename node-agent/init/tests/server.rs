@@ -33,6 +33,10 @@ impl Drop for Fixture {
 }
 
 async fn start(detached: Duration) -> Fixture {
+    start_with(detached, false).await
+}
+
+async fn start_with(detached: Duration, agent_only: bool) -> Fixture {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "wi-{}-{}",
@@ -62,6 +66,7 @@ async fn start(detached: Duration) -> Fixture {
         Options {
             socket: socket.clone(),
             detached_timeout: detached,
+            agent_only,
         },
         reaper,
     );
@@ -355,4 +360,29 @@ async fn an_exec_is_killed_when_its_client_leaves() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A process in the init's own PID namespace (here: this test, on the same
+/// host) is refused in agent-only mode: inside a session that is every
+/// process, root included; only the agent, outside, sees pid 0.
+#[tokio::test]
+async fn agent_only_refuses_peers_in_the_same_pid_namespace() {
+    let f = start_with(Duration::from_secs(60), true).await;
+    match client::request(&f.socket, Op::List).await {
+        Err(client::ClientError::Refused { code, message }) => {
+            assert_eq!(code, "forbidden");
+            assert!(message.contains("only the Warren agent"), "{message}");
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a peer in the same PID namespace was answered"),
+    }
+    match client::request(&f.socket, open_op()).await {
+        Err(client::ClientError::Refused { code, .. }) => assert_eq!(code, "forbidden"),
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a peer in the same PID namespace opened a terminal"),
+    }
+    assert!(warren_init::server::peer_allowed(true, Some(0)));
+    assert!(!warren_init::server::peer_allowed(true, None));
+    assert!(!warren_init::server::peer_allowed(true, Some(1)));
+    assert!(warren_init::server::peer_allowed(false, Some(42)));
 }

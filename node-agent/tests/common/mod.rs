@@ -55,7 +55,13 @@ fn run_id(name: &str) -> String {
 }
 
 impl Stack {
+    /// A stack whose agent runs the isolated `default` profile.
     pub async fn start(name: &str) -> Stack {
+        Self::start_with(name, false).await
+    }
+
+    /// `allow_host_root`: the host-root Docker-in-Docker profile.
+    pub async fn start_with(name: &str, allow_host_root: bool) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
             .with_test_writer()
@@ -97,6 +103,7 @@ impl Stack {
             docker: DockerConfig {
                 network: format!("warren-test-{run}"),
                 security: SecurityMode::Auto,
+                allow_host_root_sessions: allow_host_root,
                 default_image: "warren/session:mini".into(),
                 default_memory_mb: 128,
                 pids_limit: 256,
@@ -118,6 +125,10 @@ impl Stack {
         };
         s.start_agent().await;
         s
+    }
+
+    pub fn network(&self) -> String {
+        self.cfg.docker.network.clone()
     }
 
     pub fn node(&self) -> &str {

@@ -1,0 +1,291 @@
+//! Hostile tenants, from inside real session containers (the isolated
+//! `default` profile): what a session's root tries against another
+//! session, the worker and Warren's own socket, and what it gets.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+mod common;
+
+use common::{Stack, WAIT, docker_or_skip};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+use warren_tunnel::proto::StreamKind;
+
+/// Opens a terminal and returns what came first: `Ok(hello text)` or
+/// `Err(close reason)`.
+async fn try_terminal(stack: &Stack, session: &str) -> Result<String, String> {
+    let s = stack.stream(session, StreamKind::Terminal).await.unwrap();
+    let url = format!("ws://{session}.warren.localhost/_warren/terminal");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, s).await.unwrap();
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no answer from the terminal endpoint");
+    match first {
+        Some(Ok(Message::Text(t))) => Ok(t.to_string()),
+        Some(Ok(Message::Close(Some(c)))) => Err(c.reason.to_string()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// The socket swap (security review C2): session A replaces init's socket
+/// with a symlink to session B's (by its host path), or listens there
+/// itself. A new terminal "to A" is an error, never B's shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_socket_swap_never_reaches_another_session() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("swap").await;
+    let a = stack.session("warren/session:mini", 64).await;
+    let b = stack.session("warren/session:mini", 64).await;
+    let mut tb = stack.terminal(&b.id, "").await;
+    tb.run("echo victim-secret > /tmp/mark; echo ok-$((1+1))", "ok-2")
+        .await;
+
+    let mut ta = stack.terminal(&a.id, "").await;
+    // Nothing of the host is writable here: /run/warren is the session's own tmpfs.
+    let out = ta
+        .run(
+            "grep ' /run/warren ' /proc/self/mountinfo | grep -c tmpfs; echo m-$((3+3))",
+            "m-6",
+        )
+        .await;
+    assert!(out.contains("\n1"), "/run/warren is not a tmpfs: {out}");
+
+    // 1. A symlink to B's socket through the host's /proc (what an agent
+    //    following links in the host's namespace would reach).
+    let b_path = format!("/proc/{}/root/run/warren/init.sock", b.init.init_pid);
+    ta.run(
+        &format!(
+            "mv /run/warren/init.sock /run/warren/real.sock && ln -s {b_path} /run/warren/init.sock && echo swapped-$((2*5))"
+        ),
+        "swapped-10",
+    )
+    .await;
+    let r = try_terminal(&stack, &a.id).await;
+    let reason = r.expect_err("a terminal opened through a planted symlink");
+    assert!(reason.contains("symlinks are not followed"), "{reason}");
+
+    // 2. A symlink inside the session, to its own real socket: refused too
+    //    (no symlink is ever followed).
+    ta.run(
+        "ln -sf /run/warren/real.sock /run/warren/init.sock && echo relinked-$((3*5))",
+        "relinked-15",
+    )
+    .await;
+    let reason = try_terminal(&stack, &a.id).await.unwrap_err();
+    assert!(reason.contains("symlinks are not followed"), "{reason}");
+
+    // 3. A listener of the tenant's own at the path (a second warren-init,
+    //    not PID 1): the agent checks who listens and refuses it.
+    ta.run(
+        "rm -f /run/warren/init.sock; (/.warren/init --socket /run/warren/init.sock >/dev/null 2>&1 &); \
+         for i in $(seq 1 50); do [ -S /run/warren/init.sock ] && break; sleep 0.1; done; echo fake-$((4*5))",
+        "fake-20",
+    )
+    .await;
+    let reason = try_terminal(&stack, &a.id).await.unwrap_err();
+    assert!(reason.contains("is not the session's init"), "{reason}");
+
+    // 4. Put the real socket back: A's own terminal works again, and it is A's.
+    ta.run(
+        "pkill -f 'init --socket' ; mv -f /run/warren/real.sock /run/warren/init.sock && echo restored-$((5*5))",
+        "restored-25",
+    )
+    .await;
+    let mut again = stack.terminal(&a.id, "").await;
+    let out = again
+        .run("cat /tmp/mark 2>/dev/null || echo no-mark-$((6*6))", "-36")
+        .await;
+    assert!(!out.contains("victim-secret"), "{out}");
+    // B was never touched.
+    tb.run("cat /tmp/mark", "victim-secret").await;
+}
+
+/// Root in a session has no host-namespace power: no NET_RAW, SYS_ADMIN or
+/// SYS_MODULE; the cgroup tree is its own (private namespace) and read-only,
+/// so it can neither leave its limits nor see its neighbours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_host_capabilities_and_no_cgroup_escape() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("caps").await;
+    let a = stack.session("warren/session:mini", 64).await;
+    let b = stack.session("warren/session:mini", 64).await;
+    let mut t = stack.terminal(&a.id, "").await;
+
+    let out = t
+        .run(
+            "echo cap=$(grep CapEff /proc/self/status | cut -f2)=$((40+2))",
+            "=42",
+        )
+        .await;
+    // The last `cap=` is the output (the first is the echoed command).
+    let hex = out
+        .rsplit("cap=")
+        .next()
+        .and_then(|s| s.split('=').next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let caps = u64::from_str_radix(&hex, 16).unwrap();
+    for (bit, name) in [
+        (13, "NET_RAW"),
+        (21, "SYS_ADMIN"),
+        (16, "SYS_MODULE"),
+        (17, "SYS_RAWIO"),
+        (12, "NET_ADMIN"),
+        (25, "SYS_TIME"),
+    ] {
+        assert_eq!(caps & (1 << bit), 0, "session root has CAP_{name}: {hex}");
+    }
+
+    // Moving itself into the host's root memory cgroup fails.
+    let out = t
+        .run(
+            "echo $$ > /sys/fs/cgroup/memory/cgroup.procs 2>/dev/null && echo ESCAPED-$((1+1)) || echo stayed-$((1+1))",
+            "-2",
+        )
+        .await;
+    assert!(
+        out.contains("stayed-2") && !out.contains("ESCAPED-2"),
+        "{out}"
+    );
+    // Its cgroup paths are its own root: no container ids, no siblings.
+    let out = t
+        .run(
+            "cat /proc/self/cgroup; ls /sys/fs/cgroup/memory/ | grep -c -E 'docker|[0-9a-f]{64}'; echo cg-$((7+7))",
+            "cg-14",
+        )
+        .await;
+    for id in [&a.container_id, &b.container_id] {
+        assert!(!out.contains(&id[..12]), "container ids visible: {out}");
+    }
+    assert!(
+        !out.contains("/docker/"),
+        "host cgroup paths visible: {out}"
+    );
+    // Kernel knobs and raw devices stay out of reach.
+    let out = t
+        .run(
+            "echo '|/tmp/x' > /proc/sys/kernel/core_pattern 2>/dev/null && echo CORE-$((2+1)) || echo nocore-$((2+1)); \
+             mknod /tmp/sda b 8 0 2>/dev/null && echo MKNOD-$((2+2)) || echo nomknod-$((2+2))",
+            "-4",
+        )
+        .await;
+    assert!(out.contains("nocore-3") && !out.contains("CORE-3"), "{out}");
+    // mknod itself may be allowed (MKNOD is in Docker's set); opening a block
+    // device is not (the devices cgroup).
+    let out = t
+        .run(
+            "head -c 1 /tmp/sda >/dev/null 2>&1 && echo READ-$((3+2)) || echo noread-$((3+2))",
+            "-5",
+        )
+        .await;
+    assert!(
+        out.contains("noread-5") && !out.contains("READ-5\r"),
+        "{out}"
+    );
+}
+
+/// Sessions reach no address on the worker (gateway included), no metadata
+/// address, and cannot send raw frames (no ARP spoofing on the bridge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_host_services_metadata_or_raw_packets() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("hostnet").await;
+    // A service on the worker listening on every address.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let a = stack.session("warren/session:mini", 64).await;
+    let b = stack.session("warren/session:mini", 64).await;
+    let gw = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            &stack.network(),
+        ])
+        .output()
+        .unwrap();
+    let gw = String::from_utf8_lossy(&gw.stdout).trim().to_string();
+    assert!(!gw.is_empty(), "no gateway on the sessions network");
+    // The host itself reaches its service on the gateway address.
+    tokio::net::TcpStream::connect((gw.as_str(), port))
+        .await
+        .expect("the host reaches its own service");
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+
+    let mut t = stack.terminal(&a.id, "").await;
+    for (i, target) in [format!("{gw}:{port}"), "169.254.169.254:80".to_string()]
+        .iter()
+        .enumerate()
+    {
+        let out = t
+            .run(
+                &format!(
+                    "nc -w 3 {} </dev/null && echo REACH-{i}$((0)) || echo block-{i}$((0))",
+                    target.replace(':', " ")
+                ),
+                &format!("-{i}0"),
+            )
+            .await;
+        assert!(
+            out.contains(&format!("block-{i}0")) && !out.contains(&format!("REACH-{i}0")),
+            "{target}: {out}"
+        );
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "a session's connection reached the host service"
+    );
+
+    // No raw sockets: gratuitous ARP claiming B's address is refused.
+    let b_ip = b.ip.unwrap();
+    let out = t
+        .run(
+            &format!("arping -U -c 1 -I eth0 -s {b_ip} {b_ip} 2>&1; echo rc=$?=$((8+1))"),
+            "=9",
+        )
+        .await;
+    assert!(
+        !out.contains("rc=0=9") && out.to_lowercase().contains("not permitted"),
+        "{out}"
+    );
+}
+
+/// A session printing flat out to PID 1's stdout (the container log)
+/// leaves a bounded log on the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_log_is_bounded() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("logs").await;
+    let a = stack.session("warren/session:mini", 64).await;
+    let mut t = stack.terminal(&a.id, "").await;
+    t.run(
+        "head -c 8000000 /dev/zero | tr '\\0' x > /proc/1/fd/1; echo flooded-$((9*9))",
+        "flooded-81",
+    )
+    .await;
+    let o = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.LogPath}}", &a.container_id])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // json-file wraps lines; one file of at most max-size (1 MiB) plus the
+    // last line that crossed it.
+    assert!(size < 2 * 1024 * 1024, "container log grew to {size} bytes");
+}
