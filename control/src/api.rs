@@ -393,7 +393,7 @@ async fn create_session(
             }
         }
     };
-    let token = c.issuer.mint(&s, &p.key_id)?;
+    let token = c.issuer.mint(&s, &p.key_id, crate::SCOPE_ALL)?;
     Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
 }
 
@@ -436,12 +436,43 @@ async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenReq {
+    scope: Option<String>,
+}
+
 async fn session_token(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let p = principal(&c, &h).await?;
+    // The body is optional: none (or `{}`) keeps both scopes, as before.
+    let req: TokenReq = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenReq::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid JSON body: {e}"),
+            )
+        })?
+    };
+    let scope = match req.scope.as_deref() {
+        None => crate::SCOPE_ALL,
+        Some("terminal") => "terminal",
+        Some("preview") => "preview",
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("scope {other:?} is not one of \"terminal\", \"preview\""),
+            ));
+        }
+    };
     let s = c.owned(&p, &id).await?;
     if s.status != "running" && s.status != "pending" {
         return Err(ApiError::new(
@@ -450,11 +481,13 @@ async fn session_token(
             format!("session {id} is {}", s.status),
         ));
     }
-    let (token, exp) = c.issuer.mint(&s, &p.key_id)?;
+    let (token, exp) = c.issuer.mint(&s, &p.key_id, scope)?;
     c.store
-        .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", "")
+        .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", scope)
         .await;
-    Ok(Json(json!({"token": token, "expires_at": exp})))
+    Ok(Json(
+        json!({"token": token, "expires_at": exp, "scope": scope}),
+    ))
 }
 
 async fn list_nodes(
@@ -802,11 +835,17 @@ async fn join(
                     &e.to_string(),
                 )
                 .await;
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "join_refused",
-                e.to_string(),
-            ))
+            match e {
+                StoreError::Conflict(m) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "node_exists", m))
+                }
+                StoreError::Db(_) => Err(e.into()),
+                e => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "join_refused",
+                    e.to_string(),
+                )),
+            }
         }
     }
 }

@@ -58,7 +58,8 @@ struct Claims<'a> {
 
 impl Issuer {
     /// `(token, expires_at)`; the token never outlives its session.
-    pub fn mint(&self, s: &Session, subject: &str) -> Result<(String, i64), ApiError> {
+    /// `scope` is space-separated (`terminal`, `preview`, or both).
+    pub fn mint(&self, s: &Session, subject: &str, scope: &str) -> Result<(String, i64), ApiError> {
         let now = (now_ms() / 1000) as u64;
         let exp = (now + self.ttl_secs)
             .min((s.expires_at / 1000) as u64)
@@ -69,7 +70,7 @@ impl Issuer {
             sub: subject,
             sid: &s.id,
             tenant: &s.tenant,
-            scope: "terminal preview",
+            scope,
             aud: "warren",
             exp,
             nbf: now.saturating_sub(5),
@@ -86,6 +87,9 @@ impl Issuer {
         Ok((t, exp as i64))
     }
 }
+
+/// Every scope a session token can carry today (the default).
+pub const SCOPE_ALL: &str = "terminal preview";
 
 pub struct Control {
     pub cfg: ControlConfig,

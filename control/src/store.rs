@@ -330,7 +330,35 @@ impl Store {
     }
 
     /// Spends a join token (once) and registers the node; returns its credential.
+    /// A new node joins with a one-time token. An id that exists is
+    /// refused (409) before the token is spent: taking over a node's id would
+    /// hand its credential, its tunnel and its sessions to whoever holds any
+    /// join token. Re-joining a node is an operator's act: `warren node rm ID`
+    /// first (or [`Store::join_replacing`] for a local single-user stack).
     pub async fn join(&self, token: &str, node_id: &str, allocatable_mb: i64) -> Result<String> {
+        self.join_inner(token, node_id, allocatable_mb, false).await
+    }
+
+    /// Like [`Store::join`], but an existing node's credential is replaced.
+    pub async fn join_replacing(
+        &self,
+        token: &str,
+        node_id: &str,
+        allocatable_mb: i64,
+    ) -> Result<String> {
+        self.join_inner(token, node_id, allocatable_mb, true).await
+    }
+
+    async fn join_inner(
+        &self,
+        token: &str,
+        node_id: &str,
+        allocatable_mb: i64,
+        replace: bool,
+    ) -> Result<String> {
+        // The write comes first (SQLite upgrades a read lock to a write
+        // lock badly under concurrency); a refusal below rolls it back, so a
+        // conflicting id does not spend the token.
         let mut tx = self.pool.begin().await?;
         let spent = sqlx::query(
             "UPDATE join_tokens SET used = 1 WHERE hash = $1 AND used = 0 AND expires_at > $2",
@@ -344,11 +372,16 @@ impl Store {
                 "the join token is unknown, already used or expired".into(),
             ));
         }
-        let credential = random_secret("wn");
         let existing = sqlx::query("SELECT id FROM nodes WHERE id = $1")
             .bind(node_id)
             .fetch_optional(&mut *tx)
             .await?;
+        if existing.is_some() && !replace {
+            return Err(StoreError::Conflict(format!(
+                "node {node_id} already exists; pick another --node-id, or remove it first (warren node rm {node_id}) to re-join it"
+            )));
+        }
+        let credential = random_secret("wn");
         if existing.is_some() {
             sqlx::query("UPDATE nodes SET credential_hash = $1, allocatable_mb = $2, state = 'ready' WHERE id = $3")
                 .bind(hash(&credential))

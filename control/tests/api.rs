@@ -174,12 +174,39 @@ async fn join_tokens_lost_nodes_and_delete() {
         let agents = three_nodes(&c, "j").await;
         // A used token is refused; so is an expired one.
         let t = c.join_token().await;
-        FakeAgent::join(&c.url, &t, "j-extra", 1000).await.unwrap();
+        let extra = FakeAgent::join(&c.url, &t, "j-extra", 1000).await.unwrap();
         let (s, v) = FakeAgent::join(&c.url, &t, "j-again", 1000)
             .await
             .err()
             .unwrap();
         assert_eq!(s, 403, "{v}");
+        // Node-id takeover: a fresh token with an existing node's id is
+        // refused with 409, the token is not spent, and the node keeps its
+        // credential (its heartbeats still count).
+        let t = c.join_token().await;
+        let (s, v) = FakeAgent::join(&c.url, &t, "j-extra", 1000)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(s, 409, "{v}");
+        assert_eq!(v["error"]["code"], "node_exists", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("warren node rm j-extra"),
+            "{v}"
+        );
+        FakeAgent::join(&c.url, &t, "j-other", 1000).await.unwrap();
+        assert!(
+            c.running
+                .control
+                .store
+                .verify_node("j-extra", &extra.credential)
+                .await
+                .unwrap(),
+            "the real node lost its credential"
+        );
         let expired = c
             .running
             .control
@@ -342,7 +369,58 @@ async fn restart_loses_nothing_and_jwks_stays() {
             .call("POST", &format!("/v1/sessions/{id}/token"), ADMIN, None)
             .await;
         assert_eq!(s, 200, "{t}");
+        assert_eq!(scope_of(t["token"].as_str().unwrap()), "terminal preview");
+        // Scoped tokens: a preview token carries only `preview`.
+        for (want, body) in [
+            ("preview", json!({"scope": "preview"})),
+            ("terminal", json!({"scope": "terminal"})),
+        ] {
+            let (s, t) = c
+                .call(
+                    "POST",
+                    &format!("/v1/sessions/{id}/token"),
+                    ADMIN,
+                    Some(body),
+                )
+                .await;
+            assert_eq!(s, 200, "{t}");
+            assert_eq!(t["scope"], want);
+            assert_eq!(scope_of(t["token"].as_str().unwrap()), want);
+        }
+        let (s, t) = c
+            .call(
+                "POST",
+                &format!("/v1/sessions/{id}/token"),
+                ADMIN,
+                Some(json!({"scope": "root"})),
+            )
+            .await;
+        assert_eq!(s, 422, "{t}");
+        assert!(
+            t["error"]["message"].as_str().unwrap().contains("root"),
+            "{t}"
+        );
+        let (s, t) = c
+            .call(
+                "POST",
+                &format!("/v1/sessions/{id}/token"),
+                ADMIN,
+                Some(json!({"scopes": "preview"})),
+            )
+            .await;
+        assert_eq!(s, 400, "{t}");
     }
+}
+
+/// The `scope` claim of a JWT (its payload, unverified: control signed it).
+fn scope_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["scope"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
