@@ -283,12 +283,16 @@ pub mod testing {
         }
 
         pub fn token(&self, sid: &str, tenant: &str, ttl_secs: i64) -> String {
+            self.token_scoped(sid, tenant, ttl_secs, "terminal preview")
+        }
+
+        pub fn token_scoped(&self, sid: &str, tenant: &str, ttl_secs: i64, scope: &str) -> String {
             let now = now() as i64;
             self.sign(&Claims {
                 sub: "user".into(),
                 sid: sid.into(),
                 tenant: tenant.into(),
-                scope: "terminal preview".into(),
+                scope: scope.into(),
                 aud: "warren".into(),
                 exp: (now + ttl_secs).max(0) as u64,
                 nbf: Some((now - 1).max(0) as u64),

@@ -19,9 +19,30 @@ use crate::metrics::Metrics;
 use crate::pages::Answer;
 use crate::routes::RouteCache;
 
-/// The cookie holding the session token on a session's host.
+/// The cookie holding the session token on a session's host over plain
+/// HTTP (`warren up`'s loopback listener).
 pub const COOKIE: &str = "warren_token";
+/// The same over HTTPS: a `__Host-` cookie is host-only, Secure and Path=/
+/// by the browser's rules, so no sibling host (a preview of another session)
+/// can set or shadow it.
+pub const HOST_COOKIE: &str = "__Host-warren_token";
+/// At most this many of our cookies are tried per request.
+const MAX_COOKIE_CANDIDATES: usize = 4;
 pub const TERMINAL_PATH: &str = "/_warren/terminal";
+/// The policy on every page the relay serves itself. `connect-src 'self'`
+/// covers the page's own WebSocket (same host and port).
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+form-action 'none'; object-src 'none'";
+/// Paths of the control API that `api.<domain>` forwards; everything else
+/// (`/internal/*` for agents and relays, `/metrics`) stays off the edge.
+fn public_api_path(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || matches!(
+            path,
+            "/.well-known/jwks.json" | "/healthz" | "/readyz" | "/openapi.json"
+        )
+}
 const ASSET_PREFIX: &str = "/_warren/assets/";
 
 /// TLS server name, captured after the handshake.
@@ -45,8 +66,20 @@ enum Upstream {
     Control(SocketAddr),
 }
 
+/// Where a request's credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cred {
+    None,
+    Bearer,
+    Cookie,
+    Query,
+}
+
 pub struct Ctx {
     route: &'static str,
+    cred: Cred,
+    /// A preview: upstream `Set-Cookie` is filtered.
+    preview: bool,
     upstream: Option<Upstream>,
     upgrade: bool,
     host: String,
@@ -96,13 +129,29 @@ pub fn strip_token(query: Option<&str>) -> Option<String> {
     )
 }
 
-/// Our token from a `Cookie` header.
+/// Our token from a `Cookie` header (the first, for tests and tools).
 pub fn cookie_token(cookie_header: Option<&str>) -> Option<String> {
-    cookie_header?
-        .split(';')
+    cookie_tokens(cookie_header, COOKIE).into_iter().next()
+}
+
+/// Every value of cookie `name` (a sibling host may have planted others
+/// beside ours over plain HTTP; each is tried, the first that opens this
+/// session wins).
+pub fn cookie_tokens(cookie_header: Option<&str>, name: &str) -> Vec<String> {
+    let Some(h) = cookie_header else {
+        return Vec::new();
+    };
+    h.split(';')
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .take(MAX_COOKIE_CANDIDATES)
+        .collect()
+}
+
+fn is_our_cookie(name: &str) -> bool {
+    name == COOKIE || name == HOST_COOKIE
 }
 
 /// The `Cookie` header without ours (upstream apps never see the token).
@@ -110,13 +159,102 @@ pub fn strip_cookie(cookie_header: &str) -> Option<String> {
     let kept: Vec<&str> = cookie_header
         .split(';')
         .map(str::trim)
-        .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != COOKIE))
+        .filter(|kv| {
+            !kv.is_empty()
+                && kv
+                    .split_once('=')
+                    .is_none_or(|(k, _)| !is_our_cookie(k.trim()))
+        })
         .collect();
     if kept.is_empty() {
         None
     } else {
         Some(kept.join("; "))
     }
+}
+
+/// An upstream `Set-Cookie` as it may reach the browser: ours are dropped
+/// (`None`) and a `Domain` attribute is removed, so an app's cookie stays on
+/// its own preview host and can neither cover Warren's hosts nor another
+/// session's (cookie tossing).
+pub fn filter_set_cookie(v: &str) -> Option<String> {
+    let mut parts = v.split(';');
+    let first = parts.next()?.trim();
+    let name = first
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .unwrap_or(first);
+    if is_our_cookie(name) || name.to_ascii_lowercase().contains("warren_token") {
+        return None;
+    }
+    let mut out = first.to_string();
+    for attr in parts {
+        let a = attr.trim();
+        let key = a.split_once('=').map(|(k, _)| k.trim()).unwrap_or(a);
+        if key.eq_ignore_ascii_case("domain") || a.is_empty() {
+            continue;
+        }
+        out.push_str("; ");
+        out.push_str(a);
+    }
+    Some(out)
+}
+
+/// The URL query names a command (`mode=exec`, `command=`): never taken
+/// from a browser's URL (a link could otherwise run code in the session).
+pub fn names_command(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "command" || k == "mode")
+    })
+}
+
+/// Whether `origin` is exactly this request's own origin: same scheme,
+/// same host (by the routing rules) and same port as the Host header.
+pub fn same_origin(origin: &str, host_header: &str, tls: bool, domain: &str) -> bool {
+    let Ok(u) = url::Url::parse(origin) else {
+        return false;
+    };
+    let scheme = if tls { "https" } else { "http" };
+    if u.scheme() != scheme || !u.username().is_empty() || u.path() != "/" {
+        return false;
+    }
+    let Some(ohost) = u.host_str() else {
+        return false;
+    };
+    let (Ok(a), Ok(b)) = (
+        host::route(ohost, None, domain),
+        host::route(host_header, None, domain),
+    ) else {
+        return false;
+    };
+    let default = if tls { 443 } else { 80 };
+    let hport = host_header
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(default);
+    a == b && u.port_or_known_default() == Some(hport)
+}
+
+/// A redirect target on our own host: leading slashes and backslashes
+/// collapse to one, so `//evil.example/` never becomes a protocol-relative
+/// URL to another site.
+pub fn local_location(path: &str, query: Option<String>) -> String {
+    let rest = path.trim_start_matches(['/', '\\']);
+    match query {
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
+    }
+}
+
+/// Our cookie's values across every `Cookie` header of the request.
+fn all_cookie_tokens(req: &RequestHeader, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in req.headers.get_all("cookie") {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        out.extend(cookie_tokens(Some(&v), name));
+    }
+    out.truncate(MAX_COOKIE_CANDIDATES);
+    out
 }
 
 fn bearer(req: &RequestHeader) -> Option<String> {
@@ -213,6 +351,29 @@ impl RelayProxy {
         Ok((claims, route.node))
     }
 
+    /// [`Self::authorize`] over each candidate token in turn; the first
+    /// that opens the session wins, else the first refusal is the answer.
+    async fn authorize_any(
+        &self,
+        tokens: &[String],
+        session: &str,
+        scope: &'static str,
+    ) -> Result<(Arc<Claims>, String), Answer> {
+        let mut first_err = None;
+        for t in tokens {
+            match self.authorize(Some(t), session, scope).await {
+                Ok(ok) => return Ok(ok),
+                Err(a) => {
+                    first_err.get_or_insert(a);
+                }
+            }
+        }
+        match first_err {
+            Some(a) => Err(a),
+            None => self.authorize(None, session, scope).await,
+        }
+    }
+
     async fn send(
         &self,
         session: &mut Session,
@@ -221,10 +382,19 @@ impl RelayProxy {
         ctype: &str,
         body: Bytes,
     ) -> pingora::Result<bool> {
-        let mut resp = ResponseHeader::build(status, Some(headers.len() + 4))?;
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 9))?;
         resp.insert_header("content-type", ctype)?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
+        // Everything the relay answers itself (the terminal page, its
+        // assets, error pages): never framed (clickjacking from a preview),
+        // no Referer (session ids in URLs), scripts and connections only to
+        // this host.
+        resp.insert_header("content-security-policy", PAGE_CSP)?;
+        resp.insert_header("x-frame-options", "DENY")?;
+        resp.insert_header("referrer-policy", "no-referrer")?;
+        resp.insert_header("x-content-type-options", "nosniff")?;
+        resp.insert_header("cross-origin-opener-policy", "same-origin")?;
         for (k, v) in headers {
             resp.append_header(k.to_string(), v.as_str())?;
         }
@@ -251,8 +421,7 @@ impl RelayProxy {
     async fn asset(&self, session: &mut Session, name: &str) -> pingora::Result<bool> {
         match crate::assets::get(name) {
             Some((ctype, bytes)) => {
-                let cache = [("x-content-type-options", "nosniff".to_string())];
-                self.send(session, 200, &cache, ctype, Bytes::from_static(bytes))
+                self.send(session, 200, &[], ctype, Bytes::from_static(bytes))
                     .await
             }
             None => {
@@ -278,23 +447,19 @@ impl RelayProxy {
         match self.authorize(Some(token), sid, scope).await {
             Ok((claims, _)) => {
                 let req = session.req_header();
-                let path = req.uri.path().to_string();
-                let location = match strip_token(req.uri.query()) {
-                    Some(q) => format!("{path}?{q}"),
-                    None => path,
-                };
+                let location = local_location(req.uri.path(), strip_token(req.uri.query()));
                 let max_age = claims.exp.saturating_sub(now());
                 // Plain HTTP is served on loopback only (`warren up`), where
-                // browsers would drop a Secure cookie set over http.
-                let secure = if tls { "; Secure" } else { "" };
-                let cookie = format!(
-                    "{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly{secure}; SameSite=Lax"
-                );
-                let headers = [
-                    ("location", location),
-                    ("set-cookie", cookie),
-                    ("referrer-policy", "no-referrer".into()),
-                ];
+                // browsers would drop a Secure cookie set over http (and a
+                // `__Host-` cookie needs Secure).
+                let cookie = if tls {
+                    format!(
+                        "{HOST_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax"
+                    )
+                } else {
+                    format!("{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax")
+                };
+                let headers = [("location", location), ("set-cookie", cookie)];
                 self.send(
                     session,
                     303,
@@ -316,6 +481,8 @@ impl ProxyHttp for RelayProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             route: "none",
+            cred: Cred::None,
+            preview: false,
             upstream: None,
             upgrade: false,
             host: String::new(),
@@ -355,9 +522,60 @@ impl ProxyHttp for RelayProxy {
             req.method == pingora::http::Method::GET || req.method == pingora::http::Method::HEAD;
         let q_token = query_token(req.uri.query());
         let b_token = bearer(req);
-        let c_token = cookie_token(header(req, "cookie"));
+        // HTTPS reads only the `__Host-` cookie (no sibling host can set
+        // it); plain HTTP (loopback) reads every `warren_token` value.
+        let cookie_name = if ctx.tls { HOST_COOKIE } else { COOKIE };
+        let c_tokens = all_cookie_tokens(req, cookie_name);
         ctx.strip_authorization = b_token.is_some();
-        let token = b_token.or(c_token).or(q_token.clone());
+        let origin = header(req, "origin").map(str::to_string);
+        let fetch_site = header(req, "sec-fetch-site").map(str::to_ascii_lowercase);
+        let unsafe_method = !matches!(
+            req.method,
+            pingora::http::Method::GET
+                | pingora::http::Method::HEAD
+                | pingora::http::Method::OPTIONS
+        );
+        let query_has_command = names_command(req.uri.query());
+        let (cred, tokens): (Cred, Vec<String>) = if let Some(b) = b_token {
+            (Cred::Bearer, vec![b])
+        } else if !c_tokens.is_empty() {
+            (Cred::Cookie, c_tokens)
+        } else if let Some(q) = q_token.clone() {
+            (Cred::Query, vec![q])
+        } else {
+            (Cred::None, Vec::new())
+        };
+        ctx.cred = cred;
+        let own_origin = origin
+            .as_deref()
+            .is_some_and(|o| same_origin(o, &ctx.host, ctx.tls, &self.domain));
+        // A cookie rides along on requests other sites start (every session
+        // and preview host is the same site): such requests must come from
+        // this very origin when they can change something.
+        let cookie_refused = |upgrade: bool| -> Option<Answer> {
+            if cred != Cred::Cookie {
+                return None;
+            }
+            let foreign = match &origin {
+                Some(_) => !own_origin,
+                // Browsers always send Origin on WebSocket handshakes and on
+                // cross-origin POSTs; without one, trust only a navigation.
+                None => {
+                    upgrade
+                        || fetch_site
+                            .as_deref()
+                            .is_some_and(|f| f != "same-origin" && f != "none")
+                }
+            };
+            (foreign && (upgrade || unsafe_method)).then(|| {
+                Answer::new(
+                    403,
+                    "cross_origin",
+                    "Not allowed",
+                    "This request came from another site or session; it needs this page's own origin.",
+                )
+            })
+        };
 
         match route {
             Route::Apex => {
@@ -375,6 +593,14 @@ impl ProxyHttp for RelayProxy {
             }
             Route::Api => {
                 ctx.route = "api";
+                if !public_api_path(&path) {
+                    return self
+                        .answer(
+                            session,
+                            Answer::new(404, "not_found", "Not found", "No such API path."),
+                        )
+                        .await;
+                }
                 match self.control_upstream {
                     Some(addr) => {
                         ctx.upstream = Some(Upstream::Control(addr));
@@ -401,7 +627,23 @@ impl ProxyHttp for RelayProxy {
                 }
                 if path == TERMINAL_PATH {
                     ctx.route = "terminal";
-                    return match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
+                    if query_has_command {
+                        return self
+                            .answer(
+                                session,
+                                Answer::new(
+                                    400,
+                                    "command_in_url",
+                                    "Bad request",
+                                    "Commands are not taken from a URL; use SSH or the API.",
+                                ),
+                            )
+                            .await;
+                    }
+                    if let Some(a) = cookie_refused(true) {
+                        return self.answer(session, a).await;
+                    }
+                    return match self.authorize_any(&tokens, &sid, SCOPE_TERMINAL).await {
                         Ok((_, node)) => {
                             if ctx.upgrade {
                                 // Idle terminals stay open for hours; QUIC and
@@ -424,7 +666,7 @@ impl ProxyHttp for RelayProxy {
                         .exchange(session, &t, &sid, SCOPE_TERMINAL, ctx.tls)
                         .await;
                 }
-                match self.authorize(token.as_deref(), &sid, SCOPE_TERMINAL).await {
+                match self.authorize_any(&tokens, &sid, SCOPE_TERMINAL).await {
                     Ok(_) if path == "/" || path == "/index.html" => {
                         self.asset(session, "index.html").await
                     }
@@ -440,6 +682,7 @@ impl ProxyHttp for RelayProxy {
             }
             Route::Port { session: sid, port } => {
                 ctx.route = "preview";
+                ctx.preview = true;
                 if is_get
                     && !ctx.upgrade
                     && let Some(t) = q_token
@@ -448,7 +691,10 @@ impl ProxyHttp for RelayProxy {
                         .exchange(session, &t, &sid, SCOPE_PREVIEW, ctx.tls)
                         .await;
                 }
-                match self.authorize(token.as_deref(), &sid, SCOPE_PREVIEW).await {
+                if let Some(a) = cookie_refused(ctx.upgrade) {
+                    return self.answer(session, a).await;
+                }
+                match self.authorize_any(&tokens, &sid, SCOPE_PREVIEW).await {
                     Ok((_, node)) => {
                         if ctx.upgrade {
                             session.set_read_timeout(None);
@@ -523,15 +769,18 @@ impl ProxyHttp for RelayProxy {
         if ctx.strip_authorization {
             req.remove_header("authorization");
         }
-        let cookie = header(req, "cookie").map(str::to_string);
-        if let Some(c) = cookie {
-            match strip_cookie(&c) {
-                Some(rest) => {
-                    req.insert_header("cookie", rest)?;
-                }
-                None => {
-                    req.remove_header("cookie");
-                }
+        // Every cookie field (HTTP/2 sends crumbs as separate headers),
+        // as bytes: ours never reach the session's apps.
+        let crumbs: Vec<String> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if !crumbs.is_empty() {
+            req.remove_header("cookie");
+            if let Some(rest) = strip_cookie(&crumbs.join("; ")) {
+                req.insert_header("cookie", rest)?;
             }
         }
         if query_token(req.uri.query()).is_some() {
@@ -568,6 +817,20 @@ impl ProxyHttp for RelayProxy {
         if resp.status.as_u16() == 101 {
             ctx.upgraded = true;
             self.metrics.connections.inc();
+        }
+        if ctx.preview {
+            let cookies: Vec<String> = resp
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            if !cookies.is_empty() {
+                resp.remove_header("set-cookie");
+                for c in cookies.iter().filter_map(|c| filter_set_cookie(c)) {
+                    resp.append_header("set-cookie", c)?;
+                }
+            }
         }
         Ok(())
     }

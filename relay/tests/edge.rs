@@ -94,8 +94,12 @@ async fn page_token_exchange_and_assets() {
         .await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("session link"), "{}", r.body);
-    // The cookie works for the WebSocket too.
-    let mut t = st.ws(&s.id, "", &[("cookie", &pair)]).await.unwrap();
+    // The cookie works for the WebSocket too, from the page's own origin.
+    let origin = format!("https://{host}:{}", st.https.port());
+    let mut t = st
+        .ws(&s.id, "", &[("cookie", &pair), ("origin", &origin)])
+        .await
+        .unwrap();
     t.run("echo cookie-$((1+1))", "cookie-2").await;
 }
 

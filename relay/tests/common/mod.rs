@@ -71,6 +71,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(name: &str) -> Stack {
+        Self::start_with(name, None).await
+    }
+
+    /// `api`: a server standing in for control behind `api.<domain>`.
+    pub async fn start_with(name: &str, api: Option<SocketAddr>) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
             .with_test_writer()
@@ -89,11 +94,14 @@ impl Stack {
             admin.local_addr().unwrap(),
             tunnel.local_addr().unwrap(),
         );
+        let upstream = api
+            .map(|a| format!("control_upstream = \"{a}\"\n"))
+            .unwrap_or_default();
         let cfg: RelayConfig = from_toml_str(&format!(
             r#"
 domain = "{DOMAIN}"
 data_dir = "{}"
-[https]
+{upstream}[https]
 listen = "{https_addr}"
 [admin]
 listen = "{admin_addr}"
