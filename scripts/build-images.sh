@@ -18,7 +18,7 @@ done
 [ ${#want[@]} -eq 0 ] && want=(mini dind)
 
 # An image is current when its warren.image.rev label matches the recipe's.
-DIND_REV=2 # 2: openssh-server (the SSH benchmark's sshd baseline)
+DIND_REV=3 # 2: openssh-server (the SSH benchmark's sshd baseline); 3: podman for the isolated dind profile
 have() {
   local want_rev=${2:-}
   local rev
@@ -66,16 +66,68 @@ build_dind() {
   debootstrap --variant=minbase \
     --include=bash,docker.io,iptables,procps,iproute2,ca-certificates,coreutils,vim-tiny,openssh-sftp-server,openssh-server,less,busybox \
     bookworm "$root" "$m" >"$work/debootstrap.log" 2>&1 || { tail -30 "$work/debootstrap.log"; exit 1; }
+  # podman and crun: containers inside sessions of the isolated `dind`
+  # profile (debootstrap cannot configure them itself; apt in the tree can).
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  chroot "$root" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman crun' \
+    >"$work/podman.log" 2>&1 || { tail -30 "$work/podman.log"; exit 1; }
+  : >"$root/etc/resolv.conf"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   # The image's own command: start the inner Docker engine (vfs works in any
   # nesting) and keep it running; warren-init runs this as a child.
   cat >"$root/usr/local/bin/warren-dind" <<'SH'
 #!/bin/sh
-# Started by warren-init as the image's command: runs the inner dockerd.
+# Started by warren-init as the image's command. Under a host-root profile
+# (cgroups writable) it runs the inner dockerd; under the isolated `dind`
+# profile (a user namespace, cgroups read-only) containers come from podman
+# instead, which needs no daemon (see /usr/local/bin/docker).
 mkdir -p /var/log
-exec dockerd --storage-driver=vfs >/var/log/dockerd.log 2>&1
+if mkdir /sys/fs/cgroup/cpuset/warren-probe 2>/dev/null; then
+  rmdir /sys/fs/cgroup/cpuset/warren-probe
+  exec dockerd --storage-driver=vfs >/var/log/dockerd.log 2>&1
+fi
+echo "warren-dind: no writable cgroups; docker runs podman" >/var/log/dockerd.log
 SH
   chmod +x "$root/usr/local/bin/warren-dind"
+  # `docker` is the inner engine where one runs, else podman (same CLI).
+  cat >"$root/usr/local/bin/docker" <<'SH'
+#!/bin/sh
+if [ -S /var/run/docker.sock ] && /usr/bin/docker version >/dev/null 2>&1; then
+  exec /usr/bin/docker "$@"
+fi
+exec /usr/bin/podman "$@"
+SH
+  chmod +x "$root/usr/local/bin/docker"
+  # Podman inside a session: vfs storage, no cgroups of its own (the
+  # session's limits bound it), the session's network and user namespace
+  # (no NET_ADMIN, no id map needed), crun.
+  mkdir -p "$root/etc/containers"
+  cat >"$root/etc/containers/storage.conf" <<'CONF'
+[storage]
+driver = "vfs"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
+CONF
+  cat >"$root/etc/containers/registries.conf" <<'CONF'
+unqualified-search-registries = ["docker.io"]
+short-name-mode = "permissive"
+CONF
+  # keyring and pivot_root: both refused by Docker's default seccomp
+  # profile, which sessions keep.
+  cat >"$root/etc/containers/containers.conf" <<'CONF'
+[containers]
+keyring = false
+cgroups = "disabled"
+netns = "host"
+userns = "host"
+ipcns = "host"
+utsns = "host"
+[engine]
+no_pivot_root = true
+runtime = "crun"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
   echo 'warren' >"$root/etc/hostname"
   # sshd is there for comparisons (and users who want it), not started.
   rm -f "$root"/etc/ssh/ssh_host_*_key*

@@ -2,6 +2,11 @@
 # Installs and starts what Warren needs on a Debian 12 host: Docker engine,
 # cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
 # chromium (the browser test), the OpenSSH client (the SSH tests), PostgreSQL (the control plane's scale path).
+#
+# The Docker engine is set up the way a Warren worker runs it
+# (docs/security.md): with user-namespace remapping, so a session's root is
+# an unprivileged host uid. If dockerd already runs without it, it is
+# restarted (its containers stop) unless WARREN_KEEP_DOCKER=1.
 # Idempotent; safe to run again.
 set -euo pipefail
 
@@ -11,6 +16,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
+command -v newuidmap >/dev/null || need+=(uidmap)
 command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
@@ -21,6 +27,26 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+mkdir -p /etc/docker
+want_cfg='{"userns-remap": "default"}'
+if [ "$(cat /etc/docker/daemon.json 2>/dev/null)" != "$want_cfg" ]; then
+  echo "$want_cfg" >/etc/docker/daemon.json
+fi
+
+docker_ok() {
+  timeout 10 docker info --format '{{.SecurityOptions}}' 2>/dev/null | grep -q "name=userns"
+}
+if timeout 10 docker info >/dev/null 2>&1 && ! docker_ok; then
+  if [ "${WARREN_KEEP_DOCKER:-}" = 1 ]; then
+    echo "setup-host: dockerd runs without user-namespace remapping; kept (WARREN_KEEP_DOCKER=1)" >&2
+  else
+    echo "setup-host: restarting dockerd with user-namespace remapping"
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    fi
+  fi
+fi
 if ! timeout 10 docker info >/dev/null 2>&1; then
   # A previous machine session may have left a pid file behind; dockerd
   # refuses to start while it exists.

@@ -144,10 +144,10 @@ struct UpArgs {
     /// Install the development CA into the system trust store.
     #[arg(long)]
     trust: bool,
-    /// Run sessions in the isolated `default` profile (no Docker engine
-    /// inside them). Without it, `warren up`, made for one user on their own
-    /// machine, runs Docker-in-Docker sessions as root on this machine and
-    /// says so (docs/security.md).
+    /// Never run sessions as root on this machine. Without it, where Docker
+    /// has no user-namespace remapping (so no isolated Docker-in-Docker),
+    /// `warren up`, made for one user on their own machine, runs
+    /// Docker-in-Docker sessions as host root and says so (docs/security.md).
     #[arg(long)]
     isolated: bool,
 }
@@ -680,11 +680,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         trust,
         isolated,
     } = args;
-    if !isolated {
-        eprintln!(
-            "{HOST_ROOT_WARNING}\nwarren: (warren up is for one user on their own machine; --isolated turns this off)"
-        );
-    }
     // Images first, with progress on the terminal.
     if !image_exists(&image).await {
         let which = match image.as_str() {
@@ -724,6 +719,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         allow_host_root_sessions: !isolated,
     })
     .await?;
+    let profile = stack.agent.runtime().security();
+    if profile.is_host_root() {
+        eprintln!(
+            "{HOST_ROOT_WARNING}\nwarren: (warren up is for one user on their own machine; --isolated turns this off)"
+        );
+    } else {
+        eprintln!("warren: sessions run {}", profile.describe());
+    }
     if trust {
         let dest = PathBuf::from("/usr/local/share/ca-certificates/warren-dev-ca.crt");
         std::fs::copy(&stack.ca_file, &dest)

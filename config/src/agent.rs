@@ -38,8 +38,9 @@ pub struct RelayTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityMode {
-    /// `default`, unless `allow_host_root_sessions` is set: then `privileged`
-    /// if the host's capability bounding set is full, else `capabilities`.
+    /// `dind` where the engine remaps user namespaces; else, with
+    /// `allow_host_root_sessions`, `privileged` if the host's capability
+    /// bounding set is full, else `capabilities`; else `default`.
     #[default]
     Auto,
     /// Host root: `--privileged` (needs `allow_host_root_sessions`).
@@ -51,6 +52,10 @@ pub enum SecurityMode {
     /// Isolated: Docker's default capabilities less NET_RAW, a private cgroup
     /// namespace, no new privileges. No Docker engine inside.
     Default,
+    /// Isolated Docker-in-Docker: the session's root is an unprivileged host
+    /// uid (the engine must run with `userns-remap`); it holds SYS_ADMIN only
+    /// inside its own user namespace, and `docker` inside is podman.
+    Dind,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +76,9 @@ pub struct DockerConfig {
     pub default_memory_mb: u64,
     pub default_cpus: f64,
     pub pids_limit: i64,
+    /// Writable disk per session in MB (0: no limit), where the engine can
+    /// enforce it (btrfs, or overlay2 on XFS with project quotas).
+    pub default_disk_mb: u64,
 }
 
 impl Default for DockerConfig {
@@ -85,6 +93,7 @@ impl Default for DockerConfig {
             default_memory_mb: 1024,
             default_cpus: 1.0,
             pids_limit: 1024,
+            default_disk_mb: 10_240,
         }
     }
 }
@@ -190,6 +199,12 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid(
                 "docker.pids_limit",
                 "must be between 16 and 1000000",
+            ));
+        }
+        if d.default_disk_mb != 0 && !(64..=4_194_304).contains(&d.default_disk_mb) {
+            return Err(ConfigError::invalid(
+                "docker.default_disk_mb",
+                "must be 0 (no limit) or between 64 and 4194304",
             ));
         }
         if !(10..=86_400).contains(&self.terminal.detached_timeout_secs) {

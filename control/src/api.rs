@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::store::{NewSession, Principal, Session, SessionReport, StoreError, now_ms};
+use crate::store::{
+    NewSession, NodeIsolation, Principal, Session, SessionReport, StoreError, now_ms,
+};
 use crate::{Control, is_session_id};
 
 /// An error as the API shows it: a stable code and a message for people.
@@ -183,6 +185,7 @@ struct CreateSession {
     image: Option<String>,
     memory_mb: Option<i64>,
     cpus: Option<f64>,
+    disk_mb: Option<i64>,
     ttl_seconds: Option<i64>,
     idle_timeout_seconds: Option<i64>,
 }
@@ -198,6 +201,8 @@ struct SessionView {
     image: String,
     memory_mb: i64,
     cpus: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_mb: Option<i64>,
     url: String,
     ssh: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +244,7 @@ impl Control {
             image: s.image.clone(),
             memory_mb: s.memory_mb,
             cpus: s.millicpus as f64 / 1000.0,
+            disk_mb: (s.disk_mb > 0).then_some(s.disk_mb),
             url,
             ssh: format!("ssh -p {sport} {}@{host}", s.id),
             token: token.as_ref().map(|t| t.0.clone()),
@@ -298,6 +304,14 @@ async fn create_session(
             "cpus must be in (0, 256]",
         ));
     }
+    let disk_mb = req.disk_mb.unwrap_or(0);
+    if disk_mb != 0 && !(64..=4_194_304).contains(&disk_mb) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "disk_mb must be between 64 and 4194304",
+        ));
+    }
     let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
     let idle = req
         .idle_timeout_seconds
@@ -313,6 +327,7 @@ async fn create_session(
         image,
         memory_mb,
         millicpus: (cpus * 1000.0) as i64,
+        disk_mb,
         ttl_ms: ttl * 1000,
         idle_timeout_ms: idle * 1000,
     };
@@ -855,6 +870,8 @@ async fn join(
 pub struct HeartbeatReq {
     pub allocatable_mb: i64,
     pub free_mb: i64,
+    #[serde(default, flatten)]
+    pub isolation: NodeIsolation,
     #[serde(default)]
     pub sessions: Vec<SessionReport>,
 }
@@ -878,6 +895,7 @@ async fn heartbeat(
             &node,
             req.allocatable_mb.max(0),
             req.free_mb.max(0),
+            &req.isolation,
             &req.sessions,
         )
         .await?;
@@ -911,7 +929,7 @@ async fn watch(
     let (index, sessions) = c.store.desired(&node).await?;
     let list: Vec<_> = sessions
         .iter()
-        .map(|s| json!({"id": s.id, "image": s.image, "memory_mb": s.memory_mb, "cpus": s.millicpus as f64 / 1000.0}))
+        .map(|s| json!({"id": s.id, "image": s.image, "memory_mb": s.memory_mb, "cpus": s.millicpus as f64 / 1000.0, "disk_mb": s.disk_mb}))
         .collect();
     Ok(Json(json!({"index": index, "sessions": list})))
 }

@@ -97,6 +97,11 @@ pub struct Node {
     pub cordoned: bool,
     pub last_heartbeat_ms: i64,
     pub sessions: i64,
+    /// The isolation profile the node's agent runs sessions with
+    /// (docs/security.md); empty until its first heartbeat says.
+    pub security_profile: String,
+    /// Whether the node enforces per-session disk limits.
+    pub disk_limits: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -109,6 +114,8 @@ pub struct Session {
     pub image: String,
     pub memory_mb: i64,
     pub millicpus: i64,
+    /// Disk limit in MB; 0: the node's default.
+    pub disk_mb: i64,
     pub created_at: i64,
     pub expires_at: i64,
     pub idle_timeout_ms: i64,
@@ -120,8 +127,18 @@ pub struct NewSession {
     pub image: String,
     pub memory_mb: i64,
     pub millicpus: i64,
+    pub disk_mb: i64,
     pub ttl_ms: i64,
     pub idle_timeout_ms: i64,
+}
+
+/// How a node isolates its sessions, as its agent reports it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeIsolation {
+    #[serde(default)]
+    pub security_profile: String,
+    #[serde(default)]
+    pub disk_limits: bool,
 }
 
 /// What an agent says about one of its sessions.
@@ -158,6 +175,7 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
         image: r.try_get("image")?,
         memory_mb: r.try_get("memory_mb")?,
         millicpus: r.try_get("millicpus")?,
+        disk_mb: r.try_get("disk_mb")?,
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         idle_timeout_ms: r.try_get("idle_timeout_ms")?,
@@ -165,7 +183,7 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
     })
 }
 
-const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity";
+const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, disk_mb, created_at, expires_at, idle_timeout_ms, last_activity";
 
 #[derive(Clone)]
 pub struct Store {
@@ -430,18 +448,22 @@ impl Store {
         node_id: &str,
         allocatable_mb: i64,
         free_mb: i64,
+        isolation: &NodeIsolation,
         reports: &[SessionReport],
     ) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
-             state = CASE WHEN state IN ('joining','lost') THEN 'ready' ELSE state END WHERE id = $4",
+             state = CASE WHEN state IN ('joining','lost') THEN 'ready' ELSE state END, \
+             security_profile = $5, disk_limits = $6 WHERE id = $4",
         )
         .bind(allocatable_mb)
         .bind(free_mb)
         .bind(now)
         .bind(node_id)
+        .bind(&isolation.security_profile)
+        .bind(isolation.disk_limits as i64)
         .execute(&mut *tx)
         .await?;
         let mut present = Vec::new();
@@ -499,7 +521,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, \
+            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, n.security_profile, n.disk_limits, \
              (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved, \
              (SELECT COUNT(*) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS n_sessions \
              FROM nodes n ORDER BY n.id"
@@ -517,6 +539,8 @@ impl Store {
                     cordoned: r.try_get::<i64, _>("cordoned")? != 0,
                     last_heartbeat_ms: r.try_get("last_heartbeat")?,
                     sessions: r.try_get("n_sessions")?,
+                    security_profile: r.try_get("security_profile")?,
+                    disk_limits: r.try_get::<i64, _>("disk_limits")? != 0,
                 })
             })
             .collect()
@@ -667,8 +691,8 @@ impl Store {
         };
         let id = random_id(16);
         sqlx::query(
-            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at) \
-             VALUES ($1, $2, $3, 'pending', '', $4, $5, $6, $7, $8, $9, $7, $7)",
+            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at, disk_mb) \
+             VALUES ($1, $2, $3, 'pending', '', $4, $5, $6, $7, $8, $9, $7, $7, $10)",
         )
         .bind(&id)
         .bind(tenant)
@@ -679,6 +703,7 @@ impl Store {
         .bind(now)
         .bind(now + spec.ttl_ms)
         .bind(spec.idle_timeout_ms)
+        .bind(spec.disk_mb)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -72,14 +72,16 @@ pub async fn open_ws(
     token: &str,
     command: Option<&str>,
 ) -> anyhow::Result<Box<dyn Term>> {
+    // The token goes in a header: the relay takes commands only with a
+    // Bearer token, never from a URL.
     let query = {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
-        q.append_pair("token", token);
         if let Some(c) = command {
             q.append_pair("command", c);
         }
         q.finish()
     };
+    let bearer = format!("Bearer {token}");
     let host = format!("{session}.{}", relay.domain);
     let tcp = tokio::net::TcpStream::connect(relay.addr)
         .await
@@ -89,7 +91,7 @@ pub async fn open_ws(
     match &relay.tls {
         None => {
             let url = format!("ws://{host}:{port}/_warren/terminal?{query}");
-            let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+            let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tcp)
                 .await
                 .map_err(ws_error)?;
             Ok(Box::new(WsTerm { ws }))
@@ -101,12 +103,23 @@ pub async fn open_ws(
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
             let url = format!("wss://{host}:{port}/_warren/terminal?{query}");
-            let (ws, _) = tokio_tungstenite::client_async(url, tls)
+            let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tls)
                 .await
                 .map_err(ws_error)?;
             Ok(Box::new(WsTerm { ws }))
         }
     }
+}
+
+fn request(
+    url: &str,
+    bearer: &str,
+) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", bearer.parse().context("token")?);
+    Ok(req)
 }
 
 fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {

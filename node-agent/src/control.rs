@@ -114,6 +114,9 @@ struct Desired {
     image: String,
     memory_mb: u64,
     cpus: f64,
+    /// 0: the agent's default.
+    #[serde(default)]
+    disk_mb: u64,
 }
 
 /// Keeps the agent in step with control until `shutdown`.
@@ -162,7 +165,13 @@ pub fn spawn_sync(
                 for (id, reason) in failed.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                     sessions.push(json!({"id": id, "state": "failed", "reason": reason}));
                 }
-                let body = json!({"allocatable_mb": allocatable, "free_mb": free, "sessions": sessions});
+                let body = json!({
+                    "allocatable_mb": allocatable,
+                    "free_mb": free,
+                    "security_profile": agent.runtime().security().name(),
+                    "disk_limits": agent.runtime().disk_limits(),
+                    "sessions": sessions,
+                });
                 match http.post(format!("{base}/internal/v1/heartbeat")).bearer_auth(&auth).json(&body).send().await {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => warn!("heartbeat refused: {}", r.status()),
@@ -210,7 +219,7 @@ pub fn spawn_sync(
                     }
                     let (agent, failed, starting, report_now) = (agent.clone(), failed.clone(), starting.clone(), report_now.clone());
                     tracker2.spawn(async move {
-                        let spec = SessionSpec { id: d.id.clone(), image: Some(d.image), memory_mb: Some(d.memory_mb), cpus: Some(d.cpus), pids_limit: None };
+                        let spec = SessionSpec { id: d.id.clone(), image: Some(d.image), memory_mb: Some(d.memory_mb), cpus: Some(d.cpus), pids_limit: None, disk_mb: (d.disk_mb > 0).then_some(d.disk_mb) };
                         if let Err(e) = agent.create_session(&spec).await {
                             warn!(session = %d.id, "session failed to start: {e}");
                             failed.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone(), e.to_string());

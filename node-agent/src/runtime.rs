@@ -44,6 +44,8 @@ pub struct SessionSpec {
     pub memory_mb: Option<u64>,
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
+    /// Writable disk (image layer changes, inner images) in MB.
+    pub disk_mb: Option<u64>,
 }
 
 /// A session container the agent runs.
@@ -83,6 +85,8 @@ pub struct DockerRuntime {
     security: std::sync::Mutex<SecurityProfile>,
     labels: BTreeMap<String, String>,
     detached_timeout_secs: u64,
+    /// The engine enforces `--storage-opt size` (cleared if it says not).
+    disk_limits: std::sync::atomic::AtomicBool,
 }
 
 impl DockerRuntime {
@@ -108,7 +112,39 @@ impl DockerRuntime {
                 init_binary.display()
             );
         }
-        let security = SecurityProfile::detect(cfg.security, cfg.allow_host_root_sessions);
+        let info = docker
+            .info()
+            .await
+            .context("asking Docker for its settings")?;
+        let engine_userns = info
+            .security_options
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|s| s.contains("name=userns")));
+        if cfg.security == warren_config::SecurityMode::Dind && !engine_userns {
+            anyhow::bail!(
+                "docker.security = dind needs a Docker engine with user-namespace remapping \
+                 (\"userns-remap\": \"default\" in /etc/docker/daemon.json; scripts/setup-host.sh sets it)"
+            );
+        }
+        // Per-container disk limits need overlay2 on XFS mounted with project
+        // quotas (`pquota` cannot be seen from here: the first create tries,
+        // and an engine that refuses turns limits off).
+        let driver = info.driver.clone().unwrap_or_default();
+        let backing = info
+            .driver_status
+            .as_ref()
+            .and_then(|d| {
+                d.iter()
+                    .find(|kv| kv.first().is_some_and(|k| k == "Backing Filesystem"))
+            })
+            .and_then(|kv| kv.get(1).cloned())
+            .unwrap_or_default();
+        let disk_limits = driver == "overlay2" && backing == "xfs";
+        if !disk_limits {
+            warn!(%driver, %backing, "Docker cannot limit session disks here (needs overlay2 on XFS with pquota); sessions have no disk limit");
+        }
+        let security =
+            SecurityProfile::detect(cfg.security, cfg.allow_host_root_sessions, engine_userns);
         if security.is_host_root() {
             warn!(profile = %security.describe(), "HOST-ROOT SESSIONS: any session can take this worker and every session on it (docker.allow_host_root_sessions)");
         }
@@ -129,9 +165,15 @@ impl DockerRuntime {
             security,
             labels,
             detached_timeout_secs,
+            disk_limits: std::sync::atomic::AtomicBool::new(disk_limits),
         };
         rt.ensure_network().await?;
         Ok(rt)
+    }
+
+    /// Whether sessions here get a disk limit.
+    pub fn disk_limits(&self) -> bool {
+        self.disk_limits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn security(&self) -> SecurityProfile {
@@ -166,6 +208,26 @@ impl DockerRuntime {
             }
             // Another create, racing this one, dropped it already: retry too.
             return missing.contains(&name);
+        }
+        false
+    }
+
+    /// overlay2 without XFS project quotas refuses `size`: stop asking
+    /// (sessions then run without a disk limit, and the node says so).
+    fn disk_limit_unsupported(&self, err: &bollard::errors::Error) -> bool {
+        let bollard::errors::Error::DockerResponseServerError { message, .. } = err else {
+            return false;
+        };
+        if message.contains("storage-opt") || message.contains("quota") {
+            if self
+                .disk_limits
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                warn!(
+                    "Docker cannot limit session disks here ({message}); sessions run without a disk limit"
+                );
+            }
+            return true;
         }
         false
     }
@@ -284,6 +346,17 @@ impl DockerRuntime {
         let memory_mb = spec.memory_mb.unwrap_or(self.cfg.default_memory_mb);
         let cpus = spec.cpus.unwrap_or(self.cfg.default_cpus);
         let pids = spec.pids_limit.unwrap_or(self.cfg.pids_limit);
+        let disk_mb = spec.disk_mb.unwrap_or(self.cfg.default_disk_mb);
+        if spec.disk_mb.is_some_and(|d| !(64..=4_194_304).contains(&d)) {
+            return Err(RuntimeError::Invalid(
+                "disk_mb must be between 64 and 4194304".into(),
+            ));
+        }
+        if spec.disk_mb.is_some() && !self.disk_limits() {
+            return Err(RuntimeError::Invalid(
+                "this worker cannot limit disk (its Docker engine needs btrfs, or overlay2 on XFS with project quotas)".into(),
+            ));
+        }
         if !((16..=1_048_576).contains(&memory_mb)
             && cpus > 0.0
             && cpus <= 256.0
@@ -362,10 +435,15 @@ impl DockerRuntime {
             let mut body = body.clone();
             if let Some(hc) = body.host_config.as_mut() {
                 self.security().apply(hc);
+                if disk_mb > 0 && self.disk_limits() {
+                    hc.storage_opt =
+                        Some(HashMap::from([("size".to_string(), format!("{disk_mb}M"))]));
+                }
             }
             match self.docker.create_container(Some(opts.clone()), body).await {
                 Ok(c) => break c,
                 Err(e) if self.drop_unknown_capability(&e) => continue,
+                Err(e) if spec.disk_mb.is_none() && self.disk_limit_unsupported(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         };

@@ -70,14 +70,28 @@ pub enum SecurityProfile {
     /// namespace over the read-only cgroup mount Docker gives, no new
     /// privileges, Docker's seccomp and masked /proc paths.
     Default,
+    /// Isolated Docker-in-Docker on an engine with user-namespace remapping:
+    /// the session's root is an unprivileged host uid; SYS_ADMIN (needed to
+    /// mount inner containers' filesystems) holds only inside the session's
+    /// own user namespace. Docker's seccomp profile stays; /proc and /sys are
+    /// not masked (a new procfs for an inner container may not be mounted
+    /// over masked paths), which shows read-only host information such as
+    /// /proc/sched_debug; writes there are refused to a non-host root.
+    Dind,
 }
 
 impl SecurityProfile {
     /// Resolves the configured mode against what this host allows. Host-root
     /// profiles only come from an explicit `allow_host_root`.
-    pub fn detect(mode: SecurityMode, allow_host_root: bool) -> SecurityProfile {
+    pub fn detect(
+        mode: SecurityMode,
+        allow_host_root: bool,
+        engine_userns: bool,
+    ) -> SecurityProfile {
         match mode {
             SecurityMode::Default => SecurityProfile::Default,
+            SecurityMode::Dind => SecurityProfile::Dind,
+            SecurityMode::Auto if engine_userns => SecurityProfile::Dind,
             SecurityMode::Auto if !allow_host_root => SecurityProfile::Default,
             // Config validation refuses these without the setting; refuse
             // here too, whatever built the config.
@@ -105,6 +119,7 @@ impl SecurityProfile {
     pub fn name(&self) -> &'static str {
         match self {
             SecurityProfile::Default => "default",
+            SecurityProfile::Dind => "dind",
             SecurityProfile::Privileged => "host-root-privileged",
             SecurityProfile::Capabilities { .. } => "host-root-capabilities",
         }
@@ -112,7 +127,10 @@ impl SecurityProfile {
 
     /// Whether a session's root is root on the worker.
     pub fn is_host_root(&self) -> bool {
-        !matches!(self, SecurityProfile::Default)
+        matches!(
+            self,
+            SecurityProfile::Privileged | SecurityProfile::Capabilities { .. }
+        )
     }
 
     pub fn describe(&self) -> String {
@@ -122,6 +140,9 @@ impl SecurityProfile {
             }
             SecurityProfile::Default => {
                 "default: isolated (no NET_RAW, private cgroup namespace, no new privileges; no Docker-in-Docker)".into()
+            }
+            SecurityProfile::Dind => {
+                "dind: isolated Docker-in-Docker (user-namespace root, no NET_RAW, private cgroup namespace; podman inside)".into()
             }
             SecurityProfile::Capabilities { caps, missing } => format!(
                 "host-root-capabilities: sessions are root on this worker ({} capabilities, unconfined seccomp/AppArmor/system paths, writable cgroups; host lacks {})",
@@ -138,13 +159,28 @@ impl SecurityProfile {
     /// Applies the profile to a container's host config.
     pub fn apply(&self, hc: &mut bollard::models::HostConfig) {
         match self {
-            SecurityProfile::Privileged => hc.privileged = Some(true),
+            SecurityProfile::Privileged => {
+                hc.privileged = Some(true);
+                // On an engine that remaps user namespaces, host root is
+                // only by asking for the host's namespace.
+                hc.userns_mode = Some("host".into());
+            }
+            SecurityProfile::Dind => {
+                hc.cap_add = Some(vec!["CAP_SYS_ADMIN".into()]);
+                hc.cap_drop = Some(vec!["NET_RAW".into()]);
+                // AppArmor's docker-default refuses mounts; seccomp stays.
+                hc.security_opt = Some(vec!["apparmor=unconfined".into()]);
+                hc.masked_paths = Some(vec![]);
+                hc.readonly_paths = Some(vec![]);
+                hc.cgroupns_mode = Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE);
+            }
             SecurityProfile::Default => {
                 hc.cap_drop = Some(vec!["NET_RAW".into()]);
                 hc.security_opt = Some(vec!["no-new-privileges:true".into()]);
                 hc.cgroupns_mode = Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE);
             }
             SecurityProfile::Capabilities { caps, .. } => {
+                hc.userns_mode = Some("host".into());
                 hc.cap_add = Some(caps.iter().map(|c| format!("CAP_{c}")).collect());
                 hc.security_opt = Some(vec![
                     "seccomp=unconfined".into(),

@@ -189,9 +189,16 @@ async fn dind_session_runs_an_inner_container() {
     if !docker_or_skip().await {
         return;
     }
-    // Docker inside a session needs the host-root profile on these machines
-    // (docs/security.md): the isolated profile has no engine inside.
+    // On an engine with user-namespace remapping (what setup-host.sh sets
+    // up) this is the isolated `dind` profile; elsewhere the host-root one.
     let stack = Stack::start_with("dind", true).await;
+    let profile = stack.agent().runtime().security().name();
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert_eq!(
+            profile, "dind",
+            "CI needs Docker with userns-remap (scripts/setup-host.sh) for isolated Docker-in-Docker"
+        );
+    }
     let s = stack.session("warren/session:dind", 1024).await;
     // Hand the inner daemon an image: saved on the host, copied in.
     let tar = std::env::temp_dir().join(format!("mini-{}.tar", s.id));
@@ -212,4 +219,27 @@ async fn dind_session_runs_an_inner_container() {
     t.send("docker load -i /tmp/mini.tar >/dev/null && docker run --rm -m 64m warren/session:mini sh -c 'echo ran-$((6*7))'")
         .await;
     t.expect_within("ran-42", WAIT * 2).await;
+    if profile == "dind" {
+        // The session's root is not the host's: its ids are remapped, and
+        // what host root could do fails.
+        let out = t
+            .run(
+                "echo map=$(head -1 /proc/self/uid_map | awk '{print $2}')=; echo $$ > /sys/fs/cgroup/memory/cgroup.procs 2>/dev/null && echo ESCAPED-$((1+1)) || echo stayed-$((1+1)); \
+                 echo '|/x' > /proc/sys/kernel/core_pattern 2>/dev/null && echo CORE-$((1+2)) || echo nocore-$((1+2)); \
+                 echo b > /proc/sysrq-trigger 2>/dev/null && echo SYSRQ-$((1+3)) || echo nosysrq-$((1+3)); \
+                 grep CapEff /proc/self/status; echo done-$((2+3))",
+                "done-5",
+            )
+            .await;
+        let host_uid: u64 = out
+            .rsplit("map=")
+            .next()
+            .and_then(|v| v.split('=').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(host_uid > 0, "session root is host root: {out}");
+        for bad in ["ESCAPED-2", "CORE-3", "SYSRQ-4"] {
+            assert!(!out.contains(bad), "{bad}: {out}");
+        }
+    }
 }

@@ -627,7 +627,10 @@ impl ProxyHttp for RelayProxy {
                 }
                 if path == TERMINAL_PATH {
                     ctx.route = "terminal";
-                    if query_has_command {
+                    // A browser can put a command in a link (or a page's
+                    // WebSocket URL) but cannot set an Authorization header
+                    // on a WebSocket: commands come only with a Bearer token.
+                    if query_has_command && cred != Cred::Bearer {
                         return self
                             .answer(
                                 session,
@@ -635,7 +638,7 @@ impl ProxyHttp for RelayProxy {
                                     400,
                                     "command_in_url",
                                     "Bad request",
-                                    "Commands are not taken from a URL; use SSH or the API.",
+                                    "Commands are taken only with an Authorization: Bearer token, never from a link or a cookie.",
                                 ),
                             )
                             .await;

@@ -373,11 +373,23 @@ async fn tokens_scopes_and_origins() {
         ("mode=exec alone", "mode=exec"),
     ] {
         c.status(
-            &format!("terminal socket, {name} in the URL"),
-            ws_status(&st, &s.id, q, &[("authorization", &bearer)]).await,
+            &format!("terminal socket, {name} in the URL with the cookie"),
+            ws_status(&st, &s.id, q, &[("cookie", &pair), ("origin", &me)]).await,
+            400,
+        );
+        c.status(
+            &format!("terminal socket, {name} in the URL with ?token="),
+            ws_status(&st, &s.id, &format!("{q}&token={good}"), &[]).await,
             400,
         );
     }
+    // Programs (the SSH bridge's peers, the load-test harness) send the
+    // token as a header: commands are theirs.
+    c.status(
+        "terminal socket, command= with a Bearer header",
+        ws_status(&st, &s.id, "command=id", &[("authorization", &bearer)]).await,
+        101,
+    );
     c.finish("tokens, scopes and origins");
 }
 
