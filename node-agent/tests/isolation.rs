@@ -108,7 +108,10 @@ async fn no_host_capabilities_and_no_cgroup_escape() {
     if !docker_or_skip().await {
         return;
     }
-    let stack = Stack::start("caps").await;
+    // The isolated profile without Docker inside (the dind profile's own
+    // checks are in sessions.rs).
+    let stack = Stack::start_mode("caps", false, warren_config::SecurityMode::Default).await;
+    assert_eq!(stack.agent().runtime().security().name(), "default");
     let a = stack.session("warren/session:mini", 64).await;
     let b = stack.session("warren/session:mini", 64).await;
     let mut t = stack.terminal(&a.id, "").await;

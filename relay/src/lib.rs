@@ -254,6 +254,8 @@ pub async fn start(
             source: route_source.clone(),
             registry: registry.clone(),
             limiter: Default::default(),
+            preauth: Default::default(),
+            login_grace: ssh::LOGIN_GRACE,
             metrics: metrics.clone(),
         });
         tasks.spawn(ssh::serve(listener, key, ctx, shutdown.clone()));

@@ -39,6 +39,10 @@ pub const MAX_FAILURES: u32 = 20;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// SSH connections served at once.
 const MAX_CONNECTIONS: usize = 10_000;
+/// Unauthenticated connections one address (IPv6: one /64) may hold.
+pub const MAX_PREAUTH_PER_ADDRESS: usize = 10;
+/// Default time to authenticate.
+pub const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Session and forwarding channels one connection may hold.
 const MAX_CHANNELS: usize = 64;
 /// Time to open the tunnel stream and the terminal handshake.
@@ -91,7 +95,76 @@ pub fn fingerprint(key: &russh::keys::PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-/// Counts failed logins per client address.
+/// The unit limits apply to: an IPv4 address, or an IPv6 /64 (one host
+/// usually holds a whole /64, so single IPv6 addresses cost nothing).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+/// Connections that have not authenticated yet, per address key: each holds
+/// a slot until it authenticates or ends, and an address (or /64) may hold
+/// only [`MAX_PREAUTH_PER_ADDRESS`] at once.
+#[derive(Default)]
+pub struct PreAuth {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Released when dropped.
+pub struct PreAuthSlot {
+    owner: Arc<SshContext>,
+    key: IpAddr,
+}
+
+impl Drop for PreAuthSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .preauth
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl PreAuth {
+    /// A slot for a new connection from `ip`, if its address has one left.
+    pub fn acquire(ctx: &Arc<SshContext>, ip: IpAddr) -> Option<PreAuthSlot> {
+        let key = address_key(ip);
+        let mut open = ctx.preauth.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= MAX_PREAUTH_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(PreAuthSlot {
+            owner: ctx.clone(),
+            key,
+        })
+    }
+
+    /// Connections not yet authenticated from `ip`'s address key.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&address_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// Counts failed logins per client address key.
 #[derive(Default)]
 pub struct FailureLimiter {
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -100,12 +173,14 @@ pub struct FailureLimiter {
 impl FailureLimiter {
     /// Whether `ip` has used up its failures for now.
     pub fn limited(&self, ip: IpAddr) -> bool {
+        let ip = address_key(ip);
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         matches!(seen.get(&ip), Some((since, n)) if since.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
     }
 
     /// Records a failure; true when this one reached the limit.
     pub fn fail(&self, ip: IpAddr) -> bool {
+        let ip = address_key(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() > 100_000 {
             seen.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
@@ -126,6 +201,9 @@ pub struct SshContext {
     pub source: Arc<dyn RouteSource>,
     pub registry: Arc<Registry>,
     pub limiter: FailureLimiter,
+    pub preauth: PreAuth,
+    /// Time a connection has to authenticate (OpenSSH's LoginGraceTime).
+    pub login_grace: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -168,21 +246,46 @@ pub async fn serve(
             drop(tcp); // over capacity: the client sees a closed connection
             continue;
         };
+        // Before authentication an address gets only a few connections, and
+        // each only the login grace time.
+        let Some(preauth) = PreAuth::acquire(&ctx, peer.ip()) else {
+            debug!(%peer, "ssh: too many unauthenticated connections from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
+        let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Conn {
             ctx: ctx.clone(),
             peer,
             target: None,
             channels: Arc::new(tokio::sync::Semaphore::new(MAX_CHANNELS)),
+            preauth: Some(preauth),
+            authenticated: authenticated.clone(),
         };
         let config = config.clone();
         let shutdown = shutdown.clone();
+        let grace = ctx.login_grace;
         tasks.spawn(async move {
-            match russh::server::run_stream(config, tcp, handler).await {
-                Ok(running) => {
+            let started = tokio::time::timeout(grace, russh::server::run_stream(config, tcp, handler)).await;
+            match started {
+                Ok(Ok(running)) => {
                     let handle = running.handle();
+                    let deadline = tokio::time::Instant::now() + grace;
+                    let unauthenticated_too_long = async {
+                        tokio::time::sleep_until(deadline).await;
+                        if authenticated.load(std::sync::atomic::Ordering::Acquire) {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
                         r = running => if let Err(e) = r { debug!(%peer, "ssh connection ended: {e}") },
+                        _ = unauthenticated_too_long => {
+                            debug!(%peer, "ssh: no login within the grace time");
+                            let _ = handle
+                                .disconnect(russh::Disconnect::ByApplication, "no login within the grace time".into(), "en".into())
+                                .await;
+                        }
                         _ = shutdown.cancelled() => {
                             let _ = handle
                                 .disconnect(russh::Disconnect::ByApplication, "the relay is shutting down".into(), "en".into())
@@ -190,7 +293,8 @@ pub async fn serve(
                         }
                     }
                 }
-                Err(e) => debug!(%peer, "ssh handshake failed: {e}"),
+                Ok(Err(e)) => debug!(%peer, "ssh handshake failed: {e}"),
+                Err(_) => debug!(%peer, "ssh: no handshake within the grace time"),
             }
             drop(permit);
         });
@@ -212,6 +316,9 @@ struct Conn {
     target: Option<Target>,
     /// Open channels hold a permit until their task ends.
     channels: Arc<tokio::sync::Semaphore>,
+    /// Held until the connection authenticates.
+    preauth: Option<PreAuthSlot>,
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Conn {
@@ -295,6 +402,9 @@ impl Conn {
             session: session.to_string(),
             route,
         });
+        self.preauth = None;
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::Release);
         Auth::Accept
     }
 
@@ -785,6 +895,34 @@ mod warren_agent_limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_key_ipv6_by_64_and_ipv4_by_address() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        assert_eq!(
+            address_key(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped())),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        assert_ne!(
+            address_key(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+            address_key(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)))
+        );
+        // 20 failures spread over one /64 count as one address.
+        let l = FailureLimiter::default();
+        let mut reached = false;
+        for i in 0..MAX_FAILURES {
+            let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, i as u16 + 1));
+            reached = l.fail(ip);
+        }
+        assert!(reached);
+        assert!(l.limited(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 9, 9, 9, 9))));
+        assert!(!l.limited(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1))));
+    }
 
     #[test]
     fn failures_are_limited_per_address() {

@@ -50,6 +50,23 @@ pub mod close_code {
 /// Transport settings shared by both ends: keepalive, idle timeout, stream
 /// limits and flow-control windows sized so a streaming upload and download
 /// on the same stream do not stall (see ENVIRONMENT notes on 16 MiB windows).
+/// The relay's side before a node has registered: the peer may open one
+/// stream (the registration) and have at most this much data in flight,
+/// so an unauthenticated peer parks kilobytes, not megabytes.
+pub const PREAUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
+/// The relay's connection window once a node is admitted.
+pub const RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// The relay's transport: as [`transport_config`], but a peer starts with
+/// one stream and [`PREAUTH_RECEIVE_WINDOW`]; both are changed once the
+/// node is admitted (see `server`).
+pub fn relay_transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
+    let mut t = transport_config(idle_timeout);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    t.receive_window(quinn::VarInt::from_u32(PREAUTH_RECEIVE_WINDOW));
+    t
+}
+
 pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(KEEPALIVE_INTERVAL));
@@ -57,7 +74,7 @@ pub fn transport_config(idle_timeout: Duration) -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS_PER_NODE));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(64 * 1024 * 1024);
     t
 }

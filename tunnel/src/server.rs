@@ -326,6 +326,10 @@ async fn handle_connection(
             return Err(msg);
         }
     };
+    // Admitted: the node opens no further streams (the relay opens them),
+    // and the connection gets its full window for terminal output.
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
+    conn.set_receive_window(quinn::VarInt::from_u32(crate::RECEIVE_WINDOW));
     proto::write_frame(&mut send, &StreamReply::ok())
         .await
         .map_err(|e| e.to_string())?;

@@ -61,7 +61,7 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(crate::transport_config(idle_timeout)));
+    cfg.transport_config(Arc::new(crate::relay_transport_config(idle_timeout)));
     Ok(cfg)
 }
 

@@ -327,3 +327,40 @@ async fn hostile_stream_headers_fail_alone() {
     stop.cancel();
     relay.stop().await;
 }
+
+/// Before registering, a peer may open one stream and park at most the
+/// pre-auth window: a second stream never opens, and a megabyte on the first
+/// never fits; the relay closes the connection at the registration deadline.
+#[tokio::test]
+async fn unauthenticated_peers_get_one_stream_and_a_small_window() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let conn = raw_connect(relay.addr, &cert).await;
+    // The registration stream: one byte, then silence (the relay waits for
+    // the rest of the Hello until its registration deadline).
+    let (mut first, _r1) = conn.open_bi().await.unwrap();
+    first.write_all(&[1]).await.unwrap();
+    // A second stream, with a megabyte the relay would never read: it
+    // cannot even open before the relay gives up on this peer.
+    let second = async {
+        let (mut s, _r) = conn.open_bi().await?;
+        s.write_all(&vec![0u8; 1024 * 1024]).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    assert!(
+        second.await.is_err(),
+        "a second stream carried data before registration"
+    );
+    let reason = conn.closed().await.to_string();
+    assert!(reason.contains("no registration in time"), "{reason}");
+    // A real agent still registers afterwards.
+    let (stop, _status) = agent("node-after", SECRET, vec![dial(relay.addr, &cert)]);
+    assert!(
+        relay
+            .registry
+            .wait_until(WAIT, |n| n.contains("node-after"))
+            .await
+    );
+    stop.cancel();
+    relay.stop().await;
+}

@@ -62,6 +62,11 @@ impl Stack {
 
     /// `allow_host_root`: the host-root Docker-in-Docker profile.
     pub async fn start_with(name: &str, allow_host_root: bool) -> Stack {
+        Self::start_mode(name, allow_host_root, SecurityMode::Auto).await
+    }
+
+    /// A stack whose agent runs sessions with the profile `mode`.
+    pub async fn start_mode(name: &str, allow_host_root: bool, mode: SecurityMode) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
             .with_test_writer()
@@ -102,7 +107,7 @@ impl Stack {
             }],
             docker: DockerConfig {
                 network: format!("warren-test-{run}"),
-                security: SecurityMode::Auto,
+                security: mode,
                 allow_host_root_sessions: allow_host_root,
                 default_image: "warren/session:mini".into(),
                 default_memory_mb: 128,
