@@ -496,6 +496,42 @@ async fn openssh_through_the_relay() {
     let o = output(c).await;
     assert_eq!(String::from_utf8_lossy(&o.stdout), "cli-42\n", "{o:?}");
 
+    // Pre-auth bounds: silent connections from one address hold at most
+    // ten slots; the eleventh is closed before the server says a word,
+    // and once they go, logins work again.
+    async fn banner(port: u16) -> Option<(tokio::net::TcpStream, String)> {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.ok()?.ok()?;
+        (n > 0).then(|| (s, String::from_utf8_lossy(&buf[..n]).to_string()))
+    }
+    let mut silent = Vec::new();
+    for i in 0..10 {
+        let (s, b) = banner(ssh_port).await.unwrap_or_else(|| panic!("silent connection {i} refused"));
+        assert!(b.starts_with("SSH-2.0-"), "{b}");
+        silent.push(s);
+    }
+    assert!(
+        banner(ssh_port).await.is_none(),
+        "an 11th unauthenticated connection from one address was served"
+    );
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = ssh.ssh(Some(&key_a), &id);
+        c.args(["echo", "after-$((3*14))"]);
+        let o = output(c).await;
+        if String::from_utf8_lossy(&o.stdout) == "after-42\n" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "logins never worked again after the silent connections left: {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A deleted session refuses logins; a key removed stops working.
     let (s, _) = call(&base, "DELETE", &format!("/v1/sessions/{id}"), ka, None).await;
     assert_eq!(s, 204);
