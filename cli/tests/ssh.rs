@@ -501,14 +501,21 @@ async fn openssh_through_the_relay() {
     // and once they go, logins work again.
     async fn banner(port: u16) -> Option<(tokio::net::TcpStream, String)> {
         use tokio::io::AsyncReadExt;
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.ok()?.ok()?;
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         (n > 0).then(|| (s, String::from_utf8_lossy(&buf[..n]).to_string()))
     }
     let mut silent = Vec::new();
     for i in 0..10 {
-        let (s, b) = banner(ssh_port).await.unwrap_or_else(|| panic!("silent connection {i} refused"));
+        let (s, b) = banner(ssh_port)
+            .await
+            .unwrap_or_else(|| panic!("silent connection {i} refused"));
         assert!(b.starts_with("SSH-2.0-"), "{b}");
         silent.push(s);
     }

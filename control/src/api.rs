@@ -176,7 +176,45 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/internal/v1/ssh/host-key", post(ssh_host_key))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), rate_limit))
         .with_state(c)
+}
+
+/// Per-address limits before any handler: an address that keeps failing
+/// authentication, or keeps trying to join, gets 429 without touching the
+/// database (each failure would otherwise cost a query and an audit row).
+async fn rate_limit(
+    State(c): State<Arc<Control>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|ci| ci.0.ip());
+    let Some(ip) = ip else {
+        return next.run(req).await;
+    };
+    let key = crate::limits::address_key(ip);
+    let too_many = |what: &str| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what} from this address; try again in a minute"),
+        )
+        .into_response()
+    };
+    if c.limits.auth_failures.limited(&key) {
+        return too_many("failed sign-ins");
+    }
+    if req.uri().path() == "/internal/v1/join" && !c.limits.joins.allow(&key) {
+        return too_many("join attempts");
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        c.limits.auth_failures.allow(&key);
+    }
+    resp
 }
 
 #[derive(Deserialize, Default)]
@@ -273,6 +311,13 @@ async fn create_session(
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> ApiResult<Response> {
     let p = principal(&c, &h).await?;
+    if !c.limits.creates.allow(&p.tenant) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many sessions created by this tenant in the last minute",
+        ));
+    }
     let Json(req) = body?;
     let d = &c.cfg.sessions;
     let image = req.image.unwrap_or_else(|| d.image.clone());

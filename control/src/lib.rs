@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod limits;
 pub mod sshkeys;
 pub mod store;
 
@@ -99,6 +100,7 @@ pub struct Control {
     pub changed: Notify,
     /// An agent reported (wakes creates waiting for `running`).
     pub reported: Notify,
+    pub limits: limits::Limits,
 }
 
 /// A running control plane.
@@ -167,6 +169,7 @@ pub async fn start(
         issuer,
         changed: Notify::new(),
         reported: Notify::new(),
+        limits: Default::default(),
     });
     info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
 
@@ -174,6 +177,7 @@ pub async fn start(
     let sd = shutdown.clone();
     let reaper = tokio::spawn(reap(control.clone(), shutdown.clone()));
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { sd.cancelled().await })
             .await

@@ -452,3 +452,39 @@ async fn two_replicas_on_postgres_never_overcommit() {
         );
     }
 }
+
+/// Guessing from one address: 30 failed sign-ins, then 429 without a
+/// database query; junk joins stop at 20 a minute; the answers name why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guessing_addresses_are_rate_limited() {
+    let url = database(Db::Sqlite, "limits").await;
+    let c = TestControl::start(config(&url, Strategy::Spread)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..32 {
+        let (s, _) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
+        statuses.push(s);
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
+    let (s, v) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("sign-ins"),
+        "{v}"
+    );
+
+    let c = TestControl::start(config(
+        &database(Db::Sqlite, "limits2").await,
+        Strategy::Spread,
+    ))
+    .await;
+    let mut last = 0;
+    for i in 0..21 {
+        let r = FakeAgent::join(&c.url, "junk-token", &format!("junk-{i}"), 1000).await;
+        last = r.err().unwrap().0;
+        if i < 20 {
+            assert_eq!(last, 403, "join {i}");
+        }
+    }
+    assert_eq!(last, 429);
+}

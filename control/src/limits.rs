@@ -1,0 +1,107 @@
+//! Rate limits in front of the API: per client address for what anyone can
+//! try without a credential (failed logins, joins), and per tenant for what
+//! costs the workers (session creates). Fixed one-minute windows in memory,
+//! per replica; the map is bounded.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(60);
+const MAX_KEYS: usize = 100_000;
+
+/// At most `limit` events per key per minute.
+pub struct Limiter {
+    limit: u32,
+    seen: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl Limiter {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `key` is over its limit now (without counting).
+    pub fn limited(&self, key: &str) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(seen.get(key), Some((since, n)) if since.elapsed() < WINDOW && *n >= self.limit)
+    }
+
+    /// Counts one event; false when it is over the limit.
+    pub fn allow(&self, key: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_KEYS {
+            seen.retain(|_, (since, _)| since.elapsed() < WINDOW);
+            if seen.len() >= MAX_KEYS {
+                // Still full of live keys: refuse new ones rather than grow.
+                return seen.contains_key(key) && seen[key].1 < self.limit;
+            }
+        }
+        let e = seen.entry(key.to_string()).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= WINDOW {
+            *e = (Instant::now(), 0);
+        }
+        if e.1 >= self.limit {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+}
+
+/// The key for a client address: IPv4 as is, IPv6 by its /64.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The limits one control replica enforces.
+pub struct Limits {
+    /// Requests answered 401 per address: after this many, 429 until the
+    /// window ends (guessing keys, credentials or tokens).
+    pub auth_failures: Limiter,
+    /// Join attempts per address.
+    pub joins: Limiter,
+    /// Session creates per tenant.
+    pub creates: Limiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            auth_failures: Limiter::new(30),
+            joins: Limiter::new(20),
+            creates: Limiter::new(600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_key_and_keys_ipv6_by_64() {
+        let l = Limiter::new(3);
+        assert!(l.allow("a") && l.allow("a") && l.allow("a"));
+        assert!(!l.allow("a"));
+        assert!(l.limited("a"));
+        assert!(l.allow("b"));
+        let a = address_key("2001:db8:1:2::1".parse().unwrap());
+        let b = address_key("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+}
