@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Warren's whole test suite: builds the static warren-init that session
-# containers run, makes sure the session images exist, then runs every test.
+# containers run, makes sure the session images exist, runs every test, then
+# a short fuzz run of each fuzz target.
 # Tests that need Docker fail (not skip) when CI=true and Docker is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,6 @@ if [ -z "${WARREN_TEST_POSTGRES_URL:-}" ] && pg_isready -h 127.0.0.1 -q 2>/dev/n
 fi
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
-exec cargo nextest run --workspace --locked --profile "$profile" "$@"
+cargo nextest run --workspace --locked --profile "$profile" "$@"
+# A short fuzz run of every decoder of outside input (scripts/fuzz.sh).
+[ "${WARREN_SKIP_FUZZ:-}" = 1 ] || scripts/fuzz.sh

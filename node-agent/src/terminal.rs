@@ -127,6 +127,32 @@ struct Control {
     rows: u16,
 }
 
+/// What a client's text frame asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMsg {
+    /// A new size, already clamped.
+    Resize { cols: u16, rows: u16 },
+    /// End of the command's stdin (exec mode).
+    Eof,
+    /// Unknown types, bad JSON, or a message for the other mode.
+    Ignored,
+}
+
+/// Parses a client control message (CONTRACT.md: unknown types are ignored).
+pub fn parse_control(text: &str, exec: bool) -> ControlMsg {
+    let Ok(c) = serde_json::from_str::<Control>(text) else {
+        return ControlMsg::Ignored;
+    };
+    match c.kind.as_str() {
+        "resize" if !exec => {
+            let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
+            ControlMsg::Resize { cols, rows }
+        }
+        "eof" if exec => ControlMsg::Eof,
+        _ => ControlMsg::Ignored,
+    }
+}
+
 fn ws_config() -> WebSocketConfig {
     // tungstenite fills its whole read buffer (128 KiB by default) on every
     // read: per open terminal that was most of the agent's memory. Keys and
@@ -266,20 +292,15 @@ where
                         }
                     }
                 }
-                Some(Ok(Message::Text(t))) => {
-                    if let Ok(c) = serde_json::from_str::<Control>(&t) {
-                        match c.kind.as_str() {
-                            "resize" if !exec => {
-                                let (cols, rows) = warren_init::proto::clamp_size(c.cols, c.rows);
-                                let _ = init.send(Frame::Resize { cols, rows }).await;
-                            }
-                            "eof" if exec => {
-                                let _ = init.send(Frame::Eof).await;
-                            }
-                            _ => {}
-                        }
+                Some(Ok(Message::Text(t))) => match parse_control(&t, exec) {
+                    ControlMsg::Resize { cols, rows } => {
+                        let _ = init.send(Frame::Resize { cols, rows }).await;
                     }
-                }
+                    ControlMsg::Eof => {
+                        let _ = init.send(Frame::Eof).await;
+                    }
+                    ControlMsg::Ignored => {}
+                },
                 Some(Ok(Message::Close(_))) | None => return Ok(()),
                 Some(Ok(_)) => {} // ping/pong are answered by tungstenite
                 Some(Err(e)) => {
