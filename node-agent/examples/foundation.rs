@@ -12,6 +12,9 @@
 //!   tunnel, the agent and warren-init, beside `docker exec -it` and a local
 //!   PTY (the floor).
 //! - start: create to a shell that echoes, beside a bare container start.
+//! - neighbours: keystroke echo in one session while another session runs
+//!   a fork bomb, a memory hog, a CPU burner and a log flood, each beside
+//!   the same echo with the noisy session idle (its ratio to that baseline).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -443,6 +446,106 @@ async fn bench_terminal(st: &Stack) {
     st.agent.remove_session(&s.id).await.unwrap();
 }
 
+/// Echo round trips in an open `cat` on `ws`.
+async fn echo_hist(
+    ws: &mut tokio_tungstenite::WebSocketStream<warren_tunnel::TunnelStream>,
+    n: usize,
+) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for i in 0..n {
+        let c = b'a' + (i % 26) as u8;
+        let t = Instant::now();
+        ws.send(Message::Binary(vec![c].into())).await.unwrap();
+        ws_wait(ws, &[c]).await;
+        h.record(t.elapsed().as_micros() as u64).unwrap();
+    }
+    h
+}
+
+async fn bench_neighbours(st: &Stack) {
+    const N: usize = 1000;
+    let noisy = st
+        .agent
+        .create_session(&SessionSpec {
+            id: "benchnoisy".into(),
+            memory_mb: Some(128),
+            pids_limit: Some(128),
+            cpus: Some(1.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let quiet = st
+        .agent
+        .create_session(&SessionSpec {
+            id: "benchquiet".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut q = ws_terminal(&st.relay.registry, &quiet.id).await;
+    q.send(Message::Binary(format!("{CAT}\n").into_bytes().into()))
+        .await
+        .unwrap();
+    q.send(Message::Binary(b"S".to_vec().into())).await.unwrap();
+    ws_wait(&mut q, b"S").await;
+    let mut n = ws_terminal(&st.relay.registry, &noisy.id).await;
+    println!(
+        "\n## Neighbours\n\nEcho in a quiet session while another session misbehaves \
+         ({N} keystrokes each; noisy session: 128 MB, 128 pids, 1 CPU; ratio to the idle run just before it)\n"
+    );
+    println!("| noisy session | p50 | p99 | p99 / idle p99 |\n| --- | --- | --- | --- |");
+    let loads: [(&str, &str); 4] = [
+        (
+            "fork bomb (at its pids limit)",
+            "b() { b | b & }; b 2>/dev/null",
+        ),
+        (
+            "memory hog (OOM-killed in a loop)",
+            "while true; do dd if=/dev/zero of=/dev/null bs=300M count=1 2>/dev/null; done",
+        ),
+        (
+            "CPU burner (4 busy loops)",
+            "for i in 1 2 3 4; do (while :; do :; done) & done",
+        ),
+        (
+            "log flood (PID 1's stdout)",
+            "while true; do cat /dev/zero | head -c 10000000 > /proc/1/fd/1; done",
+        ),
+    ];
+    for (name, cmd) in loads {
+        let idle = echo_hist(&mut q, N).await;
+        n.send(Message::Binary(format!("{cmd}\n").into_bytes().into()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await; // let the load build up
+        let busy = echo_hist(&mut q, N).await;
+        let (ip50, ip99) = pct(&idle);
+        let (b50, b99) = pct(&busy);
+        println!("| idle (before) | {} | {} | |", ms(ip50), ms(ip99));
+        println!(
+            "| {name} | {} | {} | {:.2} |",
+            ms(b50),
+            ms(b99),
+            b99 as f64 / ip99.max(1) as f64
+        );
+        // Stop the load: a new noisy session shell kills everything but init.
+        drop(n);
+        st.agent.remove_session(&noisy.id).await.unwrap();
+        st.agent
+            .create_session(&SessionSpec {
+                id: noisy.id.clone(),
+                memory_mb: Some(128),
+                pids_limit: Some(128),
+                cpus: Some(1.0),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        n = ws_terminal(&st.relay.registry, &noisy.id).await;
+    }
+}
+
 async fn bench_start(st: &Stack) {
     const N: usize = 10;
     let mut hw = Histogram::<u64>::new(3).unwrap();
@@ -524,6 +627,10 @@ async fn main() {
         if what != "terminal" {
             bench_start(&st).await;
         }
+    }
+    if what == "all" || what == "neighbours" {
+        let st = stack(&dir).await;
+        bench_neighbours(&st).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
