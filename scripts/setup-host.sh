@@ -17,6 +17,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
 command -v newuidmap >/dev/null || need+=(uidmap)
+command -v lxcfs >/dev/null || need+=(lxcfs)
 command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
@@ -60,6 +61,15 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
     sleep 1
   done
   timeout 10 docker info >/dev/null 2>&1 || { echo "setup-host: dockerd did not start"; tail -50 /var/log/warren-dockerd.log; exit 1; }
+fi
+# lxcfs: each session sees its own memory, uptime and CPU quota in /proc
+# (the agent binds its files in when they are there).
+if ! mountpoint -q /var/lib/lxcfs 2>/dev/null; then
+  mkdir -p /var/lib/lxcfs
+  fusermount -u /var/lib/lxcfs 2>/dev/null || true
+  nohup lxcfs --enable-cfs /var/lib/lxcfs >/var/log/warren-lxcfs.log 2>&1 &
+  for _ in $(seq 1 20); do [ -f /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.5; done
+  [ -f /var/lib/lxcfs/proc/meminfo ] || { echo "setup-host: lxcfs did not start"; tail -20 /var/log/warren-lxcfs.log; exit 1; }
 fi
 echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"
 

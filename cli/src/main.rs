@@ -124,6 +124,11 @@ struct UpArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "warren.localhost")]
     domain: String,
+    /// Previews at `<port>-<session>.<preview domain>`, another site than
+    /// the terminals (default under .localhost: `<first label>-preview.localhost`;
+    /// elsewhere previews stay under --domain unless this is given).
+    #[arg(long)]
+    preview_domain: Option<String>,
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
     #[arg(long, default_value_t = 8080)]
@@ -670,6 +675,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let UpArgs {
         data_dir,
         domain,
+        preview_domain,
         https_port,
         http_port,
         ssh_port,
@@ -702,9 +708,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let stop = shutdown_on_signals();
     let any = |p: u16| -> SocketAddr { SocketAddr::from(([0, 0, 0, 0], p)) };
     let lo = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
+    let preview_domain = preview_domain.or_else(|| {
+        let (first, rest) = domain.split_once('.')?;
+        (rest == "localhost").then(|| format!("{first}-preview.localhost"))
+    });
     let stack = warren::stack::start(StackOptions {
         data_dir: data_dir.clone(),
         domain: domain.clone(),
+        preview_domain: preview_domain.clone(),
         https: any(https_port),
         http: Some(lo(http_port)),
         api: lo(api_port),
@@ -758,6 +769,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "ssh_host_key_fingerprint": fingerprint,
         "ssh_known_hosts": known_hosts,
         "domain": domain,
+        "preview_domain": preview_domain,
         "admin_api_key": stack.admin_key,
         "ca_cert": stack.ca_file,
     });
@@ -775,9 +787,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let id = s["id"].as_str().unwrap_or_default();
     let token = s["token"].as_str().unwrap_or_default();
     println!(
-        "\nWarren is up.\n\n  open:     http://{id}.{domain}:{http_port}/?token={token}\n  (https:   {})\n  ssh:      {}\n            host key {fingerprint}\n            (or: warren session ssh {id})\n\n  API:      {}\n  admin key: {}\n  CA:       {}\n  written:  {}\n\nnext:\n  warren session create        a new session (prints its URL)\n  warren session ls\n  warren node token            a join token for another worker\n\nCtrl-C stops everything.",
+        "\nWarren is up.\n\n  open:     http://{id}.{domain}:{http_port}/?token={token}\n  (https:   {})\n  ssh:      {}\n            host key {fingerprint}\n            (or: warren session ssh {id})\n  previews: http://PORT-{id}.{}:{http_port}/ (a server on PORT in the session)\n\n  API:      {}\n  admin key: {}\n  CA:       {}\n  written:  {}\n\nnext:\n  warren session create        a new session (prints its URL)\n  warren session ls\n  warren node token            a join token for another worker\n\nCtrl-C stops everything.",
         s["url"].as_str().unwrap_or(""),
         s["ssh"].as_str().unwrap_or(""),
+        preview_domain.as_deref().unwrap_or(&domain),
         stack.control_url,
         stack.admin_key,
         stack.ca_file.display(),

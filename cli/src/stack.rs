@@ -18,6 +18,8 @@ use warren_config::*;
 pub struct StackOptions {
     pub data_dir: PathBuf,
     pub domain: String,
+    /// Previews on a domain of their own (another site).
+    pub preview_domain: Option<String>,
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
     pub api: SocketAddr,
@@ -52,6 +54,7 @@ impl StackOptions {
         StackOptions {
             data_dir: std::env::temp_dir().join(format!("warren-{run}")),
             domain: "warren.localhost".into(),
+            preview_domain: None,
             https: lo,
             http: Some(lo),
             api: lo,
@@ -123,7 +126,8 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         tunnel.local_addr()?,
     );
     let relay_dir = data.join("relay");
-    let certs = warren_relay::certs::dev_certificate(&relay_dir, &o.domain)?;
+    let certs =
+        warren_relay::certs::dev_certificate(&relay_dir, &o.domain, o.preview_domain.as_deref())?;
     let ca_file = certs.ca.clone().context("development CA")?;
     let relay_secret = secret_file(&data.join("relay.secret"), "wr")?;
 
@@ -188,6 +192,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         },
         routes: vec![],
         control_upstream: Some(api_addr),
+        preview_domain: o.preview_domain.clone(),
         control: Some(RelayControl {
             url: control_url.clone(),
             secret: Secret::new(relay_secret.clone()),

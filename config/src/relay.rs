@@ -31,6 +31,11 @@ pub struct RelayConfig {
     /// Where `api.<domain>` is proxied to (the control plane), if anywhere.
     #[serde(default)]
     pub control_upstream: Option<SocketAddr>,
+    /// Previews at `<port>-<session>.<preview_domain>` instead of under
+    /// `domain`: another site, so a preview's pages share nothing with the
+    /// terminals (the production setting; docs/security.md).
+    #[serde(default)]
+    pub preview_domain: Option<String>,
     /// The control plane that serves routes and checks node credentials
     /// (instead of `routes` and `tunnel.node_secret`).
     #[serde(default)]
@@ -119,6 +124,28 @@ impl Validate for RelayConfig {
         }
         for label in d.split('.') {
             check_label("domain", label)?;
+        }
+        if let Some(p) = &self.preview_domain {
+            if p.is_empty()
+                || p.len() > 200
+                || p.starts_with('.')
+                || p.ends_with('.')
+                || p.contains("..")
+            {
+                return Err(ConfigError::invalid(
+                    "preview_domain",
+                    "must be a DNS name like preview.example.net",
+                ));
+            }
+            for label in p.split('.') {
+                check_label("preview_domain", label)?;
+            }
+            if p == d || p.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{p}")) {
+                return Err(ConfigError::invalid(
+                    "preview_domain",
+                    "must be a separate domain, neither the domain nor above or below it",
+                ));
+            }
         }
         if !self.data_dir.is_absolute() {
             return Err(ConfigError::invalid("data_dir", "must be an absolute path"));

@@ -370,6 +370,14 @@ impl DockerRuntime {
         // Left by agents before init's socket moved into the container.
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&spec.id));
 
+        let mut binds = vec![format!(
+            "{}:{}:ro",
+            self.init_binary.display(),
+            warren_init::BINARY_IN_CONTAINER
+        )];
+        // The session's own resource view (free, /proc/meminfo, uptime, the
+        // CPU count from its quota) where lxcfs runs on the worker.
+        binds.extend(lxcfs_binds(Path::new(LXCFS_DIR)));
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.insert(LABEL_SESSION.into(), spec.id.clone());
         labels.insert(LABEL_MEMORY.into(), memory_mb.to_string());
@@ -380,11 +388,7 @@ impl DockerRuntime {
             memory_swap: Some((memory_mb * 1024 * 1024) as i64),
             nano_cpus: Some((cpus * 1e9) as i64),
             pids_limit: Some(pids),
-            binds: Some(vec![format!(
-                "{}:{}:ro",
-                self.init_binary.display(),
-                warren_init::BINARY_IN_CONTAINER
-            )]),
+            binds: Some(binds),
             // Init's socket: inside the container, small, counted in the
             // session's memory; never a host directory.
             tmpfs: Some(HashMap::from([(
@@ -417,9 +421,13 @@ impl DockerRuntime {
             "--".to_string(),
         ];
         cmd.extend(command);
+        // `nproc` counts the CPUs the process may run on (all of the
+        // worker's); OMP_NUM_THREADS, which it honours, says the quota.
+        let env = vec![format!("OMP_NUM_THREADS={}", cpus.ceil().max(1.0) as u64)];
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             hostname: Some("warren".into()),
+            env: Some(env),
             entrypoint: Some(vec![warren_init::BINARY_IN_CONTAINER.to_string()]),
             cmd: Some(cmd),
             labels: Some(labels),
@@ -576,6 +584,34 @@ impl DockerRuntime {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Where lxcfs serves its per-container views of /proc and /sys.
+const LXCFS_DIR: &str = "/var/lib/lxcfs";
+
+/// Bind mounts of lxcfs's files over the session's /proc and /sys ones,
+/// for those lxcfs serves (none when it does not run here).
+fn lxcfs_binds(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if !dir.join("proc/meminfo").is_file() {
+        return out;
+    }
+    for f in [
+        "proc/meminfo",
+        "proc/cpuinfo",
+        "proc/stat",
+        "proc/uptime",
+        "proc/loadavg",
+        "proc/diskstats",
+        "proc/swaps",
+        "sys/devices/system/cpu/online",
+    ] {
+        let p = dir.join(f);
+        if p.is_file() {
+            out.push(format!("{}:/{f}:ro", p.display()));
+        }
+    }
+    out
 }
 
 /// Waits until the session's init answers on its socket.

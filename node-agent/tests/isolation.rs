@@ -353,3 +353,50 @@ async fn disk_limits_are_enforced_or_refused() {
     let mut tb = stack.terminal(&b.id, "").await;
     tb.run("echo neighbour-$((9*9))", "neighbour-81").await;
 }
+
+/// `free`, /proc/meminfo, /proc/cpuinfo and `nproc` inside a session show
+/// its own limits, not the worker's (lxcfs, started by setup-host.sh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_view_is_the_sessions_own() {
+    if !docker_or_skip().await {
+        return;
+    }
+    if !std::path::Path::new("/var/lib/lxcfs/proc/meminfo").is_file() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI needs lxcfs running (scripts/setup-host.sh)"
+        );
+        eprintln!("SKIPPED: lxcfs is not running here");
+        return;
+    }
+    let stack = Stack::start("view").await;
+    let s = stack
+        .agent()
+        .create_session(&warren_agent::SessionSpec {
+            id: format!("v{}", common::random_suffix()),
+            image: Some("warren/session:dind".into()),
+            memory_mb: Some(300),
+            cpus: Some(1.0),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut t = stack.terminal(&s.id, "").await;
+    let out = t
+        .run(
+            "echo mem=$(awk '/MemTotal/ {print $2}' /proc/meminfo)= cpus=$(grep -c ^processor /proc/cpuinfo)= nproc=$(nproc)= free=$(free -m | awk '/Mem:/ {print $2}')= done-$((1+1))",
+            "done-2",
+        )
+        .await;
+    let field = |name: &str| -> u64 {
+        out.rsplit(&format!("{name}="))
+            .next()
+            .and_then(|v| v.split('=').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(field("mem"), 300 * 1024, "{out}");
+    assert_eq!(field("cpus"), 1, "{out}");
+    assert_eq!(field("nproc"), 1, "{out}");
+    assert!((299..=300).contains(&field("free")), "{out}");
+}

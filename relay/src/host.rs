@@ -25,6 +25,9 @@ pub enum HostError {
     Foreign,
     /// TLS SNI names another host than the request (421 Misdirected Request).
     Misdirected,
+    /// A preview asked for under the main domain while previews have a
+    /// domain of their own.
+    PreviewElsewhere,
 }
 
 impl fmt::Display for HostError {
@@ -34,6 +37,9 @@ impl fmt::Display for HostError {
             HostError::Invalid(why) => write!(f, "invalid host: {why}"),
             HostError::Foreign => f.write_str("this relay does not serve that host"),
             HostError::Misdirected => f.write_str("the TLS server name does not match the host"),
+            HostError::PreviewElsewhere => {
+                f.write_str("previews are served on this relay's preview domain, not here")
+            }
         }
     }
 }
@@ -97,6 +103,17 @@ pub fn is_session_id(s: &str) -> bool {
 /// Resolves the route for `host` under `domain`; `sni` is the TLS server
 /// name, when the request came over TLS.
 pub fn route(host: &str, sni: Option<&str>, domain: &str) -> Result<Route, HostError> {
+    route_in(host, sni, domain, None)
+}
+
+/// [`route`] where previews may live on a domain of their own: there only
+/// `<port>-<sid>.<preview_domain>` exists, and under `domain` previews do not.
+pub fn route_in(
+    host: &str,
+    sni: Option<&str>,
+    domain: &str,
+    preview_domain: Option<&str>,
+) -> Result<Route, HostError> {
     let name = normalize(host)?;
     if let Some(sni) = sni {
         let sni = normalize(sni)?;
@@ -104,6 +121,25 @@ pub fn route(host: &str, sni: Option<&str>, domain: &str) -> Result<Route, HostE
             return Err(HostError::Misdirected);
         }
     }
+    if let Some(pd) = preview_domain {
+        if let Some(prefix) = name.strip_suffix(pd).and_then(|p| p.strip_suffix('.')) {
+            return match label_route(prefix)? {
+                r @ Route::Port { .. } => Ok(r),
+                _ => Err(HostError::Foreign),
+            };
+        }
+        if name == pd {
+            return Err(HostError::Foreign);
+        }
+    }
+    let r = main_route(&name, domain)?;
+    if preview_domain.is_some() && matches!(r, Route::Port { .. }) {
+        return Err(HostError::PreviewElsewhere);
+    }
+    Ok(r)
+}
+
+fn main_route(name: &str, domain: &str) -> Result<Route, HostError> {
     if name == domain {
         return Ok(Route::Apex);
     }
@@ -115,6 +151,14 @@ pub fn route(host: &str, sni: Option<&str>, domain: &str) -> Result<Route, HostE
     }
     if prefix == "api" {
         return Ok(Route::Api);
+    }
+    label_route(prefix)
+}
+
+/// The route one label under a domain names: `<port>-<sid>` or `<sid>`.
+fn label_route(prefix: &str) -> Result<Route, HostError> {
+    if prefix.contains('.') {
+        return Err(HostError::Foreign);
     }
     if let Some((port, session)) = prefix.split_once('-') {
         let port: u16 = match port.parse() {
@@ -141,6 +185,36 @@ pub fn route(host: &str, sni: Option<&str>, domain: &str) -> Result<Route, HostE
 mod tests {
     use super::*;
     const D: &str = "warren.localhost";
+
+    #[test]
+    fn a_preview_domain_of_its_own() {
+        let p = Some("warren-preview.localhost");
+        assert_eq!(
+            route_in("8080-abcdefghijkl.warren-preview.localhost", None, D, p),
+            Ok(Route::Port {
+                session: "abcdefghijkl".into(),
+                port: 8080
+            })
+        );
+        // Terminals, the API and the apex do not exist there.
+        for h in [
+            "abcdefghijkl.warren-preview.localhost",
+            "api.warren-preview.localhost",
+            "warren-preview.localhost",
+            "x.8080-abcdefghijkl.warren-preview.localhost",
+        ] {
+            assert_eq!(route_in(h, None, D, p), Err(HostError::Foreign), "{h}");
+        }
+        // Previews do not exist under the main domain; terminals still do.
+        assert_eq!(
+            route_in("8080-abcdefghijkl.warren.localhost", None, D, p),
+            Err(HostError::PreviewElsewhere)
+        );
+        assert_eq!(
+            route_in("abcdefghijkl.warren.localhost", None, D, p),
+            term("abcdefghijkl")
+        );
+    }
 
     fn term(s: &str) -> Result<Route, HostError> {
         Ok(Route::Terminal { session: s.into() })

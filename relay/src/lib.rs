@@ -122,7 +122,7 @@ pub async fn start(
             key: k.clone(),
             ca: None,
         },
-        _ => certs::dev_certificate(&cfg.data_dir, &cfg.domain)?,
+        _ => certs::dev_certificate(&cfg.data_dir, &cfg.domain, cfg.preview_domain.as_deref())?,
     };
     let cert_pem =
         std::fs::read(&certs.cert).with_context(|| format!("reading {}", certs.cert.display()))?;
@@ -176,6 +176,7 @@ pub async fn start(
     let conf = Arc::new(ServerConf::default());
     let proxy = RelayProxy {
         domain: cfg.domain.clone(),
+        preview_domain: cfg.preview_domain.clone(),
         verifier: verifier.clone(),
         routes: routes.clone(),
         registry: registry.clone(),

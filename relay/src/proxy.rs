@@ -50,6 +50,8 @@ pub struct Sni(pub String);
 
 pub struct RelayProxy {
     pub domain: String,
+    /// Previews' own domain, when they have one.
+    pub preview_domain: Option<String>,
     pub verifier: Arc<Verifier>,
     pub routes: Arc<RouteCache>,
     pub registry: Arc<Registry>,
@@ -210,7 +212,13 @@ pub fn names_command(query: Option<&str>) -> bool {
 
 /// Whether `origin` is exactly this request's own origin: same scheme,
 /// same host (by the routing rules) and same port as the Host header.
-pub fn same_origin(origin: &str, host_header: &str, tls: bool, domain: &str) -> bool {
+pub fn same_origin(
+    origin: &str,
+    host_header: &str,
+    tls: bool,
+    domain: &str,
+    preview_domain: Option<&str>,
+) -> bool {
     let Ok(u) = url::Url::parse(origin) else {
         return false;
     };
@@ -222,8 +230,8 @@ pub fn same_origin(origin: &str, host_header: &str, tls: bool, domain: &str) -> 
         return false;
     };
     let (Ok(a), Ok(b)) = (
-        host::route(ohost, None, domain),
-        host::route(host_header, None, domain),
+        host::route_in(ohost, None, domain, preview_domain),
+        host::route_in(host_header, None, domain, preview_domain),
     ) else {
         return false;
     };
@@ -275,6 +283,9 @@ fn host_error(e: &HostError) -> Answer {
         ),
         HostError::Misdirected => {
             Answer::new(421, "misdirected", "Misdirected request", e.to_string())
+        }
+        HostError::PreviewElsewhere => {
+            Answer::new(404, "preview_elsewhere", "Not found", e.to_string())
         }
     }
 }
@@ -503,10 +514,11 @@ impl ProxyHttp for RelayProxy {
         let sni = ssl
             .as_ref()
             .and_then(|s| s.extension.get::<Sni>().map(|s| s.0.clone()));
-        let route = match host::route(
+        let route = match host::route_in(
             host_header.as_deref().unwrap_or(""),
             sni.as_deref(),
             &self.domain,
+            self.preview_domain.as_deref(),
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -546,9 +558,15 @@ impl ProxyHttp for RelayProxy {
             (Cred::None, Vec::new())
         };
         ctx.cred = cred;
-        let own_origin = origin
-            .as_deref()
-            .is_some_and(|o| same_origin(o, &ctx.host, ctx.tls, &self.domain));
+        let own_origin = origin.as_deref().is_some_and(|o| {
+            same_origin(
+                o,
+                &ctx.host,
+                ctx.tls,
+                &self.domain,
+                self.preview_domain.as_deref(),
+            )
+        });
         // A cookie rides along on requests other sites start (every session
         // and preview host is the same site): such requests must come from
         // this very origin when they can change something.

@@ -76,6 +76,15 @@ impl Stack {
 
     /// `api`: a server standing in for control behind `api.<domain>`.
     pub async fn start_with(name: &str, api: Option<SocketAddr>) -> Stack {
+        Self::start_opts(name, api, None).await
+    }
+
+    /// `preview_domain`: previews on a domain of their own.
+    pub async fn start_opts(
+        name: &str,
+        api: Option<SocketAddr>,
+        preview_domain: Option<&str>,
+    ) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
             .with_test_writer()
@@ -94,9 +103,12 @@ impl Stack {
             admin.local_addr().unwrap(),
             tunnel.local_addr().unwrap(),
         );
-        let upstream = api
+        let mut upstream = api
             .map(|a| format!("control_upstream = \"{a}\"\n"))
             .unwrap_or_default();
+        if let Some(p) = preview_domain {
+            upstream.push_str(&format!("preview_domain = \"{p}\"\n"));
+        }
         let cfg: RelayConfig = from_toml_str(&format!(
             r#"
 domain = "{DOMAIN}"
