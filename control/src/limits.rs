@@ -66,6 +66,33 @@ pub fn address_key(ip: IpAddr) -> String {
     }
 }
 
+/// The address a request is counted against. Requests through a relay
+/// (`api.<domain>`) arrive from the relay's address with the client's in
+/// `X-Forwarded-For`, which the relay sets itself; that header is believed
+/// only from loopback and private addresses (where relays run), never from
+/// a public one (which could put anything there).
+pub fn client_ip(peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    let trusted = match peer {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    };
+    if !trusted {
+        return peer;
+    }
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
 /// The limits one control replica enforces.
 pub struct Limits {
     /// Requests answered 401 per address: after this many, 429 until the
@@ -103,5 +130,19 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_for_only_from_private_peers() {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        let relay: IpAddr = "10.0.0.2".parse().unwrap();
+        let public: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_ip(relay, &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(public, &h), public);
+        assert_eq!(client_ip(relay, &axum::http::HeaderMap::new()), relay);
     }
 }

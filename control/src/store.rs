@@ -352,28 +352,8 @@ impl Store {
     /// refused (409) before the token is spent: taking over a node's id would
     /// hand its credential, its tunnel and its sessions to whoever holds any
     /// join token. Re-joining a node is an operator's act: `warren node rm ID`
-    /// first (or [`Store::join_replacing`] for a local single-user stack).
+    /// first.
     pub async fn join(&self, token: &str, node_id: &str, allocatable_mb: i64) -> Result<String> {
-        self.join_inner(token, node_id, allocatable_mb, false).await
-    }
-
-    /// Like [`Store::join`], but an existing node's credential is replaced.
-    pub async fn join_replacing(
-        &self,
-        token: &str,
-        node_id: &str,
-        allocatable_mb: i64,
-    ) -> Result<String> {
-        self.join_inner(token, node_id, allocatable_mb, true).await
-    }
-
-    async fn join_inner(
-        &self,
-        token: &str,
-        node_id: &str,
-        allocatable_mb: i64,
-        replace: bool,
-    ) -> Result<String> {
         // The write comes first (SQLite upgrades a read lock to a write
         // lock badly under concurrency); a refusal below rolls it back, so a
         // conflicting id does not spend the token.
@@ -394,31 +374,22 @@ impl Store {
             .bind(node_id)
             .fetch_optional(&mut *tx)
             .await?;
-        if existing.is_some() && !replace {
+        if existing.is_some() {
             return Err(StoreError::Conflict(format!(
                 "node {node_id} already exists; pick another --node-id, or remove it first (warren node rm {node_id}) to re-join it"
             )));
         }
         let credential = random_secret("wn");
-        if existing.is_some() {
-            sqlx::query("UPDATE nodes SET credential_hash = $1, allocatable_mb = $2, state = 'ready' WHERE id = $3")
-                .bind(hash(&credential))
-                .bind(allocatable_mb)
-                .bind(node_id)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            sqlx::query(
-                "INSERT INTO nodes (id, credential_hash, allocatable_mb, free_mb, state, cordoned, last_heartbeat, created_at) \
-                 VALUES ($1, $2, $3, $3, 'joining', 0, 0, $4)",
-            )
-            .bind(node_id)
-            .bind(hash(&credential))
-            .bind(allocatable_mb)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        }
+        sqlx::query(
+            "INSERT INTO nodes (id, credential_hash, allocatable_mb, free_mb, state, cordoned, last_heartbeat, created_at) \
+             VALUES ($1, $2, $3, $3, 'joining', 0, 0, $4)",
+        )
+        .bind(node_id)
+        .bind(hash(&credential))
+        .bind(allocatable_mb)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(credential)
     }
