@@ -514,6 +514,22 @@ impl ProxyHttp for RelayProxy {
         let sni = ssl
             .as_ref()
             .and_then(|s| s.extension.get::<Sni>().map(|s| s.0.clone()));
+        // Browsers always name the host in TLS; a client that does not
+        // could otherwise pick any session's Host on a shared connection.
+        if ctx.tls && sni.is_none() {
+            ctx.route = "invalid";
+            return self
+                .answer(
+                    session,
+                    Answer::new(
+                        421,
+                        "misdirected",
+                        "Misdirected request",
+                        "TLS connections must name the host (SNI).",
+                    ),
+                )
+                .await;
+        }
         let route = match host::route_in(
             host_header.as_deref().unwrap_or(""),
             sni.as_deref(),
@@ -804,16 +820,28 @@ impl ProxyHttp for RelayProxy {
                 req.insert_header("cookie", rest)?;
             }
         }
-        if query_token(req.uri.query()).is_some() {
+        // Upstream always gets origin-form (`/path?query`), never the
+        // client's absolute-form target (which may name another host), and
+        // never our token.
+        {
             let path = req.uri.path().to_string();
             let uri = match strip_token(req.uri.query()) {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
-            if let Ok(u) = uri.parse() {
-                req.set_uri(u);
+            match uri.parse() {
+                Ok(u) => req.set_uri(u),
+                Err(_) => {
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::InvalidHTTPHeader,
+                        "request target",
+                    );
+                }
             }
         }
+        // Only the relay says who the client is.
+        req.remove_header("forwarded");
+        req.remove_header("x-real-ip");
         if header(req, "host").is_none() {
             req.insert_header("host", ctx.host.clone())?;
         }

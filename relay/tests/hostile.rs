@@ -411,7 +411,7 @@ async fn previews_cannot_touch_warren_credentials() {
          printf 'Set-Cookie: __Host-warren_token=tossed; Path=/; Secure\\r\\n'\n\
          printf 'Set-Cookie: app=1; Domain=warren.localhost; Path=/; HttpOnly\\r\\n'\n\
          printf 'Set-Cookie: plain=2; Path=/\\r\\n\\r\\n'\n\
-         echo \"cookie=[$HTTP_COOKIE] auth=[$HTTP_AUTHORIZATION] query=[$QUERY_STRING]\"\n",
+         echo \"cookie=[$HTTP_COOKIE] auth=[$HTTP_AUTHORIZATION] query=[$QUERY_STRING] uri=[$REQUEST_URI] fwd=[$HTTP_FORWARDED] realip=[$HTTP_X_REAL_IP] xff=[$HTTP_X_FORWARDED_FOR]\"\n",
     )
     .unwrap();
     warren_testkit::copy_into(&s.container_id, &cgi, "/tmp/echo");
@@ -465,7 +465,52 @@ async fn previews_cannot_touch_warren_credentials() {
         r.body.contains("cookie=[app=7]") && !r.body.contains("warren_token"),
         &r.body,
     );
+    // Absolute-form targets: naming another host, refused; naming this
+    // host, served with origin-form upstream. Client-made forwarding headers
+    // never reach the app.
     let b = format!("Bearer {token}");
+    let port = st.https.port();
+    let abs_other = st
+        .request(
+            &host,
+            "GET",
+            &format!("https://{}.{DOMAIN}:{port}/cgi-bin/echo?y=1", other.id),
+            &[("authorization", &b)],
+        )
+        .await;
+    c.check(
+        "absolute-form target naming another session refused",
+        abs_other.status == 400
+            || (abs_other.status == 200 && abs_other.body.contains("query=[y=1]")),
+        format!("{} {}", abs_other.status, abs_other.body),
+    );
+    let abs = st
+        .request(
+            &host,
+            "GET",
+            &format!("https://{host}:{port}/cgi-bin/echo?y=2"),
+            &[
+                ("authorization", &b),
+                ("forwarded", "for=1.2.3.4"),
+                ("x-real-ip", "1.2.3.4"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ],
+        )
+        .await;
+    c.check(
+        "absolute-form target for this host reaches the app in origin-form",
+        abs.status == 200
+            && abs.body.contains("query=[y=2]")
+            && abs.body.contains("uri=[/cgi-bin/echo?y=2]"),
+        format!("{} {}", abs.status, abs.body),
+    );
+    c.check(
+        "client Forwarded, X-Real-IP and X-Forwarded-For do not reach the app",
+        abs.body.contains("fwd=[]")
+            && abs.body.contains("realip=[]")
+            && !abs.body.contains("1.2.3.4"),
+        &abs.body,
+    );
     let q = st
         .request(
             &host,
