@@ -870,3 +870,20 @@ async fn previews_on_their_own_domain() {
     c.status("terminal page on the main domain", r.status, 200);
     c.finish("preview domain");
 }
+
+/// Slowloris before TLS: a connection that never sends a ClientHello is
+/// closed by the relay (Pingora's 60 s handshake bound), not held forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tls_connections_are_closed() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let st = Stack::start("hostile-slow").await;
+    let mut s = tokio::net::TcpStream::connect(st.https).await.unwrap();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(std::time::Duration::from_secs(90), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was still open after 90 s: {r:?}"
+    );
+}
