@@ -7,7 +7,9 @@
 //! container. After a restart it adopts the containers it finds by label.
 //!
 //! # Layout
-//! - [`runtime`]: Docker containers (bollard); [`security`]: the DinD profile.
+//! - [`runtime`]: Docker containers (bollard); [`security`]: the isolation
+//!   profiles; [`firewall`]: the host rule that keeps sessions off the worker.
+//! - [`initsock`]: reaching a session's init without trusting the session.
 //! - [`terminal`]: the WebSocket terminal endpoint.
 //! - [`Agent`]: sessions by id, and the tunnel's stream handler.
 #![forbid(unsafe_code)]
