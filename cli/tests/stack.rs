@@ -87,6 +87,17 @@ async fn api_to_shell_and_back() {
             .contains(&format!("{id}.warren.localhost"))
     );
 
+    // The node says how it isolates sessions (after its first heartbeat,
+    // which preceded the session's start).
+    let (s, n) = call(&base, "GET", "/v1/nodes", &st.admin_key, None).await;
+    assert_eq!(s, 200, "{n}");
+    let profile = n["nodes"][0]["security_profile"].as_str().unwrap_or("");
+    assert!(["dind", "default"].contains(&profile), "{n}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert_eq!(profile, "dind", "CI's engine remaps user namespaces: {n}");
+    }
+    assert!(n["nodes"][0]["disk_limits"].is_boolean(), "{n}");
+
     // Its shell, through the relay.
     let mut t = shell(http, &id, &token).await.unwrap();
     t.send("echo $((6*7))").await;
