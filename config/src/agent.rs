@@ -77,7 +77,7 @@ pub struct DockerConfig {
     pub default_cpus: f64,
     pub pids_limit: i64,
     /// Writable disk per session in MB (0: no limit), where the engine can
-    /// enforce it (btrfs, or overlay2 on XFS with project quotas).
+    /// enforce it (overlay2 on XFS mounted with project quotas).
     pub default_disk_mb: u64,
 }
 

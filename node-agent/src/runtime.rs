@@ -354,7 +354,7 @@ impl DockerRuntime {
         }
         if spec.disk_mb.is_some() && !self.disk_limits() {
             return Err(RuntimeError::Invalid(
-                "this worker cannot limit disk (its Docker engine needs btrfs, or overlay2 on XFS with project quotas)".into(),
+                "this worker cannot limit disk (its Docker engine needs overlay2 on XFS with project quotas)".into(),
             ));
         }
         if !((16..=1_048_576).contains(&memory_mb)
