@@ -77,6 +77,11 @@ pub struct SessionDefaults {
     /// Per-tenant limits for tenants created without their own.
     pub tenant_max_sessions: u64,
     pub tenant_max_memory_mb: u64,
+    /// Registries session images may name (`registry.example.com/x`):
+    /// a worker's Docker engine pulls from them, so an unlisted one could be
+    /// any address the worker reaches. Names without a registry (local
+    /// images, Docker Hub) are always allowed.
+    pub allowed_registries: Vec<String>,
 }
 
 impl Default for SessionDefaults {
@@ -91,6 +96,7 @@ impl Default for SessionDefaults {
             token_ttl_secs: 600,
             tenant_max_sessions: 20,
             tenant_max_memory_mb: 16384,
+            allowed_registries: vec!["docker.io".into()],
         }
     }
 }

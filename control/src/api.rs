@@ -180,6 +180,13 @@ pub fn router(c: Arc<Control>) -> Router {
         .with_state(c)
 }
 
+/// The registry an image reference names, if any: its first path component
+/// when that looks like a host (a dot, a port, or `localhost`).
+pub fn image_registry(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
 /// Per-address limits before any handler: an address that keeps failing
 /// authentication, or keeps trying to join, gets 429 without touching the
 /// database (each failure would otherwise cost a query and an audit row).
@@ -327,14 +334,25 @@ async fn create_session(
     let image = req.image.unwrap_or_else(|| d.image.clone());
     if image.is_empty()
         || image.len() > 255
-        || image
+        || !image
             .chars()
-            .any(|ch| ch.is_whitespace() || ch.is_control())
+            .all(|ch| ch.is_ascii_alphanumeric() || "._/:@-".contains(ch))
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
             "image must be an image reference",
+        ));
+    }
+    if let Some(registry) = image_registry(&image)
+        && !d.allowed_registries.iter().any(|r| r == registry)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "registry_not_allowed",
+            format!(
+                "images from {registry} are not allowed here (the operator lists registries in sessions.allowed_registries)"
+            ),
         ));
     }
     let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);

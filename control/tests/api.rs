@@ -488,3 +488,39 @@ async fn guessing_addresses_are_rate_limited() {
     }
     assert_eq!(last, 429);
 }
+
+/// Images that would make a worker's engine reach a registry the operator
+/// did not list (an internal address, say) are refused before placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_from_unlisted_registries_are_refused() {
+    let url = database(Db::Sqlite, "images").await;
+    let c = TestControl::start(config(&url, Strategy::Spread)).await;
+    for image in [
+        "10.0.0.5:5000/x",
+        "localhost/x",
+        "registry.internal.example/team/app:1",
+        "169.254.169.254/latest",
+    ] {
+        let (s, v) = c
+            .call("POST", "/v1/sessions", ADMIN, Some(json!({"image": image})))
+            .await;
+        assert_eq!(s, 422, "{image}: {v}");
+        assert_eq!(v["error"]["code"], "registry_not_allowed", "{image}: {v}");
+    }
+    for image in ["a b", "x\\ny", "img$(id)", ""] {
+        let (s, v) = c
+            .call("POST", "/v1/sessions", ADMIN, Some(json!({"image": image})))
+            .await;
+        assert_eq!(s, 422, "{image:?}: {v}");
+        assert_eq!(v["error"]["code"], "invalid", "{image:?}: {v}");
+    }
+    assert_eq!(
+        warren_control::api::image_registry("warren/session:mini"),
+        None
+    );
+    assert_eq!(
+        warren_control::api::image_registry("docker.io/library/busybox"),
+        Some("docker.io")
+    );
+    assert_eq!(warren_control::api::image_registry("busybox"), None);
+}

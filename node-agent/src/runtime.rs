@@ -65,7 +65,9 @@ pub struct SessionInfo {
 pub enum RuntimeError {
     #[error("invalid session spec: {0}")]
     Invalid(String),
-    #[error("image {0} is not available and could not be pulled: {1}")]
+    /// The engine's own words stay in the agent's log: they may name
+    /// internal addresses.
+    #[error("image {0} is not available on this worker")]
     Image(String, String),
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
@@ -326,7 +328,10 @@ impl DockerRuntime {
         };
         let mut s = self.docker.create_image(Some(opts), None, None);
         while let Some(item) = s.next().await {
-            item.map_err(|e| RuntimeError::Image(image.into(), e.to_string()))?;
+            if let Err(e) = item {
+                warn!(%image, "pull failed: {e}");
+                return Err(RuntimeError::Image(image.into(), e.to_string()));
+            }
         }
         Ok(())
     }
