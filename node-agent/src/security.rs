@@ -76,7 +76,7 @@ pub enum SecurityProfile {
     /// own user namespace. Docker's seccomp profile stays; /proc and /sys are
     /// not masked (a new procfs for an inner container may not be mounted
     /// over masked paths), which shows read-only host information such as
-    /// /proc/sched_debug; writes there are refused to a non-host root.
+    /// /sys/firmware; writes there are refused to a non-host root.
     Dind,
 }
 
