@@ -22,22 +22,24 @@ try {
   const page = await ctx.newPage();
   page.on("console", (m) => console.error(`[page] ${m.text()}`));
   // Tests running beside this one create and remove Docker networks, which
-  // Chromium reports as ERR_NETWORK_CHANGED: navigate again when it does.
+  // Chromium reports as ERR_NETWORK_CHANGED, for the page or for one of its
+  // scripts: load it again when either happens (at most 5 times).
+  const connected = (timeout) =>
+    page.waitForFunction(() => document.getElementById("status")?.textContent === "connected", null, { timeout });
   for (let attempt = 1; ; attempt++) {
     try {
       await page.goto(url, { waitUntil: "load", timeout: 30000 });
+      // The token must be gone from the address bar (exchanged for a cookie).
+      if (page.url().includes("token=")) throw new Error(`token still in URL: ${page.url()}`);
+      await connected(20000);
       break;
     } catch (e) {
-      if (attempt >= 5 || !String(e.message).includes("ERR_NETWORK_CHANGED")) throw e;
+      if (attempt >= 5 || String(e.message).includes("token still in URL")) throw e;
       console.error(`[retry] ${e.message.split("\n")[0]}`);
       await page.waitForTimeout(200 * attempt);
     }
   }
-  // The token must be gone from the address bar (exchanged for a cookie).
-  if (page.url().includes("token=")) throw new Error(`token still in URL: ${page.url()}`);
-  const connected = () =>
-    page.waitForFunction(() => document.getElementById("status")?.textContent === "connected", null, { timeout: 60000 });
-  await connected();
+  const connectedLong = () => connected(60000);
   const read = () => page.evaluate(() => {
     const b = window.warrenTerm.buffer.active;
     const lines = [];
@@ -48,7 +50,7 @@ try {
   // beside this one create make Chromium drop connections) are lost, as in
   // any terminal: type again, at most three times.
   for (let attempt = 1; attempt <= 3 && !ok; attempt++) {
-    await connected();
+    await connectedLong();
     await page.click("#term");
     await page.keyboard.type("echo warren-$((6*7))");
     await page.keyboard.press("Enter");
