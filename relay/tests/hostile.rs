@@ -797,6 +797,90 @@ async fn browser_preview_page_cannot_open_another_sessions_terminal() {
     panic!("hijack test failed:\n{last}");
 }
 
+/// Previews on a domain of their own (`preview_domain`, the production
+/// setting): there only previews exist, and under the main domain they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_on_their_own_domain() {
+    if !docker_or_skip().await {
+        return;
+    }
+    const PD: &str = "warren-preview.localhost";
+    let st = Stack::start_opts("hostile-pd", None, Some(PD)).await;
+    let s = st.session().await;
+    let b = format!("Bearer {}", st.token(&s.id));
+    let mut t = st.ws(&s.id, "", &[("authorization", &b)]).await.unwrap();
+    t.run("httpd -p 8080 -h /www; echo up-$((6+6))", "up-12")
+        .await;
+    let mut c = Cases::default();
+    let preview = format!("8080-{}.{PD}", s.id);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let r = loop {
+        let r = st
+            .request(&preview, "GET", "/index.html", &[("authorization", &b)])
+            .await;
+        if r.status == 200 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    c.check(
+        "preview on the preview domain",
+        r.status == 200 && r.body.contains("warren mini session"),
+        format!("{} {}", r.status, r.body),
+    );
+    let r = st
+        .request(
+            &preview,
+            "GET",
+            &format!("/?token={}", st.token(&s.id)),
+            &[],
+        )
+        .await;
+    c.check(
+        "preview exchange sets a host-only cookie on the preview host",
+        r.status == 303
+            && r.header("set-cookie").is_some_and(|v| {
+                v.starts_with("__Host-warren_token=") && !v.to_ascii_lowercase().contains("domain=")
+            }),
+        format!("{} {:?}", r.status, r.header("set-cookie")),
+    );
+    let r = st
+        .request(
+            &format!("8080-{}.{DOMAIN}", s.id),
+            "GET",
+            "/index.html",
+            &[("authorization", &b)],
+        )
+        .await;
+    c.status("preview under the main domain", r.status, 404);
+    c.check(
+        "preview under the main domain says where previews are",
+        r.body.contains("preview_elsewhere"),
+        &r.body,
+    );
+    for (name, host) in [
+        ("terminal on the preview domain", format!("{}.{PD}", s.id)),
+        ("api on the preview domain", format!("api.{PD}")),
+        ("preview domain apex", PD.to_string()),
+    ] {
+        let r = st
+            .request(&host, "GET", "/", &[("authorization", &b)])
+            .await;
+        c.status(name, r.status, 404);
+    }
+    // The terminal still lives on the main domain.
+    let r = st
+        .request(
+            &format!("{}.{DOMAIN}", s.id),
+            "GET",
+            "/",
+            &[("authorization", &b), ("accept", "text/html")],
+        )
+        .await;
+    c.status("terminal page on the main domain", r.status, 200);
+    c.finish("preview domain");
+}
+
 /// Slowloris before TLS: a connection that never sends a ClientHello is
 /// closed by the relay (Pingora's 60 s handshake bound), not held forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
