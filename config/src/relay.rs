@@ -108,38 +108,31 @@ fn default_audience() -> String {
     "warren".into()
 }
 
+/// A DNS name of labels under 200 bytes, for the key `key`.
+fn check_dns_name(key: &str, name: &str, example: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 200
+        || name.starts_with('.')
+        || name.ends_with('.')
+        || name.contains("..")
+    {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be a DNS name like {example}"),
+        ));
+    }
+    for label in name.split('.') {
+        check_label(key, label)?;
+    }
+    Ok(())
+}
+
 impl Validate for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.domain;
-        if d.is_empty()
-            || d.len() > 200
-            || d.starts_with('.')
-            || d.ends_with('.')
-            || d.contains("..")
-        {
-            return Err(ConfigError::invalid(
-                "domain",
-                "must be a DNS name like warren.example.com",
-            ));
-        }
-        for label in d.split('.') {
-            check_label("domain", label)?;
-        }
+        check_dns_name("domain", d, "warren.example.com")?;
         if let Some(p) = &self.preview_domain {
-            if p.is_empty()
-                || p.len() > 200
-                || p.starts_with('.')
-                || p.ends_with('.')
-                || p.contains("..")
-            {
-                return Err(ConfigError::invalid(
-                    "preview_domain",
-                    "must be a DNS name like preview.example.net",
-                ));
-            }
-            for label in p.split('.') {
-                check_label("preview_domain", label)?;
-            }
+            check_dns_name("preview_domain", p, "preview.example.net")?;
             if p == d || p.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{p}")) {
                 return Err(ConfigError::invalid(
                     "preview_domain",

@@ -370,14 +370,7 @@ async fn bench_terminal(st: &Stack) {
         .await
         .unwrap();
     ws_wait(&mut ws, b"S").await;
-    let mut hw = Histogram::<u64>::new(3).unwrap();
-    for i in 0..KEYSTROKES {
-        let c = b'a' + (i % 26) as u8;
-        let t = Instant::now();
-        ws.send(Message::Binary(vec![c].into())).await.unwrap();
-        ws_wait(&mut ws, &[c]).await;
-        hw.record(t.elapsed().as_micros() as u64).unwrap();
-    }
+    let hw = echo_hist(&mut ws, KEYSTROKES).await;
     drop(ws);
     let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
     ws.send(Message::Binary(

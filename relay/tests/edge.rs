@@ -364,13 +364,7 @@ async fn real_browser_types_into_the_terminal() {
     if !docker_or_skip().await {
         return;
     }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Chromium ({chromium}) is required under CI"
-        );
-        eprintln!("SKIPPED: {chromium} not installed");
+    if !common::chromium_or_skip() {
         return;
     }
     let st = Stack::start("browser").await;
@@ -381,10 +375,7 @@ async fn real_browser_types_into_the_terminal() {
         st.https.port(),
         st.token(&s.id)
     );
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("browser-terminal.png");
+    let (web, shot) = common::browser_dirs("browser-terminal.png");
     let out = tokio::process::Command::new("node")
         .arg("e2e/terminal.mjs")
         .arg(&url)

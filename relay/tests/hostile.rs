@@ -693,13 +693,7 @@ async fn browser_preview_page_cannot_open_another_sessions_terminal() {
     if !docker_or_skip().await {
         return;
     }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !std::path::Path::new(&chromium).exists() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Chromium ({chromium}) is required under CI"
-        );
-        eprintln!("SKIPPED: {chromium} not installed");
+    if !common::chromium_or_skip() {
         return;
     }
     let st = Stack::start("hostile-browser").await;
@@ -759,10 +753,7 @@ async fn browser_preview_page_cannot_open_another_sessions_terminal() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("browser-hijack.png");
+    let (web, shot) = common::browser_dirs("browser-hijack.png");
     // Chromium drops connections when tests beside this one change Docker
     // networks; such a run says nothing and is repeated (at most 3 times).
     // A terminal that opened fails at once, whatever the attempt.

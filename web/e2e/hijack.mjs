@@ -4,20 +4,14 @@
 //   node e2e/hijack.mjs VICTIM_URL ATTACKER_URL SCREENSHOT.png
 // Prints JSON {ok, text}: ok when the victim's terminal worked and every
 // attempt from the attacker's page failed.
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [victim, attacker, shot] = process.argv.slice(2);
 if (!victim || !attacker || !shot) {
   console.error("usage: node e2e/hijack.mjs VICTIM_URL ATTACKER_URL SCREENSHOT.png");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-  ],
-});
+const browser = await launch();
 let ok = false, text = "";
 const go = async (page, url) => {
   for (let attempt = 1; ; attempt++) {

@@ -2,20 +2,14 @@
 // one), types a command into the terminal and waits for its output.
 //   node e2e/terminal.mjs URL SCREENSHOT.png
 // Prints JSON {ok, text} and exits non-zero on failure.
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [url, shot] = process.argv.slice(2);
 if (!url || !shot) {
   console.error("usage: node e2e/terminal.mjs URL SCREENSHOT.png");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-  ],
-});
+const browser = await launch();
 let ok = false, text = "";
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 900, height: 560 } });

@@ -30,6 +30,30 @@ pub async fn docker_or_skip() -> bool {
     warren_testkit::docker_or_skip()
 }
 
+/// Whether Debian's Chromium is there for the browser tests (required
+/// under `CI=true`).
+pub fn chromium_or_skip() -> bool {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if std::path::Path::new(&chromium).exists() {
+        return true;
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "Chromium ({chromium}) is required under CI"
+    );
+    eprintln!("SKIPPED: {chromium} not installed");
+    false
+}
+
+/// `web/` (where the browser scripts run) and the screenshot path
+/// `artifacts/<name>`.
+pub fn browser_dirs(name: &str) -> (PathBuf, PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    (root.join("web"), artifacts.join(name))
+}
+
 fn run_id(name: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
