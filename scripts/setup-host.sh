@@ -64,9 +64,12 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
 fi
 # lxcfs: each session sees its own memory, uptime and CPU quota in /proc
 # (the agent binds its files in when they are there).
-if ! mountpoint -q /var/lib/lxcfs 2>/dev/null; then
+# A previous lxcfs that died leaves its FUSE mount behind ("Transport endpoint
+# is not connected"): detach it lazily before starting a new one.
+if ! head -c1 /var/lib/lxcfs/proc/meminfo >/dev/null 2>&1; then
+  pkill -x lxcfs 2>/dev/null || true
+  fusermount -uz /var/lib/lxcfs 2>/dev/null || umount -l /var/lib/lxcfs 2>/dev/null || true
   mkdir -p /var/lib/lxcfs
-  fusermount -u /var/lib/lxcfs 2>/dev/null || true
   nohup lxcfs --enable-cfs /var/lib/lxcfs >/var/log/warren-lxcfs.log 2>&1 &
   for _ in $(seq 1 20); do [ -f /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.5; done
   [ -f /var/lib/lxcfs/proc/meminfo ] || { echo "setup-host: lxcfs did not start"; tail -20 /var/log/warren-lxcfs.log; exit 1; }
