@@ -11,10 +11,15 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::store::{
-    NewSession, NodeIsolation, Principal, Session, SessionReport, StoreError, now_ms,
+use crate::Control;
+use crate::store::{NewSession, Principal, Session, StoreError, now_ms};
+use warren_proto::internal::{
+    self, DesiredSession, HeartbeatRequest, HostKeyRequest, JoinRequest, JoinResponse, RelayInfo,
+    RouteResponse, SshAction, SshAuditEvent, SshAuthorizeRequest, VerifyNodeRequest, WatchQuery,
+    WatchResponse,
 };
-use crate::{Control, is_session_id};
+use warren_proto::is_session_id;
+use warren_proto::token::Scope;
 
 /// An error as the API shows it: a stable code and a message for people.
 #[derive(Debug)]
@@ -475,7 +480,7 @@ async fn create_session(
             }
         }
     };
-    let token = c.issuer.mint(&s, &p.key_id, crate::SCOPE_ALL)?;
+    let token = c.issuer.mint(&s, &p.key_id, &Scope::claim(&Scope::ALL))?;
     Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
 }
 
@@ -543,18 +548,22 @@ async fn session_token(
             )
         })?
     };
-    let scope = match req.scope.as_deref() {
-        None => crate::SCOPE_ALL,
-        Some("terminal") => "terminal",
-        Some("preview") => "preview",
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("scope {other:?} is not one of \"terminal\", \"preview\""),
-            ));
-        }
+    let scopes: &[Scope] = match req.scope.as_deref() {
+        None => &Scope::ALL,
+        Some(name) => match Scope::parse(name) {
+            Some(Scope::Terminal) => &[Scope::Terminal],
+            Some(Scope::Preview) => &[Scope::Preview],
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("scope {name:?} is not one of \"terminal\", \"preview\""),
+                ));
+            }
+        },
     };
+    let scope = Scope::claim(scopes);
+    let scope = scope.as_str();
     let s = c.owned(&p, &id).await?;
     if s.status != "running" && s.status != "pending" {
         return Err(ApiError::new(
@@ -847,18 +856,10 @@ async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> {
 
 // ---- internal: agents ---------------------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinReq {
-    pub token: String,
-    pub node_id: String,
-    pub allocatable_mb: i64,
-}
-
 async fn join(
     State(c): State<Arc<Control>>,
-    body: Result<Json<JoinReq>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+    body: Result<Json<JoinRequest>, JsonRejection>,
+) -> ApiResult<Json<JoinResponse>> {
     let Json(req) = body?;
     if !warren_config::is_dns_label(&req.node_id) {
         return Err(ApiError::new(
@@ -899,12 +900,18 @@ async fn join(
                         .ca_file
                         .as_ref()
                         .and_then(|p| std::fs::read_to_string(p).ok());
-                    json!({"addr": r.addr, "server_name": r.server_name, "ca_pem": ca})
+                    RelayInfo {
+                        addr: r.addr.clone(),
+                        server_name: r.server_name.clone(),
+                        ca_pem: ca,
+                    }
                 })
                 .collect();
-            Ok(Json(
-                json!({"node_id": req.node_id, "credential": credential, "relays": relays}),
-            ))
+            Ok(Json(JoinResponse {
+                node_id: req.node_id,
+                credential,
+                relays,
+            }))
         }
         Err(e) => {
             c.store
@@ -932,25 +939,16 @@ async fn join(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatReq {
-    pub allocatable_mb: i64,
-    pub free_mb: i64,
-    #[serde(default, flatten)]
-    pub isolation: NodeIsolation,
-    #[serde(default)]
-    pub sessions: Vec<SessionReport>,
-}
-
 async fn heartbeat(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
-    body: Result<Json<HeartbeatReq>, JsonRejection>,
+    body: Result<Json<HeartbeatRequest>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     let node = node_auth(&c, &h).await?;
     let Json(req) = body?;
-    if req.sessions.len() > 10_000 || req.sessions.iter().any(|s| !is_session_id(&s.id)) {
+    if req.sessions.len() > internal::MAX_REPORTED_SESSIONS
+        || req.sessions.iter().any(|s| !is_session_id(&s.id))
+    {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
@@ -970,18 +968,13 @@ async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct WatchQuery {
-    index: Option<i64>,
-}
-
 /// Long poll: answers when the desired state may have changed past `index`,
 /// or after 25 s with the current state.
 async fn watch(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
     Query(q): Query<WatchQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<WatchResponse>> {
     let node = node_auth(&c, &h).await?;
     let since = q.index.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
@@ -994,11 +987,17 @@ async fn watch(
         let _ = tokio::time::timeout(Duration::from_millis(500), c.changed.notified()).await;
     }
     let (index, sessions) = c.store.desired(&node).await?;
-    let list: Vec<_> = sessions
+    let sessions = sessions
         .iter()
-        .map(|s| json!({"id": s.id, "image": s.image, "memory_mb": s.memory_mb, "cpus": s.millicpus as f64 / 1000.0, "disk_mb": s.disk_mb}))
+        .map(|s| DesiredSession {
+            id: s.id.clone(),
+            image: s.image.clone(),
+            memory_mb: s.memory_mb.max(0) as u64,
+            cpus: s.millicpus as f64 / 1000.0,
+            disk_mb: s.disk_mb.max(0) as u64,
+        })
         .collect();
-    Ok(Json(json!({"index": index, "sessions": list})))
+    Ok(Json(WatchResponse { index, sessions }))
 }
 
 // ---- internal: relays -------------------------------------------------------------
@@ -1007,7 +1006,7 @@ async fn route(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RouteResponse>> {
     relay_auth(&c, &h)?;
     if !is_session_id(&id) {
         return Err(ApiError::not_found("no such session"));
@@ -1016,20 +1015,16 @@ async fn route(
     if !matches!(s.status.as_str(), "running" | "pending") {
         return Err(ApiError::not_found(format!("session {id} is {}", s.status)));
     }
-    Ok(Json(json!({"node": s.node, "tenant": s.tenant})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyReq {
-    node_id: String,
-    credential: String,
+    Ok(Json(RouteResponse {
+        node: s.node,
+        tenant: s.tenant,
+    }))
 }
 
 async fn verify_node(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
-    body: Result<Json<VerifyReq>, JsonRejection>,
+    body: Result<Json<VerifyNodeRequest>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     relay_auth(&c, &h)?;
     let Json(req) = body?;
@@ -1040,18 +1035,11 @@ async fn verify_node(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SshAuthorizeReq {
-    session: String,
-    public_key: String,
-}
-
 async fn ssh_authorize(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
-    body: Result<Json<SshAuthorizeReq>, JsonRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
+    body: Result<Json<SshAuthorizeRequest>, JsonRejection>,
+) -> ApiResult<Json<RouteResponse>> {
     relay_auth(&c, &h)?;
     let Json(req) = body?;
     if !is_session_id(&req.session) {
@@ -1064,42 +1052,23 @@ async fn ssh_authorize(
         .ssh_key_opens(&req.session, &key.fingerprint)
         .await?
     {
-        Some(s) => Ok(Json(json!({"node": s.node, "tenant": s.tenant}))),
+        Some(s) => Ok(Json(RouteResponse {
+            node: s.node,
+            tenant: s.tenant,
+        })),
         None => Err(ApiError::forbidden(
             "the key is not registered for this session's tenant",
         )),
     }
 }
 
-#[derive(Deserialize)]
-struct SshAuditReq {
-    action: String,
-    session: String,
-    method: String,
-    client_addr: String,
-    #[serde(default)]
-    fingerprint: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 async fn ssh_audit(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
-    body: Result<Json<SshAuditReq>, JsonRejection>,
+    body: Result<Json<SshAuditEvent>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     relay_auth(&c, &h)?;
     let Json(e) = body?;
-    if !matches!(
-        e.action.as_str(),
-        "ssh.login" | "ssh.login_failed" | "ssh.rate_limited"
-    ) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "unknown ssh audit action",
-        ));
-    }
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     // The tenant of a real session sees the attempts on it in its audit log.
     let tenant = if is_session_id(&e.session) {
@@ -1111,7 +1080,7 @@ async fn ssh_audit(
     } else {
         String::new()
     };
-    let outcome = if e.action == "ssh.login" {
+    let outcome = if e.action == SshAction::Login {
         "ok"
     } else {
         "refused"
@@ -1129,7 +1098,7 @@ async fn ssh_audit(
         .audit(
             &format!("ssh:{}", clip(&e.client_addr, 64)),
             &tenant,
-            &e.action,
+            e.action.as_str(),
             &clip(&e.session, 64),
             outcome,
             detail.trim(),
@@ -1138,17 +1107,10 @@ async fn ssh_audit(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostKeyReq {
-    public_key: String,
-    fingerprint: String,
-}
-
 async fn ssh_host_key(
     State(c): State<Arc<Control>>,
     h: HeaderMap,
-    body: Result<Json<HostKeyReq>, JsonRejection>,
+    body: Result<Json<HostKeyRequest>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     relay_auth(&c, &h)?;
     let Json(req) = body?;

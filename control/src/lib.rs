@@ -26,17 +26,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_config::ControlConfig;
+use warren_proto::token::{AUDIENCE, Claims};
 
 use crate::api::ApiError;
 use crate::store::{Session, Store, now_ms};
 
-/// A session id as control makes them.
-pub fn is_session_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
+pub use warren_proto::is_session_id;
 
 /// Mints session tokens with the store's signing key.
 pub struct Issuer {
@@ -45,21 +40,9 @@ pub struct Issuer {
     ttl_secs: u64,
 }
 
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    sid: &'a str,
-    tenant: &'a str,
-    scope: &'a str,
-    aud: &'a str,
-    exp: u64,
-    nbf: u64,
-    iat: u64,
-}
-
 impl Issuer {
     /// `(token, expires_at)`; the token never outlives its session.
-    /// `scope` is space-separated (`terminal`, `preview`, or both).
+    /// `scope` is a `scope` claim ([`warren_proto::token::Scope::claim`]).
     pub fn mint(&self, s: &Session, subject: &str, scope: &str) -> Result<(String, i64), ApiError> {
         let now = (now_ms() / 1000) as u64;
         let exp = (now + self.ttl_secs)
@@ -68,14 +51,14 @@ impl Issuer {
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some(self.kid.clone());
         let claims = Claims {
-            sub: subject,
-            sid: &s.id,
-            tenant: &s.tenant,
-            scope,
-            aud: "warren",
+            sub: subject.into(),
+            sid: s.id.clone(),
+            tenant: s.tenant.clone(),
+            scope: scope.into(),
+            aud: AUDIENCE.into(),
             exp,
-            nbf: now.saturating_sub(5),
-            iat: now,
+            nbf: Some(now.saturating_sub(5)),
+            iat: Some(now),
         };
         let t = jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| {
             tracing::error!("signing a token: {e}");
@@ -88,9 +71,6 @@ impl Issuer {
         Ok((t, exp as i64))
     }
 }
-
-/// Every scope a session token can carry today (the default).
-pub const SCOPE_ALL: &str = "terminal preview";
 
 pub struct Control {
     pub cfg: ControlConfig,

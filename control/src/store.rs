@@ -132,27 +132,7 @@ pub struct NewSession {
     pub idle_timeout_ms: i64,
 }
 
-/// How a node isolates its sessions, as its agent reports it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct NodeIsolation {
-    #[serde(default)]
-    pub security_profile: String,
-    #[serde(default)]
-    pub disk_limits: bool,
-}
-
-/// What an agent says about one of its sessions.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SessionReport {
-    pub id: String,
-    /// `running` or `failed`.
-    pub state: String,
-    #[serde(default)]
-    pub reason: String,
-    /// Milliseconds since the last terminal activity, if any was seen.
-    #[serde(default)]
-    pub idle_ms: Option<i64>,
-}
+pub use warren_proto::internal::{NodeIsolation, ReportedState, SessionReport};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditEntry {
@@ -440,8 +420,8 @@ impl Store {
         let mut present = Vec::new();
         for r in reports {
             present.push(r.id.clone());
-            match r.state.as_str() {
-                "running" => {
+            match r.state {
+                ReportedState::Running => {
                     sqlx::query("UPDATE sessions SET status = 'running', updated_at = $1 WHERE id = $2 AND node_id = $3 AND status = 'pending'")
                         .bind(now)
                         .bind(&r.id)
@@ -457,7 +437,7 @@ impl Store {
                             .await?;
                     }
                 }
-                _ => {
+                ReportedState::Failed => {
                     sqlx::query("UPDATE sessions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = 'pending'")
                         .bind(r.reason.chars().take(500).collect::<String>())
                         .bind(now)

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use warren_proto::terminal::{PATH, ServerMsg, TerminalQuery};
 
 /// One terminal: bytes in, bytes out.
 #[async_trait]
@@ -74,13 +75,11 @@ pub async fn open_ws(
 ) -> anyhow::Result<Box<dyn Term>> {
     // The token goes in a header: the relay takes commands only with a
     // Bearer token, never from a URL.
-    let query = {
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(c) = command {
-            q.append_pair("command", c);
-        }
-        q.finish()
-    };
+    let query = TerminalQuery {
+        command: command.map(str::to_string),
+        ..Default::default()
+    }
+    .to_query();
     let bearer = format!("Bearer {token}");
     let host = format!("{session}.{}", relay.domain);
     let tcp = tokio::net::TcpStream::connect(relay.addr)
@@ -90,7 +89,7 @@ pub async fn open_ws(
     let port = relay.addr.port();
     match &relay.tls {
         None => {
-            let url = format!("ws://{host}:{port}/_warren/terminal?{query}");
+            let url = format!("ws://{host}:{port}{PATH}?{query}");
             let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tcp)
                 .await
                 .map_err(ws_error)?;
@@ -102,7 +101,7 @@ pub async fn open_ws(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
-            let url = format!("wss://{host}:{port}/_warren/terminal?{query}");
+            let url = format!("wss://{host}:{port}{PATH}?{query}");
             let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tls)
                 .await
                 .map_err(ws_error)?;
@@ -146,8 +145,15 @@ where
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Binary(b))) => return Ok(Some(b)),
+                Some(Ok(Message::Text(t))) => {
+                    // hello, exit, gap: not terminal bytes; a hello of
+                    // another protocol version ends the run with its reason.
+                    if let Err(e) = ServerMsg::parse(&t).check_version() {
+                        bail!("{e}");
+                    }
+                }
                 Some(Ok(Message::Close(_))) | None => return Ok(None),
-                Some(Ok(_)) => continue, // hello, exit: not terminal bytes
+                Some(Ok(_)) => continue,
                 Some(Err(e)) => bail!("websocket: {e}"),
             }
         }

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use warren_proto::internal::{
+    ErrorBody, HeartbeatRequest, JoinRequest, JoinResponse, NodeIsolation, ReportedState,
+    SessionReport, WatchResponse,
+};
 
 use crate::{Agent, SessionSpec};
 
@@ -26,13 +29,7 @@ pub struct Enrollment {
     pub relays: Vec<RelayInfo>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RelayInfo {
-    pub addr: String,
-    pub server_name: String,
-    #[serde(default)]
-    pub ca_pem: Option<String>,
-}
+pub use warren_proto::internal::RelayInfo;
 
 /// Memory this host offers to sessions: `MemTotal` less a reserve for the
 /// system (1 GiB or a quarter, whichever is less). `(allocatable, free)` in MB.
@@ -79,26 +76,32 @@ pub async fn join(
         .build()?;
     let r = http
         .post(format!("{control_url}/internal/v1/join"))
-        .json(&json!({"token": token, "node_id": node_id, "allocatable_mb": allocatable_mb}))
+        .json(&JoinRequest {
+            token: token.into(),
+            node_id: node_id.into(),
+            allocatable_mb,
+        })
         .send()
         .await
         .with_context(|| format!("reaching the control plane at {control_url}"))?;
     let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
     if !status.is_success() {
-        anyhow::bail!(
-            "join refused ({status}): {}",
-            v["error"]["message"].as_str().unwrap_or("no reason given")
-        );
+        let why = r
+            .json::<ErrorBody>()
+            .await
+            .map(|b| b.error.message)
+            .unwrap_or_else(|_| "no reason given".into());
+        anyhow::bail!("join refused ({status}): {why}");
     }
+    let answer: JoinResponse = r
+        .json()
+        .await
+        .context("the control plane's join answer is not what this agent expects")?;
     let e = Enrollment {
         control_url: control_url.into(),
         node_id: node_id.into(),
-        credential: v["credential"]
-            .as_str()
-            .context("no credential in the answer")?
-            .into(),
-        relays: serde_json::from_value(v["relays"].clone()).unwrap_or_default(),
+        credential: answer.credential,
+        relays: answer.relays,
     };
     std::fs::create_dir_all(data_dir)?;
     warren_config::write_private(
@@ -106,17 +109,6 @@ pub async fn join(
         serde_json::to_string_pretty(&e)?.as_bytes(),
     )?;
     Ok(e)
-}
-
-#[derive(Deserialize)]
-struct Desired {
-    id: String,
-    image: String,
-    memory_mb: u64,
-    cpus: f64,
-    /// 0: the agent's default.
-    #[serde(default)]
-    disk_mb: u64,
 }
 
 /// Keeps the agent in step with control until `shutdown`.
@@ -157,22 +149,40 @@ pub fn spawn_sync(
         tracker.spawn(async move {
             loop {
                 let (allocatable, free) = host_memory_mb(memory_override);
-                let mut sessions: Vec<serde_json::Value> = agent
+                let mut sessions: Vec<SessionReport> = agent
                     .sessions()
                     .iter()
-                    .map(|s| json!({"id": s.id, "state": "running", "idle_ms": agent.idle_ms(&s.id)}))
+                    .map(|s| SessionReport {
+                        id: s.id.clone(),
+                        state: ReportedState::Running,
+                        reason: String::new(),
+                        idle_ms: Some(agent.idle_ms(&s.id)),
+                    })
                     .collect();
                 for (id, reason) in failed.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                    sessions.push(json!({"id": id, "state": "failed", "reason": reason}));
+                    sessions.push(SessionReport {
+                        id: id.clone(),
+                        state: ReportedState::Failed,
+                        reason: reason.clone(),
+                        idle_ms: None,
+                    });
                 }
-                let body = json!({
-                    "allocatable_mb": allocatable,
-                    "free_mb": free,
-                    "security_profile": agent.runtime().security().name(),
-                    "disk_limits": agent.runtime().disk_limits(),
-                    "sessions": sessions,
-                });
-                match http.post(format!("{base}/internal/v1/heartbeat")).bearer_auth(&auth).json(&body).send().await {
+                let body = HeartbeatRequest {
+                    allocatable_mb: allocatable,
+                    free_mb: free,
+                    isolation: NodeIsolation {
+                        security_profile: agent.runtime().security().name().into(),
+                        disk_limits: agent.runtime().disk_limits(),
+                    },
+                    sessions,
+                };
+                match http
+                    .post(format!("{base}/internal/v1/heartbeat"))
+                    .bearer_auth(&auth)
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => warn!("heartbeat refused: {}", r.status()),
                     Err(e) => warn!("heartbeat failed: {e}"),
@@ -196,8 +206,15 @@ pub fn spawn_sync(
                     _ = shutdown.cancelled() => return,
                     r = http.get(format!("{base}/internal/v1/watch?index={index}")).bearer_auth(&auth).send() => r,
                 };
-                let v: serde_json::Value = match r {
-                    Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                let answer: WatchResponse = match r {
+                    Ok(r) if r.status().is_success() => match r.json().await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!("watch answer not understood: {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
                     Ok(r) => {
                         warn!("watch refused: {}", r.status());
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -209,8 +226,8 @@ pub fn spawn_sync(
                         continue;
                     }
                 };
-                index = v["index"].as_i64().unwrap_or(index);
-                let desired: Vec<Desired> = serde_json::from_value(v["sessions"].clone()).unwrap_or_default();
+                index = answer.index;
+                let desired = answer.sessions;
                 let want: HashSet<String> = desired.iter().map(|d| d.id.clone()).collect();
                 for d in desired {
                     let known = agent.session(&d.id).is_some() || failed.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&d.id);

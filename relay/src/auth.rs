@@ -8,44 +8,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-/// Scopes a token may carry (space-separated in `scope`).
-pub const SCOPE_TERMINAL: &str = "terminal";
-pub const SCOPE_PREVIEW: &str = "preview";
+pub use warren_proto::token::{AUDIENCE, Claims, Scope};
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// How long a verified token stays cached (never past its expiry).
 const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Unknown key ids trigger at most one JWKS refresh per this interval.
 const REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
-
-/// What a session token says.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Claims {
-    /// The user (or API key) the token was minted for.
-    #[serde(default)]
-    pub sub: String,
-    /// The session it opens.
-    pub sid: String,
-    pub tenant: String,
-    /// Space-separated scopes: `terminal`, `preview`.
-    #[serde(default)]
-    pub scope: String,
-    pub aud: String,
-    pub exp: u64,
-    #[serde(default)]
-    pub nbf: Option<u64>,
-    #[serde(default)]
-    pub iat: Option<u64>,
-}
-
-impl Claims {
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scope.split(' ').any(|s| s == scope)
-    }
-}
 
 /// Why a token was refused; every kind answers 401.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -64,8 +35,8 @@ pub enum AuthError {
     UnknownKey,
     #[error("the token is for another audience")]
     WrongAudience,
-    #[error("the token lacks the {0} scope")]
-    MissingScope(&'static str),
+    #[error("the token lacks the {} scope", .0.as_str())]
+    MissingScope(Scope),
 }
 
 /// Where the public keys come from.
@@ -243,7 +214,7 @@ impl Verifier {
             }
         })?;
         let claims = Arc::new(data.claims);
-        if !crate::host::is_session_id(&claims.sid) || claims.tenant.is_empty() {
+        if !warren_proto::is_session_id(&claims.sid) || claims.tenant.is_empty() {
             return Err(AuthError::Malformed);
         }
         self.cache.insert(token.to_string(), claims.clone()).await;
@@ -283,7 +254,7 @@ pub mod testing {
         }
 
         pub fn token(&self, sid: &str, tenant: &str, ttl_secs: i64) -> String {
-            self.token_scoped(sid, tenant, ttl_secs, "terminal preview")
+            self.token_scoped(sid, tenant, ttl_secs, &Scope::claim(&Scope::ALL))
         }
 
         pub fn token_scoped(&self, sid: &str, tenant: &str, ttl_secs: i64, scope: &str) -> String {
@@ -321,7 +292,7 @@ mod tests {
         let t = s.token("abc", "acme", 60);
         let c = v.verify(&t).await.unwrap();
         assert_eq!((c.sid.as_str(), c.tenant.as_str()), ("abc", "acme"));
-        assert!(c.has_scope("terminal") && c.has_scope("preview") && !c.has_scope("admin"));
+        assert!(c.has_scope(Scope::Terminal) && c.has_scope(Scope::Preview));
         assert_eq!(*v.verify(&t).await.unwrap(), *c);
     }
 

@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use warren_proto::internal::{
+    HostKeyRequest, RouteResponse, SshAuthorizeRequest, VerifyNodeRequest,
+};
 use warren_tunnel::proto::Hello;
 use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
 
@@ -26,17 +29,17 @@ impl ControlClient {
     }
 }
 
-/// `{"node","tenant"}` on 200; `None` for the statuses that mean "no".
+/// The route on 200; `None` for the statuses that mean "no".
 async fn route_answer(
     r: reqwest::Response,
     no: &[u16],
 ) -> Result<Option<SessionRoute>, RouteError> {
     match r.status().as_u16() {
         200 => {
-            let v: serde_json::Value = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+            let v: RouteResponse = r.json().await.map_err(|e| RouteError(e.to_string()))?;
             Ok(Some(SessionRoute {
-                node: v["node"].as_str().unwrap_or_default().to_string(),
-                tenant: v["tenant"].as_str().unwrap_or_default().to_string(),
+                node: v.node,
+                tenant: v.tenant,
             }))
         }
         s if no.contains(&s) => Ok(None),
@@ -66,7 +69,10 @@ impl RouteSource for ControlClient {
             .http
             .post(format!("{}/internal/v1/ssh/authorize", self.base))
             .bearer_auth(&self.secret)
-            .json(&serde_json::json!({"session": session, "public_key": public_key}))
+            .json(&SshAuthorizeRequest {
+                session: session.into(),
+                public_key: public_key.into(),
+            })
             .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
@@ -95,7 +101,10 @@ impl RouteSource for ControlClient {
             .http
             .post(format!("{}/internal/v1/ssh/host-key", self.base))
             .bearer_auth(&self.secret)
-            .json(&serde_json::json!({"public_key": public_key, "fingerprint": fingerprint}))
+            .json(&HostKeyRequest {
+                public_key: public_key.into(),
+                fingerprint: fingerprint.into(),
+            })
             .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
@@ -114,7 +123,10 @@ impl NodeAuthenticator for ControlClient {
             .http
             .post(format!("{}/internal/v1/nodes/verify", self.base))
             .bearer_auth(&self.secret)
-            .json(&serde_json::json!({"node_id": hello.node_id, "credential": hello.credential}))
+            .json(&VerifyNodeRequest {
+                node_id: hello.node_id.clone(),
+                credential: hello.credential.clone(),
+            })
             .send()
             .await
             .map_err(|e| AuthError(format!("control plane unreachable: {e}")))?;

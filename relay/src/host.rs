@@ -92,13 +92,7 @@ pub fn normalize(host: &str) -> Result<String, HostError> {
     Ok(name)
 }
 
-/// A session id as Warren makes them: lowercase letters and digits.
-pub fn is_session_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
+pub use warren_proto::is_session_id;
 
 /// Resolves the route for `host` under `domain`; `sni` is the TLS server
 /// name, when the request came over TLS.

@@ -12,7 +12,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use warren_tunnel::proto::{StreamHeader, StreamKind};
 use warren_tunnel::server::{OpenError, Registry};
 
-use crate::auth::{AuthError, Claims, SCOPE_PREVIEW, SCOPE_TERMINAL, Verifier};
+use crate::auth::{AuthError, Claims, Scope, Verifier};
 use crate::connector::TunnelConnector;
 use crate::host::{self, HostError, Route};
 use crate::metrics::Metrics;
@@ -28,7 +28,7 @@ pub const COOKIE: &str = "warren_token";
 pub const HOST_COOKIE: &str = "__Host-warren_token";
 /// At most this many of our cookies are tried per request.
 const MAX_COOKIE_CANDIDATES: usize = 4;
-pub const TERMINAL_PATH: &str = "/_warren/terminal";
+pub use warren_proto::terminal::PATH as TERMINAL_PATH;
 /// The policy on every page the relay serves itself. `connect-src 'self'`
 /// covers the page's own WebSocket (same host and port).
 const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
@@ -304,7 +304,7 @@ impl RelayProxy {
         &self,
         token: Option<&str>,
         session: &str,
-        scope: &'static str,
+        scope: Scope,
     ) -> Result<(Arc<Claims>, String), Answer> {
         let token = token.ok_or_else(|| auth_error(&AuthError::Missing))?;
         let claims = self
@@ -368,7 +368,7 @@ impl RelayProxy {
         &self,
         tokens: &[String],
         session: &str,
-        scope: &'static str,
+        scope: Scope,
     ) -> Result<(Arc<Claims>, String), Answer> {
         let mut first_err = None;
         for t in tokens {
@@ -419,6 +419,29 @@ impl RelayProxy {
         Ok(true)
     }
 
+    /// Accepts a WebSocket handshake only to close it at once with the
+    /// close code that stands for `a` (4401, 4403, 4404, ...), so a browser
+    /// page can tell "signed out" from "network down".
+    async fn close_upgrade(&self, session: &mut Session, a: &Answer) -> pingora::Result<bool> {
+        let key = session
+            .req_header()
+            .headers
+            .get("sec-websocket-key")
+            .map(|k| k.as_bytes().to_vec());
+        let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= 64) else {
+            return self.answer(session, a.clone()).await;
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        let mut resp = ResponseHeader::build(101, Some(4))?;
+        resp.insert_header("upgrade", "websocket")?;
+        resp.insert_header("connection", "Upgrade")?;
+        resp.insert_header("sec-websocket-accept", accept)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        let frame = close_frame(close_code_for(a.status), &a.message);
+        session.write_response_body(Some(frame), true).await?;
+        Ok(true)
+    }
+
     async fn answer(&self, session: &mut Session, a: Answer) -> pingora::Result<bool> {
         let html = wants_html(session.req_header());
         let (ctype, body) = a.render(html);
@@ -452,7 +475,7 @@ impl RelayProxy {
         session: &mut Session,
         token: &str,
         sid: &str,
-        scope: &'static str,
+        scope: Scope,
         tls: bool,
     ) -> pingora::Result<bool> {
         match self.authorize(Some(token), sid, scope).await {
@@ -680,7 +703,7 @@ impl ProxyHttp for RelayProxy {
                     if let Some(a) = cookie_refused(true) {
                         return self.answer(session, a).await;
                     }
-                    return match self.authorize_any(&tokens, &sid, SCOPE_TERMINAL).await {
+                    return match self.authorize_any(&tokens, &sid, Scope::Terminal).await {
                         Ok((_, node)) => {
                             if ctx.upgrade {
                                 // Idle terminals stay open for hours; QUIC and
@@ -694,16 +717,22 @@ impl ProxyHttp for RelayProxy {
                             });
                             Ok(false)
                         }
+                        // The page cannot read an HTTP status from a
+                        // refused WebSocket (it sees 1006): its own origin
+                        // gets the refusal as a close code instead.
+                        Err(a) if ctx.upgrade && own_origin => {
+                            self.close_upgrade(session, &a).await
+                        }
                         Err(a) => self.answer(session, a).await,
                     };
                 }
                 ctx.route = "page";
                 if is_get && let Some(t) = q_token {
                     return self
-                        .exchange(session, &t, &sid, SCOPE_TERMINAL, ctx.tls)
+                        .exchange(session, &t, &sid, Scope::Terminal, ctx.tls)
                         .await;
                 }
-                match self.authorize_any(&tokens, &sid, SCOPE_TERMINAL).await {
+                match self.authorize_any(&tokens, &sid, Scope::Terminal).await {
                     Ok(_) if path == "/" || path == "/index.html" => {
                         self.asset(session, "index.html").await
                     }
@@ -725,13 +754,13 @@ impl ProxyHttp for RelayProxy {
                     && let Some(t) = q_token
                 {
                     return self
-                        .exchange(session, &t, &sid, SCOPE_PREVIEW, ctx.tls)
+                        .exchange(session, &t, &sid, Scope::Preview, ctx.tls)
                         .await;
                 }
                 if let Some(a) = cookie_refused(ctx.upgrade) {
                     return self.answer(session, a).await;
                 }
-                match self.authorize_any(&tokens, &sid, SCOPE_PREVIEW).await {
+                match self.authorize_any(&tokens, &sid, Scope::Preview).await {
                     Ok((_, node)) => {
                         if ctx.upgrade {
                             session.set_read_timeout(None);
@@ -952,6 +981,35 @@ impl ProxyHttp for RelayProxy {
 
 fn rand_u64() -> u64 {
     rand::random()
+}
+
+/// The terminal close code that means the same as an HTTP refusal.
+fn close_code_for(status: u16) -> u16 {
+    use warren_proto::terminal::close;
+    match status {
+        401 => close::AUTH,
+        403 => close::FORBIDDEN,
+        404 | 410 => close::SESSION_GONE,
+        502..=504 => close::NODE_LOST,
+        400..=499 => close::BAD_REQUEST,
+        _ => close::INTERNAL,
+    }
+}
+
+/// An unmasked WebSocket close frame (server to client) with `code` and as
+/// much of `reason` as fits.
+fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.push(0x88); // FIN + close
+    f.push((2 + reason.len()) as u8);
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason);
+    Bytes::from(f)
 }
 
 #[cfg(test)]

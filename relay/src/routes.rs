@@ -17,20 +17,7 @@ pub struct SessionRoute {
 #[error("route lookup failed: {0}")]
 pub struct RouteError(pub String);
 
-/// Something the relay's SSH server saw, for the audit log.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SshAuditEvent {
-    /// `ssh.login`, `ssh.login_failed`, `ssh.rate_limited`.
-    pub action: &'static str,
-    pub session: String,
-    /// `publickey` or `password`.
-    pub method: &'static str,
-    pub client_addr: String,
-    /// The key's SHA-256 fingerprint, for public-key attempts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
-    pub reason: String,
-}
+pub use warren_proto::internal::{SshAction, SshAuditEvent};
 
 /// What the relay asks the control plane (or a static table).
 #[async_trait]

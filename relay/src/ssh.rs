@@ -23,13 +23,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use warren_proto::terminal::{self, ClientMsg, ServerMsg, TerminalQuery, stream_byte};
 use warren_tunnel::TunnelStream;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
 use warren_tunnel::server::{OpenError, Registry};
 
-use crate::auth::{SCOPE_TERMINAL, Verifier};
-use crate::host::is_session_id;
-use crate::routes::{RouteCache, RouteSource, SessionRoute, SshAuditEvent};
+use crate::auth::{Scope, Verifier};
+use crate::routes::{RouteCache, RouteSource, SessionRoute, SshAction, SshAuditEvent};
+use warren_proto::is_session_id;
 
 /// File name of the host key in the relay's data directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -340,7 +341,7 @@ impl Conn {
 
     fn audit(
         &self,
-        action: &'static str,
+        action: SshAction,
         session: &str,
         method: &'static str,
         fp: Option<String>,
@@ -349,7 +350,7 @@ impl Conn {
         let event = SshAuditEvent {
             action,
             session: session.chars().take(64).collect(),
-            method,
+            method: method.into(),
             client_addr: self.peer.to_string(),
             fingerprint: fp,
             reason,
@@ -373,10 +374,10 @@ impl Conn {
             .inc();
         info!(peer = %self.peer, session, method, %reason, "ssh login refused");
         let reached = self.ctx.limiter.fail(self.peer.ip());
-        self.audit("ssh.login_failed", session, method, fp.clone(), reason);
+        self.audit(SshAction::LoginFailed, session, method, fp.clone(), reason);
         if reached {
             self.audit(
-                "ssh.rate_limited",
+                SshAction::RateLimited,
                 session,
                 method,
                 fp,
@@ -397,7 +398,7 @@ impl Conn {
         fp: Option<String>,
     ) -> Auth {
         self.ctx.metrics.ssh_logins.with_label_values(&["ok"]).inc();
-        self.audit("ssh.login", session, method, fp, String::new());
+        self.audit(SshAction::Login, session, method, fp, String::new());
         self.target = Some(Target {
             session: session.to_string(),
             route,
@@ -444,7 +445,7 @@ impl russh::server::Handler for Conn {
                 "the token is for another session".into(),
             ));
         }
-        if !claims.has_scope(SCOPE_TERMINAL) {
+        if !claims.has_scope(Scope::Terminal) {
             return Ok(self.refuse(
                 user,
                 "password",
@@ -696,7 +697,7 @@ async fn session_channel(
                 want_reply,
                 command,
             }) => {
-                let ok = command.len() <= warren_agent_limits::MAX_COMMAND;
+                let ok = command.len() <= terminal::MAX_COMMAND;
                 reply(ok, want_reply).await;
                 if !ok {
                     continue;
@@ -738,8 +739,8 @@ async fn session_channel(
         let stream = open_stream(&ctx, &target, StreamKind::Terminal, peer).await?;
         // A small read buffer: tungstenite touches all of it on every read.
         let config = WebSocketConfig::default()
-            .max_message_size(Some(1 << 20))
-            .max_frame_size(Some(1 << 20))
+            .max_message_size(Some(terminal::MAX_MESSAGE))
+            .max_frame_size(Some(terminal::MAX_MESSAGE))
             .read_buffer_size(16 * 1024);
         tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
             .await
@@ -767,7 +768,7 @@ async fn session_channel(
                 Some(ChannelMsg::Data { data }) => {
                     let frame = if exec {
                         let mut v = Vec::with_capacity(data.len() + 1);
-                        v.push(0u8);
+                        v.push(stream_byte::STDIN);
                         v.extend_from_slice(&data);
                         v
                     } else {
@@ -779,11 +780,11 @@ async fn session_channel(
                     }
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) if !exec => {
-                    let msg = serde_json::json!({"type": "resize", "cols": dim(col_width, 80), "rows": dim(row_height, 24)});
-                    let _ = ws.send(Message::Text(msg.to_string().into())).await;
+                    let msg = ClientMsg::Resize { cols: dim(col_width, 80), rows: dim(row_height, 24) };
+                    let _ = ws.send(Message::Text(msg.to_text().into())).await;
                 }
                 Some(ChannelMsg::Eof) if exec => {
-                    let _ = ws.send(Message::Text(r#"{"type":"eof"}"#.into())).await;
+                    let _ = ws.send(Message::Text(ClientMsg::Eof.to_text().into())).await;
                 }
                 Some(ChannelMsg::Close) | None => {
                     let _ = ws.close(None).await;
@@ -795,8 +796,8 @@ async fn session_channel(
                 Some(Ok(Message::Binary(b))) => {
                     let written = match (exec, b.first()) {
                         (false, _) => out.write_all(&b).await,
-                        (true, Some(1)) => out.write_all(&b[1..]).await,
-                        (true, Some(2)) => err.write_all(&b[1..]).await,
+                        (true, Some(&stream_byte::STDOUT)) => out.write_all(&b[1..]).await,
+                        (true, Some(&stream_byte::STDERR)) => err.write_all(&b[1..]).await,
                         (true, _) => Ok(()),
                     };
                     if written.is_err() {
@@ -804,13 +805,22 @@ async fn session_channel(
                         return;
                     }
                 }
-                Some(Ok(Message::Text(t))) => {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
-                        && v["type"] == "exit"
-                    {
-                        code = v["code"].as_i64().map(|c| c as i32);
+                Some(Ok(Message::Text(t))) => match ServerMsg::parse(&t) {
+                    ServerMsg::Exit { code: c } => code = Some(c),
+                    hello @ ServerMsg::Hello { .. } => {
+                        if let Err(msg) = hello.check_version() {
+                            warn!(session = %target.session, "terminal refused: {msg}");
+                            gone = Some(msg);
+                            break;
+                        }
                     }
-                }
+                    ServerMsg::Gap { from, to } => {
+                        let lost = to.saturating_sub(from);
+                        warn!(session = %target.session, lost, "ssh bridge fell behind the terminal; output skipped");
+                        let _ = err.write_all(format!("\r\nwarren: {lost} bytes of output were skipped\r\n").as_bytes()).await;
+                    }
+                    ServerMsg::Unknown => {}
+                },
                 Some(Ok(Message::Close(frame))) => {
                     if code.is_none() {
                         let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
@@ -848,48 +858,31 @@ fn terminal_url(
     pty: Option<&Pty>,
     env: &BTreeMap<String, String>,
 ) -> (String, bool) {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    let exec = match (run, pty) {
-        (Run::Sftp, _) => {
-            q.append_pair("mode", "exec")
-                .append_pair("command", SFTP_COMMAND);
-            true
-        }
-        (Run::Shell, None) => {
-            q.append_pair("mode", "exec")
-                .append_pair("command", PLAIN_SHELL);
-            true
-        }
-        (Run::Command(c), None) => {
-            q.append_pair("mode", "exec").append_pair("command", c);
-            true
-        }
-        (Run::Shell, Some(_)) => false,
-        (Run::Command(c), Some(_)) => {
-            q.append_pair("command", c);
-            false
-        }
+    let mut q = TerminalQuery::default();
+    let (command, exec) = match (run, pty) {
+        (Run::Sftp, _) => (Some(SFTP_COMMAND), true),
+        (Run::Shell, None) => (Some(PLAIN_SHELL), true),
+        (Run::Command(c), None) => (Some(c.as_str()), true),
+        (Run::Shell, Some(_)) => (None, false),
+        (Run::Command(c), Some(_)) => (Some(c.as_str()), false),
     };
-    if let Some(p) = pty {
-        q.append_pair("cols", &p.cols.to_string())
-            .append_pair("rows", &p.rows.to_string());
-        if !p.term.is_empty() {
-            q.append_pair("term", &p.term);
+    q.command = command.map(str::to_string);
+    q.exec = exec;
+    let term = match pty {
+        Some(p) => {
+            (q.cols, q.rows) = terminal::clamp_size(p.cols, p.rows);
+            Some(p.term.as_str()).filter(|t| !t.is_empty())
         }
-    } else if let Some(t) = env.get("TERM") {
-        q.append_pair("term", t);
+        None => env.get("TERM").map(String::as_str),
+    };
+    if let Some(t) = term {
+        q.env.insert("TERM".into(), t.into());
     }
     if let Some(l) = env.get("LANG") {
-        q.append_pair("lang", l);
+        q.env.insert("LANG".into(), l.clone());
     }
-    let url = format!("ws://{session}.ssh/_warren/terminal?{}", q.finish());
+    let url = format!("ws://{session}.ssh{}?{}", terminal::PATH, q.to_query());
     (url, exec)
-}
-
-/// Limits shared with the agent's terminal endpoint.
-mod warren_agent_limits {
-    /// Longest command the agent accepts (its `MAX_COMMAND`).
-    pub const MAX_COMMAND: usize = 8 * 1024;
 }
 
 #[cfg(test)]

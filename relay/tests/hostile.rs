@@ -393,6 +393,95 @@ async fn tokens_scopes_and_origins() {
     c.finish("tokens, scopes and origins");
 }
 
+/// What a browser page (its own Origin) learns from a refused terminal
+/// socket: the handshake completes and closes at once with a code that
+/// says why, since the page cannot read an HTTP status (it sees 1006).
+async fn ws_close_code(st: &Stack, sid: &str, query: &str, headers: &[(&str, &str)]) -> u16 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = match st.ws_socket(sid, query, headers).await {
+        Ok(ws) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => return r.status().as_u16(),
+        Err(e) => panic!("handshake failed without a status: {e}"),
+    };
+    match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => u16::from(f.code),
+        Ok(Some(Ok(Message::Text(_)))) => 101, // the hello: it opened
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_learn_why_a_terminal_socket_was_refused() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let st = Stack::start("hostile-close").await;
+    let s = st.session().await;
+    let other = st.session().await;
+    let host = format!("{}.{DOMAIN}", s.id);
+    let me = origin(&st, &host);
+    let mut c = Cases::default();
+    let own = [("origin", me.as_str())];
+    let expired = st.signer.sign(&claims(
+        &s.id,
+        TENANT,
+        "terminal preview",
+        "warren",
+        -60,
+        -120,
+    ));
+    let preview = st.signer.token_scoped(&s.id, TENANT, 60, "preview");
+    let theirs = st.token(&other.id);
+    for (name, query, want) in [
+        ("expired token", format!("token={expired}"), 4401),
+        ("garbage token", "token=not.a.jwt".to_string(), 4401),
+        ("no token", String::new(), 4401),
+        ("another session's token", format!("token={theirs}"), 4403),
+        ("preview-only token", format!("token={preview}"), 4403),
+        ("valid token", format!("token={}", st.token(&s.id)), 101),
+    ] {
+        c.status(
+            &format!("page socket, {name}"),
+            ws_close_code(&st, &s.id, &query, &own).await,
+            want,
+        );
+    }
+    // A session that does not exist (deleted): the page says so.
+    let gone = "nosuchsession1";
+    let gone_origin = origin(&st, &format!("{gone}.{DOMAIN}"));
+    c.status(
+        "page socket, deleted session",
+        ws_close_code(
+            &st,
+            gone,
+            &format!("token={}", st.signer.token(gone, TENANT, 60)),
+            &[("origin", gone_origin.as_str())],
+        )
+        .await,
+        4404,
+    );
+    // Programs (no Origin) and other origins keep plain HTTP refusals.
+    c.status(
+        "program socket, expired token",
+        ws_status(&st, &s.id, &format!("token={expired}"), &[]).await,
+        401,
+    );
+    let foreign = origin(&st, &format!("{}.{DOMAIN}", other.id));
+    c.status(
+        "other origin, expired token",
+        ws_close_code(
+            &st,
+            &s.id,
+            &format!("token={expired}"),
+            &[("origin", &foreign)],
+        )
+        .await,
+        401,
+    );
+    c.finish("close codes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previews_cannot_touch_warren_credentials() {
     if !docker_or_skip().await {

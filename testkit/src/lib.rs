@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use warren_proto::terminal::{ClientMsg, Cursor, ServerMsg};
 
 /// The deadline tests wait on conditions with.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -97,13 +98,19 @@ fn remove_host_rules(bridge: &str) {
         .output();
 }
 
-/// A terminal WebSocket client (CONTRACT.md: binary frames are terminal
-/// bytes, text frames JSON control messages).
+/// A terminal WebSocket client ([`warren_proto::terminal`]): keeps the
+/// output, the terminal id, the offset and the gaps it was told about.
 pub struct Term<S> {
     pub ws: WebSocketStream<S>,
     pub out: String,
     pub terminal: Option<u32>,
     pub exit: Option<i32>,
+    /// Where this client stands in the terminal's output.
+    pub cursor: Cursor,
+    /// Every `gap` notice received, as `(from, to)`.
+    pub gaps: Vec<(u64, u64)>,
+    /// The close frame's code, once the server closed.
+    pub close_code: Option<u16>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
@@ -114,6 +121,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
             out: String::new(),
             terminal: None,
             exit: None,
+            cursor: Cursor::default(),
+            gaps: Vec::new(),
+            close_code: None,
         };
         tokio::time::timeout(WAIT, async {
             while t.terminal.is_none() {
@@ -128,16 +138,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
     /// Handles one message; `None` once the socket closed.
     async fn step(&mut self) -> Option<()> {
         match self.ws.next().await? {
-            Ok(Message::Binary(b)) => self.out.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Message::Binary(b)) => {
+                self.cursor.on_bytes(b.len());
+                self.out.push_str(&String::from_utf8_lossy(&b))
+            }
             Ok(Message::Text(t)) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                match v["type"].as_str() {
-                    Some("hello") => self.terminal = v["terminal"].as_u64().map(|n| n as u32),
-                    Some("exit") => self.exit = v["code"].as_i64().map(|n| n as i32),
-                    _ => {}
+                let msg = ServerMsg::parse(&t);
+                if let Err(e) = msg.check_version() {
+                    panic!("{e}");
+                }
+                self.cursor.on_message(&msg);
+                match msg {
+                    ServerMsg::Hello { terminal, .. } => self.terminal = terminal,
+                    ServerMsg::Exit { code } => self.exit = Some(code),
+                    ServerMsg::Gap { from, to } => self.gaps.push((from, to)),
+                    ServerMsg::Unknown => {}
                 }
             }
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(f)) => {
+                self.close_code = f.map(|f| u16::from(f.code));
+                return None;
+            }
+            Err(_) => return None,
             Ok(_) => {}
         }
         Some(())
@@ -151,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
     }
 
     pub async fn resize(&mut self, cols: u16, rows: u16) {
-        let m = serde_json::json!({"type": "resize", "cols": cols, "rows": rows}).to_string();
+        let m = ClientMsg::Resize { cols, rows }.to_text();
         self.ws.send(Message::Text(m.into())).await.unwrap();
     }
 

@@ -6,7 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
-use crate::proto::{Frame, InitCodec, Op, PROTOCOL_VERSION, Request, Response};
+use crate::proto::{ErrorCode, Frame, InitCodec, Op, PROTOCOL_VERSION, Request, Response};
 
 pub type InitConn = Framed<UnixStream, InitCodec>;
 
@@ -21,7 +21,7 @@ pub enum ClientError {
     #[error("session init protocol error: {0}")]
     Protocol(String),
     #[error("{code}: {message}")]
-    Refused { code: String, message: String },
+    Refused { code: ErrorCode, message: String },
 }
 
 /// Sends one request; on success returns the connection (for `open` and
@@ -58,7 +58,7 @@ pub async fn request_on(stream: UnixStream, op: Op) -> Result<(InitConn, Respons
         .map_err(|_| ClientError::Timeout)??;
     if !resp.ok {
         return Err(ClientError::Refused {
-            code: resp.code.unwrap_or_default(),
+            code: resp.code.unwrap_or(ErrorCode::Unknown),
             message: resp.message.unwrap_or_default(),
         });
     }

@@ -12,13 +12,16 @@ use warren_init::reaper::Reaper;
 use warren_init::server::{Options, Server};
 
 fn usage() -> ! {
-    eprintln!("usage: warren-init [--socket PATH] [--detached-timeout SECS] [-- COMMAND...]");
+    eprintln!(
+        "usage: warren-init [--socket PATH] [--detached-timeout SECS] [--replay-bytes N] [-- COMMAND...]"
+    );
     std::process::exit(2)
 }
 
 fn main() {
     let mut socket = PathBuf::from(warren_init::SOCKET_IN_CONTAINER);
     let mut detached = Duration::from_secs(900);
+    let mut replay_bytes = warren_init::server::REPLAY_BYTES;
     let mut command = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -29,6 +32,13 @@ fn main() {
                     .next()
                     .and_then(|s| s.parse().ok())
                     .map(Duration::from_secs)
+                    .unwrap_or_else(|| usage())
+            }
+            "--replay-bytes" => {
+                replay_bytes = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| warren_init::server::REPLAY_RANGE.contains(n))
                     .unwrap_or_else(|| usage())
             }
             "--" => command.extend(args.by_ref()),
@@ -45,11 +55,16 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = rt.block_on(run(socket, detached, command));
+    let code = rt.block_on(run(socket, detached, replay_bytes, command));
     std::process::exit(code);
 }
 
-async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
+async fn run(
+    socket: PathBuf,
+    detached: Duration,
+    replay_bytes: usize,
+    command: Vec<String>,
+) -> i32 {
     if std::process::id() != 1 {
         // Not PID 1 (e.g. under another init): adopt orphans anyway.
         let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
@@ -89,6 +104,7 @@ async fn run(socket: PathBuf, detached: Duration, command: Vec<String>) -> i32 {
             socket,
             detached_timeout: detached,
             agent_only: true,
+            replay_bytes,
         },
         reaper.clone(),
     );

@@ -8,7 +8,9 @@
 //! protocol version); init answers with a [`Response`]. After an `open` or
 //! `attach`, `Data` frames carry terminal bytes both ways, `Resize` (4 bytes:
 //! cols, rows as u16 BE) goes to init, and `Exit` (i32 BE) comes back when
-//! the shell ends. After an `exec` (a command on pipes, no PTY: SSH `exec`
+//! the shell ends. `Skip` (u64 BE) comes back when output this client
+//! never received was dropped from the replay buffer: the next `Data` byte
+//! is at that offset. After an `exec` (a command on pipes, no PTY: SSH `exec`
 //! and subsystems), `Data` carries stdin to init and stdout back, `Stderr`
 //! carries stderr, and `Eof` (empty) from the agent closes the command's
 //! stdin.
@@ -16,14 +18,14 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tokio_util::codec::{Decoder, Encoder};
+pub use warren_proto::init::ErrorCode;
+pub use warren_proto::terminal::{MAX_DIMENSION, clamp_size};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Largest JSON request or response, in bytes.
 pub const MAX_JSON: usize = 16 * 1024;
-/// Terminal sizes accepted (both dimensions).
-pub const MAX_DIMENSION: u16 = 1000;
 
 const T_REQUEST: u8 = 1;
 const T_RESPONSE: u8 = 2;
@@ -32,6 +34,7 @@ const T_RESIZE: u8 = 4;
 const T_EXIT: u8 = 5;
 const T_STDERR: u8 = 6;
 const T_EOF: u8 = 7;
+const T_SKIP: u8 = 8;
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -53,8 +56,15 @@ pub enum Op {
         #[serde(default)]
         command: Option<Vec<String>>,
     },
-    /// Attach to a running terminal; its recent output is replayed first.
-    Attach { terminal: u32, cols: u16, rows: u16 },
+    /// Attach to a running terminal. Its output after `offset` is sent
+    /// first (or, without `offset`, its most recent output).
+    Attach {
+        terminal: u32,
+        cols: u16,
+        rows: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).
     Exec {
@@ -73,19 +83,23 @@ pub struct Response {
     pub terminal: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// After `open`/`attach`: the output offset of the first `Data` byte
+    /// that follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminals: Option<Vec<TerminalInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<ErrorCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 impl Response {
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            code: Some(code.into()),
+            code: Some(code),
             message: Some(message.into()),
             ..Default::default()
         }
@@ -113,6 +127,9 @@ pub enum Frame {
     Stderr(Bytes),
     /// The end of an `exec`'s stdin.
     Eof,
+    /// Output was dropped for this client: the next `Data` byte is at
+    /// this offset.
+    Skip(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +163,7 @@ impl Decoder for InitCodec {
             T_DATA | T_STDERR => MAX_PAYLOAD,
             T_EOF => 0,
             T_RESIZE | T_EXIT => 4,
+            T_SKIP => 8,
             other => return Err(FrameError::UnknownType(other)),
         };
         if len > limit {
@@ -171,6 +189,11 @@ impl Decoder for InitCodec {
             T_EXIT if len == 4 => Frame::Exit(i32::from_be_bytes([
                 payload[0], payload[1], payload[2], payload[3],
             ])),
+            T_SKIP if len == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&payload);
+                Frame::Skip(u64::from_be_bytes(b))
+            }
             _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
         }))
     }
@@ -194,6 +217,7 @@ impl Encoder<Frame> for InitCodec {
             Frame::Exit(c) => (T_EXIT, Bytes::copy_from_slice(&c.to_be_bytes())),
             Frame::Stderr(b) => (T_STDERR, b),
             Frame::Eof => (T_EOF, Bytes::new()),
+            Frame::Skip(o) => (T_SKIP, Bytes::copy_from_slice(&o.to_be_bytes())),
         };
         let limit = if matches!(ty, T_REQUEST | T_RESPONSE) {
             MAX_JSON
@@ -209,11 +233,6 @@ impl Encoder<Frame> for InitCodec {
         dst.extend_from_slice(&payload);
         Ok(())
     }
-}
-
-/// Clamps a requested terminal size into `1..=MAX_DIMENSION`.
-pub fn clamp_size(cols: u16, rows: u16) -> (u16, u16) {
-    (cols.clamp(1, MAX_DIMENSION), rows.clamp(1, MAX_DIMENSION))
 }
 
 #[cfg(test)]
@@ -254,7 +273,17 @@ mod tests {
                 command: None,
             },
         }));
-        roundtrip(Frame::Response(Response::error("x", "y")));
+        roundtrip(Frame::Response(Response::error(ErrorCode::NotFound, "y")));
+        roundtrip(Frame::Skip(1 << 40));
+        roundtrip(Frame::Request(Request {
+            version: 1,
+            op: Op::Attach {
+                terminal: 3,
+                cols: 80,
+                rows: 24,
+                offset: Some(77),
+            },
+        }));
     }
 
     #[test]

@@ -13,25 +13,27 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::proto::{self, Frame, InitCodec, Op, Request, Response, TerminalInfo};
+use crate::proto::{self, ErrorCode, Frame, InitCodec, Op, Request, Response, TerminalInfo};
 use crate::pty;
 use crate::reaper::Reaper;
 
-/// Recent output kept per terminal and replayed on attach, in bytes.
-pub const REPLAY_BYTES: usize = 64 * 1024;
+/// Output kept per terminal by default, in bytes: what a client that
+/// reconnects with an offset can resume from.
+pub const REPLAY_BYTES: usize = 2 * 1024 * 1024;
+/// Smallest and largest replay buffer `--replay-bytes` may ask for.
+pub const REPLAY_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=64 * 1024 * 1024;
+/// What an attach without an offset replays (the recent screen), in bytes.
+pub const ATTACH_TAIL: usize = 64 * 1024;
 /// Terminals one session may hold at once.
 pub const MAX_TERMINALS: usize = 256;
 /// Clients connected to the socket at once.
 const MAX_CLIENTS: usize = 256;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// A client that takes no output for this long is dropped rather than
-/// stalling the shell for everyone else.
-const CLIENT_STALL: Duration = Duration::from_secs(30);
 /// Environment variables a client may set on a new shell.
 fn env_allowed(k: &str) -> bool {
     matches!(k, "TERM" | "LANG" | "COLORTERM" | "TZ") || k.starts_with("LC_")
@@ -46,6 +48,9 @@ pub struct Options {
     /// non-zero peer pid and are refused: they must not speak the init
     /// protocol as the agent. Off only for in-process tests.
     pub agent_only: bool,
+    /// Output kept per terminal ([`REPLAY_BYTES`] by default). It lives in
+    /// init, so it counts against the session's own memory limit.
+    pub replay_bytes: usize,
 }
 
 /// Whether a connecting peer may speak the init protocol.
@@ -57,24 +62,37 @@ pub fn peer_allowed(agent_only: bool, peer_pid: Option<i32>) -> bool {
     !agent_only || peer_pid == Some(0)
 }
 
-enum Event {
-    Data(Bytes),
-    Exit(i32),
-}
-
 struct TermState {
+    /// The most recent output: bytes `[end - replay.len(), end)`.
     replay: VecDeque<u8>,
-    clients: HashMap<u64, mpsc::Sender<Event>>,
+    /// Output offset just past the last byte the shell wrote.
+    end: u64,
+    clients: usize,
     exit: Option<i32>,
     detached_since: Option<Instant>,
     hup_sent: Option<Instant>,
 }
 
+/// One PTY and its output. The reader appends to the replay buffer and
+/// wakes the clients; each client copies from its own offset at its own
+/// pace. So the shell never waits for a client: one that falls behind by
+/// more than the buffer skips ahead (and is told), and nobody else notices.
 struct Terminal {
     id: u32,
     pid: i32,
     master: AsyncFd<OwnedFd>,
     state: Mutex<TermState>,
+    /// Signalled on new output and on the exit.
+    wake: watch::Sender<()>,
+    replay_cap: usize,
+}
+
+/// What a client can send next.
+struct Chunk {
+    /// The client's offset was no longer held: it continues from here.
+    skipped_to: Option<u64>,
+    data: Vec<u8>,
+    exit: Option<i32>,
 }
 
 impl Terminal {
@@ -82,27 +100,90 @@ impl Terminal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn broadcast(&self, chunk: &[u8]) {
-        let data = Bytes::copy_from_slice(chunk);
-        let clients: Vec<(u64, mpsc::Sender<Event>)> = {
+    /// Appends the shell's output; never waits for a client.
+    fn push(&self, chunk: &[u8]) {
+        {
             let mut st = self.lock();
             st.replay.extend(chunk);
-            let excess = st.replay.len().saturating_sub(REPLAY_BYTES);
+            let excess = st.replay.len().saturating_sub(self.replay_cap);
             st.replay.drain(..excess);
-            st.clients.iter().map(|(k, v)| (*k, v.clone())).collect()
+            st.end += chunk.len() as u64;
+        }
+        self.wake.send_replace(());
+    }
+
+    fn finish(&self, code: i32) {
+        self.lock().exit = Some(code);
+        self.wake.send_replace(());
+    }
+
+    /// Up to `max` bytes of output from offset `pos`.
+    fn read_from(&self, pos: u64, max: usize) -> Chunk {
+        let st = self.lock();
+        let start = st.end - st.replay.len() as u64;
+        let (skipped_to, pos) = if pos < start {
+            (Some(start), start)
+        } else {
+            (None, pos.min(st.end))
         };
-        for (id, tx) in clients {
-            let sent = tokio::time::timeout(CLIENT_STALL, tx.send(Event::Data(data.clone()))).await;
-            if !matches!(sent, Ok(Ok(()))) {
-                self.detach(id);
-            }
+        let i = (pos - start) as usize;
+        let n = (st.replay.len() - i).min(max);
+        let (a, b) = st.replay.as_slices();
+        let mut data = Vec::with_capacity(n);
+        if i < a.len() {
+            let e = (i + n).min(a.len());
+            data.extend_from_slice(&a[i..e]);
+            data.extend_from_slice(&b[..n - (e - i)]);
+        } else {
+            data.extend_from_slice(&b[i - a.len()..i - a.len() + n]);
+        }
+        let exit = if n == 0 { st.exit } else { None };
+        Chunk {
+            skipped_to,
+            data,
+            exit,
         }
     }
 
-    fn detach(&self, client: u64) {
+    /// Where an attach starts: `offset` when it is still held, else the
+    /// oldest byte held (a gap), or the recent screen without an offset.
+    fn attach_at(&self, offset: Option<u64>) -> u64 {
+        let st = self.lock();
+        let start = st.end - st.replay.len() as u64;
+        match offset {
+            Some(o) if (start..=st.end).contains(&o) => o,
+            Some(o) if o < start => start,
+            _ => st.end.saturating_sub(ATTACH_TAIL as u64).max(start),
+        }
+    }
+
+    /// Asks the shell (or the full-screen program in it) to redraw, after
+    /// a client lost output: a SIGWINCH through a size change and back.
+    fn redraw(&self) {
+        let fd = self.master.get_ref();
+        if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {
+            let rows = if ws.ws_row > 1 { ws.ws_row - 1 } else { 2 };
+            let _ = pty::resize(fd, ws.ws_col, rows);
+            let _ = pty::resize(fd, ws.ws_col, ws.ws_row);
+        }
+    }
+
+    fn attach_client(&self) {
         let mut st = self.lock();
-        if st.clients.remove(&client).is_some() && st.clients.is_empty() {
-            st.detached_since = Some(Instant::now());
+        if st.exit.is_none() {
+            st.clients += 1;
+            st.detached_since = None;
+            st.hup_sent = None;
+        }
+    }
+
+    fn detach_client(&self) {
+        let mut st = self.lock();
+        if st.exit.is_none() && st.clients > 0 {
+            st.clients -= 1;
+            if st.clients == 0 {
+                st.detached_since = Some(Instant::now());
+            }
         }
     }
 
@@ -185,7 +266,7 @@ impl Server {
             return reply(
                 &mut framed,
                 Response::error(
-                    "forbidden",
+                    ErrorCode::Forbidden,
                     "this socket answers only the Warren agent, not processes in the session",
                 ),
             )
@@ -196,19 +277,23 @@ impl Server {
             Err(_) => {
                 return reply(
                     &mut framed,
-                    Response::error("timeout", "no request in time"),
+                    Response::error(ErrorCode::Timeout, "no request in time"),
                 )
                 .await;
             }
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => {
-                return reply(&mut framed, Response::error("bad_frame", e.to_string())).await;
+                return reply(
+                    &mut framed,
+                    Response::error(ErrorCode::BadFrame, e.to_string()),
+                )
+                .await;
             }
             Ok(Some(Ok(Frame::Request(r)))) => r,
             Ok(Some(Ok(_))) => {
                 return reply(
                     &mut framed,
-                    Response::error("bad_frame", "the first frame must be a request"),
+                    Response::error(ErrorCode::BadFrame, "the first frame must be a request"),
                 )
                 .await;
             }
@@ -219,9 +304,13 @@ impl Server {
                 "agent speaks init protocol v{version}, this warren-init speaks v{}",
                 proto::PROTOCOL_VERSION
             );
-            return reply(&mut framed, Response::error("version_mismatch", msg)).await;
+            return reply(
+                &mut framed,
+                Response::error(ErrorCode::VersionMismatch, msg),
+            )
+            .await;
         }
-        let (term, cols, rows) = match op {
+        let (term, cols, rows, offset) = match op {
             Op::List => {
                 let list = self
                     .terminals()
@@ -229,7 +318,7 @@ impl Server {
                     .map(|t| TerminalInfo {
                         terminal: t.id,
                         pid: t.pid,
-                        clients: t.lock().clients.len(),
+                        clients: t.lock().clients,
                     })
                     .collect();
                 let r = Response {
@@ -245,7 +334,7 @@ impl Server {
                 env,
                 command,
             } => match self.open(cols, rows, &env, command) {
-                Ok(t) => (t, cols, rows),
+                Ok(t) => (t, cols, rows, Some(0)),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
             Op::Exec { command, env } => return self.exec(framed, command, env).await,
@@ -253,17 +342,18 @@ impl Server {
                 terminal,
                 cols,
                 rows,
+                offset,
             } => match self.find(terminal) {
-                Some(t) => (t, cols, rows),
+                Some(t) => (t, cols, rows, offset),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
-                    return reply(&mut framed, Response::error("not_found", msg)).await;
+                    return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
                 }
             },
         };
         let (cols, rows) = proto::clamp_size(cols, rows);
         let _ = pty::resize(term.master.get_ref(), cols, rows);
-        self.attached(framed, term).await
+        self.attached(framed, term, offset).await
     }
 
     fn open(
@@ -272,16 +362,16 @@ impl Server {
         rows: u16,
         env: &std::collections::BTreeMap<String, String>,
         command: Option<Vec<String>>,
-    ) -> Result<Arc<Terminal>, (&'static str, String)> {
+    ) -> Result<Arc<Terminal>, (ErrorCode, String)> {
         if self.terminals().len() >= MAX_TERMINALS {
             return Err((
-                "too_many_terminals",
+                ErrorCode::TooManyTerminals,
                 format!("a session holds at most {MAX_TERMINALS} terminals"),
             ));
         }
         check_env(env)?;
         let (cols, rows) = proto::clamp_size(cols, rows);
-        let internal = |e: io::Error| ("spawn_failed", e.to_string());
+        let internal = |e: io::Error| (ErrorCode::SpawnFailed, e.to_string());
         let (master, slave) = pty::open(cols, rows).map_err(internal)?;
         let mut cmd = match &command {
             Some(argv) if !argv.is_empty() => command_of(argv)?,
@@ -307,9 +397,15 @@ impl Server {
             id,
             pid,
             master,
+            wake: watch::channel(()).0,
+            replay_cap: self
+                .opts
+                .replay_bytes
+                .clamp(*REPLAY_RANGE.start(), *REPLAY_RANGE.end()),
             state: Mutex::new(TermState {
                 replay: VecDeque::new(),
-                clients: HashMap::new(),
+                end: 0,
+                clients: 0,
                 exit: None,
                 detached_since: Some(Instant::now()),
                 hup_sent: None,
@@ -335,7 +431,7 @@ impl Server {
 
         let prepared = check_env(&env).and_then(|()| {
             if command.is_empty() {
-                return Err(("bad_command", "exec needs a command".into()));
+                return Err((ErrorCode::BadCommand, "exec needs a command".into()));
             }
             command_of(&command)
         });
@@ -353,7 +449,7 @@ impl Server {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("cannot run {}: {e}", command[0]);
-                return reply(&mut framed, Response::error("spawn_failed", msg)).await;
+                return reply(&mut framed, Response::error(ErrorCode::SpawnFailed, msg)).await;
             }
         };
         let pid = child.id() as i32;
@@ -382,7 +478,11 @@ impl Server {
             Ok(p) => p,
             Err(e) => {
                 kill();
-                return reply(&mut framed, Response::error("spawn_failed", e.to_string())).await;
+                return reply(
+                    &mut framed,
+                    Response::error(ErrorCode::SpawnFailed, e.to_string()),
+                )
+                .await;
             }
         };
         let resp = Response {
@@ -468,7 +568,7 @@ impl Server {
                     let Ok(mut guard) = r else { eof = true; continue };
                     match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
                         Ok(Ok(0)) | Ok(Err(_)) => eof = true, // EIO: every slave end closed
-                        Ok(Ok(n)) => term.broadcast(&buf[..n]).await,
+                        Ok(Ok(n)) => term.push(&buf[..n]),
                         Err(_would_block) => {}
                     }
                 }
@@ -479,79 +579,90 @@ impl Server {
             if n == 0 {
                 break;
             }
-            term.broadcast(&buf[..n]).await;
+            term.push(&buf[..n]);
         }
-        let clients: Vec<_> = {
-            let mut st = term.lock();
-            st.exit = Some(code);
-            st.clients.drain().map(|(_, tx)| tx).collect()
-        };
-        for tx in clients {
-            let _ = tokio::time::timeout(CLIENT_STALL, tx.send(Event::Exit(code))).await;
-        }
+        term.finish(code);
         self.terminals().remove(&term.id);
     }
 
+    /// Serves one attached client: its output from `offset` (see
+    /// [`Terminal::attach_at`]) at its own pace, its input to the PTY.
     async fn attached(
         &self,
-        mut framed: Framed<UnixStream, InitCodec>,
+        framed: Framed<UnixStream, InitCodec>,
         term: Arc<Terminal>,
+        offset: Option<u64>,
     ) -> io::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<Event>(64);
-        let client_id = rand_id();
-        let (replay, exited) = {
-            let mut st = term.lock();
-            if st.exit.is_none() {
-                st.clients.insert(client_id, tx);
-                st.detached_since = None;
-                st.hup_sent = None;
-            }
-            (st.replay.iter().copied().collect::<Vec<u8>>(), st.exit)
-        };
+        let mut wake = term.wake.subscribe();
+        term.attach_client();
+        let first = term.attach_at(offset);
         let resp = Response {
             ok: true,
             terminal: Some(term.id),
             pid: Some(term.pid),
+            offset: Some(first),
             ..Default::default()
         };
-        let result = async {
-            framed.send(Frame::Response(resp)).await.map_err(io::Error::other)?;
-            for chunk in replay.chunks(proto::MAX_PAYLOAD) {
-                framed.send(Frame::Data(Bytes::copy_from_slice(chunk))).await.map_err(io::Error::other)?;
+        let (mut sink, mut stream) = framed.split();
+        let output = async {
+            sink.send(Frame::Response(resp))
+                .await
+                .map_err(io::Error::other)?;
+            if offset.is_some_and(|o| o != first) {
+                term.redraw();
             }
-            if let Some(code) = exited {
-                framed.send(Frame::Exit(code)).await.map_err(io::Error::other)?;
-                return Ok(());
-            }
+            let mut pos = first;
             loop {
-                tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Some(Event::Data(b)) => framed.send(Frame::Data(b)).await.map_err(io::Error::other)?,
-                        Some(Event::Exit(code)) => {
-                            framed.send(Frame::Exit(code)).await.map_err(io::Error::other)?;
-                            return Ok(());
-                        }
-                        None => return Ok(()),
-                    },
-                    f = framed.next() => match f {
-                        // Input racing the shell's exit fails (EIO); the
-                        // exit is on its way to this client, so keep going.
-                        Some(Ok(Frame::Data(b))) => {
-                            let _ = term.write_all(&b).await;
-                        }
-                        Some(Ok(Frame::Resize { cols, rows })) => {
-                            let (c, r) = proto::clamp_size(cols, rows);
-                            let _ = pty::resize(term.master.get_ref(), c, r);
-                        }
-                        Some(Ok(_)) => return Err(io::Error::other("unexpected frame from client")),
-                        Some(Err(e)) => return Err(io::Error::other(e.to_string())),
-                        None => return Ok(()),
-                    },
+                // Marks the wake seen before reading, so output pushed
+                // after this read wakes the wait below.
+                wake.borrow_and_update();
+                let c = term.read_from(pos, proto::MAX_PAYLOAD);
+                if let Some(to) = c.skipped_to {
+                    sink.send(Frame::Skip(to)).await.map_err(io::Error::other)?;
+                    pos = to;
+                    term.redraw();
+                }
+                if !c.data.is_empty() {
+                    pos += c.data.len() as u64;
+                    sink.send(Frame::Data(c.data.into()))
+                        .await
+                        .map_err(io::Error::other)?;
+                    continue;
+                }
+                if let Some(code) = c.exit {
+                    sink.send(Frame::Exit(code))
+                        .await
+                        .map_err(io::Error::other)?;
+                    return Ok(());
+                }
+                if wake.changed().await.is_err() {
+                    return Ok(());
                 }
             }
-        }
-        .await;
-        term.detach(client_id);
+        };
+        let input = async {
+            while let Some(f) = stream.next().await {
+                match f {
+                    // Input racing the shell's exit fails (EIO); the exit
+                    // is on its way to this client, so keep going.
+                    Ok(Frame::Data(b)) => {
+                        let _ = term.write_all(&b).await;
+                    }
+                    Ok(Frame::Resize { cols, rows }) => {
+                        let (c, r) = proto::clamp_size(cols, rows);
+                        let _ = pty::resize(term.master.get_ref(), c, r);
+                    }
+                    Ok(_) => return Err(io::Error::other("unexpected frame from client")),
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+            Ok(())
+        };
+        let result = tokio::select! {
+            r = output => r,
+            r = input => r,
+        };
+        term.detach_client();
         result
     }
 
@@ -600,25 +711,23 @@ impl Server {
     }
 }
 
-fn check_env(
-    env: &std::collections::BTreeMap<String, String>,
-) -> Result<(), (&'static str, String)> {
+fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), (ErrorCode, String)> {
     if env.len() > 32
         || env
             .iter()
             .any(|(k, v)| !env_allowed(k) || v.len() > 256 || v.contains('\0'))
     {
         return Err((
-            "bad_env",
+            ErrorCode::BadEnv,
             "only TERM, LANG, LC_*, COLORTERM and TZ may be set, 256 bytes each".into(),
         ));
     }
     Ok(())
 }
 
-fn command_of(argv: &[String]) -> Result<Command, (&'static str, String)> {
+fn command_of(argv: &[String]) -> Result<Command, (ErrorCode, String)> {
     if argv.len() > 256 || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
-        return Err(("bad_command", "command too long".into()));
+        return Err((ErrorCode::BadCommand, "command too long".into()));
     }
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
@@ -650,12 +759,6 @@ fn login_shell() -> Command {
     std::os::unix::process::CommandExt::arg0(&mut c, arg0);
     c.env("SHELL", path);
     c
-}
-
-fn rand_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 async fn reply(framed: &mut Framed<UnixStream, InitCodec>, r: Response) -> io::Result<()> {

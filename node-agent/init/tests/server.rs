@@ -37,6 +37,10 @@ async fn start(detached: Duration) -> Fixture {
 }
 
 async fn start_with(detached: Duration, agent_only: bool) -> Fixture {
+    start_full(detached, agent_only, warren_init::server::REPLAY_BYTES).await
+}
+
+async fn start_full(detached: Duration, agent_only: bool, replay_bytes: usize) -> Fixture {
     static N: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "wi-{}-{}",
@@ -67,6 +71,7 @@ async fn start_with(detached: Duration, agent_only: bool) -> Fixture {
             socket: socket.clone(),
             detached_timeout: detached,
             agent_only,
+            replay_bytes,
         },
         reaper,
     );
@@ -99,6 +104,7 @@ async fn read_until(conn: &mut InitConn, needle: &str) -> String {
             match conn.next().await {
                 Some(Ok(Frame::Data(b))) => out.push_str(&String::from_utf8_lossy(&b)),
                 Some(Ok(Frame::Exit(c))) => out.push_str(&format!("<exit {c}>")),
+                Some(Ok(Frame::Skip(o))) => out.push_str(&format!("<skip {o}>")),
                 other => panic!("unexpected {other:?} while waiting for {needle:?}; got {out:?}"),
             }
         }
@@ -149,6 +155,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             terminal: id,
             cols: 80,
             rows: 24,
+            offset: None,
         },
     )
     .await
@@ -162,6 +169,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             terminal: id,
             cols: 80,
             rows: 24,
+            offset: None,
         },
     )
     .await
@@ -177,6 +185,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             terminal: 999,
             cols: 80,
             rows: 24,
+            offset: None,
         },
     )
     .await
@@ -370,14 +379,16 @@ async fn agent_only_refuses_peers_in_the_same_pid_namespace() {
     let f = start_with(Duration::from_secs(60), true).await;
     match client::request(&f.socket, Op::List).await {
         Err(client::ClientError::Refused { code, message }) => {
-            assert_eq!(code, "forbidden");
+            assert_eq!(code, warren_init::proto::ErrorCode::Forbidden);
             assert!(message.contains("only the Warren agent"), "{message}");
         }
         Err(e) => panic!("expected a refusal, got {e}"),
         Ok(_) => panic!("a peer in the same PID namespace was answered"),
     }
     match client::request(&f.socket, open_op()).await {
-        Err(client::ClientError::Refused { code, .. }) => assert_eq!(code, "forbidden"),
+        Err(client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, warren_init::proto::ErrorCode::Forbidden)
+        }
         Err(e) => panic!("expected a refusal, got {e}"),
         Ok(_) => panic!("a peer in the same PID namespace opened a terminal"),
     }
@@ -385,4 +396,126 @@ async fn agent_only_refuses_peers_in_the_same_pid_namespace() {
     assert!(!warren_init::server::peer_allowed(true, None));
     assert!(!warren_init::server::peer_allowed(true, Some(1)));
     assert!(warren_init::server::peer_allowed(false, Some(42)));
+}
+
+/// Reads terminal bytes until `n` have arrived (skips recorded as errors).
+async fn read_bytes(conn: &mut InitConn, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while out.len() < n {
+            match conn.next().await {
+                Some(Ok(Frame::Data(b))) => out.extend_from_slice(&b),
+                other => panic!("unexpected {other:?} after {} bytes", out.len()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {} of {n} bytes", out.len()));
+    out
+}
+
+fn attach(terminal: u32, offset: Option<u64>) -> Op {
+    Op::Attach {
+        terminal,
+        cols: 80,
+        rows: 24,
+        offset,
+    }
+}
+
+#[tokio::test]
+async fn resume_by_offset_gives_exactly_the_bytes_after_it() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut reference, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    assert_eq!(resp.offset, Some(0), "a new shell starts at offset 0");
+    type_line(
+        &mut reference,
+        "i=0; while [ $i -lt 200 ]; do i=$((i+1)); echo line-$i; done; echo done-$((1+1))",
+    )
+    .await;
+    let all = read_until(&mut reference, "done-2").await.into_bytes();
+    // Every offset, from the start to the end, resumes exactly.
+    for k in [0, 1, all.len() / 3, all.len() / 2, all.len() - 1] {
+        let (mut c, r) = client::request(&f.socket, attach(id, Some(k as u64)))
+            .await
+            .unwrap();
+        assert_eq!(r.offset, Some(k as u64), "offset {k} is still held");
+        let got = read_bytes(&mut c, all.len() - k).await;
+        assert_eq!(got, all[k..], "resuming at {k}");
+    }
+    // Nothing is repeated: at the end, the next bytes are new output only.
+    let (mut c, r) = client::request(&f.socket, attach(id, Some(all.len() as u64)))
+        .await
+        .unwrap();
+    assert_eq!(r.offset, Some(all.len() as u64));
+    type_line(&mut reference, "echo fresh-$((2+3))").await;
+    let fresh = read_until(&mut c, "fresh-5").await;
+    assert!(
+        !fresh.contains("line-200"),
+        "old output repeated: {fresh:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_offset_resumes_at_the_oldest_byte_held() {
+    let cap = *warren_init::server::REPLAY_RANGE.start();
+    let f = start_full(Duration::from_secs(60), false, cap).await;
+    let (mut reference, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    // Twice the buffer, then a marker.
+    type_line(
+        &mut reference,
+        &format!(
+            "head -c {} /dev/zero | tr '\\0' x; echo; echo end-$((4+4))",
+            cap * 2
+        ),
+    )
+    .await;
+    read_until(&mut reference, "end-8").await;
+    let (mut c, r) = client::request(&f.socket, attach(id, Some(0)))
+        .await
+        .unwrap();
+    let first = r.offset.unwrap();
+    assert!(
+        first > 0,
+        "offset 0 is no longer held, so the answer says where output resumes"
+    );
+    let out = read_until(&mut c, "end-8").await;
+    assert!(
+        out.len() <= cap,
+        "more than the buffer came back: {}",
+        out.len()
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_viewer_does_not_hold_up_the_shell_or_other_viewers() {
+    let cap = *warren_init::server::REPLAY_RANGE.start();
+    let f = start_full(Duration::from_secs(60), false, cap).await;
+    let (mut live, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    // This viewer attaches and then never reads.
+    let (mut stalled, _) = client::request(&f.socket, attach(id, None)).await.unwrap();
+    // Far more output than the stalled viewer's socket and the buffer hold.
+    type_line(
+        &mut live,
+        "head -c 8000000 /dev/zero | tr '\\0' y; echo; echo flood-$((3+4))",
+    )
+    .await;
+    read_until(&mut live, "flood-7").await;
+    // The live viewer's echo still comes back at once (the old fan-out
+    // waited 30 s on the stalled one first: longer than WAIT).
+    for n in 0..5 {
+        type_line(&mut live, &format!("echo echo-{n}-$((n=0))")).await;
+        read_until(&mut live, &format!("echo-{n}-0")).await;
+    }
+    // The stalled viewer, reading at last, is told it skipped ahead, then
+    // gets the current output.
+    let out = read_until(&mut stalled, "echo-4-0").await;
+    assert!(
+        out.contains("<skip "),
+        "no skip notice in {} bytes",
+        out.len()
+    );
 }

@@ -300,6 +300,20 @@ jwks_file = "{}"
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Term, tokio_tungstenite::tungstenite::Error> {
+        let ws = self.ws_socket(sid, query, headers).await?;
+        Ok(warren_testkit::Term::new(ws).await)
+    }
+
+    /// The terminal WebSocket right after its handshake (no hello awaited).
+    pub async fn ws_socket(
+        &self,
+        sid: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<TlsStream<tokio::net::TcpStream>>,
+        tokio_tungstenite::tungstenite::Error,
+    > {
         let host = format!("{sid}.{DOMAIN}");
         let s = self.tls(&host).await;
         let url = format!(
@@ -316,7 +330,7 @@ jwks_file = "{}"
             );
         }
         let (ws, _) = tokio_tungstenite::client_async(req, s).await?;
-        Ok(warren_testkit::Term::new(ws).await)
+        Ok(ws)
     }
 
     pub fn metric(&self, name: &str) -> f64 {

@@ -1,0 +1,22 @@
+//! `warren-proto`: every type that crosses a boundary between Warren's
+//! parts (or between Warren and its clients), defined once so that a
+//! renamed field fails to compile instead of failing on the wire.
+//!
+//! # Layout
+//! - [`id`]: the session id rule.
+//! - [`token`]: session-token claims and scopes (control mints, the relay checks).
+//! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent).
+//! - [`internal`]: the internal HTTP API (agents and relays ↔ control).
+//! - [`init`]: reply codes of `warren-init` (its framing lives in `warren-init`).
+//!
+//! Serde only: no I/O, no async, so every part (and the fuzz targets) can
+//! depend on it.
+#![forbid(unsafe_code)]
+
+pub mod id;
+pub mod init;
+pub mod internal;
+pub mod terminal;
+pub mod token;
+
+pub use id::{SessionId, is_session_id};

@@ -1,0 +1,90 @@
+//! Session tokens: Ed25519 JWTs that control mints and relays verify.
+use serde::{Deserialize, Serialize};
+
+/// The `aud` every session token carries.
+pub const AUDIENCE: &str = "warren";
+
+/// What a token lets its holder do. A token carries a set of them,
+/// space-separated in its `scope` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Open the session's terminal (browser, SSH password).
+    Terminal,
+    /// Open the session's ports (`<port>-<id>.<domain>`).
+    Preview,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Terminal, Scope::Preview];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Terminal => "terminal",
+            Scope::Preview => "preview",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The `scope` claim for a set of scopes.
+    pub fn claim(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a session token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// The user (or API key) the token was minted for.
+    #[serde(default)]
+    pub sub: String,
+    /// The session it opens.
+    pub sid: String,
+    pub tenant: String,
+    /// Space-separated scopes (see [`Scope`]).
+    #[serde(default)]
+    pub scope: String,
+    pub aud: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub nbf: Option<u64>,
+    #[serde(default)]
+    pub iat: Option<u64>,
+}
+
+impl Claims {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scope.split(' ').any(|s| s == scope.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip() {
+        let all = Scope::claim(&Scope::ALL);
+        assert_eq!(all, "terminal preview");
+        let c = Claims {
+            sub: String::new(),
+            sid: "s".into(),
+            tenant: "t".into(),
+            scope: Scope::claim(&[Scope::Preview]),
+            aud: AUDIENCE.into(),
+            exp: 0,
+            nbf: None,
+            iat: None,
+        };
+        assert!(c.has_scope(Scope::Preview) && !c.has_scope(Scope::Terminal));
+        assert_eq!(Scope::parse("terminal"), Some(Scope::Terminal));
+        assert_eq!(Scope::parse("admin"), None);
+    }
+}
