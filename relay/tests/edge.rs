@@ -392,3 +392,46 @@ async fn real_browser_types_into_the_terminal() {
     );
     assert!(shot.exists(), "no screenshot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_browser_resumes_after_a_drop_and_shows_signed_out() {
+    if !docker_or_skip().await {
+        return;
+    }
+    if !common::chromium_or_skip() {
+        return;
+    }
+    let st = Stack::start("states").await;
+    let s = st.session().await;
+    let cutter = common::Cutter::start(st.https).await;
+    let ttl = 30;
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + ttl;
+    let url = format!(
+        "https://{}.{DOMAIN}:{}/?token={}",
+        s.id,
+        cutter.addr.port(),
+        st.signer.token(&s.id, TENANT, ttl as i64)
+    );
+    let (web, shot) = common::browser_dirs("browser-states.png");
+    let out = tokio::process::Command::new("node")
+        .arg("e2e/states.mjs")
+        .arg(&url)
+        .arg(format!("http://{}/cut", cutter.control))
+        .arg(expires.to_string())
+        .arg(&shot)
+        .current_dir(&web)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+}

@@ -1,6 +1,8 @@
 // Warren's browser terminal: xterm.js over the terminal WebSocket
 // (CONTRACT.md: binary frames are terminal bytes; text frames are JSON
-// control messages). Re-attaches to the same shell after a drop.
+// control messages; warren-proto's terminal module is the reference).
+// Re-attaches to the same shell after a drop, resuming at the exact output
+// offset, and tells "signed out" (close 4401) from a network drop.
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import { WebLinksAddon } from "@xterm/addon-web-links";
@@ -35,7 +37,12 @@ term.focus();
 window.warrenTerm = term; // for tests and debugging
 
 const enc = new TextEncoder();
-let ws = null, terminalId = null, exited = false, attempt = 0, timer = null;
+// The terminal protocol version this page speaks (warren-proto's VERSION).
+const PROTOCOL = 1;
+// Close codes after which reconnecting cannot help (warren-proto's close).
+const SIGNED_OUT = 4401, FORBIDDEN = 4403, GONE = 4404, VERSION = 4426, BAD = 4400;
+let ws = null, terminalId = null, offset = null, exited = false, stopped = false;
+let attempt = 0, timer = null;
 
 function setState(kind, text) {
   dot.className = kind;
@@ -57,51 +64,81 @@ function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
 }
 
+// A state the page cannot leave by itself: say why and what to do.
+function stop(kind, title, text) {
+  stopped = true;
+  clearTimeout(timer);
+  setState("closed", kind);
+  showBanner(`${title}: ${text}`, true);
+}
+
 function connect() {
   clearTimeout(timer);
+  if (stopped) return;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const q = new URLSearchParams({ cols: term.cols, rows: term.rows });
-  if (terminalId !== null) q.set("terminal", terminalId);
-  setState("connecting", attempt ? `reconnecting (attempt ${attempt})…` : "connecting…");
-  ws = new WebSocket(`${proto}//${location.host}/_warren/terminal?${q}`);
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => {
-    attempt = 0;
-    setState("connected", "connected");
-    hideBanner();
-    send({ type: "resize", cols: term.cols, rows: term.rows });
-  };
-  ws.onmessage = (ev) => {
+  const q = new URLSearchParams({ v: PROTOCOL, cols: term.cols, rows: term.rows });
+  if (terminalId !== null) {
+    q.set("terminal", terminalId);
+    // Resume exactly after the last byte shown: nothing repeated, nothing lost.
+    if (offset !== null) q.set("offset", offset);
+  }
+  setState("connecting", attempt ? "reconnecting…" : "connecting…");
+  const sock = new WebSocket(`${proto}//${location.host}/_warren/terminal?${q}`);
+  ws = sock;
+  sock.binaryType = "arraybuffer";
+  sock.onmessage = (ev) => {
     if (typeof ev.data !== "string") {
+      if (offset !== null) offset += ev.data.byteLength;
       term.write(new Uint8Array(ev.data));
       return;
     }
     let msg;
     try { msg = JSON.parse(ev.data); } catch (_) { return; }
-    if (msg.type === "hello") terminalId = msg.terminal;
-    else if (msg.type === "exit") {
+    if (msg.type === "hello") {
+      if ((msg.v ?? 1) !== PROTOCOL) {
+        sock.close();
+        stop("closed", "Cannot connect", `this page speaks terminal protocol v${PROTOCOL}, the server v${msg.v}. Reload the page.`);
+        return;
+      }
+      // Open only once attached: a refused socket also opens, then closes.
+      attempt = 0;
+      setState("connected", "connected");
+      hideBanner();
+      if (terminalId !== null && msg.terminal !== terminalId) {
+        term.reset();
+        term.write("\x1b[2m[warren: the previous shell ended; this is a new one]\x1b[0m\r\n");
+      }
+      terminalId = msg.terminal ?? null;
+      offset = msg.offset ?? null;
+      send({ type: "resize", cols: term.cols, rows: term.rows });
+    } else if (msg.type === "gap") {
+      // Output was lost while away: clear the screen; the shell redraws.
+      offset = msg.to;
+      term.reset();
+      term.write(`\x1b[2m[warren: ${msg.to - msg.from} bytes of output were missed]\x1b[0m\r\n`);
+    } else if (msg.type === "exit") {
       exited = true;
       setState("closed", `exited (${msg.code})`);
       showBanner(`The shell exited with code ${msg.code}.`, msg.code !== 0, {
-        label: "New shell", run: () => { exited = false; terminalId = null; term.reset(); connect(); },
+        label: "New shell", run: () => { exited = false; terminalId = null; offset = null; term.reset(); connect(); },
       });
     }
   };
-  ws.onclose = (ev) => {
-    if (exited) return;
+  sock.onclose = (ev) => {
+    if (sock !== ws || exited || stopped) return;
     const reason = ev.reason || "connection lost";
-    if (ev.code === 4401 || ev.code === 4403 || ev.code === 4404) {
-      setState("closed", "closed");
-      showBanner(`Disconnected: ${reason}. Open the session link again to get a fresh token.`, true);
-      return;
-    }
+    if (ev.code === SIGNED_OUT) return stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
+    if (ev.code === FORBIDDEN) return stop("not allowed", "Not allowed", reason);
+    if (ev.code === GONE) return stop("session ended", "Session ended", reason);
+    if (ev.code === VERSION || ev.code === BAD) return stop("closed", "Cannot connect", reason);
     attempt += 1;
-    // Full-jitter backoff, capped at 10 s.
-    const delay = Math.random() * Math.min(10000, 500 * 2 ** attempt);
-    setState("connecting", "disconnected");
-    showBanner(`Disconnected (${reason}). Reconnecting in ${(delay / 1000).toFixed(1)} s…`, false, {
-      label: "Reconnect now", run: connect,
-    });
+    // The first retry comes at once (a relay restarting or draining is back
+    // within moments), later ones back off with full jitter up to 10 s.
+    const delay = ev.code === 1001 || attempt === 1
+      ? 50 + Math.random() * 150
+      : Math.random() * Math.min(10000, 250 * 2 ** attempt);
+    setState("connecting", "reconnecting…");
+    showBanner(`Disconnected (${reason}). Reconnecting…`, false, { label: "Reconnect now", run: connect });
     timer = setTimeout(connect, delay);
   };
 }
@@ -115,5 +152,5 @@ term.onBinary((d) => {
 });
 term.onResize(({ cols, rows }) => send({ type: "resize", cols, rows }));
 new ResizeObserver(() => fit.fit()).observe($("term"));
-window.addEventListener("online", () => { if (!exited && (!ws || ws.readyState > 1)) connect(); });
+window.addEventListener("online", () => { if (!exited && !stopped && (!ws || ws.readyState > 1)) connect(); });
 connect();

@@ -398,3 +398,51 @@ impl Resp {
 }
 
 pub type Term = warren_testkit::Term<TlsStream<tokio::net::TcpStream>>;
+
+/// A TCP forwarder in front of `target` whose connections can all be cut
+/// at once (a network drop, as a browser sees one): `GET` anything on
+/// `control` cuts.
+pub struct Cutter {
+    pub addr: SocketAddr,
+    pub control: SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cutter {
+    pub async fn start(target: SocketAddr) -> Cutter {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ctl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c = Cutter {
+            addr: l.local_addr().unwrap(),
+            control: ctl.local_addr().unwrap(),
+            tasks: tasks.clone(),
+        };
+        let t2 = tasks.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = l.accept().await {
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                let mut t = t2.lock().unwrap();
+                t.retain(|h| !h.is_finished());
+                t.push(h.abort_handle());
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = ctl.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                for h in tasks.lock().unwrap().drain(..) {
+                    h.abort();
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\naccess-control-allow-origin: *\r\n\r\ncut")
+                    .await;
+            }
+        });
+        c
+    }
+}
