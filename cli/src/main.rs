@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use warren::client::Client;
-use warren::stack::{StackOptions, agent_config};
+use warren::stack::StackOptions;
 
 #[derive(Parser)]
 #[command(
@@ -48,24 +47,30 @@ enum Cmd {
     },
     /// A worker's agent: joins with a token once, then reconnects with its credential.
     Agent {
-        /// Control plane URL to join through (with --join; used once).
+        /// Agent config file (docs/configuration.md, config/examples/agent.toml).
+        /// `WARREN_AGENT_*` variables override it, and these flags override both.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Control plane URL to join and report to (`control_url`; the
+        /// global `--control-url` means the same).
         #[arg(long)]
         control: Option<String>,
-        /// One-time join token from `warren node token` (with --control).
+        /// One-time join token from `warren node token` (needs a control URL).
         #[arg(long)]
         join: Option<String>,
-        /// Memory offered to sessions (default: host memory less a reserve).
+        /// Memory offered to sessions in MB (`memory_mb`; default: host memory less a reserve).
         #[arg(long)]
         memory_mb: Option<u64>,
-        /// Where the credential and per-session state are kept.
-        #[arg(long, default_value = "/var/lib/warren/agent")]
-        data_dir: PathBuf,
-        /// Node id (default: the host name).
+        /// Where the credential and per-session state are kept (`data_dir`;
+        /// default /var/lib/warren/agent).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Node id to join as (`node_id`; default: the host name).
         #[arg(long)]
         node_id: Option<String>,
-        /// Default session image.
-        #[arg(long, default_value = "warren/session:dind")]
-        image: String,
+        /// Default session image (`docker.default_image`; default warren/session:dind).
+        #[arg(long)]
+        image: Option<String>,
         /// Run sessions as root on this worker (privileged Docker-in-Docker):
         /// any tenant can then take this host and every session on it. Off by
         /// default: sessions run in the isolated `default` profile
@@ -328,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Agent {
+            config,
             control,
             join,
             memory_mb,
@@ -336,49 +342,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             image,
             allow_host_root_sessions,
         } => {
-            if allow_host_root_sessions {
+            use warren_config::figment::providers::Serialized;
+            let control = control.or(cli.control_url.clone());
+            let cfg: warren_config::AgentConfig =
+                warren_config::load_with("agent", config.as_deref(), |mut f| {
+                    if let Some(v) = control {
+                        f = f.merge(Serialized::default("control_url", v));
+                    }
+                    if let Some(v) = memory_mb {
+                        f = f.merge(Serialized::default("memory_mb", v));
+                    }
+                    if let Some(v) = data_dir {
+                        f = f.merge(Serialized::default("data_dir", v));
+                    }
+                    if let Some(v) = node_id {
+                        f = f.merge(Serialized::default("node_id", v));
+                    }
+                    if let Some(v) = image {
+                        f = f.merge(Serialized::default("docker.default_image", v));
+                    }
+                    if allow_host_root_sessions {
+                        f = f.merge(Serialized::default("docker.allow_host_root_sessions", true));
+                    }
+                    f
+                })?;
+            if cfg.docker.allow_host_root_sessions {
                 eprintln!("{HOST_ROOT_WARNING}");
             }
-            let enrollment = match (control, join) {
-                (Some(url), Some(token)) => {
-                    let node = node_id.unwrap_or_else(default_node_id);
-                    let (alloc, _) = warren_agent::control::host_memory_mb(memory_mb);
-                    let e =
-                        warren_agent::control::join(&url, &token, &node, alloc, &data_dir).await?;
-                    println!(
-                        "joined as node {}; credential stored in {}",
-                        e.node_id,
-                        data_dir.join("node.json").display()
-                    );
-                    e
-                }
-                (None, None) => warren_agent::control::load_enrollment(&data_dir)?.context(
-                    "this worker has not joined yet: run `warren agent --control URL --join TOKEN`",
-                )?,
-                _ => anyhow::bail!("--control and --join go together"),
-            };
-            let cfg = agent_config(
-                &enrollment,
-                &data_dir,
-                &image,
-                "warren-sessions",
-                allow_host_root_sessions,
-            )?;
             let stop = shutdown_on_signals();
-            let tracker = TaskTracker::new();
-            let agent = warren_agent::Agent::start(&cfg, Default::default(), stop.clone()).await?;
-            agent.connect_relays(&cfg, Default::default(), &tracker)?;
-            warren_agent::control::spawn_sync(
-                agent,
-                &enrollment,
-                memory_mb,
-                &tracker,
-                stop.clone(),
-            );
-            stop.cancelled().await;
-            tracker.close();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await;
-            Ok(())
+            let opts = warren_agent::RunOptions {
+                join_token: join,
+                ..Default::default()
+            };
+            warren_agent::run(cfg, opts, stop).await
         }
         Cmd::Session { cmd } => {
             let c = api()?;
@@ -630,22 +626,6 @@ fn local_url(v: &Value) -> Option<String> {
         "http://{id}.{}:{port}/?token={token}",
         up["domain"].as_str()?
     ))
-}
-
-fn default_node_id() -> String {
-    let h = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
-    let h: String = h
-        .trim()
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(63)
-        .collect();
-    if warren_config::is_dns_label(&h) {
-        h
-    } else {
-        "worker".into()
-    }
 }
 
 fn find_script(name: &str) -> Option<PathBuf> {

@@ -283,30 +283,13 @@ pub fn agent_config(
     network: &str,
     allow_host_root_sessions: bool,
 ) -> anyhow::Result<AgentConfig> {
-    let mut relays = Vec::new();
-    for (i, r) in e.relays.iter().enumerate() {
-        let ca_file = match &r.ca_pem {
-            Some(pem) => {
-                let p = data_dir.join(format!("relay-{i}-ca.pem"));
-                std::fs::write(&p, pem)?;
-                Some(p)
-            }
-            None => None,
-        };
-        relays.push(RelayTarget {
-            addr: r.addr.clone(),
-            server_name: r.server_name.clone(),
-            ca_file,
-        });
-    }
-    if relays.is_empty() {
-        anyhow::bail!("the control plane named no relays to connect to");
-    }
-    Ok(AgentConfig {
-        node_id: e.node_id.clone(),
+    let mut cfg = AgentConfig {
+        control_url: Some(e.control_url.clone()),
+        memory_mb: None,
+        node_id: String::new(),
         data_dir: data_dir.to_path_buf(),
-        credential: Secret::new(e.credential.clone()),
-        relays,
+        credential: Secret::default(),
+        relays: Vec::new(),
         docker: DockerConfig {
             network: network.into(),
             default_image: image.into(),
@@ -314,5 +297,7 @@ pub fn agent_config(
             ..Default::default()
         },
         terminal: TerminalConfig::default(),
-    })
+    };
+    warren_agent::control::apply_enrollment(&mut cfg, e)?;
+    Ok(cfg)
 }

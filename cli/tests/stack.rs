@@ -289,3 +289,189 @@ async fn api_to_shell_and_back() {
     st.stop.cancel();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Runs `docker inspect -f FORMAT` on the session's container.
+fn inspect(session: &str, format: &str) -> String {
+    let id = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=warren.session={session}"),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(!id.is_empty(), "no container for session {session}");
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", format, &id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_config_file_keys_change_what_the_agent_does() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let run = format!("agentcfg-{}", std::process::id());
+    let network = format!("warren-test-{run}");
+    let cfg_network = format!("warren-test-{run}-cfg");
+    let node = format!("n{}", std::process::id());
+    let _cleanup = Cleanup(run.clone(), network.clone());
+    let _cleanup2 = Cleanup(format!("x{run}"), cfg_network.clone());
+    struct NodeCleanup(String);
+    impl Drop for NodeCleanup {
+        fn drop(&mut self) {
+            warren_testkit::remove_labelled(&format!("warren.node={}", self.0), &[]);
+        }
+    }
+    let _cleanup3 = NodeCleanup(node.clone());
+    let opts = warren::stack::StackOptions::loopback(
+        "warren.test",
+        &run,
+        "warren/session:mini",
+        4096,
+        128,
+    );
+    let st = warren::stack::start(opts).await.unwrap();
+    let base = st.control_url.clone();
+    let key = st.admin_key.clone();
+
+    // The stack's own node takes no new sessions: they land on the agent
+    // under test.
+    let (s, n) = call(&base, "GET", "/v1/nodes", &key, None).await;
+    assert_eq!(s, 200, "{n}");
+    let own = n["nodes"][0]["id"].as_str().unwrap().to_string();
+    let (s, b) = call(
+        &base,
+        "POST",
+        &format!("/v1/nodes/{own}/cordon"),
+        &key,
+        None,
+    )
+    .await;
+    assert!(s < 300, "{s} {b}");
+    let (s, t) = call(
+        &base,
+        "POST",
+        "/v1/nodes/join-tokens",
+        &key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let join = t["token"].as_str().unwrap().to_string();
+
+    // Every key that changes what the agent does, set away from its default.
+    let dir = std::env::temp_dir().join(format!("warren-{run}-agent"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"control_url = "{base}"
+node_id = "{node}"
+data_dir = "{data}"
+memory_mb = 3000
+
+[docker]
+init_binary = "{init}"
+network = "{cfg_network}"
+security = "default"
+default_image = "warren/session:mini"
+pids_limit = 77
+default_disk_mb = 0
+
+[terminal]
+detached_timeout_secs = 123
+replay_bytes = 131072
+"#,
+            data = dir.join("data").display(),
+            init = std::fs::canonicalize(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/x86_64-unknown-linux-gnu/release/warren-init"
+            ))
+            .unwrap()
+            .display()
+        ),
+    )
+    .unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["agent", "--config"])
+        .arg(&file)
+        .args(["--join", &join])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The node joins with the config's id and memory and reports its profile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let me = loop {
+        let (_, n) = call(&base, "GET", "/v1/nodes", &key, None).await;
+        let found = n["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == node.as_str() && x["security_profile"] != "")
+            .cloned();
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {node} never reported: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(me["allocatable_mb"], 3000, "memory_mb: {me}");
+    assert_eq!(me["security_profile"], "default", "docker.security: {me}");
+    assert!(dir.join("data/node.json").is_file(), "data_dir");
+
+    let (s, a) = call(&base, "POST", "/v1/sessions", &key, Some(json!({}))).await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    assert_eq!(a["node"], node.as_str(), "{a}");
+    assert_eq!(
+        inspect(&id, "{{.HostConfig.PidsLimit}}"),
+        "77",
+        "docker.pids_limit"
+    );
+    assert_eq!(
+        inspect(&id, "{{.HostConfig.NetworkMode}}"),
+        cfg_network,
+        "docker.network"
+    );
+    assert!(
+        inspect(&id, "{{json .HostConfig.CapDrop}}").contains("NET_RAW"),
+        "docker.security = default drops NET_RAW"
+    );
+    let args = inspect(&id, "{{json .Args}}");
+    assert!(
+        args.contains(r#""--detached-timeout","123""#),
+        "terminal.detached_timeout_secs: {args}"
+    );
+    assert!(
+        args.contains(r#""--replay-bytes","131072""#),
+        "terminal.replay_bytes: {args}"
+    );
+    // And it serves: a shell through the relay.
+    let token = a["token"].as_str().unwrap();
+    let mut t = shell(st.http.unwrap(), &id, token).await.unwrap();
+    t.send("echo cfg-$((3*3))").await;
+    t.expect_within("cfg-9", Duration::from_secs(30)).await;
+
+    // SIGTERM: the agent stops its tasks and exits on its own.
+    let pid = agent.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent did not exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

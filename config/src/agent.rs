@@ -3,18 +3,35 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// Configuration of `warren agent`, the per-worker node agent.
+///
+/// Two ways to enrol: through the control plane (`control_url`; the agent
+/// joins once with a token and keeps the credential and relay list it is
+/// given in `data_dir`), or static (`node_id`, `credential` and `relays`
+/// written here, for relays that check a shared node secret).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// The control plane to join and report to. Without it, the agent runs
+    /// static: `node_id`, `credential` and `relays` are then required.
+    #[serde(default)]
+    pub control_url: Option<String>,
     /// This node's id (DNS-label safe); labels every container it creates.
+    /// With `control_url`: the id to join as (default: the host name).
+    #[serde(default)]
     pub node_id: String,
     /// Where the agent keeps per-session directories and its credential.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Credential presented to relays when registering.
+    /// Credential presented to relays when registering (static only).
+    #[serde(default)]
     pub credential: Secret,
-    /// Relays to keep a connection to (all of them, for HA).
+    /// Relays to keep a connection to, all of them, for HA (static only;
+    /// with `control_url` the control plane names them).
+    #[serde(default)]
     pub relays: Vec<RelayTarget>,
+    /// Memory offered to sessions in MB (default: host memory less a reserve).
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
     #[serde(default)]
     pub docker: DockerConfig,
     #[serde(default)]
@@ -103,12 +120,17 @@ impl Default for DockerConfig {
 pub struct TerminalConfig {
     /// Seconds a shell with no attached client keeps running before it is hung up.
     pub detached_timeout_secs: u64,
+    /// Output kept per terminal for exact resume after a reconnect, in
+    /// bytes. It lives in the session's `warren-init`, so it counts against
+    /// the session's own memory limit (and so is bounded per session).
+    pub replay_bytes: u64,
 }
 
 impl Default for TerminalConfig {
     fn default() -> Self {
         Self {
             detached_timeout_secs: 900,
+            replay_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -119,14 +141,41 @@ fn default_data_dir() -> PathBuf {
 
 impl Validate for AgentConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        check_label("node_id", &self.node_id)?;
-        if self.credential.is_empty() {
-            return Err(ConfigError::invalid("credential", "must not be empty"));
+        match &self.control_url {
+            None => {
+                check_label("node_id", &self.node_id)?;
+                if self.credential.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "credential",
+                        "must not be empty (or set control_url to join through the control plane)",
+                    ));
+                }
+                if self.relays.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "relays",
+                        "at least one relay is needed (or set control_url to join through the control plane)",
+                    ));
+                }
+            }
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
+                {
+                    return Err(ConfigError::invalid(
+                        "control_url",
+                        format!("{url:?} must be an http:// or https:// URL"),
+                    ));
+                }
+                if !self.node_id.is_empty() {
+                    check_label("node_id", &self.node_id)?;
+                }
+            }
         }
-        if self.relays.is_empty() {
+        if let Some(m) = self.memory_mb
+            && !(16..=1 << 30).contains(&m)
+        {
             return Err(ConfigError::invalid(
-                "relays",
-                "at least one relay is needed",
+                "memory_mb",
+                "must be between 16 and 1073741824",
             ));
         }
         for (i, r) in self.relays.iter().enumerate() {
@@ -205,6 +254,12 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid(
                 "docker.default_disk_mb",
                 "must be 0 (no limit) or between 64 and 4194304",
+            ));
+        }
+        if !(65_536..=67_108_864).contains(&self.terminal.replay_bytes) {
+            return Err(ConfigError::invalid(
+                "terminal.replay_bytes",
+                "must be between 65536 (64 KiB) and 67108864 (64 MiB)",
             ));
         }
         if !(10..=86_400).contains(&self.terminal.detached_timeout_secs) {

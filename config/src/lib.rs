@@ -21,6 +21,7 @@ pub use relay::{
 pub use secret::{Secret, write_private};
 pub use tunnel::TunnelListenerConfig;
 
+pub use figment;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::de::DeserializeOwned;
@@ -58,6 +59,17 @@ pub fn load<T: DeserializeOwned + Validate>(
     part: &str,
     file: Option<&Path>,
 ) -> Result<T, ConfigError> {
+    load_with(part, file, |f| f)
+}
+
+/// [`load`] with command-line flags on top: `flags` merges them (as
+/// `figment::providers::Serialized::default("key.path", value)`) over the
+/// file and the environment, before validation.
+pub fn load_with<T: DeserializeOwned + Validate>(
+    part: &str,
+    file: Option<&Path>,
+    flags: impl FnOnce(Figment) -> Figment,
+) -> Result<T, ConfigError> {
     let mut fig = Figment::new();
     if let Some(file) = file {
         if !file.exists() {
@@ -69,7 +81,7 @@ pub fn load<T: DeserializeOwned + Validate>(
         fig = fig.merge(Toml::file_exact(file));
     }
     fig = fig.merge(Env::prefixed(&format!("WARREN_{}_", part.to_ascii_uppercase())).split("__"));
-    extract(fig)
+    extract(flags(fig))
 }
 
 /// Parses a configuration from a TOML string (no environment), then validates it.

@@ -300,6 +300,8 @@ async fn stack(dir: &std::path::Path) -> Stack {
     let label = format!("{}", std::process::id());
     let network = format!("warren-bench-{label}");
     let cfg = AgentConfig {
+        control_url: None,
+        memory_mb: None,
         node_id: "bench-agent".into(),
         data_dir: dir.join("agent"),
         credential: Secret::new(SECRET),

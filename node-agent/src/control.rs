@@ -52,6 +52,37 @@ pub fn host_memory_mb(override_mb: Option<u64>) -> (i64, i64) {
     (allocatable, free)
 }
 
+/// Fills the relays and the node's identity of `cfg` from an enrollment:
+/// the relays control named, with their CAs written into `data_dir`.
+pub fn apply_enrollment(
+    cfg: &mut warren_config::AgentConfig,
+    e: &Enrollment,
+) -> anyhow::Result<()> {
+    let mut relays = Vec::new();
+    for (i, r) in e.relays.iter().enumerate() {
+        let ca_file = match &r.ca_pem {
+            Some(pem) => {
+                let p = cfg.data_dir.join(format!("relay-{i}-ca.pem"));
+                std::fs::write(&p, pem).with_context(|| format!("writing {}", p.display()))?;
+                Some(p)
+            }
+            None => None,
+        };
+        relays.push(warren_config::RelayTarget {
+            addr: r.addr.clone(),
+            server_name: r.server_name.clone(),
+            ca_file,
+        });
+    }
+    if relays.is_empty() {
+        anyhow::bail!("the control plane named no relays to connect to");
+    }
+    cfg.node_id = e.node_id.clone();
+    cfg.credential = warren_config::Secret::new(e.credential.clone());
+    cfg.relays = relays;
+    Ok(())
+}
+
 pub fn load_enrollment(data_dir: &Path) -> anyhow::Result<Option<Enrollment>> {
     let p = data_dir.join("node.json");
     if !p.exists() {

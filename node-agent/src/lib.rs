@@ -45,6 +45,81 @@ pub use runtime::{DockerRuntime, SessionInfo, SessionSpec};
 /// Time to connect to a port inside a session before answering the relay.
 const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How [`run`] enrols the node, beyond its config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// A one-time join token (with `control_url` in the config): join now,
+    /// even if this node joined before.
+    pub join_token: Option<String>,
+    pub agent: AgentOptions,
+}
+
+/// The node's host name as a DNS label (the default node id).
+pub fn default_node_id() -> String {
+    let h = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+    let h: String = h
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    if warren_config::is_dns_label(&h) {
+        h
+    } else {
+        "worker".into()
+    }
+}
+
+/// Runs the agent until `shutdown`: enrols (joins the control plane with
+/// `opts.join_token`, or reuses the credential in `data_dir`, or runs
+/// static from `cfg`), adopts the node's sessions, holds a tunnel to every
+/// relay, keeps in step with control, and waits for every task it started
+/// before returning.
+pub async fn run(
+    mut cfg: AgentConfig,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use warren_config::Validate;
+    let enrollment = match (&cfg.control_url, opts.join_token) {
+        (Some(url), Some(token)) => {
+            if cfg.node_id.is_empty() {
+                cfg.node_id = default_node_id();
+            }
+            let (alloc, _) = control::host_memory_mb(cfg.memory_mb);
+            let e = control::join(url, &token, &cfg.node_id, alloc, &cfg.data_dir).await?;
+            info!(node = %e.node_id, dir = %cfg.data_dir.display(), "joined the control plane");
+            Some(e)
+        }
+        (Some(_), None) => Some(control::load_enrollment(&cfg.data_dir)?.context(
+            "this worker has not joined yet: run `warren agent --control URL --join TOKEN`",
+        )?),
+        (None, Some(_)) => anyhow::bail!("a join token needs control_url (--control)"),
+        (None, None) => None,
+    };
+    if let Some(e) = &enrollment {
+        control::apply_enrollment(&mut cfg, e)?;
+    }
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tracker = TaskTracker::new();
+    let agent = Agent::start(&cfg, opts.agent, shutdown.clone()).await?;
+    agent.connect_relays(&cfg, Backoff::default(), &tracker)?;
+    if let Some(e) = &enrollment {
+        control::spawn_sync(agent, e, cfg.memory_mb, &tracker, shutdown.clone());
+    }
+    info!(node = %cfg.node_id, relays = cfg.relays.len(), "agent running");
+    shutdown.cancelled().await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some agent tasks did not stop within 10 s");
+    }
+    Ok(())
+}
+
 /// Options that do not belong in the operator's config file.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -107,7 +182,7 @@ impl Agent {
             &cfg.data_dir,
             init,
             opts.extra_labels,
-            cfg.terminal.detached_timeout_secs,
+            cfg.terminal.clone(),
         )
         .await?;
         let agent = Arc::new(Agent {

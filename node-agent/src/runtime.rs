@@ -86,7 +86,7 @@ pub struct DockerRuntime {
     // Narrowed at runtime if the engine does not know a capability name.
     security: std::sync::Mutex<SecurityProfile>,
     labels: BTreeMap<String, String>,
-    detached_timeout_secs: u64,
+    terminal: warren_config::TerminalConfig,
     /// The engine enforces `--storage-opt size` (cleared if it says not).
     disk_limits: std::sync::atomic::AtomicBool,
 }
@@ -100,7 +100,7 @@ impl DockerRuntime {
         data_dir: &Path,
         init_binary: PathBuf,
         extra_labels: BTreeMap<String, String>,
-        detached_timeout_secs: u64,
+        terminal: warren_config::TerminalConfig,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let docker = Docker::connect_with_local_defaults()
@@ -166,7 +166,7 @@ impl DockerRuntime {
             init_binary,
             security,
             labels,
-            detached_timeout_secs,
+            terminal,
             disk_limits: std::sync::atomic::AtomicBool::new(disk_limits),
         };
         rt.ensure_network().await?;
@@ -422,7 +422,9 @@ impl DockerRuntime {
             "--socket".to_string(),
             warren_init::SOCKET_IN_CONTAINER.to_string(),
             "--detached-timeout".to_string(),
-            self.detached_timeout_secs.to_string(),
+            self.terminal.detached_timeout_secs.to_string(),
+            "--replay-bytes".to_string(),
+            self.terminal.replay_bytes.to_string(),
             "--".to_string(),
         ];
         cmd.extend(command);

@@ -78,6 +78,8 @@ async fn env() -> (Env, Arc<Agent>) {
     let label = std::process::id().to_string();
     let network = format!("warren-rbench-{label}");
     let acfg = AgentConfig {
+        control_url: None,
+        memory_mb: None,
         node_id: "bench-node".into(),
         data_dir: dir.join("agent"),
         credential: Secret::new(SECRET),

@@ -94,6 +94,8 @@ impl Stack {
             relay_stop.clone(),
         ));
         let cfg = AgentConfig {
+            control_url: None,
+            memory_mb: None,
             node_id: format!("t{}", run.replace('_', "-"))
                 .chars()
                 .take(63)
@@ -116,6 +118,7 @@ impl Stack {
             },
             terminal: TerminalConfig {
                 detached_timeout_secs: 300,
+                ..Default::default()
             },
         };
         let mut s = Stack {

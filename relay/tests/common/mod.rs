@@ -177,6 +177,8 @@ jwks_file = "{}"
             .collect::<String>();
         let network = format!("warren-rtest-{run}");
         let agent_cfg = AgentConfig {
+            control_url: None,
+            memory_mb: None,
             node_id: node.clone(),
             data_dir: dir.join("agent"),
             credential: Secret::new(SECRET),
