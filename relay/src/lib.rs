@@ -146,11 +146,17 @@ pub async fn start(
     let tasks = tokio_util::task::TaskTracker::new();
 
     // The tunnel listener (QUIC), with the same certificate.
-    let endpoint = warren_tunnel::server::from_socket(
+    // Kept in the data dir so that after a crash the restarted relay's
+    // stateless resets reach the agents of the old one within a keepalive.
+    let reset_file = cfg.data_dir.join("tunnel-reset.key");
+    let reset = warren_tunnel::reset::ResetKey::load_or_create(&reset_file)
+        .with_context(|| format!("tunnel reset key {}", reset_file.display()))?;
+    let endpoint = warren_tunnel::server::from_socket_with_reset(
         listeners.tunnel,
         &cert_pem,
         &key_pem,
         warren_tunnel::DEFAULT_IDLE_TIMEOUT,
+        &reset,
     )?;
     info!(addr = %endpoint.local_addr()?, "tunnel listening");
     tasks.spawn(warren_tunnel::server::serve(

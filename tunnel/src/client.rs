@@ -43,7 +43,9 @@ pub struct Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self {
-            base: Duration::from_secs(1),
+            // The first retry comes within 250 ms: a relay that restarted is
+            // usually back already (its stateless reset told us it went).
+            base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
             stable_after: Duration::from_secs(60),
         }

@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod proto;
+pub mod reset;
 pub mod server;
 pub mod stream;
 pub mod tls;
@@ -30,10 +31,13 @@ use std::time::Duration;
 /// ALPN identifier of the tunnel protocol.
 pub const ALPN: &[u8] = b"warren-tunnel/1";
 
-/// QUIC keepalive interval: well under the idle timeout and typical NAT timeouts.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-/// A connection with no packets for this long is considered dead.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// QUIC keepalive interval. Short, so that an agent whose relay restarted
+/// sends a packet (and gets the new relay's stateless reset) within a
+/// second; a ping a second per relay is negligible.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A connection with no packets for this long is considered dead: a relay
+/// that vanished without a trace (machine gone) is noticed this fast.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Streams the relay may have open to one agent at once.
 pub const MAX_STREAMS_PER_NODE: u32 = 16_384;
 

@@ -374,9 +374,28 @@ pub fn from_socket(
     key_pem: &[u8],
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, crate::tls::TlsError> {
+    from_socket_with_reset(
+        socket,
+        cert_pem,
+        key_pem,
+        idle_timeout,
+        &crate::reset::ResetKey::random(),
+    )
+}
+
+/// [`from_socket`] with a stateless-reset key that survives restarts (see
+/// [`crate::reset`]): agents of a crashed relay learn at once that their
+/// connection is gone when it comes back.
+pub fn from_socket_with_reset(
+    socket: std::net::UdpSocket,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    idle_timeout: Duration,
+    reset: &crate::reset::ResetKey,
+) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
+    quinn::Endpoint::new(reset.endpoint_config(), Some(cfg), socket, runtime)
         .map_err(|e| crate::tls::TlsError::Invalid(format!("tunnel socket: {e}")))
 }

@@ -364,3 +364,103 @@ async fn unauthenticated_peers_get_one_stream_and_a_small_window() {
     stop.cancel();
     relay.stop().await;
 }
+
+/// A relay on a runtime of its own, so the test can make it vanish the way
+/// a killed process does: the runtime is dropped, no CONNECTION_CLOSE is
+/// ever sent, and the agent is left with a connection to nobody.
+fn crashable_relay(
+    socket: std::net::UdpSocket,
+    cert: &str,
+    key: &str,
+    reset: &warren_tunnel::reset::ResetKey,
+    idle: Duration,
+) -> (tokio::runtime::Runtime, Arc<Registry>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = Arc::new(Registry::default());
+    let ep = {
+        let _in_rt = rt.enter();
+        server::from_socket_with_reset(socket, cert.as_bytes(), key.as_bytes(), idle, reset)
+            .unwrap()
+    };
+    rt.spawn(server::serve(
+        ep,
+        registry.clone(),
+        Arc::new(SharedSecretAuth::new(SECRET)),
+        CancellationToken::new(),
+    ));
+    (rt, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_relay_that_restarts_resets_its_agents_at_once() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wt-reset-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let reset =
+        warren_tunnel::reset::ResetKey::load_or_create(&dir.join("tunnel-reset.key")).unwrap();
+    // Idle timeouts far longer than the test's deadline: only a stateless
+    // reset can bring the agent back in time.
+    let idle = Duration::from_secs(120);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (mut rt, mut registry) = crashable_relay(socket, &cert, &key, &reset, idle);
+    let (stop, _status) = agent(
+        "node-crash",
+        SECRET,
+        vec![RelayDial {
+            addr: addr.to_string(),
+            server_name: "warren.localhost".into(),
+            client_config: tls::client_config(Some(cert.as_bytes()), idle).unwrap(),
+        }],
+    );
+    assert!(
+        registry
+            .wait_until(WAIT, |n| n.contains("node-crash"))
+            .await
+    );
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        rt.shutdown_background();
+        // Its connections (held by the registry) go with it, as with a
+        // killed process, and so does its socket.
+        drop(registry);
+        // The same port, the same key file, as a restarted relay would have.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let socket = loop {
+            match std::net::UdpSocket::bind(addr) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "rebinding {addr}: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let key_again =
+            warren_tunnel::reset::ResetKey::load_or_create(&dir.join("tunnel-reset.key")).unwrap();
+        let t0 = std::time::Instant::now();
+        (rt, registry) = crashable_relay(socket, &cert, &key, &key_again, idle);
+        assert!(
+            registry
+                .wait_until(WAIT, |n| n.contains("node-crash"))
+                .await,
+            "the agent never came back to the restarted relay"
+        );
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "relay restart to agent registered, 10 runs: median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    stop.cancel();
+    rt.shutdown_background();
+    let _ = std::fs::remove_dir_all(&dir);
+}
