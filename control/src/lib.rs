@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod issuer;
 pub mod limits;
 pub mod sshkeys;
 pub mod store;
@@ -21,63 +22,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_config::ControlConfig;
-use warren_proto::token::{AUDIENCE, Claims};
 
-use crate::api::ApiError;
-use crate::store::{Session, Store, now_ms};
+use crate::store::Store;
+pub use issuer::Issuer;
 
 pub use warren_proto::is_session_id;
-
-/// Mints session tokens with the store's signing key.
-pub struct Issuer {
-    kid: String,
-    key: EncodingKey,
-    ttl_secs: u64,
-}
-
-impl Issuer {
-    /// `(token, expires_at)`; the token never outlives its session.
-    /// `scope` is a `scope` claim ([`warren_proto::token::Scope::claim`]).
-    pub fn mint(&self, s: &Session, subject: &str, scope: &str) -> Result<(String, i64), ApiError> {
-        let now = (now_ms() / 1000) as u64;
-        let exp = (now + self.ttl_secs)
-            .min((s.expires_at / 1000) as u64)
-            .max(now + 1);
-        let mut h = Header::new(Algorithm::EdDSA);
-        h.kid = Some(self.kid.clone());
-        let claims = Claims {
-            sub: subject.into(),
-            sid: s.id.clone(),
-            tenant: s.tenant.clone(),
-            scope: scope.into(),
-            aud: AUDIENCE.into(),
-            exp,
-            nbf: Some(now.saturating_sub(5)),
-            iat: Some(now),
-        };
-        let t = jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| {
-            tracing::error!("signing a token: {e}");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "cannot sign tokens right now",
-            )
-        })?;
-        Ok((t, exp as i64))
-    }
-}
 
 pub struct Control {
     pub cfg: ControlConfig,
     pub store: Store,
     pub issuer: Issuer,
-    /// Desired state changed (wakes watches on this replica at once).
-    pub changed: Notify,
     /// An agent reported (wakes creates waiting for `running`).
     pub reported: Notify,
     pub limits: limits::Limits,
@@ -138,16 +96,11 @@ pub async fn start(
         }
     }
     let (kid, pem) = store.signing_key().await?;
-    let issuer = Issuer {
-        kid,
-        key: EncodingKey::from_ed_pem(pem.as_bytes()).context("signing key")?,
-        ttl_secs: cfg.sessions.token_ttl_secs,
-    };
+    let issuer = Issuer::new(kid, &pem, cfg.sessions.token_ttl_secs).context("signing key")?;
     let control = Arc::new(Control {
         cfg,
         store,
         issuer,
-        changed: Notify::new(),
         reported: Notify::new(),
         limits: Default::default(),
     });
@@ -155,7 +108,11 @@ pub async fn start(
 
     let app = api::router(control.clone());
     let sd = shutdown.clone();
-    let reaper = tokio::spawn(reap(control.clone(), shutdown.clone()));
+    // Background work is tracked and stopped with the API, never aborted.
+    let tasks = tokio_util::task::TaskTracker::new();
+    let background = shutdown.child_token();
+    tasks.spawn(reap(control.clone(), background.clone()));
+    tasks.close();
     let task = tokio::spawn(async move {
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
@@ -164,7 +121,8 @@ pub async fn start(
         {
             warn!("control API stopped: {e}");
         }
-        reaper.abort();
+        background.cancel();
+        tasks.wait().await;
     });
     Ok(Running {
         control,
@@ -206,9 +164,6 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
                     c.store
                         .audit("control", tenant, "session.expire", id, "ok", reason)
                         .await;
-                }
-                if !expired.is_empty() {
-                    c.changed.notify_waiters();
                 }
             }
             Err(e) => warn!("expiry check failed: {e}"),

@@ -6,6 +6,8 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 use warren_config::Strategy;
 
@@ -87,13 +89,92 @@ pub struct Principal {
     pub admin: bool,
 }
 
+/// Where a session is in its life (the `status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Placed on a node, not yet reported running.
+    Pending,
+    Running,
+    /// Asked to stop (deleted, expired, idle, drained); the node removes it.
+    Stopping,
+    Stopped,
+    Failed,
+    /// Its node stopped answering.
+    Lost,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Pending => "pending",
+            SessionStatus::Running => "running",
+            SessionStatus::Stopping => "stopping",
+            SessionStatus::Stopped => "stopped",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Stopping,
+            Self::Stopped,
+            Self::Failed,
+            Self::Lost,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+
+    /// Pending or running: it can be reached and tokens can be minted for it.
+    pub fn is_live(self) -> bool {
+        matches!(self, SessionStatus::Pending | SessionStatus::Running)
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node's state (the `state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Joining,
+    Ready,
+    Draining,
+    Lost,
+}
+
+impl NodeState {
+    pub const ALL: [NodeState; 4] = [Self::Ready, Self::Lost, Self::Draining, Self::Joining];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
+            NodeState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Node {
     pub id: String,
     pub allocatable_mb: i64,
     pub free_mb: i64,
     pub reserved_mb: i64,
-    pub state: String,
+    pub state: NodeState,
     pub cordoned: bool,
     pub last_heartbeat_ms: i64,
     pub sessions: i64,
@@ -109,7 +190,7 @@ pub struct Session {
     pub id: String,
     pub tenant: String,
     pub node: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub reason: String,
     pub image: String,
     pub memory_mb: i64,
@@ -150,7 +231,12 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
         id: r.try_get("id")?,
         tenant: r.try_get("tenant_id")?,
         node: r.try_get("node_id")?,
-        status: r.try_get("status")?,
+        status: {
+            let v: String = r.try_get("status")?;
+            SessionStatus::parse(&v).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown session status {v:?}").into())
+            })?
+        },
         reason: r.try_get("reason")?,
         image: r.try_get("image")?,
         memory_mb: r.try_get("memory_mb")?,
@@ -168,6 +254,57 @@ const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memor
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Woken whenever this replica changes the desired state (after the
+    /// commit), so watches answer at once. Other replicas' changes are seen
+    /// through the version row.
+    changed: Arc<Notify>,
+}
+
+/// Bumps the desired-state version: every scheduling transaction does this
+/// first, which also serialises placements on the lock row.
+async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A node that could take a session: its id and memory figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub allocatable_mb: i64,
+    pub free_mb: i64,
+    pub reserved_mb: i64,
+}
+
+impl Candidate {
+    /// What is not reserved, bounded by what the node reports free.
+    pub fn headroom_mb(&self) -> i64 {
+        (self.allocatable_mb - self.reserved_mb).min(self.free_mb)
+    }
+}
+
+/// Picks the node for a session of `memory_mb`: among those with enough
+/// headroom, the most (spread) or the least (binpack); ties go to the
+/// first in `candidates` order. `None` when none has room.
+pub fn pick_node(
+    candidates: &[Candidate],
+    memory_mb: i64,
+    strategy: Strategy,
+) -> Option<&Candidate> {
+    let mut best: Option<&Candidate> = None;
+    for c in candidates.iter().filter(|c| c.headroom_mb() >= memory_mb) {
+        let better = match (best, strategy) {
+            (None, _) => true,
+            (Some(b), Strategy::Spread) => c.headroom_mb() > b.headroom_mb(),
+            (Some(b), Strategy::Binpack) => c.headroom_mb() < b.headroom_mb(),
+        };
+        if better {
+            best = Some(c);
+        }
+    }
+    best
 }
 
 impl Store {
@@ -200,7 +337,23 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Db(e.into()))?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Resolves when this replica next changes the desired state.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Commits a transaction that changed the desired state, then wakes
+    /// the watches waiting on this replica.
+    async fn commit_change(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+        tx.commit().await?;
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -382,12 +535,7 @@ impl Store {
         Ok(match r {
             Some(r) => {
                 let h: String = r.try_get("credential_hash")?;
-                let want = hash(credential);
-                h.len() == want.len()
-                    && h.bytes()
-                        .zip(want.bytes())
-                        .fold(0u8, |a, (x, y)| a | (x ^ y))
-                        == 0
+                crate::api::auth::constant_time_eq(h.as_bytes(), hash(credential).as_bytes())
             }
             None => false,
         })
@@ -486,7 +634,12 @@ impl Store {
                     allocatable_mb: r.try_get("allocatable_mb")?,
                     free_mb: r.try_get("free_mb")?,
                     reserved_mb: r.try_get("reserved")?,
-                    state: r.try_get("state")?,
+                    state: {
+                        let v: String = r.try_get("state")?;
+                        NodeState::parse(&v).ok_or_else(|| {
+                            sqlx::Error::Decode(format!("unknown node state {v:?}").into())
+                        })?
+                    },
                     cordoned: r.try_get::<i64, _>("cordoned")? != 0,
                     last_heartbeat_ms: r.try_get("last_heartbeat")?,
                     sessions: r.try_get("n_sessions")?,
@@ -500,9 +653,7 @@ impl Store {
     /// `cordon` (no new sessions), `uncordon`, or `drain` (cordon and stop its sessions).
     pub async fn node_action(&self, node_id: &str, action: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        bump_version(&mut tx).await?;
         let n = match action {
             "cordon" => sqlx::query("UPDATE nodes SET cordoned = 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
             "uncordon" => sqlx::query("UPDATE nodes SET cordoned = 0, state = CASE WHEN state = 'draining' THEN 'ready' ELSE state END WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
@@ -530,7 +681,7 @@ impl Store {
                 "node {node_id} does not exist"
             )));
         }
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -538,9 +689,7 @@ impl Store {
     pub async fn mark_lost(&self, timeout_ms: i64) -> Result<Vec<String>> {
         let cutoff = now_ms() - timeout_ms;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        bump_version(&mut tx).await?;
         let rows = sqlx::query(
             "SELECT id FROM nodes WHERE state IN ('ready','draining') AND last_heartbeat < $1",
         )
@@ -561,7 +710,7 @@ impl Store {
                 .await?;
             lost.push(id);
         }
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(lost)
     }
 
@@ -578,9 +727,7 @@ impl Store {
     ) -> Result<Session> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        bump_version(&mut tx).await?;
         let t = sqlx::query("SELECT max_sessions, max_memory_mb FROM tenants WHERE id = $1")
             .bind(tenant)
             .fetch_optional(&mut *tx)
@@ -611,29 +758,19 @@ impl Store {
         .bind(now - heartbeat_timeout_ms)
         .fetch_all(&mut *tx)
         .await?;
-        let mut best: Option<(String, i64)> = None;
-        for r in &rows {
-            let (id, alloc, free, reserved): (String, i64, i64, i64) = (
-                r.try_get("id")?,
-                r.try_get("allocatable_mb")?,
-                r.try_get("free_mb")?,
-                r.try_get("reserved")?,
-            );
-            // Headroom: what is not reserved, bounded by what the node reports free.
-            let headroom = (alloc - reserved).min(free);
-            if headroom < spec.memory_mb {
-                continue;
-            }
-            let better = match (&best, strategy) {
-                (None, _) => true,
-                (Some((_, h)), Strategy::Spread) => headroom > *h,
-                (Some((_, h)), Strategy::Binpack) => headroom < *h,
-            };
-            if better {
-                best = Some((id, headroom));
-            }
-        }
-        let Some((node, _)) = best else {
+        let candidates = rows
+            .iter()
+            .map(|r| {
+                Ok(Candidate {
+                    id: r.try_get("id")?,
+                    allocatable_mb: r.try_get("allocatable_mb")?,
+                    free_mb: r.try_get("free_mb")?,
+                    reserved_mb: r.try_get("reserved")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        let Some(node) = pick_node(&candidates, spec.memory_mb, strategy).map(|c| c.id.clone())
+        else {
             return Err(StoreError::NoCapacity(format!(
                 "no ready node has {} MB of memory headroom ({} ready nodes)",
                 spec.memory_mb,
@@ -657,7 +794,7 @@ impl Store {
         .bind(spec.disk_mb)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         self.session(&id).await
     }
 
@@ -684,16 +821,14 @@ impl Store {
 
     pub async fn stop_session(&self, id: &str, reason: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE sched_lock SET version = version + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
+        bump_version(&mut tx).await?;
         sqlx::query("UPDATE sessions SET status = 'stopping', reason = $1, updated_at = $2 WHERE id = $3 AND status IN ('pending','running')")
             .bind(reason)
             .bind(now_ms())
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        self.commit_change(tx).await?;
         Ok(())
     }
 
@@ -827,7 +962,7 @@ impl Store {
             Err(StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if !matches!(s.status.as_str(), "running" | "pending") {
+        if !s.status.is_live() {
             return Ok(None);
         }
         let found =
@@ -973,5 +1108,60 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("kid")?, r.try_get("public_x")?)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, alloc: i64, free: i64, reserved: i64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            allocatable_mb: alloc,
+            free_mb: free,
+            reserved_mb: reserved,
+        }
+    }
+
+    #[test]
+    fn placement_spreads_or_packs_by_headroom() {
+        let nodes = [
+            node("a", 4096, 4096, 1024), // headroom 3072
+            node("b", 8192, 2048, 0),    // free bounds it: 2048
+            node("c", 8192, 8192, 7680), // 512
+        ];
+        let pick = |mb, s| pick_node(&nodes, mb, s).map(|c| c.id.as_str());
+        assert_eq!(pick(256, Strategy::Spread), Some("a"));
+        assert_eq!(pick(256, Strategy::Binpack), Some("c"));
+        // c has too little room for 1 GiB; b is the tightest that fits.
+        assert_eq!(pick(1024, Strategy::Binpack), Some("b"));
+        assert_eq!(pick(3072, Strategy::Binpack), Some("a"));
+        assert_eq!(pick(3073, Strategy::Spread), None);
+        assert_eq!(pick_node(&[], 1, Strategy::Spread), None);
+        // Ties go to the first (ids come ordered from the database).
+        let tied = [node("x", 1000, 1000, 0), node("y", 1000, 1000, 0)];
+        assert_eq!(
+            pick_node(&tied, 10, Strategy::Spread).map(|c| c.id.as_str()),
+            Some("x")
+        );
+        assert_eq!(
+            pick_node(&tied, 10, Strategy::Binpack).map(|c| c.id.as_str()),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_their_column_values() {
+        for s in [
+            "pending", "running", "stopping", "stopped", "failed", "lost",
+        ] {
+            assert_eq!(SessionStatus::parse(s).map(|x| x.as_str()), Some(s));
+        }
+        assert_eq!(SessionStatus::parse("zombie"), None);
+        for s in NodeState::ALL {
+            assert_eq!(NodeState::parse(s.as_str()), Some(s));
+        }
+        assert!(SessionStatus::Pending.is_live() && !SessionStatus::Lost.is_live());
     }
 }

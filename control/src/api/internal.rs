@@ -1,0 +1,248 @@
+//! The internal API (`/internal/v1/`, types in `warren_proto::internal`):
+//! agents join, heartbeat and watch; relays look up routes, verify node
+//! credentials and SSH keys, and record SSH logins.
+use super::*;
+
+pub(super) async fn join(
+    State(c): State<Arc<Control>>,
+    body: Result<Json<JoinRequest>, JsonRejection>,
+) -> ApiResult<Json<JoinResponse>> {
+    let Json(req) = body?;
+    if !warren_config::is_dns_label(&req.node_id) {
+        return Err(ApiError::invalid("node_id must be a DNS label"));
+    }
+    if !(16..=1 << 30).contains(&req.allocatable_mb) || req.token.len() > 200 {
+        return Err(ApiError::invalid("allocatable_mb out of range"));
+    }
+    match c
+        .store
+        .join(&req.token, &req.node_id, req.allocatable_mb)
+        .await
+    {
+        Ok(credential) => {
+            c.store
+                .audit(
+                    &format!("node:{}", req.node_id),
+                    "",
+                    "node.join",
+                    &req.node_id,
+                    "ok",
+                    "",
+                )
+                .await;
+            let relays: Vec<_> = c
+                .cfg
+                .relays
+                .iter()
+                .map(|r| {
+                    let ca = r
+                        .ca_file
+                        .as_ref()
+                        .and_then(|p| std::fs::read_to_string(p).ok());
+                    RelayInfo {
+                        addr: r.addr.clone(),
+                        server_name: r.server_name.clone(),
+                        ca_pem: ca,
+                    }
+                })
+                .collect();
+            Ok(Json(JoinResponse {
+                node_id: req.node_id,
+                credential,
+                relays,
+            }))
+        }
+        Err(e) => {
+            c.store
+                .audit(
+                    &format!("node:{}", req.node_id),
+                    "",
+                    "node.join",
+                    &req.node_id,
+                    "refused",
+                    &e.to_string(),
+                )
+                .await;
+            match e {
+                StoreError::Conflict(m) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "node_exists", m))
+                }
+                StoreError::Db(_) => Err(e.into()),
+                e => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "join_refused",
+                    e.to_string(),
+                )),
+            }
+        }
+    }
+}
+
+pub(super) async fn heartbeat(
+    State(c): State<Arc<Control>>,
+    NodeCaller(node): NodeCaller,
+    body: Result<Json<HeartbeatRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(req) = body?;
+    if req.sessions.len() > MAX_REPORTED_SESSIONS
+        || req.sessions.iter().any(|s| !is_session_id(&s.id))
+    {
+        return Err(ApiError::invalid("bad session report"));
+    }
+    c.store
+        .heartbeat(
+            &node,
+            req.allocatable_mb.max(0),
+            req.free_mb.max(0),
+            &req.isolation,
+            &req.sessions,
+        )
+        .await?;
+    c.reported.notify_waiters();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Long poll: answers when the desired state may have changed past `index`,
+/// or after 25 s with the current state.
+pub(super) async fn watch(
+    State(c): State<Arc<Control>>,
+    NodeCaller(node): NodeCaller,
+    Query(q): Query<WatchQuery>,
+) -> ApiResult<Json<WatchResponse>> {
+    let since = q.index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    loop {
+        let v = c.store.version().await?;
+        if v != since || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        // Other replicas change the version too: look again every 500 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(500), c.store.changed()).await;
+    }
+    let (index, sessions) = c.store.desired(&node).await?;
+    let sessions = sessions
+        .iter()
+        .map(|s| DesiredSession {
+            id: s.id.clone(),
+            image: s.image.clone(),
+            memory_mb: s.memory_mb.max(0) as u64,
+            cpus: s.millicpus as f64 / 1000.0,
+            disk_mb: s.disk_mb.max(0) as u64,
+        })
+        .collect();
+    Ok(Json(WatchResponse { index, sessions }))
+}
+
+pub(super) async fn route(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RouteResponse>> {
+    if !is_session_id(&id) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let s = c.store.session(&id).await?;
+    if !s.status.is_live() {
+        return Err(ApiError::not_found(format!("session {id} is {}", s.status)));
+    }
+    Ok(Json(RouteResponse {
+        node: s.node,
+        tenant: s.tenant,
+    }))
+}
+
+pub(super) async fn verify_node(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<VerifyNodeRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(req) = body?;
+    if c.store.verify_node(&req.node_id, &req.credential).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::forbidden("node credential rejected"))
+    }
+}
+
+pub(super) async fn ssh_authorize(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<SshAuthorizeRequest>, JsonRejection>,
+) -> ApiResult<Json<RouteResponse>> {
+    let Json(req) = body?;
+    if !is_session_id(&req.session) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
+    match c
+        .store
+        .ssh_key_opens(&req.session, &key.fingerprint)
+        .await?
+    {
+        Some(s) => Ok(Json(RouteResponse {
+            node: s.node,
+            tenant: s.tenant,
+        })),
+        None => Err(ApiError::forbidden(
+            "the key is not registered for this session's tenant",
+        )),
+    }
+}
+
+pub(super) async fn ssh_audit(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<SshAuditEvent>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(e) = body?;
+    let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    // The tenant of a real session sees the attempts on it in its audit log.
+    let tenant = if is_session_id(&e.session) {
+        c.store
+            .session(&e.session)
+            .await
+            .map(|s| s.tenant)
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let outcome = if e.action == SshAction::Login {
+        "ok"
+    } else {
+        "refused"
+    };
+    let detail = format!(
+        "method={} {}{}",
+        clip(&e.method, 16),
+        e.fingerprint
+            .as_deref()
+            .map(|f| format!("key={} ", clip(f, 60)))
+            .unwrap_or_default(),
+        clip(&e.reason, 300)
+    );
+    c.store
+        .audit(
+            &format!("ssh:{}", clip(&e.client_addr, 64)),
+            &tenant,
+            e.action.as_str(),
+            &clip(&e.session, 64),
+            outcome,
+            detail.trim(),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn ssh_host_key(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<HostKeyRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let Json(req) = body?;
+    let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
+    if key.fingerprint != req.fingerprint {
+        return Err(ApiError::invalid("the fingerprint does not match the key"));
+    }
+    c.store.set_host_key(&key.key, &key.fingerprint).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,324 @@
+//! `/v1/sessions`: create (placed and started before the answer), list, get, delete, and session tokens.
+use super::*;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateSession {
+    image: Option<String>,
+    memory_mb: Option<i64>,
+    cpus: Option<f64>,
+    disk_mb: Option<i64>,
+    ttl_seconds: Option<i64>,
+    idle_timeout_seconds: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct SessionView {
+    id: String,
+    tenant: String,
+    node: String,
+    status: SessionStatus,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+    image: String,
+    memory_mb: i64,
+    cpus: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_mb: Option<i64>,
+    url: String,
+    ssh: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_expires_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl Control {
+    fn view(&self, s: &Session, token: Option<(String, i64)>) -> SessionView {
+        let port = self
+            .cfg
+            .https_port
+            .filter(|p| *p != 443)
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let base = format!("https://{}.{}{port}/", s.id, self.cfg.domain);
+        let url = match &token {
+            Some((t, _)) => format!("{base}?token={t}"),
+            None => base,
+        };
+        let (host, sport) = match self
+            .cfg
+            .ssh_endpoint
+            .as_deref()
+            .and_then(|e| e.rsplit_once(':'))
+        {
+            Some((h, p)) => (h.to_string(), p.to_string()),
+            None => (self.cfg.domain.clone(), "2222".into()),
+        };
+        SessionView {
+            id: s.id.clone(),
+            tenant: s.tenant.clone(),
+            node: s.node.clone(),
+            status: s.status,
+            reason: s.reason.clone(),
+            image: s.image.clone(),
+            memory_mb: s.memory_mb,
+            cpus: s.millicpus as f64 / 1000.0,
+            disk_mb: (s.disk_mb > 0).then_some(s.disk_mb),
+            url,
+            ssh: format!("ssh -p {sport} {}@{host}", s.id),
+            token: token.as_ref().map(|t| t.0.clone()),
+            token_expires_at: token.map(|t| t.1),
+            expires_at: s.expires_at / 1000,
+            created_at: s.created_at / 1000,
+        }
+    }
+
+    async fn owned(&self, p: &Principal, id: &str) -> ApiResult<Session> {
+        if !is_session_id(id) {
+            return Err(ApiError::not_found(format!("session {id} does not exist")));
+        }
+        let s = self.store.session(id).await?;
+        // Another tenant's session is indistinguishable from no session.
+        if !p.admin && s.tenant != p.tenant {
+            return Err(ApiError::not_found(format!("session {id} does not exist")));
+        }
+        Ok(s)
+    }
+}
+
+pub(super) async fn create_session(
+    State(c): State<Arc<Control>>,
+    Caller(p): Caller,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<Response> {
+    if !c.limits.creates.allow(&p.tenant) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many sessions created by this tenant in the last minute",
+        ));
+    }
+    let Json(req) = body?;
+    let d = &c.cfg.sessions;
+    let image = req.image.unwrap_or_else(|| d.image.clone());
+    if image.is_empty()
+        || image.len() > 255
+        || !image
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._/:@-".contains(ch))
+    {
+        return Err(ApiError::invalid("image must be an image reference"));
+    }
+    if let Some(registry) = image_registry(&image)
+        && !d.allowed_registries.iter().any(|r| r == registry)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "registry_not_allowed",
+            format!(
+                "images from {registry} are not allowed here (the operator lists registries in sessions.allowed_registries)"
+            ),
+        ));
+    }
+    let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);
+    if !(16..=1_048_576).contains(&memory_mb) {
+        return Err(ApiError::invalid(
+            "memory_mb must be between 16 and 1048576",
+        ));
+    }
+    let cpus = req.cpus.unwrap_or(d.cpus);
+    if !(cpus > 0.0 && cpus <= 256.0) {
+        return Err(ApiError::invalid("cpus must be in (0, 256]"));
+    }
+    let disk_mb = req.disk_mb.unwrap_or(0);
+    if disk_mb != 0 && !(64..=4_194_304).contains(&disk_mb) {
+        return Err(ApiError::invalid("disk_mb must be between 64 and 4194304"));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
+    let idle = req
+        .idle_timeout_seconds
+        .unwrap_or(d.idle_timeout_secs as i64);
+    if !(10..=7 * 86_400).contains(&ttl) || !(10..=7 * 86_400).contains(&idle) {
+        return Err(ApiError::invalid(
+            "ttl_seconds and idle_timeout_seconds must be between 10 and 604800",
+        ));
+    }
+    let spec = NewSession {
+        image,
+        memory_mb,
+        millicpus: (cpus * 1000.0) as i64,
+        disk_mb,
+        ttl_ms: ttl * 1000,
+        idle_timeout_ms: idle * 1000,
+    };
+    let hb = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
+    let s = match c
+        .store
+        .create_session(&p.tenant, &spec, c.cfg.scheduler.strategy, hb)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            c.store
+                .audit(
+                    &p.key_id,
+                    &p.tenant,
+                    "session.create",
+                    "-",
+                    "refused",
+                    &e.to_string(),
+                )
+                .await;
+            return Err(e.into());
+        }
+    };
+    c.store
+        .audit(
+            &p.key_id,
+            &p.tenant,
+            "session.create",
+            &s.id,
+            "scheduled",
+            &format!("node {} memory {} MB", s.node, s.memory_mb),
+        )
+        .await;
+    // Answer once it runs, or fail clearly after the deadline.
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
+    let s = loop {
+        let s = c.store.session(&s.id).await?;
+        match s.status {
+            SessionStatus::Running => break s,
+            SessionStatus::Pending if tokio::time::Instant::now() < deadline => {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), c.reported.notified()).await;
+            }
+            SessionStatus::Pending => {
+                c.store.stop_session(&s.id, "did not start in time").await?;
+                c.store
+                    .audit(&p.key_id, &p.tenant, "session.create", &s.id, "timeout", "")
+                    .await;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "start_timeout",
+                    format!(
+                        "session {} did not start within {} s on node {}",
+                        s.id, c.cfg.sessions.create_timeout_secs, s.node
+                    ),
+                ));
+            }
+            other => {
+                c.store
+                    .audit(
+                        &p.key_id,
+                        &p.tenant,
+                        "session.create",
+                        &s.id,
+                        "failed",
+                        &s.reason,
+                    )
+                    .await;
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session_failed",
+                    format!("session {} is {other}: {}", s.id, s.reason),
+                ));
+            }
+        }
+    };
+    let token = c.issuer.mint(&s, &p.key_id, &Scope::claim(&Scope::ALL))?;
+    Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
+}
+
+pub(super) async fn list_sessions(
+    State(c): State<Arc<Control>>,
+    Caller(p): Caller,
+) -> ApiResult<Json<serde_json::Value>> {
+    let list = c
+        .store
+        .sessions(if p.admin { None } else { Some(&p.tenant) })
+        .await?;
+    Ok(Json(
+        json!({"sessions": list.iter().map(|s| c.view(s, None)).collect::<Vec<_>>()}),
+    ))
+}
+
+pub(super) async fn get_session(
+    State(c): State<Arc<Control>>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionView>> {
+    let s = c.owned(&p, &id).await?;
+    Ok(Json(c.view(&s, None)))
+}
+
+pub(super) async fn delete_session(
+    State(c): State<Arc<Control>>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let s = c.owned(&p, &id).await?;
+    c.store.stop_session(&s.id, "deleted").await?;
+    c.store
+        .audit(&p.key_id, &s.tenant, "session.delete", &s.id, "ok", "")
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenReq {
+    scope: Option<String>,
+}
+
+pub(super) async fn session_token(
+    State(c): State<Arc<Control>>,
+    Caller(p): Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    // The body is optional: none (or `{}`) keeps both scopes, as before.
+    let req: TokenReq = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenReq::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid JSON body: {e}"),
+            )
+        })?
+    };
+    let scopes: &[Scope] = match req.scope.as_deref() {
+        None => &Scope::ALL,
+        Some(name) => match Scope::parse(name) {
+            Some(Scope::Terminal) => &[Scope::Terminal],
+            Some(Scope::Preview) => &[Scope::Preview],
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "scope {name:?} is not one of \"terminal\", \"preview\""
+                )));
+            }
+        },
+    };
+    let scope = Scope::claim(scopes);
+    let scope = scope.as_str();
+    let s = c.owned(&p, &id).await?;
+    if !s.status.is_live() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_ended",
+            format!("session {id} is {}", s.status),
+        ));
+    }
+    let (token, exp) = c.issuer.mint(&s, &p.key_id, scope)?;
+    c.store
+        .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", scope)
+        .await;
+    Ok(Json(
+        json!({"token": token, "expires_at": exp, "scope": scope}),
+    ))
+}

@@ -1,0 +1,58 @@
+//! Session tokens: Ed25519 JWTs with the claims of `warren_proto::token`,
+//! signed with the store's key (relays verify them with the JWKS).
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use warren_proto::token::{AUDIENCE, Claims};
+
+use crate::store::{Session, now_ms};
+
+/// Mints session tokens with the store's signing key.
+pub struct Issuer {
+    kid: String,
+    key: EncodingKey,
+    ttl_secs: u64,
+}
+
+/// A token could not be signed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign tokens: {0}")]
+pub struct SignError(String);
+
+impl Issuer {
+    /// An issuer for the Ed25519 key `pem`, named `kid` in the JWKS.
+    pub fn new(kid: String, pem: &str, ttl_secs: u64) -> Result<Self, SignError> {
+        Ok(Self {
+            kid,
+            key: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| SignError(e.to_string()))?,
+            ttl_secs,
+        })
+    }
+
+    /// `(token, expires_at)`; the token never outlives its session.
+    /// `scope` is a `scope` claim ([`warren_proto::token::Scope::claim`]).
+    pub fn mint(
+        &self,
+        s: &Session,
+        subject: &str,
+        scope: &str,
+    ) -> Result<(String, i64), SignError> {
+        let now = (now_ms() / 1000) as u64;
+        let exp = (now + self.ttl_secs)
+            .min((s.expires_at / 1000) as u64)
+            .max(now + 1);
+        let mut h = Header::new(Algorithm::EdDSA);
+        h.kid = Some(self.kid.clone());
+        let claims = Claims {
+            sub: subject.into(),
+            sid: s.id.clone(),
+            tenant: s.tenant.clone(),
+            scope: scope.into(),
+            aud: AUDIENCE.into(),
+            exp,
+            nbf: Some(now.saturating_sub(5)),
+            iat: Some(now),
+        };
+        let t =
+            jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| SignError(e.to_string()))?;
+        Ok((t, exp as i64))
+    }
+}
