@@ -2,7 +2,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -303,31 +302,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg: warren_config::RelayConfig = warren_config::load("relay", config.as_deref())?;
             let listeners = warren_relay::Listeners::bind(&cfg)?;
             let stop = shutdown_on_signals();
-            let (routes, auth): (
-                Arc<dyn warren_relay::routes::RouteSource>,
-                Arc<dyn warren_tunnel::server::NodeAuthenticator>,
-            ) = match &cfg.control {
-                Some(c) => {
-                    let cc = Arc::new(warren_relay::control::ControlClient::new(
-                        &c.url,
-                        c.secret.expose(),
-                    )?);
-                    (cc.clone(), cc)
-                }
-                None => {
-                    let s = Arc::new(warren_relay::routes::StaticRoutes::default());
-                    for r in &cfg.routes {
-                        s.insert(&r.session, &r.node, &r.tenant);
-                    }
-                    (
-                        s,
-                        Arc::new(warren_tunnel::server::SharedSecretAuth::new(
-                            cfg.tunnel.node_secret.expose(),
-                        )),
-                    )
-                }
-            };
-            let relay = warren_relay::start(cfg, listeners, routes, auth, stop.clone()).await?;
+            let control = warren_relay::control_plane(&cfg)?;
+            let relay = warren_relay::start(cfg, listeners, control, stop.clone()).await?;
             stop.cancelled().await;
             relay.stopped().await;
             Ok(())

@@ -211,7 +211,6 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             tunnel,
             ssh,
         },
-        cc.clone(),
         cc,
         stop.clone(),
     )

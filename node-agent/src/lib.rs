@@ -20,6 +20,7 @@ pub mod initsock;
 pub mod runtime;
 pub mod security;
 pub mod terminal;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::BTreeMap;

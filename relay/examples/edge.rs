@@ -25,7 +25,6 @@ use warren_config::*;
 use warren_relay::auth::testing::Signer;
 use warren_relay::routes::StaticRoutes;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
-use warren_tunnel::server::SharedSecretAuth;
 
 const SECRET: &str = "bench-node-secret-0123456789";
 const OUTPUT: u64 = 200 * 1024 * 1024;
@@ -58,7 +57,7 @@ async fn env() -> (Env, Arc<Agent>) {
         dir.join("jwks.json").display()
     ))
     .unwrap();
-    let routes = Arc::new(StaticRoutes::default());
+    let routes = Arc::new(StaticRoutes::new(SECRET));
     let stop = CancellationToken::new();
     let relay = warren_relay::start(
         cfg,
@@ -70,7 +69,6 @@ async fn env() -> (Env, Arc<Agent>) {
             ssh: None,
         },
         routes.clone(),
-        Arc::new(SharedSecretAuth::new(SECRET)),
         stop.clone(),
     )
     .await

@@ -222,7 +222,9 @@ impl Verifier {
     }
 }
 
-/// Signing for tests and development; the control plane owns the real issuer.
+/// Signing for tests and benchmarks (feature `testing`); the control plane
+/// owns the real issuer.
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
     use base64::Engine;

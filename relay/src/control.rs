@@ -9,7 +9,7 @@ use warren_proto::internal::{
 use warren_tunnel::proto::Hello;
 use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
 
-use crate::routes::{RouteError, RouteSource, SessionRoute, SshAuditEvent};
+use crate::routes::{ControlPlane, RouteError, SessionRoute, SshAuditEvent};
 
 pub struct ControlClient {
     base: String,
@@ -48,7 +48,7 @@ async fn route_answer(
 }
 
 #[async_trait]
-impl RouteSource for ControlClient {
+impl ControlPlane for ControlClient {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
         let r = self
             .http

@@ -47,7 +47,7 @@ use warren_tunnel::server::{NodeAuthenticator, Registry};
 use crate::auth::{KeySource, Verifier};
 use crate::metrics::Metrics;
 use crate::proxy::{RelayProxy, Sni};
-use crate::routes::{RouteCache, RouteSource};
+use crate::routes::{ControlPlane, RouteCache};
 
 /// Sockets the relay serves on, bound by the caller (tests use port 0).
 pub struct Listeners {
@@ -108,12 +108,28 @@ impl TlsAccept for SniCapture {
     }
 }
 
+/// The control plane `cfg` names: control's internal API when `control` is
+/// set, else the static `routes` with the tunnel's shared node secret.
+pub fn control_plane(cfg: &RelayConfig) -> anyhow::Result<Arc<dyn ControlPlane>> {
+    Ok(match &cfg.control {
+        Some(c) => Arc::new(control::ControlClient::new(&c.url, c.secret.expose())?),
+        None => {
+            let s = routes::StaticRoutes::new(cfg.tunnel.node_secret.expose());
+            for r in &cfg.routes {
+                s.insert(&r.session, &r.node, &r.tenant);
+            }
+            Arc::new(s)
+        }
+    })
+}
+
 /// Starts the relay on `listeners`; it runs until `shutdown` is cancelled.
+/// `control` is the relay's one view of the control plane
+/// ([`control_plane`] builds it from the configuration).
 pub async fn start(
     cfg: RelayConfig,
     listeners: Listeners,
-    route_source: Arc<dyn RouteSource>,
-    node_auth: Arc<dyn NodeAuthenticator>,
+    control: Arc<dyn ControlPlane>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Relay> {
     let certs = match (&cfg.https.cert_file, &cfg.https.key_file) {
@@ -139,10 +155,7 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("loading session-token keys: {e}"))?
         .with_metrics(metrics.clone());
     let registry = Arc::new(Registry::default());
-    let routes = Arc::new(RouteCache::new(
-        route_source.clone(),
-        Duration::from_secs(30),
-    ));
+    let routes = Arc::new(RouteCache::new(control.clone(), Duration::from_secs(30)));
     let tasks = tokio_util::task::TaskTracker::new();
 
     // The tunnel listener (QUIC), with the same certificate.
@@ -162,7 +175,7 @@ pub async fn start(
     tasks.spawn(warren_tunnel::server::serve(
         endpoint,
         registry.clone(),
-        node_auth,
+        control.clone() as Arc<dyn NodeAuthenticator>,
         shutdown.clone(),
     ));
     {
@@ -258,7 +271,7 @@ pub async fn start(
         let ctx = Arc::new(ssh::SshContext {
             verifier: verifier.clone(),
             routes: routes.clone(),
-            source: route_source.clone(),
+            source: control.clone(),
             registry: registry.clone(),
             limiter: Default::default(),
             preauth: Default::default(),
@@ -268,12 +281,7 @@ pub async fn start(
         tasks.spawn(ssh::serve(listener, key, ctx, shutdown.clone()));
         // Users pin the host key from the API: keep telling control until
         // it has heard (it may start after the relay).
-        let (source, sd, l2, fp2) = (
-            route_source.clone(),
-            shutdown.clone(),
-            line.clone(),
-            fp.clone(),
-        );
+        let (source, sd, l2, fp2) = (control.clone(), shutdown.clone(), line.clone(), fp.clone());
         tasks.spawn(async move {
             let mut wait = Duration::from_millis(200);
             loop {

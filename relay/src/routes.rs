@@ -1,11 +1,16 @@
-//! `session → node` resolution behind a trait, with a moka cache in front.
-//! The foundation backs it with a static table; the control plane backs it
-//! with its internal API.
+//! [`ControlPlane`]: everything the relay asks of the control plane
+//! (routes, node credentials, SSH keys, audit, host keys), behind one
+//! trait with two backings: [`crate::control::ControlClient`] (the
+//! internal API) and [`StaticRoutes`] (a table and a shared node secret,
+//! for a relay without control and for tests). A moka cache sits in front
+//! of route lookups.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use warren_tunnel::proto::Hello;
+use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity, SharedSecretAuth};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRoute {
@@ -19,9 +24,10 @@ pub struct RouteError(pub String);
 
 pub use warren_proto::internal::{SshAction, SshAuditEvent};
 
-/// What the relay asks the control plane (or a static table).
+/// What the relay asks the control plane (or a static table). Node
+/// credentials are checked through the [`NodeAuthenticator`] supertrait.
 #[async_trait]
-pub trait RouteSource: Send + Sync + 'static {
+pub trait ControlPlane: NodeAuthenticator + Send + Sync + 'static {
     /// `Ok(None)`: no such session.
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError>;
 
@@ -48,15 +54,25 @@ pub trait RouteSource: Send + Sync + 'static {
     }
 }
 
-/// A table set from configuration (or by tests).
-#[derive(Default)]
+/// A table set from configuration (or by tests), and the shared secret
+/// nodes present.
 pub struct StaticRoutes {
     table: RwLock<HashMap<String, SessionRoute>>,
     /// `(tenant, key)`: SSH public keys and the tenant whose sessions they open.
     ssh_keys: RwLock<Vec<(String, String)>>,
+    nodes: SharedSecretAuth,
 }
 
 impl StaticRoutes {
+    /// An empty table; nodes authenticate with `node_secret`.
+    pub fn new(node_secret: &str) -> Self {
+        Self {
+            table: RwLock::default(),
+            ssh_keys: RwLock::default(),
+            nodes: SharedSecretAuth::new(node_secret),
+        }
+    }
+
     pub fn insert(&self, session: &str, node: &str, tenant: &str) {
         self.table
             .write()
@@ -85,7 +101,14 @@ impl StaticRoutes {
 }
 
 #[async_trait]
-impl RouteSource for StaticRoutes {
+impl NodeAuthenticator for StaticRoutes {
+    async fn authenticate(&self, hello: &Hello) -> Result<NodeIdentity, AuthError> {
+        self.nodes.authenticate(hello).await
+    }
+}
+
+#[async_trait]
+impl ControlPlane for StaticRoutes {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
         Ok(self
             .table
@@ -124,12 +147,12 @@ pub fn key_body(line: &str) -> &str {
 /// Caches found routes (sessions do not move between nodes) for a while;
 /// misses are not cached, so a session created a moment ago is found.
 pub struct RouteCache {
-    source: Arc<dyn RouteSource>,
+    source: Arc<dyn ControlPlane>,
     cache: moka::future::Cache<String, SessionRoute>,
 }
 
 impl RouteCache {
-    pub fn new(source: Arc<dyn RouteSource>, ttl: Duration) -> Self {
+    pub fn new(source: Arc<dyn ControlPlane>, ttl: Duration) -> Self {
         Self {
             source,
             cache: moka::future::Cache::builder()

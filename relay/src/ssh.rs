@@ -29,7 +29,7 @@ use warren_tunnel::proto::{StreamHeader, StreamKind};
 use warren_tunnel::server::{OpenError, Registry};
 
 use crate::auth::{Scope, Verifier};
-use crate::routes::{RouteCache, RouteSource, SessionRoute, SshAction, SshAuditEvent};
+use crate::routes::{ControlPlane, RouteCache, SessionRoute, SshAction, SshAuditEvent};
 use warren_proto::is_session_id;
 
 /// File name of the host key in the relay's data directory.
@@ -199,7 +199,7 @@ impl FailureLimiter {
 pub struct SshContext {
     pub verifier: Arc<Verifier>,
     pub routes: Arc<RouteCache>,
-    pub source: Arc<dyn RouteSource>,
+    pub source: Arc<dyn ControlPlane>,
     pub registry: Arc<Registry>,
     pub limiter: FailureLimiter,
     pub preauth: PreAuth,

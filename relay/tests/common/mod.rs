@@ -19,7 +19,6 @@ use warren_config::*;
 use warren_relay::auth::testing::Signer;
 use warren_relay::routes::StaticRoutes;
 use warren_tunnel::client::Backoff;
-use warren_tunnel::server::SharedSecretAuth;
 
 pub const WAIT: Duration = warren_testkit::WAIT;
 pub const DOMAIN: &str = "warren.localhost";
@@ -151,7 +150,7 @@ jwks_file = "{}"
             jwks.display()
         ))
         .unwrap();
-        let routes = Arc::new(StaticRoutes::default());
+        let routes = Arc::new(StaticRoutes::new(SECRET));
         let relay_stop = CancellationToken::new();
         let relay = warren_relay::start(
             cfg,
@@ -163,7 +162,6 @@ jwks_file = "{}"
                 ssh: None,
             },
             routes.clone(),
-            Arc::new(SharedSecretAuth::new(SECRET)),
             relay_stop.clone(),
         )
         .await
