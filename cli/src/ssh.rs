@@ -47,13 +47,12 @@ pub async fn known_hosts(
     host: &str,
     port: u16,
 ) -> anyhow::Result<std::path::PathBuf> {
-    let up: Option<Value> = std::fs::read_to_string(data_dir.join("up.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(kh) = up.as_ref().and_then(|u| u["ssh_known_hosts"].as_str())
-        && Path::new(kh).exists()
+    let up =
+        warren_proto::api::UpFile::read(&data_dir.join("up.json")).map_err(anyhow::Error::msg)?;
+    if let Some(kh) = up.map(|u| u.ssh_known_hosts)
+        && kh.exists()
     {
-        return Ok(kh.into());
+        return Ok(kh);
     }
     let v = client.call("GET", "/v1/ssh/host-keys", None).await?;
     let keys: Vec<&str> = v["host_keys"]

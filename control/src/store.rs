@@ -89,57 +89,7 @@ pub struct Principal {
     pub admin: bool,
 }
 
-/// Where a session is in its life (the `status` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionStatus {
-    /// Placed on a node, not yet reported running.
-    Pending,
-    Running,
-    /// Asked to stop (deleted, expired, idle, drained); the node removes it.
-    Stopping,
-    Stopped,
-    Failed,
-    /// Its node stopped answering.
-    Lost,
-}
-
-impl SessionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Pending => "pending",
-            SessionStatus::Running => "running",
-            SessionStatus::Stopping => "stopping",
-            SessionStatus::Stopped => "stopped",
-            SessionStatus::Failed => "failed",
-            SessionStatus::Lost => "lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Running,
-            Self::Stopping,
-            Self::Stopped,
-            Self::Failed,
-            Self::Lost,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
-    /// Pending or running: it can be reached and tokens can be minted for it.
-    pub fn is_live(self) -> bool {
-        matches!(self, SessionStatus::Pending | SessionStatus::Running)
-    }
-}
-
-impl std::fmt::Display for SessionStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use warren_proto::api::SessionStatus;
 
 /// A node's state (the `state` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

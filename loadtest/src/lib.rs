@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{RelayTarget, Term};
@@ -124,19 +124,16 @@ impl Target {
         ssh: Option<String>,
         up_json: &std::path::Path,
     ) -> anyhow::Result<Target> {
-        let up: Value = std::fs::read_to_string(up_json)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
+        let up = warren_proto::api::UpFile::read(up_json).map_err(|e| anyhow::anyhow!(e))?;
         let control_url = control_url
-            .or_else(|| up["control_url"].as_str().map(String::from))
+            .or_else(|| up.as_ref().map(|u| u.control_url.clone()))
             .context("no control URL: pass --control-url or run `warren up` here")?;
         let api_key = api_key
-            .or_else(|| up["admin_api_key"].as_str().map(String::from))
+            .or_else(|| up.as_ref().map(|u| u.admin_api_key.clone()))
             .context("no API key: pass --api-key or run `warren up` here")?;
         // The relay URL: https://DOMAIN:PORT (with --ca) or http://DOMAIN:PORT.
         let relay_url = relay
-            .or_else(|| up["relay_http_url"].as_str().map(String::from))
+            .or_else(|| up.as_ref().map(|u| u.relay_http_url.clone()))
             .context("no relay: pass --relay https://DOMAIN:PORT")?;
         let u = url::Url::parse(&relay_url).with_context(|| format!("--relay {relay_url}"))?;
         let domain = u.host_str().context("--relay needs a host")?.to_string();
@@ -154,7 +151,7 @@ impl Target {
         let tls = match u.scheme() {
             "https" => {
                 let ca = ca
-                    .or_else(|| up["ca_cert"].as_str().map(PathBuf::from))
+                    .or_else(|| up.as_ref().map(|u| u.ca_cert.clone()))
                     .context("https relay: pass --ca FILE")?;
                 let pem =
                     std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -164,7 +161,7 @@ impl Target {
             s => bail!("--relay must be http:// or https://, not {s}://"),
         };
         let ssh = ssh
-            .or_else(|| up["relay_ssh"].as_str().map(String::from))
+            .or_else(|| up.as_ref().map(|u| u.relay_ssh.clone()))
             .map(|s| {
                 use std::net::ToSocketAddrs;
                 s.to_socket_addrs()
@@ -259,98 +256,67 @@ fn kind(e: &anyhow::Error) -> String {
     s.chars().take(60).collect()
 }
 
-/// The control plane as the harness uses it.
+/// The control plane as the harness uses it (the shared API client).
 pub struct Api {
-    pub base: String,
-    key: String,
-    http: reqwest::Client,
+    client: warren_client::Client,
 }
 
 impl Api {
     pub fn new(t: &Target) -> anyhow::Result<Api> {
         Ok(Api {
-            base: t.control_url.clone(),
-            key: t.api_key.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            client: warren_client::Client::new(
+                &t.control_url,
+                &t.api_key,
+                Duration::from_secs(120),
+            )?,
         })
     }
 
     pub async fn create(&self, image: &str, memory_mb: u64) -> anyhow::Result<(String, String)> {
-        let r = self
-            .http
-            .post(format!("{}/v1/sessions", self.base))
-            .bearer_auth(&self.key)
-            .json(&json!({"image": image, "memory_mb": memory_mb, "ttl_seconds": 7200}))
-            .send()
+        let spec = warren_proto::api::CreateSession {
+            image: Some(image.into()),
+            memory_mb: Some(memory_mb as i64),
+            ttl_seconds: Some(7200),
+            ..Default::default()
+        };
+        let s = self
+            .client
+            .create_session(&spec)
             .await
-            .map_err(|e| anyhow::anyhow!("control unreachable: {e}"))?;
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!(
-                "create session {}: {}",
-                status.as_u16(),
-                v["error"]["message"].as_str().unwrap_or("no message")
-            );
-        }
-        Ok((
-            v["id"].as_str().unwrap_or_default().to_string(),
-            v["token"].as_str().unwrap_or_default().to_string(),
-        ))
+            .map_err(|e| anyhow::anyhow!("create session: {e}"))?;
+        Ok((s.id, s.token.unwrap_or_default()))
     }
 
     pub async fn delete(&self, id: &str) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .delete(format!("{}/v1/sessions/{id}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        if r.status().is_success() || r.status().as_u16() == 404 {
-            Ok(())
-        } else {
-            bail!("delete {id}: {}", r.status())
-        }
+        self.client
+            .delete_session(id)
+            .await
+            .map_err(|e| anyhow::anyhow!("delete {id}: {e}"))
     }
 
     /// Ids of the tenant's sessions that are not stopped.
     pub async fn live(&self) -> anyhow::Result<Vec<String>> {
-        let v: Value = self
-            .http
-            .get(format!("{}/v1/sessions", self.base))
-            .bearer_auth(&self.key)
-            .send()
+        Ok(self
+            .client
+            .sessions()
             .await?
-            .json()
-            .await?;
-        Ok(v["sessions"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|s| matches!(s["status"].as_str(), Some("pending" | "running")))
-                    .filter_map(|s| s["id"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default())
+            .into_iter()
+            .filter(|s| s.status.is_live())
+            .map(|s| s.id)
+            .collect())
     }
 
     /// Checks the key before anything is created.
     pub async fn check(&self) -> anyhow::Result<()> {
-        let r = self
-            .http
-            .get(format!("{}/v1/sessions", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("the control plane at {} does not answer: {e}", self.base)
-            })?;
-        match r.status().as_u16() {
-            200 => Ok(()),
-            401 | 403 => bail!("the control plane refused the API key"),
-            s => bail!("the control plane answered {s}"),
+        match self.client.sessions().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.status(), Some(401 | 403)) => {
+                bail!("the control plane refused the API key")
+            }
+            Err(warren_client::Error::Unreachable { base, source }) => {
+                bail!("the control plane at {base} does not answer: {source}")
+            }
+            Err(e) => bail!("the control plane answered {e}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! renamed field fails to compile instead of failing on the wire.
 //!
 //! # Layout
+//! - [`api`]: the public REST API's bodies and `.warren/up.json`.
 //! - [`id`]: the session id rule.
 //! - [`token`]: session-token claims and scopes (control mints, the relay checks).
 //! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent).
@@ -13,6 +14,7 @@
 //! depend on it.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod id;
 pub mod init;
 pub mod internal;

@@ -25,11 +25,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::Control;
 use crate::store::{NewSession, NodeState, Principal, Session, SessionStatus, StoreError, now_ms};
+use warren_proto::api::{
+    CreateSession, Session as ApiSession, SessionList, TokenRequest, TokenResponse,
+};
 use warren_proto::internal::{
     DesiredSession, HeartbeatRequest, HostKeyRequest, JoinRequest, JoinResponse,
     MAX_REPORTED_SESSIONS, RelayInfo, RouteResponse, SshAction, SshAuditEvent, SshAuthorizeRequest,

@@ -1,42 +1,8 @@
 //! `/v1/sessions`: create (placed and started before the answer), list, get, delete, and session tokens.
 use super::*;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateSession {
-    image: Option<String>,
-    memory_mb: Option<i64>,
-    cpus: Option<f64>,
-    disk_mb: Option<i64>,
-    ttl_seconds: Option<i64>,
-    idle_timeout_seconds: Option<i64>,
-}
-
-#[derive(Serialize)]
-pub(super) struct SessionView {
-    id: String,
-    tenant: String,
-    node: String,
-    status: SessionStatus,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    reason: String,
-    image: String,
-    memory_mb: i64,
-    cpus: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disk_mb: Option<i64>,
-    url: String,
-    ssh: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_expires_at: Option<i64>,
-    expires_at: i64,
-    created_at: i64,
-}
-
 impl Control {
-    fn view(&self, s: &Session, token: Option<(String, i64)>) -> SessionView {
+    fn view(&self, s: &Session, token: Option<(String, i64)>) -> ApiSession {
         let port = self
             .cfg
             .https_port
@@ -57,7 +23,7 @@ impl Control {
             Some((h, p)) => (h.to_string(), p.to_string()),
             None => (self.cfg.domain.clone(), "2222".into()),
         };
-        SessionView {
+        ApiSession {
             id: s.id.clone(),
             tenant: s.tenant.clone(),
             node: s.node.clone(),
@@ -236,21 +202,21 @@ pub(super) async fn create_session(
 pub(super) async fn list_sessions(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<SessionList>> {
     let list = c
         .store
         .sessions(if p.admin { None } else { Some(&p.tenant) })
         .await?;
-    Ok(Json(
-        json!({"sessions": list.iter().map(|s| c.view(s, None)).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(SessionList {
+        sessions: list.iter().map(|s| c.view(s, None)).collect(),
+    }))
 }
 
 pub(super) async fn get_session(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<SessionView>> {
+) -> ApiResult<Json<ApiSession>> {
     let s = c.owned(&p, &id).await?;
     Ok(Json(c.view(&s, None)))
 }
@@ -268,21 +234,15 @@ pub(super) async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TokenReq {
-    scope: Option<String>,
-}
-
 pub(super) async fn session_token(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<TokenResponse>> {
     // The body is optional: none (or `{}`) keeps both scopes, as before.
-    let req: TokenReq = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenReq::default()
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
@@ -318,7 +278,9 @@ pub(super) async fn session_token(
     c.store
         .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", scope)
         .await;
-    Ok(Json(
-        json!({"token": token, "expires_at": exp, "scope": scope}),
-    ))
+    Ok(Json(TokenResponse {
+        token,
+        expires_at: exp,
+        scope: scope.to_string(),
+    }))
 }
