@@ -1,0 +1,317 @@
+//! One PTY and its output: an offset-addressed replay buffer the reader
+//! appends to without waiting, and the attached clients, each reading from
+//! its own offset at its own pace.
+use super::*;
+
+pub(super) struct TermState {
+    /// The most recent output: bytes `[end - replay.len(), end)`.
+    pub(super) replay: VecDeque<u8>,
+    /// Output offset just past the last byte the shell wrote.
+    pub(super) end: u64,
+    pub(super) clients: usize,
+    pub(super) exit: Option<i32>,
+    pub(super) detached_since: Option<Instant>,
+    pub(super) hup_sent: Option<Instant>,
+}
+
+/// One PTY and its output. The reader appends to the replay buffer and
+/// wakes the clients; each client copies from its own offset at its own
+/// pace. So the shell never waits for a client: one that falls behind by
+/// more than the buffer skips ahead (and is told), and nobody else notices.
+pub(super) struct Terminal {
+    pub(super) id: u32,
+    pub(super) pid: i32,
+    pub(super) master: AsyncFd<OwnedFd>,
+    pub(super) state: Mutex<TermState>,
+    /// Signalled on new output and on the exit.
+    pub(super) wake: watch::Sender<()>,
+    pub(super) replay_cap: usize,
+}
+
+/// What a client can send next.
+pub(super) struct Chunk {
+    /// The client's offset was no longer held: it continues from here.
+    skipped_to: Option<u64>,
+    data: Vec<u8>,
+    exit: Option<i32>,
+}
+
+impl Terminal {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, TermState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends the shell's output; never waits for a client.
+    pub(super) fn push(&self, chunk: &[u8]) {
+        {
+            let mut st = self.lock();
+            st.replay.extend(chunk);
+            let excess = st.replay.len().saturating_sub(self.replay_cap);
+            st.replay.drain(..excess);
+            st.end += chunk.len() as u64;
+        }
+        self.wake.send_replace(());
+    }
+
+    pub(super) fn finish(&self, code: i32) {
+        self.lock().exit = Some(code);
+        self.wake.send_replace(());
+    }
+
+    /// Up to `max` bytes of output from offset `pos`.
+    pub(super) fn read_from(&self, pos: u64, max: usize) -> Chunk {
+        let st = self.lock();
+        let start = st.end - st.replay.len() as u64;
+        let (skipped_to, pos) = if pos < start {
+            (Some(start), start)
+        } else {
+            (None, pos.min(st.end))
+        };
+        let i = (pos - start) as usize;
+        let n = (st.replay.len() - i).min(max);
+        let (a, b) = st.replay.as_slices();
+        let mut data = Vec::with_capacity(n);
+        if i < a.len() {
+            let e = (i + n).min(a.len());
+            data.extend_from_slice(&a[i..e]);
+            data.extend_from_slice(&b[..n - (e - i)]);
+        } else {
+            data.extend_from_slice(&b[i - a.len()..i - a.len() + n]);
+        }
+        let exit = if n == 0 { st.exit } else { None };
+        Chunk {
+            skipped_to,
+            data,
+            exit,
+        }
+    }
+
+    /// Where an attach starts: `offset` when it is still held, else the
+    /// oldest byte held (a gap), or the recent screen without an offset.
+    pub(super) fn attach_at(&self, offset: Option<u64>) -> u64 {
+        let st = self.lock();
+        let start = st.end - st.replay.len() as u64;
+        match offset {
+            Some(o) if (start..=st.end).contains(&o) => o,
+            Some(o) if o < start => start,
+            _ => st.end.saturating_sub(ATTACH_TAIL as u64).max(start),
+        }
+    }
+
+    /// Asks the shell (or the full-screen program in it) to redraw, after
+    /// a client lost output: a SIGWINCH through a size change and back.
+    pub(super) fn redraw(&self) {
+        let fd = self.master.get_ref();
+        if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {
+            let rows = if ws.ws_row > 1 { ws.ws_row - 1 } else { 2 };
+            let _ = pty::resize(fd, ws.ws_col, rows);
+            let _ = pty::resize(fd, ws.ws_col, ws.ws_row);
+        }
+    }
+
+    pub(super) fn attach_client(&self) {
+        let mut st = self.lock();
+        if st.exit.is_none() {
+            st.clients += 1;
+            st.detached_since = None;
+            st.hup_sent = None;
+        }
+    }
+
+    pub(super) fn detach_client(&self) {
+        let mut st = self.lock();
+        if st.exit.is_none() && st.clients > 0 {
+            st.clients -= 1;
+            if st.clients == 0 {
+                st.detached_since = Some(Instant::now());
+            }
+        }
+    }
+
+    pub(super) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let mut guard = self.master.writable().await?;
+            match guard.try_io(|fd| rustix::io::write(fd.get_ref(), buf).map_err(io::Error::from)) {
+                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Server {
+    pub(super) fn open(
+        self: &Arc<Self>,
+        cols: u16,
+        rows: u16,
+        env: &std::collections::BTreeMap<String, String>,
+        command: Option<Vec<String>>,
+    ) -> Result<Arc<Terminal>, (ErrorCode, String)> {
+        if self.terminals().len() >= MAX_TERMINALS {
+            return Err((
+                ErrorCode::TooManyTerminals,
+                format!("a session holds at most {MAX_TERMINALS} terminals"),
+            ));
+        }
+        check_env(env)?;
+        let (cols, rows) = proto::clamp_size(cols, rows);
+        let internal = |e: io::Error| (ErrorCode::SpawnFailed, e.to_string());
+        let (master, slave) = pty::open(cols, rows).map_err(internal)?;
+        let mut cmd = match &command {
+            Some(argv) if !argv.is_empty() => command_of(argv)?,
+            _ => login_shell(),
+        };
+        in_home(&mut cmd).env("TERM", "xterm-256color");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        pty::attach_command(&mut cmd, &slave).map_err(internal)?;
+        let (pid, exit_rx) = self.reaper.spawn(&mut cmd).map_err(internal)?;
+        drop(cmd);
+        drop(slave);
+        rustix::io::ioctl_fionbio(&master, true).map_err(|e| internal(e.into()))?;
+        let master = pty::register(master).map_err(internal)?;
+        let id = {
+            let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            let id = *n;
+            *n = n.wrapping_add(1).max(1);
+            id
+        };
+        let term = Arc::new(Terminal {
+            id,
+            pid,
+            master,
+            wake: watch::channel(()).0,
+            replay_cap: self
+                .opts
+                .replay_bytes
+                .clamp(*REPLAY_RANGE.start(), *REPLAY_RANGE.end()),
+            state: Mutex::new(TermState {
+                replay: VecDeque::new(),
+                end: 0,
+                clients: 0,
+                exit: None,
+                detached_since: Some(Instant::now()),
+                hup_sent: None,
+            }),
+        });
+        self.terminals().insert(id, term.clone());
+        tokio::spawn(self.clone().pump(term.clone(), exit_rx));
+        Ok(term)
+    }
+
+    /// Reads the PTY until the shell exits; then tells every client.
+    pub(super) async fn pump(
+        self: Arc<Self>,
+        term: Arc<Terminal>,
+        mut exit_rx: oneshot::Receiver<i32>,
+    ) {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut eof = false;
+        let code = loop {
+            tokio::select! {
+                code = &mut exit_rx => break code.unwrap_or(-1),
+                r = term.master.readable(), if !eof => {
+                    let Ok(mut guard) = r else { eof = true; continue };
+                    match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
+                        Ok(Ok(0)) | Ok(Err(_)) => eof = true, // EIO: every slave end closed
+                        Ok(Ok(n)) => term.push(&buf[..n]),
+                        Err(_would_block) => {}
+                    }
+                }
+            }
+        };
+        // Output written just before the exit is still in the PTY.
+        while let Ok(n) = rustix::io::read(term.master.get_ref(), &mut buf[..]) {
+            if n == 0 {
+                break;
+            }
+            term.push(&buf[..n]);
+        }
+        term.finish(code);
+        self.terminals().remove(&term.id);
+    }
+
+    /// Serves one attached client: its output from `offset` (see
+    /// [`Terminal::attach_at`]) at its own pace, its input to the PTY.
+    pub(super) async fn attached(
+        &self,
+        framed: Framed<UnixStream, InitCodec>,
+        term: Arc<Terminal>,
+        offset: Option<u64>,
+    ) -> io::Result<()> {
+        let mut wake = term.wake.subscribe();
+        term.attach_client();
+        let first = term.attach_at(offset);
+        let resp = Response {
+            ok: true,
+            terminal: Some(term.id),
+            pid: Some(term.pid),
+            offset: Some(first),
+            ..Default::default()
+        };
+        let (mut sink, mut stream) = framed.split();
+        let output = async {
+            sink.send(Frame::Response(resp))
+                .await
+                .map_err(io::Error::other)?;
+            if offset.is_some_and(|o| o != first) {
+                term.redraw();
+            }
+            let mut pos = first;
+            loop {
+                // Marks the wake seen before reading, so output pushed
+                // after this read wakes the wait below.
+                wake.borrow_and_update();
+                let c = term.read_from(pos, proto::MAX_PAYLOAD);
+                if let Some(to) = c.skipped_to {
+                    sink.send(Frame::Skip(to)).await.map_err(io::Error::other)?;
+                    pos = to;
+                    term.redraw();
+                }
+                if !c.data.is_empty() {
+                    pos += c.data.len() as u64;
+                    sink.send(Frame::Data(c.data.into()))
+                        .await
+                        .map_err(io::Error::other)?;
+                    continue;
+                }
+                if let Some(code) = c.exit {
+                    sink.send(Frame::Exit(code))
+                        .await
+                        .map_err(io::Error::other)?;
+                    return Ok(());
+                }
+                if wake.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let input = async {
+            while let Some(f) = stream.next().await {
+                match f {
+                    // Input racing the shell's exit fails (EIO); the exit
+                    // is on its way to this client, so keep going.
+                    Ok(Frame::Data(b)) => {
+                        let _ = term.write_all(&b).await;
+                    }
+                    Ok(Frame::Resize { cols, rows }) => {
+                        let (c, r) = proto::clamp_size(cols, rows);
+                        let _ = pty::resize(term.master.get_ref(), c, r);
+                    }
+                    Ok(_) => return Err(io::Error::other("unexpected frame from client")),
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+            Ok(())
+        };
+        let result = tokio::select! {
+            r = output => r,
+            r = input => r,
+        };
+        term.detach_client();
+        result
+    }
+}
