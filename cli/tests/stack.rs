@@ -475,3 +475,135 @@ replay_bytes = 131072
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One raw HTTP/1.1 request; `(status, headers, body)`.
+async fn raw(addr: std::net::SocketAddr, req: String) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn set_cookie(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .find_map(|c| c.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_renews_its_token_until_the_session_ends() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let run = format!("refresh-{}", std::process::id());
+    let network = format!("warren-test-{run}");
+    let _cleanup = Cleanup(run.clone(), network.clone());
+    let opts = warren::stack::StackOptions::loopback(
+        "warren.test",
+        &run,
+        "warren/session:mini",
+        4096,
+        128,
+    );
+    let st = warren::stack::start(opts).await.unwrap();
+    let base = st.control_url.clone();
+    let http = st.http.unwrap();
+    let create = || {
+        call(
+            &base,
+            "POST",
+            "/v1/sessions",
+            &st.admin_key,
+            Some(json!({})),
+        )
+    };
+    let (s, a) = create().await;
+    assert_eq!(s, 201, "{a}");
+    let (s, b) = create().await;
+    assert_eq!(s, 201, "{b}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let other = b["id"].as_str().unwrap().to_string();
+    let host = format!("{id}.warren.localhost:{}", http.port());
+    let origin = format!("http://{host}");
+
+    // The link's token is exchanged for a cookie and a refresh grant.
+    let (s, head, _) = raw(
+        http,
+        format!(
+            "GET /?token={} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            a["token"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(s, 303, "{head}");
+    let grant = set_cookie(&head, "warren_refresh").expect("a refresh grant cookie");
+    assert!(head.contains("SameSite=Strict"), "{head}");
+    let refresh = |origin: Option<String>, host: String, grant: String| async move {
+        let o = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        raw(
+            http,
+            format!(
+                "POST /_warren/refresh HTTP/1.1\r\nHost: {host}\r\n{o}Cookie: warren_refresh={grant}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await
+    };
+
+    // The page renews: a new token cookie that opens the terminal.
+    let (s, head, _) = refresh(Some(origin.clone()), host.clone(), grant.clone()).await;
+    assert_eq!(s, 204, "{head}");
+    let fresh = set_cookie(&head, "warren_token").expect("a new token cookie");
+    assert_ne!(fresh, a["token"].as_str().unwrap());
+    let mut t = shell(http, &id, &fresh).await.unwrap();
+    t.send("echo renewed-$((2+3))").await;
+    t.expect_within("renewed-5", Duration::from_secs(30)).await;
+
+    // Only the page itself, only with its own grant.
+    let (s, _, _) = refresh(None, host.clone(), grant.clone()).await;
+    assert_eq!(s, 403, "no Origin");
+    let (s, _, _) = refresh(
+        Some(format!("http://{other}.warren.localhost:{}", http.port())),
+        host.clone(),
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(s, 403, "another session's origin");
+    let other_host = format!("{other}.warren.localhost:{}", http.port());
+    let (s, _, _) = refresh(
+        Some(format!("http://{other_host}")),
+        other_host.clone(),
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(s, 401, "a grant opens only its own session");
+    let forged = format!("wr_{}", "A".repeat(40));
+    let (s, _, _) = refresh(Some(origin.clone()), host.clone(), forged).await;
+    assert_eq!(s, 401, "an unknown grant");
+
+    // Deleting the session ends its grants: the page learns it has ended.
+    let (s, _) = call(
+        &base,
+        "DELETE",
+        &format!("/v1/sessions/{id}"),
+        &st.admin_key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, head, _) = refresh(Some(origin), host, grant).await;
+    assert_eq!(s, 404, "{head}");
+}

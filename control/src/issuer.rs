@@ -1,6 +1,6 @@
 //! Session tokens: Ed25519 JWTs with the claims of `warren_proto::token`,
 //! signed with the store's key (relays verify them with the JWKS).
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use warren_proto::token::{AUDIENCE, Claims};
 
 use crate::store::{Session, now_ms};
@@ -9,6 +9,9 @@ use crate::store::{Session, now_ms};
 pub struct Issuer {
     kid: String,
     key: EncodingKey,
+    /// Checks tokens this issuer signed (a relay asking for a refresh grant
+    /// shows one).
+    public: DecodingKey,
     ttl_secs: u64,
 }
 
@@ -18,13 +21,28 @@ pub struct Issuer {
 pub struct SignError(String);
 
 impl Issuer {
-    /// An issuer for the Ed25519 key `pem`, named `kid` in the JWKS.
-    pub fn new(kid: String, pem: &str, ttl_secs: u64) -> Result<Self, SignError> {
+    /// An issuer for the Ed25519 key `pem` (public half `x`, base64url),
+    /// named `kid` in the JWKS.
+    pub fn new(kid: String, pem: &str, x: &str, ttl_secs: u64) -> Result<Self, SignError> {
         Ok(Self {
             kid,
             key: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| SignError(e.to_string()))?,
+            public: DecodingKey::from_ed_components(x).map_err(|e| SignError(e.to_string()))?,
             ttl_secs,
         })
+    }
+
+    /// The claims of a token this issuer signed and that is valid now.
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        if token.len() > 4096 {
+            return None;
+        }
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&[AUDIENCE]);
+        v.leeway = 5;
+        jsonwebtoken::decode::<Claims>(token, &self.public, &v)
+            .ok()
+            .map(|d| d.claims)
     }
 
     /// `(token, expires_at)`; the token never outlives its session.

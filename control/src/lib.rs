@@ -96,7 +96,14 @@ pub async fn start(
         }
     }
     let (kid, pem) = store.signing_key().await?;
-    let issuer = Issuer::new(kid, &pem, cfg.sessions.token_ttl_secs).context("signing key")?;
+    let x = store
+        .public_keys()
+        .await?
+        .into_iter()
+        .find(|(k, _)| *k == kid)
+        .map(|(_, x)| x)
+        .context("the signing key has no public half")?;
+    let issuer = Issuer::new(kid, &pem, &x, cfg.sessions.token_ttl_secs).context("signing key")?;
     let control = Arc::new(Control {
         cfg,
         store,

@@ -189,6 +189,40 @@ pub struct SshAuditEvent {
     pub reason: String,
 }
 
+/// `POST /internal/v1/tokens/grant`: the relay, having checked a session
+/// token a browser brought (`?token=`), asks for a refresh grant so the tab
+/// can renew its token for the session's lifetime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub token: String,
+}
+
+/// A refresh grant: an opaque secret bound to one session and the scopes of
+/// the token it was granted for; it dies with the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantResponse {
+    pub refresh_token: String,
+    /// Unix seconds (the session's end).
+    pub expires_at: i64,
+}
+
+/// `POST /internal/v1/tokens/refresh`: a fresh session token for a grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub session: String,
+    pub refresh_token: String,
+}
+
+/// A fresh session token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshResponse {
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// The error body every API answer other than 2xx carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use warren_proto::internal::{
-    HostKeyRequest, RouteResponse, SshAuthorizeRequest, VerifyNodeRequest,
+    GrantRequest, GrantResponse, HostKeyRequest, RefreshRequest, RefreshResponse, RouteResponse,
+    SshAuthorizeRequest, VerifyNodeRequest,
 };
 use warren_tunnel::proto::Hello;
 use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
 
-use crate::routes::{ControlPlane, RouteError, SessionRoute, SshAuditEvent};
+use crate::routes::{ControlPlane, Refreshed, RouteError, SessionRoute, SshAuditEvent};
 
 pub struct ControlClient {
     base: String,
@@ -89,6 +90,50 @@ impl ControlPlane for ControlClient {
             .await;
         if let Err(e) = r {
             tracing::warn!("ssh audit event not recorded: {e}");
+        }
+    }
+
+    async fn grant(&self, token: &str) -> Result<Option<(String, i64)>, RouteError> {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/tokens/grant", self.base))
+            .bearer_auth(&self.secret)
+            .json(&GrantRequest {
+                token: token.into(),
+            })
+            .send()
+            .await
+            .map_err(|e| RouteError(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => {
+                let g: GrantResponse = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+                Ok(Some((g.refresh_token, g.expires_at)))
+            }
+            401 | 404 => Ok(None),
+            s => Err(RouteError(format!("control answered {s}"))),
+        }
+    }
+
+    async fn refresh(&self, session: &str, grant: &str) -> Result<Refreshed, RouteError> {
+        let r = self
+            .http
+            .post(format!("{}/internal/v1/tokens/refresh", self.base))
+            .bearer_auth(&self.secret)
+            .json(&RefreshRequest {
+                session: session.into(),
+                refresh_token: grant.into(),
+            })
+            .send()
+            .await
+            .map_err(|e| RouteError(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => {
+                let t: RefreshResponse = r.json().await.map_err(|e| RouteError(e.to_string()))?;
+                Ok(Refreshed::Token(t.token, t.expires_at))
+            }
+            401 | 422 => Ok(Refreshed::Invalid),
+            404 => Ok(Refreshed::Gone),
+            s => Err(RouteError(format!("control answered {s}"))),
         }
     }
 

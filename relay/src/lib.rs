@@ -201,6 +201,7 @@ pub async fn start(
         registry: registry.clone(),
         metrics: metrics.clone(),
         control_upstream: cfg.control_upstream,
+        control: control.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "warren-relay");
     let fds: pingora::server::ListenFds =

@@ -17,7 +17,8 @@ use crate::connector::TunnelConnector;
 use crate::host::{self, HostError, Route};
 use crate::metrics::Metrics;
 use crate::pages::Answer;
-use crate::routes::RouteCache;
+use crate::routes::{ControlPlane, Refreshed, RouteCache};
+use tracing::warn;
 
 /// The cookie holding the session token on a session's host over plain
 /// HTTP (`warren up`'s loopback listener).
@@ -26,6 +27,11 @@ pub const COOKIE: &str = "warren_token";
 /// by the browser's rules, so no sibling host (a preview of another session)
 /// can set or shadow it.
 pub const HOST_COOKIE: &str = "__Host-warren_token";
+/// The refresh grant's cookie (plain HTTP, loopback only) and over HTTPS.
+pub const REFRESH_COOKIE: &str = "warren_refresh";
+pub const HOST_REFRESH_COOKIE: &str = "__Host-warren_refresh";
+/// The page renews its token here (POST, from its own origin).
+pub const REFRESH_PATH: &str = "/_warren/refresh";
 /// At most this many of our cookies are tried per request.
 const MAX_COOKIE_CANDIDATES: usize = 4;
 pub use warren_proto::terminal::PATH as TERMINAL_PATH;
@@ -57,6 +63,8 @@ pub struct RelayProxy {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub control_upstream: Option<SocketAddr>,
+    /// Refresh grants and renewed tokens.
+    pub control: Arc<dyn ControlPlane>,
 }
 
 enum Upstream {
@@ -153,7 +161,7 @@ pub fn cookie_tokens(cookie_header: Option<&str>, name: &str) -> Vec<String> {
 }
 
 fn is_our_cookie(name: &str) -> bool {
-    name == COOKIE || name == HOST_COOKIE
+    name == COOKIE || name == HOST_COOKIE || name == REFRESH_COOKIE || name == HOST_REFRESH_COOKIE
 }
 
 /// The `Cookie` header without ours (upstream apps never see the token).
@@ -186,7 +194,8 @@ pub fn filter_set_cookie(v: &str) -> Option<String> {
         .split_once('=')
         .map(|(k, _)| k.trim())
         .unwrap_or(first);
-    if is_our_cookie(name) || name.to_ascii_lowercase().contains("warren_token") {
+    let lower = name.to_ascii_lowercase();
+    if is_our_cookie(name) || lower.contains("warren_token") || lower.contains("warren_refresh") {
         return None;
     }
     let mut out = first.to_string();
@@ -442,6 +451,105 @@ impl RelayProxy {
         Ok(true)
     }
 
+    /// `POST /_warren/refresh`: a new token cookie for the page's refresh
+    /// grant. 204 with the cookie; 401 when the grant is unknown (sign in
+    /// again); 404 when the session has ended.
+    async fn refresh(
+        &self,
+        session: &mut Session,
+        sid: &str,
+        tls: bool,
+        own_origin: bool,
+    ) -> pingora::Result<bool> {
+        if !own_origin || session.req_header().method != pingora::http::Method::POST {
+            return self
+                .answer(
+                    session,
+                    Answer::new(
+                        403,
+                        "cross_origin",
+                        "Not allowed",
+                        "Tokens are renewed only by the session's own page (POST from its origin).",
+                    ),
+                )
+                .await;
+        }
+        let name = if tls {
+            HOST_REFRESH_COOKIE
+        } else {
+            REFRESH_COOKIE
+        };
+        let grants = all_cookie_tokens(session.req_header(), name);
+        let mut outcome = Refreshed::Invalid;
+        // Only what control hands out (`wr_` and 40 letters or digits)
+        // goes on to control.
+        let well_formed = |g: &&String| {
+            g.len() == 43
+                && g.starts_with("wr_")
+                && g[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+        };
+        for g in grants.iter().filter(well_formed).take(2) {
+            match self.control.refresh(sid, g).await {
+                Ok(Refreshed::Invalid) => continue,
+                Ok(other) => {
+                    outcome = other;
+                    break;
+                }
+                Err(e) => {
+                    warn!(session = %sid, "refresh failed: {e}");
+                    return self
+                        .answer(
+                            session,
+                            Answer::new(
+                                503,
+                                "unavailable",
+                                "Try again",
+                                "Tokens cannot be renewed right now.",
+                            ),
+                        )
+                        .await;
+                }
+            }
+        }
+        match outcome {
+            Refreshed::Token(t, exp) => {
+                let headers = [("set-cookie", token_cookie(&t, exp.max(0) as u64, tls))];
+                self.send(
+                    session,
+                    204,
+                    &headers,
+                    "text/plain; charset=utf-8",
+                    Bytes::new(),
+                )
+                .await
+            }
+            Refreshed::Invalid => {
+                self.answer(
+                    session,
+                    Answer::new(
+                        401,
+                        "unauthorized",
+                        "Signed out",
+                        "Open the session link again to sign in.",
+                    ),
+                )
+                .await
+            }
+            Refreshed::Gone => {
+                self.answer(
+                    session,
+                    Answer::new(
+                        404,
+                        "session_not_found",
+                        "Session ended",
+                        "This session has ended.",
+                    ),
+                )
+                .await
+            }
+        }
+    }
+
     async fn answer(&self, session: &mut Session, a: Answer) -> pingora::Result<bool> {
         let html = wants_html(session.req_header());
         let (ctype, body) = a.render(html);
@@ -482,18 +590,21 @@ impl RelayProxy {
             Ok((claims, _)) => {
                 let req = session.req_header();
                 let location = local_location(req.uri.path(), strip_token(req.uri.query()));
-                let max_age = claims.exp.saturating_sub(now());
-                // Plain HTTP is served on loopback only (`warren up`), where
-                // browsers would drop a Secure cookie set over http (and a
-                // `__Host-` cookie needs Secure).
-                let cookie = if tls {
-                    format!(
-                        "{HOST_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax"
-                    )
-                } else {
-                    format!("{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax")
-                };
-                let headers = [("location", location), ("set-cookie", cookie)];
+                let mut headers = vec![
+                    ("location", location),
+                    ("set-cookie", token_cookie(token, claims.exp, tls)),
+                ];
+                // The terminal page gets a refresh grant too, so the tab
+                // outlives its token (for the session's lifetime).
+                if scope == Scope::Terminal {
+                    match self.control.grant(token).await {
+                        Ok(Some((grant, exp))) => {
+                            headers.push(("set-cookie", refresh_cookie(&grant, exp, tls)))
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(session = %sid, "no refresh grant: {e}"),
+                    }
+                }
                 self.send(
                     session,
                     303,
@@ -681,6 +792,10 @@ impl ProxyHttp for RelayProxy {
                 if let Some(name) = path.strip_prefix(ASSET_PREFIX) {
                     ctx.route = "asset";
                     return self.asset(session, name).await;
+                }
+                if path == REFRESH_PATH {
+                    ctx.route = "refresh";
+                    return self.refresh(session, &sid, ctx.tls, own_origin).await;
                 }
                 if path == TERMINAL_PATH {
                     ctx.route = "terminal";
@@ -981,6 +1096,31 @@ impl ProxyHttp for RelayProxy {
 
 fn rand_u64() -> u64 {
     rand::random()
+}
+
+/// The session token's cookie. Plain HTTP is served on loopback only
+/// (`warren up`), where browsers would drop a Secure cookie set over http
+/// (and a `__Host-` cookie needs Secure).
+fn token_cookie(token: &str, exp: u64, tls: bool) -> String {
+    let max_age = exp.saturating_sub(now());
+    if tls {
+        format!("{HOST_COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax")
+    } else {
+        format!("{COOKIE}={token}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax")
+    }
+}
+
+/// The refresh grant's cookie: sent only to this host, never to another
+/// site's requests (Strict), read only by the refresh endpoint.
+fn refresh_cookie(grant: &str, exp: i64, tls: bool) -> String {
+    let max_age = (exp.max(0) as u64).saturating_sub(now());
+    if tls {
+        format!(
+            "{HOST_REFRESH_COOKIE}={grant}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+        )
+    } else {
+        format!("{REFRESH_COOKIE}={grant}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict")
+    }
 }
 
 /// The terminal close code that means the same as an HTTP refusal.

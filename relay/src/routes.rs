@@ -24,6 +24,17 @@ pub struct RouteError(pub String);
 
 pub use warren_proto::internal::{SshAction, SshAuditEvent};
 
+/// What a refresh came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// A new token and its expiry (Unix seconds).
+    Token(String, i64),
+    /// The grant is unknown or not for this session: sign in again.
+    Invalid,
+    /// The session has ended.
+    Gone,
+}
+
 /// What the relay asks the control plane (or a static table). Node
 /// credentials are checked through the [`NodeAuthenticator`] supertrait.
 #[async_trait]
@@ -43,6 +54,18 @@ pub trait ControlPlane: NodeAuthenticator + Send + Sync + 'static {
 
     /// Records an SSH event in the audit log (best effort).
     async fn audit(&self, _event: SshAuditEvent) {}
+
+    /// A refresh grant for a session token a browser brought, so its tab can
+    /// renew the token for the session's lifetime: `(secret, expires_at)`.
+    /// `Ok(None)` where there is no control plane to grant one.
+    async fn grant(&self, _token: &str) -> Result<Option<(String, i64)>, RouteError> {
+        Ok(None)
+    }
+
+    /// A fresh session token for a refresh grant.
+    async fn refresh(&self, _session: &str, _grant: &str) -> Result<Refreshed, RouteError> {
+        Ok(Refreshed::Invalid)
+    }
 
     /// Publishes the relay's SSH host key so users can pin it.
     async fn publish_host_key(

@@ -42,7 +42,7 @@ const PROTOCOL = 1;
 // Close codes after which reconnecting cannot help (warren-proto's close).
 const SIGNED_OUT = 4401, FORBIDDEN = 4403, GONE = 4404, VERSION = 4426, BAD = 4400;
 let ws = null, terminalId = null, offset = null, exited = false, stopped = false;
-let attempt = 0, timer = null;
+let attempt = 0, timer = null, refreshed = false;
 
 function setState(kind, text) {
   dot.className = kind;
@@ -102,6 +102,7 @@ function connect() {
       }
       // Open only once attached: a refused socket also opens, then closes.
       attempt = 0;
+      refreshed = false;
       setState("connected", "connected");
       hideBanner();
       if (terminalId !== null && msg.terminal !== terminalId) {
@@ -127,7 +128,24 @@ function connect() {
   sock.onclose = (ev) => {
     if (sock !== ws || exited || stopped) return;
     const reason = ev.reason || "connection lost";
-    if (ev.code === SIGNED_OUT) return stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
+    if (ev.code === SIGNED_OUT) {
+      // The token expired: renew it with the tab's refresh grant (once per
+      // drop), then reconnect; only a refused renewal signs the page out.
+      if (!refreshed) {
+        refreshed = true;
+        setState("connecting", "renewing sign-in…");
+        fetch("/_warren/refresh", { method: "POST", credentials: "same-origin" })
+          .then((r) => {
+            if (r.status === 204) return connect();
+            if (r.status === 404) return stop("session ended", "Session ended", "This session has ended.");
+            if (r.status >= 500) { attempt += 1; timer = setTimeout(connect, 1000); return; }
+            stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
+          })
+          .catch(() => { attempt += 1; timer = setTimeout(connect, 1000); });
+        return;
+      }
+      return stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
+    }
     if (ev.code === FORBIDDEN) return stop("not allowed", "Not allowed", reason);
     if (ev.code === GONE) return stop("session ended", "Session ended", reason);
     if (ev.code === VERSION || ev.code === BAD) return stop("closed", "Cannot connect", reason);

@@ -246,3 +246,70 @@ pub(super) async fn ssh_host_key(
     c.store.set_host_key(&key.key, &key.fingerprint).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// A refresh grant for a token the relay was shown. The token is checked
+/// here too (the relay is trusted with routes, not with minting).
+pub(super) async fn grant(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<GrantRequest>, JsonRejection>,
+) -> ApiResult<Json<GrantResponse>> {
+    let Json(req) = body?;
+    let claims = c.issuer.verify(&req.token).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the token is not valid",
+        )
+    })?;
+    if !is_session_id(&claims.sid) {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let (secret, exp) = c
+        .store
+        .create_grant(&claims.sid, &claims.sub, &claims.scope)
+        .await?;
+    c.store
+        .audit(
+            &claims.sub,
+            &claims.tenant,
+            "session.grant",
+            &claims.sid,
+            "ok",
+            &claims.scope,
+        )
+        .await;
+    Ok(Json(GrantResponse {
+        refresh_token: secret,
+        expires_at: exp / 1000,
+    }))
+}
+
+/// A fresh session token for a refresh grant: 401 for an unknown grant, 404
+/// once the session has ended.
+pub(super) async fn refresh(
+    State(c): State<Arc<Control>>,
+    _: RelayCaller,
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> ApiResult<Json<RefreshResponse>> {
+    let Json(req) = body?;
+    if !is_session_id(&req.session) || req.refresh_token.len() > 200 {
+        return Err(ApiError::not_found("no such session"));
+    }
+    let Some((s, subject, scope)) = c.store.use_grant(&req.session, &req.refresh_token).await?
+    else {
+        return Err(match c.store.session(&req.session).await {
+            Ok(s) if s.status.is_live() => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the refresh grant is not valid for this session",
+            ),
+            _ => ApiError::not_found(format!("session {} has ended", req.session)),
+        });
+    };
+    let (token, exp) = c.issuer.mint(&s, &subject, &scope)?;
+    Ok(Json(RefreshResponse {
+        token,
+        expires_at: exp,
+    }))
+}

@@ -34,9 +34,9 @@ use warren_proto::api::{
     CreateSession, Session as ApiSession, SessionList, TokenRequest, TokenResponse,
 };
 use warren_proto::internal::{
-    DesiredSession, HeartbeatRequest, HostKeyRequest, JoinRequest, JoinResponse,
-    MAX_REPORTED_SESSIONS, RelayInfo, RouteResponse, SshAction, SshAuditEvent, SshAuthorizeRequest,
-    VerifyNodeRequest, WatchQuery, WatchResponse,
+    DesiredSession, GrantRequest, GrantResponse, HeartbeatRequest, HostKeyRequest, JoinRequest,
+    JoinResponse, MAX_REPORTED_SESSIONS, RefreshRequest, RefreshResponse, RelayInfo, RouteResponse,
+    SshAction, SshAuditEvent, SshAuthorizeRequest, VerifyNodeRequest, WatchQuery, WatchResponse,
 };
 use warren_proto::is_session_id;
 use warren_proto::token::Scope;
@@ -159,6 +159,8 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/internal/v1/ssh/authorize", post(ssh_authorize))
         .route("/internal/v1/ssh/audit", post(ssh_audit))
         .route("/internal/v1/ssh/host-key", post(ssh_host_key))
+        .route("/internal/v1/tokens/grant", post(grant))
+        .route("/internal/v1/tokens/refresh", post(refresh))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::from_fn_with_state(c.clone(), rate_limit))
