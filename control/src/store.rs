@@ -1026,10 +1026,6 @@ impl Store {
             .collect()
     }
 
-    // ---- signing keys -----------------------------------------------------------
-
-    /// The active signing key `(kid, private PEM)`; made once, shared by replicas
-    /// (the oldest key wins if two start at once).
     // ---- refresh grants ---------------------------------------------------
 
     /// Stores a refresh grant for `session` (a live one) and returns the
@@ -1098,6 +1094,10 @@ impl Store {
         Ok(Some((s, subject, scope)))
     }
 
+    // ---- signing keys -----------------------------------------------------------
+
+    /// The active signing key `(kid, private PEM)`; made once, shared by replicas
+    /// (the oldest key wins if two start at once).
     pub async fn signing_key(&self) -> Result<(String, String)> {
         let q =
             "SELECT kid, private_pem FROM signing_keys ORDER BY created_at ASC, kid ASC LIMIT 1";
