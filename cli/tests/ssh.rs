@@ -549,3 +549,111 @@ async fn openssh_through_the_relay() {
 
     st.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_shell_survives_its_tunnel_dropping() {
+    use tokio::io::AsyncBufReadExt;
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warren_relay=info,warren_tunnel=info")
+        .with_test_writer()
+        .try_init();
+    let run = format!("sshresume-{}", std::process::id());
+    let network = format!("warren-test-{run}");
+    let data = std::env::temp_dir().join(format!("warren-{run}"));
+    let _cleanup = Cleanup(run.clone(), network.clone(), data.clone());
+    std::fs::create_dir_all(&data).unwrap();
+    let mut opts = warren::stack::StackOptions::loopback(
+        "warren.test",
+        &run,
+        "warren/session:mini",
+        4096,
+        128,
+    );
+    opts.data_dir = data.join("stack");
+    let st = warren::stack::start(opts).await.unwrap();
+    let (host_key, _) = st.relay.ssh_host_key.clone().unwrap();
+    let ssh_port = st.ssh.unwrap().port();
+    let known_hosts = data.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        warren::ssh::known_hosts_lines(&["127.0.0.1"], ssh_port, &host_key),
+    )
+    .unwrap();
+    let ssh = Ssh {
+        port: ssh_port,
+        known_hosts,
+    };
+    let (s, a) = call(
+        &st.control_url,
+        "POST",
+        "/v1/sessions",
+        &st.admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let node = a["node"].as_str().unwrap().to_string();
+
+    // A PTY command that prints a numbered line every 100 ms.
+    let mut c = ssh.ssh_password(&id, a["token"].as_str().unwrap());
+    c.args([
+        "-tt",
+        "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo L$i-$((i*0)); sleep 0.1; done",
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = tokio::process::Command::from(c)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Read to L5-0, drop the relay's tunnel to the node, read on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let l = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("no L5-0 in time")
+            .unwrap()
+            .expect("ssh ended early");
+        let l = l.trim_end_matches('\r').to_string();
+        let done = l == "L5-0";
+        seen.push(l);
+        if done {
+            break;
+        }
+    }
+    st.relay
+        .registry
+        .connection(&node)
+        .expect("the node's tunnel")
+        .close(0u32.into(), b"test drops the tunnel");
+    while let Some(l) = tokio::time::timeout_at(deadline, lines.next_line())
+        .await
+        .expect("ssh did not finish in time")
+        .unwrap()
+    {
+        seen.push(l.trim_end_matches('\r').to_string());
+    }
+    let status = child.wait().await.unwrap();
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    for i in 1..=40 {
+        let n = seen.iter().filter(|l| **l == format!("L{i}-0")).count();
+        assert_eq!(
+            n, 1,
+            "line L{i} seen {n} times across the drop: {seen:?}\n{err}"
+        );
+    }
+    assert!(status.success(), "{status} {err}");
+}

@@ -101,7 +101,10 @@ where
             .await;
             return Ok(());
         }
-        (None, Some(terminal)) => Op::Attach {
+        // A named terminal is re-attached, even when the client also
+        // names the command it was started with (an SSH `-t CMD` channel
+        // resuming): the command must not run twice.
+        (_, Some(terminal)) => Op::Attach {
             terminal,
             cols: params.cols,
             rows: params.rows,
@@ -113,10 +116,11 @@ where
     let attempt = match crate::initsock::request(init, op).await {
         // The shell asked for ended while the client was away: start a new
         // one (the hello names it) rather than leave the user with nothing.
+        // Never for a command, which would then run again.
         Err(ClientError::Refused {
             code: ErrorCode::NotFound,
             ..
-        }) => {
+        }) if params.command.is_none() => {
             replaced = true;
             crate::initsock::request(init, open).await
         }

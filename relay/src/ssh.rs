@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use warren_proto::terminal::{self, ClientMsg, ServerMsg, TerminalQuery, stream_byte};
+use warren_proto::terminal::{self, ClientMsg, Cursor, ServerMsg, TerminalQuery, stream_byte};
 use warren_tunnel::TunnelStream;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
 use warren_tunnel::server::{OpenError, Registry};
@@ -722,7 +722,7 @@ async fn session_channel(
     };
 
     // The terminal URL: a PTY for shells and `ssh -t CMD`, pipes otherwise.
-    let (url, exec) = terminal_url(&target.session, &run, pty.as_ref(), &env);
+    let (mut query, exec) = terminal_query(&run, pty.as_ref(), &env);
 
     let mut out = tx.make_writer();
     let mut err = tx.make_writer_ext(Some(1));
@@ -735,20 +735,7 @@ async fn session_channel(
         }
     };
 
-    let connected = tokio::time::timeout(OPEN_TIMEOUT, async {
-        let stream = open_stream(&ctx, &target, StreamKind::Terminal, peer).await?;
-        // A small read buffer: tungstenite touches all of it on every read.
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(terminal::MAX_MESSAGE))
-            .max_frame_size(Some(terminal::MAX_MESSAGE))
-            .read_buffer_size(16 * 1024);
-        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-            .await
-            .map(|(ws, _)| ws)
-            .map_err(|e| format!("the session's terminal did not answer: {e}"))
-    })
-    .await
-    .unwrap_or_else(|_| Err("the session's node did not answer in time".into()));
+    let connected = connect_terminal(&ctx, &target, peer, &query).await;
     let mut ws = match connected {
         Ok(ws) => ws,
         Err(msg) => {
@@ -762,7 +749,12 @@ async fn session_channel(
 
     let mut code: Option<i32> = None;
     let mut gone: Option<String> = None;
+    // Where this channel stands in the terminal's output, so that a stream
+    // lost to a node or relay hiccup resumes exactly (PTY channels only:
+    // an exec's pipes do not outlive their stream).
+    let mut cursor = Cursor::default();
     loop {
+        let mut lost: Option<String> = None;
         tokio::select! {
             m = rx.wait() => match m {
                 Some(ChannelMsg::Data { data }) => {
@@ -775,8 +767,7 @@ async fn session_channel(
                         data.to_vec()
                     };
                     if ws.send(Message::Binary(frame.into())).await.is_err() {
-                        gone = Some("the connection to the session was lost".into());
-                        break;
+                        lost = Some("the connection to the session was lost".into());
                     }
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) if !exec => {
@@ -794,6 +785,9 @@ async fn session_channel(
             },
             f = ws.next() => match f {
                 Some(Ok(Message::Binary(b))) => {
+                    if !exec {
+                        cursor.on_bytes(b.len());
+                    }
                     let written = match (exec, b.first()) {
                         (false, _) => out.write_all(&b).await,
                         (true, Some(&stream_byte::STDOUT)) => out.write_all(&b[1..]).await,
@@ -813,8 +807,10 @@ async fn session_channel(
                             gone = Some(msg);
                             break;
                         }
+                        cursor.on_message(&hello);
                     }
                     ServerMsg::Gap { from, to } => {
+                        cursor.on_message(&ServerMsg::Gap { from, to });
                         let lost = to.saturating_sub(from);
                         warn!(session = %target.session, lost, "ssh bridge fell behind the terminal; output skipped");
                         let _ = err.write_all(format!("\r\nwarren: {lost} bytes of output were skipped\r\n").as_bytes()).await;
@@ -823,20 +819,44 @@ async fn session_channel(
                 },
                 Some(Ok(Message::Close(frame))) => {
                     if code.is_none() {
+                        let going_away = frame.as_ref().is_some_and(|f| u16::from(f.code) == terminal::close::GOING_AWAY);
                         let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                        gone = Some(if why.is_empty() { "the session's terminal closed".into() } else { why });
+                        let why = if why.is_empty() { "the session's terminal closed".to_string() } else { why };
+                        // An agent that restarts says so: its shells live on.
+                        if going_away {
+                            lost = Some(why);
+                        } else {
+                            gone = Some(why);
+                            break;
+                        }
+                    } else {
+                        break;
                     }
-                    break;
                 }
                 Some(Ok(_)) => {}
                 other => {
-                    if code.is_none() {
-                        warn!(session = %target.session, "terminal stream ended early: {:?}", other.map(|r| r.err()));
-                        gone = Some("the session's node was lost".into());
+                    if code.is_some() {
+                        break;
                     }
-                    break;
+                    lost = Some(format!("the stream ended: {:?}", other.map(|r| r.err())));
                 }
             },
+        }
+        let Some(why) = lost else { continue };
+        if exec || cursor.terminal.is_none() {
+            warn!(session = %target.session, "terminal stream ended early: {why}");
+            gone = Some("the session's node was lost".into());
+            break;
+        }
+        // Resume where this channel stands; the user sees nothing but a pause.
+        info!(session = %target.session, offset = ?cursor.offset, "terminal stream lost ({why}); resuming");
+        cursor.resume(&mut query);
+        match resume_terminal(&ctx, &target, peer, &query).await {
+            Ok(new) => ws = new,
+            Err(msg) => {
+                gone = Some(msg);
+                break;
+            }
         }
     }
     let _ = out.flush().await;
@@ -851,13 +871,73 @@ async fn session_channel(
     finish(status).await;
 }
 
-/// The agent's terminal URL for what the channel asked to run.
-fn terminal_url(
-    session: &str,
+/// How long an SSH channel keeps trying to resume a lost terminal stream.
+const RESUME_WINDOW: Duration = Duration::from_secs(30);
+
+type TerminalSocket = tokio_tungstenite::WebSocketStream<TunnelStream>;
+
+/// Opens the terminal WebSocket over a tunnel stream.
+async fn connect_terminal(
+    ctx: &SshContext,
+    target: &Target,
+    peer: SocketAddr,
+    query: &TerminalQuery,
+) -> Result<TerminalSocket, String> {
+    let url = format!(
+        "ws://{}.ssh{}?{}",
+        target.session,
+        terminal::PATH,
+        query.to_query()
+    );
+    tokio::time::timeout(OPEN_TIMEOUT, async {
+        let stream = open_stream(ctx, target, StreamKind::Terminal, peer).await?;
+        // A small read buffer: tungstenite touches all of it on every read.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(terminal::MAX_MESSAGE))
+            .max_frame_size(Some(terminal::MAX_MESSAGE))
+            .read_buffer_size(16 * 1024);
+        tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| format!("the session's terminal did not answer: {e}"))
+    })
+    .await
+    .unwrap_or_else(|_| Err("the session's node did not answer in time".into()))
+}
+
+/// Reconnects a lost terminal stream (the node or its tunnel came back),
+/// for up to [`RESUME_WINDOW`], with backoff.
+async fn resume_terminal(
+    ctx: &SshContext,
+    target: &Target,
+    peer: SocketAddr,
+    query: &TerminalQuery,
+) -> Result<TerminalSocket, String> {
+    let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match connect_terminal(ctx, target, peer, query).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if tokio::time::Instant::now() + wait >= deadline => {
+                return Err(format!(
+                    "the session's terminal was lost and did not come back ({e})"
+                ));
+            }
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The agent's terminal query for what the channel asked to run, and
+/// whether it runs on pipes (exec mode).
+fn terminal_query(
     run: &Run,
     pty: Option<&Pty>,
     env: &BTreeMap<String, String>,
-) -> (String, bool) {
+) -> (TerminalQuery, bool) {
     let mut q = TerminalQuery::default();
     let (command, exec) = match (run, pty) {
         (Run::Sftp, _) => (Some(SFTP_COMMAND), true),
@@ -881,8 +961,7 @@ fn terminal_url(
     if let Some(l) = env.get("LANG") {
         q.env.insert("LANG".into(), l.clone());
     }
-    let url = format!("ws://{session}.ssh{}?{}", terminal::PATH, q.to_query());
-    (url, exec)
+    (q, exec)
 }
 
 #[cfg(test)]
