@@ -49,8 +49,13 @@ pub enum Strategy {
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     pub strategy: Strategy,
-    /// A node without a heartbeat for this long is lost, with its sessions.
+    /// A node without a heartbeat for this long is `unreachable`: it gets no
+    /// new sessions, but its sessions stay `running` (a control-plane
+    /// hiccup must never kill shells; the relays still reach them).
     pub heartbeat_timeout_secs: u64,
+    /// An unreachable node silent this much longer is `lost`, with its
+    /// sessions (its agent then removes them if it ever comes back).
+    pub node_lost_grace_secs: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -58,6 +63,7 @@ impl Default for SchedulerConfig {
         Self {
             strategy: Strategy::Spread,
             heartbeat_timeout_secs: 10,
+            node_lost_grace_secs: 300,
         }
     }
 }
@@ -171,6 +177,12 @@ impl Validate for ControlConfig {
             return Err(ConfigError::invalid(
                 "scheduler.heartbeat_timeout_secs",
                 "must be between 2 and 3600",
+            ));
+        }
+        if self.scheduler.node_lost_grace_secs > 7 * 86_400 {
+            return Err(ConfigError::invalid(
+                "scheduler.node_lost_grace_secs",
+                "must be at most 604800 (a week)",
             ));
         }
         Ok(())

@@ -148,13 +148,20 @@ fn redact(url: &str) -> String {
 /// Marks silent nodes lost and stops expired or idle sessions, every second.
 async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
     let timeout = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
+    let grace = c.cfg.scheduler.node_lost_grace_secs as i64 * 1000;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        match c.store.mark_lost(timeout).await {
-            Ok(lost) => {
+        match c.store.mark_lost(timeout, grace).await {
+            Ok((unreachable, lost)) => {
+                for n in unreachable {
+                    warn!(node = %n, "node unreachable: no heartbeat; its sessions stay up");
+                    c.store
+                        .audit("control", "", "node.unreachable", &n, "ok", "no heartbeat")
+                        .await;
+                }
                 for n in lost {
                     warn!(node = %n, "node lost: no heartbeat");
                     c.store

@@ -98,17 +98,26 @@ pub enum NodeState {
     Joining,
     Ready,
     Draining,
+    /// No heartbeat lately: no new sessions; its sessions keep running.
+    Unreachable,
     Lost,
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 4] = [Self::Ready, Self::Lost, Self::Draining, Self::Joining];
+    pub const ALL: [NodeState; 5] = [
+        Self::Ready,
+        Self::Unreachable,
+        Self::Lost,
+        Self::Draining,
+        Self::Joining,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Joining => "joining",
             NodeState::Ready => "ready",
             NodeState::Draining => "draining",
+            NodeState::Unreachable => "unreachable",
             NodeState::Lost => "lost",
         }
     }
@@ -504,7 +513,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
-             state = CASE WHEN state IN ('joining','lost') THEN 'ready' ELSE state END, \
+             state = CASE WHEN state IN ('joining','lost','unreachable') THEN 'ready' ELSE state END, \
              security_profile = $5, disk_limits = $6 WHERE id = $4",
         )
         .bind(allocatable_mb)
@@ -636,16 +645,37 @@ impl Store {
     }
 
     /// Marks nodes without a recent heartbeat lost, with their sessions.
-    pub async fn mark_lost(&self, timeout_ms: i64) -> Result<Vec<String>> {
-        let cutoff = now_ms() - timeout_ms;
+    /// Nodes silent for `timeout_ms` become unreachable (no new sessions;
+    /// theirs keep running); unreachable ones silent `grace_ms` longer become
+    /// lost with their sessions. Returns `(unreachable, lost)` node ids.
+    pub async fn mark_lost(
+        &self,
+        timeout_ms: i64,
+        grace_ms: i64,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        let now = now_ms();
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
         let rows = sqlx::query(
             "SELECT id FROM nodes WHERE state IN ('ready','draining') AND last_heartbeat < $1",
         )
-        .bind(cutoff)
+        .bind(now - timeout_ms)
         .fetch_all(&mut *tx)
         .await?;
+        let mut unreachable = Vec::new();
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            sqlx::query("UPDATE nodes SET state = 'unreachable' WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            unreachable.push(id);
+        }
+        let rows =
+            sqlx::query("SELECT id FROM nodes WHERE state = 'unreachable' AND last_heartbeat < $1")
+                .bind(now - timeout_ms - grace_ms)
+                .fetch_all(&mut *tx)
+                .await?;
         let mut lost = Vec::new();
         for r in rows {
             let id: String = r.try_get("id")?;
@@ -661,7 +691,7 @@ impl Store {
             lost.push(id);
         }
         self.commit_change(tx).await?;
-        Ok(lost)
+        Ok((unreachable, lost))
     }
 
     // ---- sessions -------------------------------------------------------------

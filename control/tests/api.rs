@@ -227,8 +227,23 @@ async fn join_tokens_lost_nodes_and_delete() {
         assert_eq!(s, 201);
         assert_eq!(v["node"], "j-n2");
         let id = v["id"].as_str().unwrap().to_string();
-        // Kill the agent: its node becomes lost, and its session too.
+        // Kill the agent: its node becomes unreachable first, while its
+        // session stays running (a control hiccup must not kill shells)…
         agents[2].alive.store(false, Ordering::Relaxed);
+        eventually("node unreachable", || async {
+            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
+            n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == "j-n2" && n["state"] == "unreachable")
+        })
+        .await;
+        let (_, s) = c
+            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
+            .await;
+        assert_eq!(s["status"], "running", "{s}");
+        // …then, after the grace, lost with its session.
         eventually("node lost", || async {
             let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
             n["nodes"]

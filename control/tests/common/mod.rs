@@ -92,6 +92,7 @@ relay_secret = "test-relay-secret-0123456789"
 admin_api_key = "{ADMIN}"
 [scheduler]
 heartbeat_timeout_secs = 3
+node_lost_grace_secs = 3
 [sessions]
 image = "warren/session:mini"
 memory_mb = 256
