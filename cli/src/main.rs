@@ -1,4 +1,4 @@
-//! `warren`: one binary for operators and users (CONTRACT.md).
+//! `warren`: one binary for operators and users (README.md, `docs/api.md`).
 mod cmd;
 
 use std::path::PathBuf;

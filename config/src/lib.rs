@@ -10,7 +10,6 @@ mod agent;
 mod control;
 mod relay;
 mod secret;
-mod tunnel;
 
 pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
 pub use control::{ControlConfig, SchedulerConfig, SessionDefaults, Strategy};
@@ -19,7 +18,6 @@ pub use relay::{
     StaticRoute,
 };
 pub use secret::{Secret, write_private};
-pub use tunnel::TunnelListenerConfig;
 
 pub use figment;
 use figment::Figment;

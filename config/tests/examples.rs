@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
 
 use std::path::Path;
-use warren_config::{AgentConfig, ConfigError, TunnelListenerConfig, from_toml_str};
+use warren_config::{AgentConfig, ConfigError, from_toml_str};
 
 fn parse(name: &str, text: &str) -> Result<String, ConfigError> {
     if name.starts_with("agent") {
@@ -13,10 +13,8 @@ fn parse(name: &str, text: &str) -> Result<String, ConfigError> {
         from_toml_str::<warren_config::ControlConfig>(text).map(|c| format!("{c:?}"))
     } else if name.starts_with("relay") {
         from_toml_str::<warren_config::RelayConfig>(text).map(|c| format!("{c:?}"))
-    } else if name.starts_with("tunnel") {
-        from_toml_str::<TunnelListenerConfig>(text).map(|c| format!("{c:?}"))
     } else {
-        panic!("example {name} has no known prefix (agent*, tunnel*)")
+        panic!("example {name} has no known prefix (agent*, control*, relay*)")
     }
 }
 

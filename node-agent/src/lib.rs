@@ -11,7 +11,10 @@
 //!   profiles; [`firewall`]: the host rule that keeps sessions off the worker.
 //! - [`initsock`]: reaching a session's init without trusting the session.
 //! - [`terminal`]: the WebSocket terminal endpoint.
-//! - [`Agent`]: sessions by id, and the tunnel's stream handler.
+//! - [`control`]: join, heartbeats and the watch that drives reconciliation.
+//! - [`run`]: the agent's one entry point; [`Agent`]: sessions by id, and the
+//!   tunnel's stream handler.
+//! - `testing` (feature `testing`): a local-PTY driver for tests and benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod control;

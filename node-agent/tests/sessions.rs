@@ -23,6 +23,30 @@ async fn terminal_echo_resize_and_exit_code() {
     t.send("exit 3").await;
     assert_eq!(t.wait_exit().await, 3);
 
+    // A client of another protocol version is refused with a reason naming
+    // both versions (4426), before any shell starts.
+    {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let st = stack.stream(&s.id, StreamKind::Terminal).await.unwrap();
+        let url = format!("ws://{}.warren.localhost/_warren/terminal?v=2", s.id);
+        let (mut ws, _) = tokio_tungstenite::client_async(url, st).await.unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(
+                    u16::from(f.code),
+                    warren_proto::terminal::close::UNSUPPORTED_VERSION
+                );
+                assert!(
+                    f.reason.contains("v2") && f.reason.contains("v1"),
+                    "{}",
+                    f.reason
+                );
+            }
+            other => panic!("expected a version refusal, got {other:?}"),
+        }
+    }
+
     // A stream for a session this node does not have is refused by the agent.
     match stack.stream("nosuchsession", StreamKind::Terminal).await {
         Err(OpenError::Rejected { code, .. }) => assert_eq!(code, "session_not_found"),

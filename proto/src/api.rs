@@ -1,4 +1,4 @@
-//! The public REST API's bodies (CONTRACT.md), shared by control (which
+//! The public REST API's bodies (`docs/api.md`), shared by control (which
 //! answers with them) and every client (the CLI, the load-test harness,
 //! tests), and the `.warren/up.json` file `warren up` writes.
 use serde::{Deserialize, Serialize};

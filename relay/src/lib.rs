@@ -9,9 +9,13 @@
 //! before anything reaches an agent.
 //!
 //! # Layout
-//! - [`host`]: Host/SNI → route; [`auth`]: JWT verification; [`routes`]:
-//!   session → node; [`pages`]: error answers. Plain functions, tested alone.
+//! - [`host`]: Host/SNI → route; [`auth`]: JWT verification; [`pages`]:
+//!   error answers. Plain functions, tested alone.
+//! - [`routes`]: the [`ControlPlane`] trait (routes, node credentials, SSH
+//!   keys, audit, refresh grants) with a cache, and its static backing;
+//!   [`control`]: its backing by control's internal API.
 //! - [`proxy`]: the Pingora callbacks; [`connector`]: Pingora ↔ QUIC.
+//! - [`ssh`]: the SSH server, bridging channels to terminal WebSockets.
 //! - [`certs`]: certificates; [`metrics`]: Prometheus; [`assets`]: the web UI.
 #![forbid(unsafe_code)]
 

@@ -53,7 +53,7 @@ pub mod close_code {
 
 /// Transport settings shared by both ends: keepalive, idle timeout, stream
 /// limits and flow-control windows sized so a streaming upload and download
-/// on the same stream do not stall (see ENVIRONMENT notes on 16 MiB windows).
+/// on the same stream do not stall (`docs/benchmarks.md`, tunnel: smaller windows stalled such streams).
 /// The relay's side before a node has registered: the peer may open one
 /// stream (the registration) and have at most this much data in flight,
 /// so an unauthenticated peer parks kilobytes, not megabytes.

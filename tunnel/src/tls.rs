@@ -1,17 +1,11 @@
 //! TLS for the tunnel: rustls 0.23 with the ring provider, TLS 1.3 only
 //! (QUIC requires it), ALPN `warren-tunnel/1`.
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -36,13 +30,6 @@ pub fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| TlsError::Invalid(format!("bad private key PEM: {e}")))?
         .ok_or_else(|| TlsError::Invalid("no private key found in PEM".into()))
-}
-
-pub fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// quinn server config for the relay's tunnel listener.

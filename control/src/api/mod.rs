@@ -1,4 +1,4 @@
-//! The REST API (CONTRACT.md) and the internal API for agents and relays.
+//! The REST API (`docs/api.md`) and the internal API for agents and relays.
 //!
 //! # Layout
 //! - [`auth`]: callers as extractors (API key, admin, node, relay).
