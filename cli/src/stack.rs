@@ -151,6 +151,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         }),
         admin_api_key: None,
         relay_secret: Secret::new(relay_secret.clone()),
+        control_urls: Vec::new(),
         relays: vec![RelayTarget {
             addr: tunnel_addr.to_string(),
             server_name: o.domain.clone(),

@@ -335,9 +335,17 @@ async fn agent_config_file_keys_change_what_the_agent_does() {
         4096,
         128,
     );
-    let st = warren::stack::start(opts).await.unwrap();
+    let mut st = warren::stack::start(opts).await.unwrap();
     let base = st.control_url.clone();
     let key = st.admin_key.clone();
+    // A second control replica on the same database, for failover.
+    let mut cfg2 = st.control_config.clone();
+    cfg2.listen = "127.0.0.1:0".parse().unwrap();
+    let l2 = tokio::net::TcpListener::bind(cfg2.listen).await.unwrap();
+    let base2 = format!("http://{}", l2.local_addr().unwrap());
+    let _replica2 = warren_control::start(cfg2, l2, st.stop.clone())
+        .await
+        .unwrap();
 
     // The stack's own node takes no new sessions: they land on the agent
     // under test.
@@ -371,7 +379,7 @@ async fn agent_config_file_keys_change_what_the_agent_does() {
     std::fs::write(
         &file,
         format!(
-            r#"control_url = "{base}"
+            r#"control_url = "{base},{base2}"
 node_id = "{node}"
 data_dir = "{data}"
 memory_mb = 3000
@@ -461,6 +469,35 @@ replay_bytes = 131072
     let mut t = shell(st.http.unwrap(), &id, token).await.unwrap();
     t.send("echo cfg-$((3*3))").await;
     t.expect_within("cfg-9", Duration::from_secs(30)).await;
+
+    // The replica it joined through goes away: heartbeats move to the other.
+    st.control.task.abort();
+    let _ = (&mut st.control.task).await;
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, n) = call(&base2, "GET", "/v1/nodes", &key, None).await;
+        assert_eq!(s, 200, "{n}");
+        let me = n["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == node.as_str())
+            .cloned()
+            .unwrap();
+        if me["last_heartbeat_ms"].as_i64().unwrap() > killed {
+            assert_eq!(me["state"], "ready", "{me}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat reached the surviving replica: {me}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // SIGTERM: the agent stops its tasks and exits on its own.
     let pid = agent.id().unwrap();

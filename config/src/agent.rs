@@ -11,8 +11,10 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The control plane to join and report to. Without it, the agent runs
-    /// static: `node_id`, `credential` and `relays` are then required.
+    /// The control plane to join and report to: one URL, or every replica's,
+    /// comma-separated (the agent fails over between them). Without it, the
+    /// agent runs static: `node_id`, `credential` and `relays` are then
+    /// required.
     #[serde(default)]
     pub control_url: Option<String>,
     /// This node's id (DNS-label safe); labels every container it creates.
@@ -157,13 +159,19 @@ impl Validate for AgentConfig {
                     ));
                 }
             }
-            Some(url) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
-                {
-                    return Err(ConfigError::invalid(
-                        "control_url",
-                        format!("{url:?} must be an http:// or https:// URL"),
-                    ));
+            Some(list) => {
+                let urls: Vec<&str> = list.split(',').map(str::trim).collect();
+                for url in &urls {
+                    if !(url.starts_with("http://") || url.starts_with("https://"))
+                        || url.len() > 2048
+                    {
+                        return Err(ConfigError::invalid(
+                            "control_url",
+                            format!(
+                                "{url:?} must be an http:// or https:// URL (several: comma-separated)"
+                            ),
+                        ));
+                    }
                 }
                 if !self.node_id.is_empty() {
                     check_label("node_id", &self.node_id)?;

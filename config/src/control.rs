@@ -29,6 +29,10 @@ pub struct ControlConfig {
     /// Relays' tunnel listeners, handed to joining workers.
     #[serde(default)]
     pub relays: Vec<crate::RelayTarget>,
+    /// Every replica's URL as workers reach it, handed to joining workers
+    /// so that they fail over between replicas.
+    #[serde(default)]
+    pub control_urls: Vec<String>,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
     #[serde(default)]
@@ -172,6 +176,14 @@ impl Validate for ControlConfig {
                 "sessions.token_ttl_secs",
                 "must be between 60 and 86400",
             ));
+        }
+        for (i, u) in self.control_urls.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 {
+                return Err(ConfigError::invalid(
+                    format!("control_urls[{i}]"),
+                    format!("{u:?} must be an http:// or https:// URL"),
+                ));
+            }
         }
         if !(2..=3600).contains(&self.scheduler.heartbeat_timeout_secs) {
             return Err(ConfigError::invalid(

@@ -23,10 +23,73 @@ use crate::{Agent, SessionSpec};
 /// What joining returns, kept in `<data_dir>/node.json` (mode 0600).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enrollment {
+    /// The replica the node joined through.
     pub control_url: String,
+    /// Every replica to fail over between (the join's answer and the
+    /// operator's `--control` list).
+    #[serde(default)]
+    pub control_urls: Vec<String>,
     pub node_id: String,
     pub credential: String,
     pub relays: Vec<RelayInfo>,
+}
+
+impl Enrollment {
+    /// The replicas to try, the one joined through first, without repeats.
+    pub fn urls(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for u in std::iter::once(&self.control_url).chain(&self.control_urls) {
+            let u = u.trim_end_matches('/').to_string();
+            if !u.is_empty() && !out.contains(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
+}
+
+/// The control replicas an agent talks to: it stays with one while it
+/// answers and moves to the next when it does not (a connection error or a
+/// 5xx), so heartbeats and the watch survive a replica going away.
+#[derive(Debug)]
+pub struct Replicas {
+    urls: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Replicas {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            current: Default::default(),
+        }
+    }
+
+    /// The replica to use now, and its index (for [`Replicas::failed`]).
+    pub fn pick(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len().max(1);
+        (i, self.urls.get(i).map(String::as_str).unwrap_or(""))
+    }
+
+    /// The replica at `index` did not answer: move on, unless another task
+    /// already did.
+    pub fn failed(&self, index: usize) {
+        let next = (index + 1) % self.urls.len().max(1);
+        let _ = self.current.compare_exchange(
+            index,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Splits `--control URL[,URL…]`.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 pub use warren_proto::internal::RelayInfo;
@@ -95,8 +158,10 @@ pub fn load_enrollment(data_dir: &Path) -> anyhow::Result<Option<Enrollment>> {
 }
 
 /// Exchanges a join token for a node credential and stores it.
+/// `control_urls` is one URL or several separated by commas: the first
+/// replica that answers takes the join.
 pub async fn join(
-    control_url: &str,
+    control_urls: &str,
     token: &str,
     node_id: &str,
     allocatable_mb: i64,
@@ -105,16 +170,33 @@ pub async fn join(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let r = http
-        .post(format!("{control_url}/internal/v1/join"))
-        .json(&JoinRequest {
-            token: token.into(),
-            node_id: node_id.into(),
-            allocatable_mb,
-        })
-        .send()
-        .await
-        .with_context(|| format!("reaching the control plane at {control_url}"))?;
+    let given = split_urls(control_urls);
+    let mut answer = None;
+    let mut last_err = None;
+    for url in &given {
+        let sent = http
+            .post(format!("{url}/internal/v1/join"))
+            .json(&JoinRequest {
+                token: token.into(),
+                node_id: node_id.into(),
+                allocatable_mb,
+            })
+            .send()
+            .await;
+        match sent {
+            Ok(r) => {
+                answer = Some((url.clone(), r));
+                break;
+            }
+            Err(e) => {
+                warn!(control = %url, "join: replica did not answer: {e}");
+                last_err = Some(anyhow::anyhow!("reaching the control plane at {url}: {e}"));
+            }
+        }
+    }
+    let Some((control_url, r)) = answer else {
+        return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no control URL given")));
+    };
     let status = r.status();
     if !status.is_success() {
         let why = r
@@ -128,8 +210,11 @@ pub async fn join(
         .json()
         .await
         .context("the control plane's join answer is not what this agent expects")?;
+    let mut urls = answer.control_urls;
+    urls.extend(given);
     let e = Enrollment {
-        control_url: control_url.into(),
+        control_url,
+        control_urls: urls,
         node_id: node_id.into(),
         credential: answer.credential,
         relays: answer.relays,
@@ -161,7 +246,7 @@ pub fn spawn_sync(
         }
     };
     let auth = format!("{}:{}", e.node_id, e.credential);
-    let base = e.control_url.clone();
+    let base = Arc::new(Replicas::new(e.urls()));
     let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let starting: Arc<Mutex<HashSet<String>>> = Arc::default();
     let report_now = Arc::new(Notify::new());
@@ -207,16 +292,24 @@ pub fn spawn_sync(
                     },
                     sessions,
                 };
+                let (i, url) = base.pick();
                 match http
-                    .post(format!("{base}/internal/v1/heartbeat"))
+                    .post(format!("{url}/internal/v1/heartbeat"))
                     .bearer_auth(&auth)
                     .json(&body)
                     .send()
                     .await
                 {
                     Ok(r) if r.status().is_success() => {}
-                    Ok(r) => warn!("heartbeat refused: {}", r.status()),
-                    Err(e) => warn!("heartbeat failed: {e}"),
+                    Ok(r) if r.status().is_server_error() => {
+                        warn!(control = %url, "heartbeat refused: {}; trying the next replica", r.status());
+                        base.failed(i);
+                    }
+                    Ok(r) => warn!(control = %url, "heartbeat refused: {}", r.status()),
+                    Err(e) => {
+                        warn!(control = %url, "heartbeat failed: {e}; trying the next replica");
+                        base.failed(i);
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -233,9 +326,10 @@ pub fn spawn_sync(
         tracker.spawn(async move {
             let mut index = 0i64;
             loop {
+                let (i, url) = base.pick();
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = http.get(format!("{base}/internal/v1/watch?index={index}")).bearer_auth(&auth).send() => r,
+                    r = http.get(format!("{url}/internal/v1/watch?index={index}")).bearer_auth(&auth).send() => r,
                 };
                 let answer: WatchResponse = match r {
                     Ok(r) if r.status().is_success() => match r.json().await {
@@ -247,12 +341,17 @@ pub fn spawn_sync(
                         }
                     },
                     Ok(r) => {
-                        warn!("watch refused: {}", r.status());
+                        warn!(control = %url, "watch refused: {}", r.status());
+                        if r.status().is_server_error() {
+                            base.failed(i);
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
+                    // Never a reason to touch a session: try the next replica.
                     Err(e) => {
-                        warn!("watch failed: {e}");
+                        warn!(control = %url, "watch failed: {e}; trying the next replica");
+                        base.failed(i);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -288,5 +387,35 @@ pub fn spawn_sync(
                 failed.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| want.contains(id));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_fail_over_in_turn() {
+        assert_eq!(
+            split_urls(" http://a:1/ ,http://b:2,,"),
+            vec!["http://a:1", "http://b:2"]
+        );
+        let e = Enrollment {
+            control_url: "http://a:1/".into(),
+            control_urls: vec!["http://b:2".into(), "http://a:1".into()],
+            node_id: "n".into(),
+            credential: "c".into(),
+            relays: vec![],
+        };
+        assert_eq!(e.urls(), vec!["http://a:1", "http://b:2"]);
+        let r = Replicas::new(e.urls());
+        let (i, u) = r.pick();
+        assert_eq!((i, u), (0, "http://a:1"));
+        // Two tasks see the same failure: the replica moves on once.
+        r.failed(i);
+        r.failed(i);
+        assert_eq!(r.pick(), (1, "http://b:2"));
+        r.failed(1);
+        assert_eq!(r.pick(), (0, "http://a:1"));
     }
 }

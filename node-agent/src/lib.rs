@@ -102,6 +102,13 @@ pub async fn run(
         (None, Some(_)) => anyhow::bail!("a join token needs control_url (--control)"),
         (None, None) => None,
     };
+    // Replicas the operator lists now join those known from the join.
+    let enrollment = enrollment.map(|mut e| {
+        if let Some(list) = &cfg.control_url {
+            e.control_urls.extend(control::split_urls(list));
+        }
+        e
+    });
     if let Some(e) = &enrollment {
         control::apply_enrollment(&mut cfg, e)?;
     }

@@ -23,6 +23,9 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     pub node_id: String,
     pub credential: String,
+    /// Every control replica's URL, for the agent to fail over between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_urls: Vec<String>,
     /// The relays the agent should hold a tunnel to.
     #[serde(default)]
     pub relays: Vec<RelayInfo>,

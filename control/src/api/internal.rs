@@ -50,6 +50,7 @@ pub(super) async fn join(
                 node_id: req.node_id,
                 credential,
                 relays,
+                control_urls: c.cfg.control_urls.clone(),
             }))
         }
         Err(e) => {
