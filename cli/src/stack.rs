@@ -247,6 +247,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         agent.clone(),
         &enrollment,
         o.memory_mb,
+        None,
         &tracker,
         stop.clone(),
     );
@@ -284,6 +285,7 @@ pub fn agent_config(
     allow_host_root_sessions: bool,
 ) -> anyhow::Result<AgentConfig> {
     let mut cfg = AgentConfig {
+        admin: Default::default(),
         control_url: Some(e.control_url.clone()),
         memory_mb: None,
         node_id: String::new(),

@@ -395,6 +395,9 @@ default_disk_mb = 0
 [terminal]
 detached_timeout_secs = 123
 replay_bytes = 131072
+
+[admin]
+listen = "127.0.0.1:0"
 "#,
             data = dir.join("data").display(),
             init = std::fs::canonicalize(concat!(
@@ -436,6 +439,10 @@ replay_bytes = 131072
     assert_eq!(me["allocatable_mb"], 3000, "memory_mb: {me}");
     assert_eq!(me["security_profile"], "default", "docker.security: {me}");
     assert!(dir.join("data/node.json").is_file(), "data_dir");
+    let metrics_addr = me["metrics_addr"]
+        .as_str()
+        .expect("admin.listen: the node names its metrics address")
+        .to_string();
 
     let (s, a) = call(&base, "POST", "/v1/sessions", &key, Some(json!({}))).await;
     assert_eq!(s, 201, "{a}");
@@ -469,6 +476,23 @@ replay_bytes = 131072
     let mut t = shell(st.http.unwrap(), &id, token).await.unwrap();
     t.send("echo cfg-$((3*3))").await;
     t.expect_within("cfg-9", Duration::from_secs(30)).await;
+
+    // Its metrics, as Prometheus would scrape them.
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "warren_agent_sessions 1",
+        "warren_agent_terminals_open 1",
+        "warren_agent_relays_connected 1",
+        "warren_agent_heartbeats_total{outcome=\"ok\"}",
+        "warren_agent_terminal_bytes_total{direction=\"out\"}",
+    ] {
+        assert!(text.contains(want), "no {want} in:\n{text}");
+    }
 
     // The replica it joined through goes away: heartbeats move to the other.
     st.control.task.abort();

@@ -38,6 +38,18 @@ pub struct AgentConfig {
     pub docker: DockerConfig,
     #[serde(default)]
     pub terminal: TerminalConfig,
+    #[serde(default)]
+    pub admin: AgentAdmin,
+}
+
+/// The agent's admin listener: Prometheus `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAdmin {
+    /// e.g. `127.0.0.1:9101` (none: no metrics served). The node record
+    /// names it as `metrics_addr`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// One relay the agent dials.

@@ -11,7 +11,7 @@ mod control;
 mod relay;
 mod secret;
 
-pub use agent::{AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
+pub use agent::{AgentAdmin, AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
 pub use control::{ControlConfig, SchedulerConfig, SessionDefaults, Strategy};
 pub use relay::{
     AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayControl, RelayTunnelConfig,

@@ -142,6 +142,9 @@ pub struct Node {
     pub security_profile: String,
     /// Whether the node enforces per-session disk limits.
     pub disk_limits: bool,
+    /// Where its agent serves Prometheus `/metrics` (`host:port`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metrics_addr: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -507,6 +510,7 @@ impl Store {
         allocatable_mb: i64,
         free_mb: i64,
         isolation: &NodeIsolation,
+        metrics_addr: &str,
         reports: &[SessionReport],
     ) -> Result<()> {
         let now = now_ms();
@@ -514,7 +518,7 @@ impl Store {
         sqlx::query(
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
              state = CASE WHEN state IN ('joining','lost','unreachable') THEN 'ready' ELSE state END, \
-             security_profile = $5, disk_limits = $6 WHERE id = $4",
+             security_profile = $5, disk_limits = $6, metrics_addr = $7 WHERE id = $4",
         )
         .bind(allocatable_mb)
         .bind(free_mb)
@@ -522,6 +526,7 @@ impl Store {
         .bind(node_id)
         .bind(&isolation.security_profile)
         .bind(isolation.disk_limits as i64)
+        .bind(metrics_addr.chars().take(100).collect::<String>())
         .execute(&mut *tx)
         .await?;
         let mut present = Vec::new();
@@ -579,7 +584,7 @@ impl Store {
 
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, n.security_profile, n.disk_limits, \
+            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, n.security_profile, n.disk_limits, n.metrics_addr, \
              (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS reserved, \
              (SELECT COUNT(*) FROM sessions s WHERE s.node_id = n.id AND s.status IN {ACTIVE}) AS n_sessions \
              FROM nodes n ORDER BY n.id"
@@ -604,6 +609,7 @@ impl Store {
                     sessions: r.try_get("n_sessions")?,
                     security_profile: r.try_get("security_profile")?,
                     disk_limits: r.try_get::<i64, _>("disk_limits")? != 0,
+                    metrics_addr: r.try_get("metrics_addr")?,
                 })
             })
             .collect()

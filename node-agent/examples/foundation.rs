@@ -300,6 +300,7 @@ async fn stack(dir: &std::path::Path) -> Stack {
     let label = format!("{}", std::process::id());
     let network = format!("warren-bench-{label}");
     let cfg = AgentConfig {
+        admin: Default::default(),
         control_url: None,
         memory_mb: None,
         node_id: "bench-agent".into(),

@@ -232,9 +232,11 @@ pub fn spawn_sync(
     agent: Arc<Agent>,
     e: &Enrollment,
     memory_override: Option<u64>,
+    metrics_addr: Option<String>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let metrics = agent.metrics().clone();
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -263,6 +265,7 @@ pub fn spawn_sync(
             shutdown.clone(),
         );
         tracker.spawn(async move {
+            let mut last_ok = std::time::Instant::now();
             loop {
                 let (allocatable, free) = host_memory_mb(memory_override);
                 let mut sessions: Vec<SessionReport> = agent
@@ -290,6 +293,7 @@ pub fn spawn_sync(
                         security_profile: agent.runtime().security().name().into(),
                         disk_limits: agent.runtime().disk_limits(),
                     },
+                    metrics_addr: metrics_addr.clone(),
                     sessions,
                 };
                 let (i, url) = base.pick();
@@ -300,17 +304,28 @@ pub fn spawn_sync(
                     .send()
                     .await
                 {
-                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) if r.status().is_success() => {
+                        metrics.heartbeats.with_label_values(&["ok"]).inc();
+                        last_ok = std::time::Instant::now();
+                    }
                     Ok(r) if r.status().is_server_error() => {
                         warn!(control = %url, "heartbeat refused: {}; trying the next replica", r.status());
+                        metrics.heartbeats.with_label_values(&["refused"]).inc();
+                        metrics.control_failovers.inc();
                         base.failed(i);
                     }
-                    Ok(r) => warn!(control = %url, "heartbeat refused: {}", r.status()),
+                    Ok(r) => {
+                        metrics.heartbeats.with_label_values(&["refused"]).inc();
+                        warn!(control = %url, "heartbeat refused: {}", r.status())
+                    }
                     Err(e) => {
                         warn!(control = %url, "heartbeat failed: {e}; trying the next replica");
+                        metrics.heartbeats.with_label_values(&["unreachable"]).inc();
+                        metrics.control_failovers.inc();
                         base.failed(i);
                     }
                 }
+                metrics.heartbeat_age_seconds.set(last_ok.elapsed().as_secs() as i64);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = report_now.notified() => {}

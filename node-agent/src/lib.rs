@@ -20,6 +20,7 @@
 pub mod control;
 pub mod firewall;
 pub mod initsock;
+pub mod metrics;
 pub mod runtime;
 pub mod security;
 pub mod terminal;
@@ -115,9 +116,45 @@ pub async fn run(
     cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let tracker = TaskTracker::new();
     let agent = Agent::start(&cfg, opts.agent, shutdown.clone()).await?;
-    agent.connect_relays(&cfg, Backoff::default(), &tracker)?;
+    let metrics_addr = match cfg.admin.listen {
+        Some(addr) => {
+            let bound = metrics::serve(addr, agent.metrics.clone(), &tracker, shutdown.clone())
+                .await
+                .with_context(|| format!("admin listener {addr}"))?;
+            info!(addr = %bound, "metrics listening");
+            Some(bound.to_string())
+        }
+        None => None,
+    };
+    let mut status = agent.connect_relays(&cfg, Backoff::default(), &tracker)?;
+    {
+        // Tunnel health as metrics: relays connected, connections made.
+        let (m, sd) = (agent.metrics.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut before = 0usize;
+            loop {
+                let now = status.borrow_and_update().values().filter(|c| **c).count();
+                m.relays_connected.set(now as i64);
+                if now > before {
+                    m.tunnel_connects.inc_by((now - before) as u64);
+                }
+                before = now;
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    r = status.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
     if let Some(e) = &enrollment {
-        control::spawn_sync(agent, e, cfg.memory_mb, &tracker, shutdown.clone());
+        control::spawn_sync(
+            agent,
+            e,
+            cfg.memory_mb,
+            metrics_addr,
+            &tracker,
+            shutdown.clone(),
+        );
     }
     info!(node = %cfg.node_id, relays = cfg.relays.len(), "agent running");
     shutdown.cancelled().await;
@@ -168,6 +205,7 @@ pub struct Agent {
     sessions: DashMap<String, SessionInfo>,
     /// Last terminal traffic per session (Unix ms), for idle timeouts.
     activity: DashMap<String, Arc<std::sync::atomic::AtomicI64>>,
+    metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -201,6 +239,7 @@ impl Agent {
             runtime,
             sessions: DashMap::new(),
             activity: DashMap::new(),
+            metrics: metrics::Metrics::new(),
             shutdown,
         });
         for s in agent
@@ -212,11 +251,16 @@ impl Agent {
             info!(session = %s.id, container = %s.container_id, "adopted running session");
             agent.sessions.insert(s.id.clone(), s);
         }
+        agent.metrics.sessions.set(agent.sessions.len() as i64);
         Ok(agent)
     }
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn runtime(&self) -> &DockerRuntime {
@@ -254,6 +298,7 @@ impl Agent {
         let info = self.runtime.create(spec).await?;
         info!(session = %info.id, container = %info.container_id, ip = ?info.ip, "session started");
         self.sessions.insert(info.id.clone(), info.clone());
+        self.metrics.sessions.set(self.sessions.len() as i64);
         Ok(info)
     }
 
@@ -261,6 +306,7 @@ impl Agent {
     pub async fn remove_session(&self, id: &str) -> Result<(), runtime::RuntimeError> {
         self.activity.remove(id);
         if let Some((_, info)) = self.sessions.remove(id) {
+            self.metrics.sessions.set(self.sessions.len() as i64);
             self.runtime.remove(&info).await?;
             info!(session = %id, "session removed");
         }
@@ -309,7 +355,15 @@ impl Agent {
 #[async_trait]
 impl StreamHandler for Agent {
     async fn handle(&self, header: StreamHeader, stream: PendingStream) {
+        let kind = match header.kind {
+            StreamKind::Terminal => "terminal",
+            StreamKind::Port(_) => "port",
+        };
         let Some(session) = self.session(&header.session) else {
+            self.metrics
+                .streams
+                .with_label_values(&[kind, "no_session"])
+                .inc();
             return stream
                 .reject(
                     codes::SESSION_NOT_FOUND,
@@ -320,10 +374,20 @@ impl StreamHandler for Agent {
         match header.kind {
             StreamKind::Terminal => {
                 let Ok(s) = stream.accept().await else { return };
+                self.metrics.streams.with_label_values(&[kind, "ok"]).inc();
                 let activity = self.activity(&session.id);
-                if let Err(e) =
-                    terminal::serve(s, &session.init, self.shutdown.clone(), Some(activity)).await
-                {
+                self.metrics.terminals_open.inc();
+                let r = terminal::serve(
+                    s,
+                    &session.init,
+                    self.shutdown.clone(),
+                    Some(activity),
+                    Some(self.metrics.clone()),
+                )
+                .await;
+                self.metrics.terminals_open.dec();
+                if let Err(e) = r {
+                    self.metrics.errors.with_label_values(&["terminal"]).inc();
                     warn!("terminal stream ended with an error: {e}");
                 }
             }

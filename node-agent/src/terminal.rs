@@ -47,6 +47,7 @@ pub async fn serve<S>(
     init: &crate::initsock::InitTarget,
     shutdown: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -183,6 +184,9 @@ where
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
+                    if let Some(m) = &metrics {
+                        m.terminal_bytes.with_label_values(&["in"]).inc_by(b.len() as u64);
+                    }
                     let data = match (exec, b.first()) {
                         (false, _) => &b[..],
                         (true, Some(&stream_byte::STDIN)) => &b[1..],
@@ -226,6 +230,9 @@ where
                 }
                 Some(Ok(Frame::Data(b))) => {
                     sent += b.len() as u64;
+                    if let Some(m) = &metrics {
+                        m.terminal_bytes.with_label_values(&["out"]).inc_by(b.len() as u64);
+                    }
                     ws.feed(Message::Binary(b)).await?;
                     // Coalesce whatever else is ready before one flush.
                     // Anything else that was ready (the exit) is kept for

@@ -58,6 +58,9 @@ pub struct HeartbeatRequest {
     pub free_mb: i64,
     #[serde(default, flatten)]
     pub isolation: NodeIsolation,
+    /// `host:port` of the agent's `/metrics`, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     #[serde(default)]
     pub sessions: Vec<SessionReport>,
 }
@@ -251,6 +254,7 @@ mod tests {
                 security_profile: "dind".into(),
                 disk_limits: false,
             },
+            metrics_addr: None,
             sessions: vec![SessionReport {
                 id: "s1".into(),
                 state: ReportedState::Running,

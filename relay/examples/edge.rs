@@ -76,6 +76,7 @@ async fn env() -> (Env, Arc<Agent>) {
     let label = std::process::id().to_string();
     let network = format!("warren-rbench-{label}");
     let acfg = AgentConfig {
+        admin: Default::default(),
         control_url: None,
         memory_mb: None,
         node_id: "bench-node".into(),

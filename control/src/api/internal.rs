@@ -96,6 +96,7 @@ pub(super) async fn heartbeat(
             req.allocatable_mb.max(0),
             req.free_mb.max(0),
             &req.isolation,
+            req.metrics_addr.as_deref().unwrap_or(""),
             &req.sessions,
         )
         .await?;

@@ -94,6 +94,7 @@ impl Stack {
             relay_stop.clone(),
         ));
         let cfg = AgentConfig {
+            admin: Default::default(),
             control_url: None,
             memory_mb: None,
             node_id: format!("t{}", run.replace('_', "-"))

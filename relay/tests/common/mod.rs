@@ -175,6 +175,7 @@ jwks_file = "{}"
             .collect::<String>();
         let network = format!("warren-rtest-{run}");
         let agent_cfg = AgentConfig {
+            admin: Default::default(),
             control_url: None,
             memory_mb: None,
             node_id: node.clone(),
