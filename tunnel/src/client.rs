@@ -47,7 +47,10 @@ impl Default for Backoff {
             // usually back already (its stateless reset told us it went).
             base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
-            stable_after: Duration::from_secs(60),
+            // A connection that registered and lasted a couple of seconds
+            // was a real one: the next loss starts the backoff afresh (a
+            // relay restarted twice in a minute is not a flapping relay).
+            stable_after: Duration::from_secs(2),
         }
     }
 }
