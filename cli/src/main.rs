@@ -31,11 +31,13 @@ enum Cmd {
     Up(cmd::up::UpArgs),
     /// The control plane alone.
     Control {
+        /// Control config file (docs/configuration.md); `WARREN_CONTROL_*` override it.
         #[arg(long)]
         config: Option<PathBuf>,
     },
     /// A relay alone.
     Relay {
+        /// Relay config file (docs/configuration.md); `WARREN_RELAY_*` override it.
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -7,23 +7,22 @@ use super::{Ctx, print};
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
+    /// A one-time join token for a new worker.
     Token {
+        /// How long the token may be used, like 30m, 1h.
         #[arg(long, value_parser = warren::parse_duration, default_value = "1h")]
         ttl: u64,
     },
+    /// Workers, their state and memory.
     Ls,
-    Drain {
-        id: String,
-    },
-    Cordon {
-        id: String,
-    },
-    Uncordon {
-        id: String,
-    },
-    Rm {
-        id: String,
-    },
+    /// Stop a worker's sessions and give it no new ones.
+    Drain { id: String },
+    /// Give a worker no new sessions.
+    Cordon { id: String },
+    /// Give a worker new sessions again.
+    Uncordon { id: String },
+    /// Forget a worker (its sessions become lost); it may join again.
+    Rm { id: String },
 }
 
 pub async fn run(cmd: NodeCmd, ctx: &Ctx) -> anyhow::Result<()> {

@@ -9,24 +9,26 @@ use super::{Ctx, print};
 
 #[derive(Subcommand)]
 pub enum SessionCmd {
+    /// A new session; prints its browser link and ssh command.
     Create {
+        /// Image (default: the control plane's).
         #[arg(long)]
         image: Option<String>,
+        /// Memory limit in MB (default: the control plane's).
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// Lifetime, like 90s, 30m, 2h (default: the control plane's).
         #[arg(long, value_parser = warren::parse_duration)]
         ttl: Option<u64>,
     },
+    /// Your sessions.
     Ls,
-    Show {
-        id: String,
-    },
-    Rm {
-        id: String,
-    },
-    Token {
-        id: String,
-    },
+    /// One session, in full.
+    Show { id: String },
+    /// Stop and remove a session.
+    Rm { id: String },
+    /// A fresh session token (terminal and preview).
+    Token { id: String },
     /// Open an SSH shell in the session (your registered key, else a fresh
     /// token as the password); arguments after `--` go to ssh (a command).
     Ssh {

@@ -10,13 +10,11 @@ use super::{Ctx, print};
 #[derive(Subcommand)]
 pub enum SshKeyCmd {
     /// Register a public key (a .pub file, `-` for stdin).
-    Add {
-        file: PathBuf,
-    },
+    Add { file: PathBuf },
+    /// Your registered keys.
     Ls,
-    Rm {
-        id: String,
-    },
+    /// Unregister a key (by its id from `ls`).
+    Rm { id: String },
 }
 
 pub async fn run(cmd: SshKeyCmd, ctx: &Ctx) -> anyhow::Result<()> {

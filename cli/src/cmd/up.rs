@@ -13,8 +13,10 @@ use super::{HOST_ROOT_WARNING, shutdown_on_signals};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
+    /// Where the stack keeps its state, and writes up.json.
     #[arg(long, default_value = ".warren")]
     data_dir: PathBuf,
+    /// Sessions are `<id>.<domain>` (anything under .localhost needs no DNS).
     #[arg(long, default_value = "warren.localhost")]
     domain: String,
     /// Previews at `<port>-<session>.<preview domain>`, another site than
@@ -22,12 +24,16 @@ pub struct UpArgs {
     /// elsewhere previews stay under --domain unless this is given).
     #[arg(long)]
     preview_domain: Option<String>,
+    /// The relay's HTTPS port (all addresses).
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
+    /// The relay's plain-HTTP port (loopback only).
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
+    /// The relay's SSH port (all addresses).
     #[arg(long, default_value_t = 2222)]
     ssh_port: u16,
+    /// The control plane's API port (loopback only).
     #[arg(long, default_value_t = 7000)]
     api_port: u16,
     /// UDP port of the relay's tunnel listener.
