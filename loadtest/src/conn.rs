@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use warren_proto::terminal::{PATH, ServerMsg, TerminalQuery};
+use warren_proto::terminal::{Cursor, PATH, ServerMsg, TerminalQuery};
 
 /// One terminal: bytes in, bytes out.
 #[async_trait]
@@ -62,24 +62,70 @@ fn rustls_pemfile_certs(
         .context("reading the CA PEM")
 }
 
-pub struct WsTerm<S> {
-    ws: tokio_tungstenite::WebSocketStream<S>,
+/// Anything a WebSocket can run over (TCP, TLS over TCP).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// Hears of terminal drops and resumes (for the report).
+pub type OnDrop = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How long a terminal whose socket broke tries to resume before the drop
+/// counts as a failure.
+const RESUME_WINDOW: Duration = Duration::from_secs(5);
+
+/// A terminal over the relay's WebSocket. When the socket breaks before the
+/// shell ended it reconnects with `terminal=N&offset=K`, as the page does,
+/// and goes on with exactly the bytes after K. Every drop is still counted
+/// the moment it happens (`on_drop("terminal dropped")`), and each resume
+/// that worked too (`on_drop("terminal resumed")`).
+pub struct WsTerm {
+    ws: Ws,
+    relay: RelayTarget,
+    session: String,
+    token: String,
+    query: TerminalQuery,
+    cursor: Cursor,
+    exited: bool,
+    on_drop: Option<OnDrop>,
 }
 
-/// Opens the session's terminal through the relay, running `command` if given.
+/// Opens the session's terminal through the relay, running `command` if
+/// given. `on_drop` hears of every drop of the socket and every resume.
 pub async fn open_ws(
     relay: &RelayTarget,
     session: &str,
     token: &str,
     command: Option<&str>,
+    on_drop: Option<OnDrop>,
 ) -> anyhow::Result<Box<dyn Term>> {
-    // The token goes in a header: the relay takes commands only with a
-    // Bearer token, never from a URL.
     let query = TerminalQuery {
         command: command.map(str::to_string),
         ..Default::default()
-    }
-    .to_query();
+    };
+    let ws = connect(relay, session, token, &query).await?;
+    Ok(Box::new(WsTerm {
+        ws,
+        relay: relay.clone(),
+        session: session.into(),
+        token: token.into(),
+        query,
+        cursor: Cursor::default(),
+        exited: false,
+        on_drop,
+    }))
+}
+
+async fn connect(
+    relay: &RelayTarget,
+    session: &str,
+    token: &str,
+    query: &TerminalQuery,
+) -> anyhow::Result<Ws> {
+    // The token goes in a header: the relay takes commands only with a
+    // Bearer token, never from a URL.
+    let query = query.to_query();
     let bearer = format!("Bearer {token}");
     let host = format!("{session}.{}", relay.domain);
     let tcp = tokio::net::TcpStream::connect(relay.addr)
@@ -87,27 +133,21 @@ pub async fn open_ws(
         .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let port = relay.addr.port();
-    match &relay.tls {
-        None => {
-            let url = format!("ws://{host}:{port}{PATH}?{query}");
-            let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tcp)
-                .await
-                .map_err(ws_error)?;
-            Ok(Box::new(WsTerm { ws }))
-        }
+    let (url, io): (String, Box<dyn Io>) = match &relay.tls {
+        None => (format!("ws://{host}:{port}{PATH}?{query}"), Box::new(tcp)),
         Some(cfg) => {
             let name = rustls::pki_types::ServerName::try_from(host.clone())?;
             let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, tcp)
                 .await
                 .map_err(|e| anyhow::anyhow!("tls: {e}"))?;
-            let url = format!("wss://{host}:{port}{PATH}?{query}");
-            let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, tls)
-                .await
-                .map_err(ws_error)?;
-            Ok(Box::new(WsTerm { ws }))
+            (format!("wss://{host}:{port}{PATH}?{query}"), Box::new(tls))
         }
-    }
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request(&url, &bearer)?, io)
+        .await
+        .map_err(ws_error)?;
+    Ok(ws)
 }
 
 fn request(
@@ -129,31 +169,90 @@ fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
     }
 }
 
+impl WsTerm {
+    /// Reconnects at the cursor's offset; `false` when that did not work
+    /// within [`RESUME_WINDOW`] (or there is nothing to resume).
+    async fn resume(&mut self) -> bool {
+        if self.exited {
+            return false; // the shell ended: not a drop
+        }
+        if let Some(f) = &self.on_drop {
+            f("terminal dropped");
+        }
+        if self.cursor.terminal.is_none() {
+            return false;
+        }
+        self.cursor.resume(&mut self.query);
+        let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+        let mut wait = Duration::from_millis(50);
+        let mut resumed = false;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(ws) = connect(&self.relay, &self.session, &self.token, &self.query).await {
+                self.ws = ws;
+                resumed = true;
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        if resumed && let Some(f) = &self.on_drop {
+            f("terminal resumed");
+        }
+        resumed
+    }
+}
+
 #[async_trait]
-impl<S> Term for WsTerm<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
+impl Term for WsTerm {
     async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.ws
-            .send(Message::Binary(Bytes::copy_from_slice(data)))
-            .await
-            .map_err(|e| anyhow::anyhow!("websocket: {e}"))
+        let msg = Message::Binary(Bytes::copy_from_slice(data));
+        if self.ws.send(msg.clone()).await.is_ok() {
+            return Ok(());
+        }
+        // Keystrokes go to the resumed terminal rather than being lost.
+        if self.resume().await {
+            return self
+                .ws
+                .send(msg)
+                .await
+                .map_err(|e| anyhow::anyhow!("websocket: {e}"));
+        }
+        bail!("websocket: the connection was lost")
     }
 
     async fn recv(&mut self) -> anyhow::Result<Option<Bytes>> {
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(Some(b)),
+                Some(Ok(Message::Binary(b))) => {
+                    self.cursor.on_bytes(b.len());
+                    return Ok(Some(b));
+                }
                 Some(Ok(Message::Text(t))) => {
                     // hello, exit, gap: not terminal bytes; a hello of
                     // another protocol version ends the run with its reason.
-                    if let Err(e) = ServerMsg::parse(&t).check_version() {
+                    let m = ServerMsg::parse(&t);
+                    if let Err(e) = m.check_version() {
                         bail!("{e}");
                     }
+                    if matches!(m, ServerMsg::Exit { .. }) {
+                        self.exited = true;
+                    }
+                    self.cursor.on_message(&m);
                 }
-                Some(Ok(Message::Close(_))) | None => return Ok(None),
+                Some(Ok(Message::Close(f))) => {
+                    // A server going away (relay or agent restarting) is
+                    // resumed; any other close ends the terminal.
+                    let going_away = f.as_ref().is_some_and(|f| {
+                        u16::from(f.code) == warren_proto::terminal::close::GOING_AWAY
+                    });
+                    if going_away && self.resume().await {
+                        continue;
+                    }
+                    return Ok(None);
+                }
                 Some(Ok(_)) => continue,
+                None | Some(Err(_)) if self.resume().await => continue,
+                None => return Ok(None),
                 Some(Err(e)) => bail!("websocket: {e}"),
             }
         }

@@ -343,9 +343,16 @@ async fn open(
     relay: &RelayTarget,
     docker: Option<&bollard::Docker>,
     command: &str,
+    stats: &Arc<Stats>,
 ) -> anyhow::Result<Box<dyn Term>> {
     match path {
-        Path::Relay { id, token } => conn::open_ws(relay, id, token, Some(command)).await,
+        Path::Relay { id, token } => {
+            // Every drop shows in the report, and every resume (the
+            // terminal went on exactly where it was).
+            let stats = stats.clone();
+            let on_drop: conn::OnDrop = Arc::new(move |what| stats.error(what));
+            conn::open_ws(relay, id, token, Some(command), Some(on_drop)).await
+        }
         Path::Ssh { addr, id, token } => conn::open_ssh(*addr, id, token, command).await,
         Path::Direct { container } => {
             conn::open_exec(
@@ -709,7 +716,7 @@ async fn run_body(
             }
             let opened = async {
                 let _p = opening.acquire().await;
-                let mut t = open(&path, &relay, docker.as_ref(), &cmd).await?;
+                let mut t = open(&path, &relay, docker.as_ref(), &cmd, &stats).await?;
                 wait_for(t.as_mut(), b"WARREN-READY", &stats, Duration::from_secs(30)).await?;
                 Ok::<_, anyhow::Error>(t)
             }
@@ -807,7 +814,7 @@ async fn sessions(
                         Path::Relay { id, token }
                     }
                 };
-                let mut t = open(&path, &relay, docker.as_ref(), ECHO_COMMAND).await?;
+                let mut t = open(&path, &relay, docker.as_ref(), ECHO_COMMAND, &stats).await?;
                 stats.terminals_opened.fetch_add(1, Ordering::Relaxed);
                 wait_for(t.as_mut(), b"WARREN-READY", &stats, Duration::from_secs(60)).await?;
                 stats.record(t0.elapsed().as_micros() as u64);
