@@ -171,6 +171,13 @@ where
             a.store(now, std::sync::atomic::Ordering::Relaxed);
         }
     };
+    // Counters looked up once, not per frame (a labelled lookup locks).
+    let byte_counters = metrics.as_ref().map(|m| {
+        (
+            m.terminal_bytes.with_label_values(&["in"]),
+            m.terminal_bytes.with_label_values(&["out"]),
+        )
+    });
     // A frame read ahead while coalescing output.
     let mut held = None;
     // Offset just past the last byte sent (for gap notices).
@@ -184,8 +191,8 @@ where
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
-                    if let Some(m) = &metrics {
-                        m.terminal_bytes.with_label_values(&["in"]).inc_by(b.len() as u64);
+                    if let Some((bytes_in, _)) = &byte_counters {
+                        bytes_in.inc_by(b.len() as u64);
                     }
                     let data = match (exec, b.first()) {
                         (false, _) => &b[..],
@@ -230,8 +237,8 @@ where
                 }
                 Some(Ok(Frame::Data(b))) => {
                     sent += b.len() as u64;
-                    if let Some(m) = &metrics {
-                        m.terminal_bytes.with_label_values(&["out"]).inc_by(b.len() as u64);
+                    if let Some((_, bytes_out)) = &byte_counters {
+                        bytes_out.inc_by(b.len() as u64);
                     }
                     ws.feed(Message::Binary(b)).await?;
                     // Coalesce whatever else is ready before one flush.
