@@ -18,6 +18,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v iptables >/dev/null || need+=(iptables)
 command -v newuidmap >/dev/null || need+=(uidmap)
 command -v lxcfs >/dev/null || need+=(lxcfs)
+# Session disk limits on ext4 workers: loop-mounted ext4 per session.
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)

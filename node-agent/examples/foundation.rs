@@ -296,6 +296,10 @@ struct Stack {
 }
 
 async fn stack(dir: &std::path::Path) -> Stack {
+    stack_with(dir, DockerConfig::default().default_disk_mb).await
+}
+
+async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
     let relay = relay(dir);
     let label = format!("{}", std::process::id());
     let network = format!("warren-bench-{label}");
@@ -312,6 +316,7 @@ async fn stack(dir: &std::path::Path) -> Stack {
             security: SecurityMode::Auto,
             default_image: "warren/session:mini".into(),
             default_memory_mb: 256,
+            default_disk_mb,
             ..Default::default()
         },
         terminal: TerminalConfig::default(),
@@ -542,10 +547,10 @@ async fn bench_neighbours(st: &Stack) {
     }
 }
 
-async fn bench_start(st: &Stack) {
-    const N: usize = 10;
+/// Warren's start, create to an answering shell, `N` runs.
+async fn warren_starts(st: &Stack, n: usize) -> Histogram<u64> {
     let mut hw = Histogram::<u64>::new(3).unwrap();
-    for i in 0..N {
+    for i in 0..n {
         let id = format!("benchstart{i}");
         let t = Instant::now();
         let s = st
@@ -565,6 +570,44 @@ async fn bench_start(st: &Stack) {
         drop(ws);
         st.agent.remove_session(&id).await.unwrap();
     }
+    hw
+}
+
+/// Session start with the node's disk limits (loop disks on ext4) beside
+/// the same agent with none, alternating so both see the same machine.
+async fn bench_start_disk(dir: &std::path::Path) {
+    const N: usize = 10;
+    let mut with = Histogram::<u64>::new(3).unwrap();
+    let mut without = Histogram::<u64>::new(3).unwrap();
+    let mut backend = "";
+    for round in 0..2 {
+        for (h, disk) in [(&mut with, true), (&mut without, false)] {
+            let d = dir.join(format!("disk-{round}-{disk}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let st = if disk {
+                stack_with(&d, 1024).await
+            } else {
+                stack_with(&d, 0).await
+            };
+            if disk {
+                backend = st.agent.runtime().disk_backend();
+            }
+            h.add(warren_starts(&st, N / 2).await).unwrap();
+            st.stop.cancel();
+        }
+    }
+    println!(
+        "\n## Session start with and without a disk limit ({N} runs each, `warren/session:mini`)\n\n| disk | p50 | p99 |\n|---|---|---|"
+    );
+    let (a, b) = pct(&without);
+    println!("| no limit | {} | {} |", ms(a), ms(b));
+    let (a, b) = pct(&with);
+    println!("| 1 GiB limit ({backend}) | {} | {} |", ms(a), ms(b));
+}
+
+async fn bench_start(st: &Stack) {
+    const N: usize = 10;
+    let hw = warren_starts(st, N).await;
     let mut hd = Histogram::<u64>::new(3).unwrap();
     let label = format!("warren.bench={}", st.label);
     for _ in 0..N {
@@ -623,6 +666,9 @@ async fn main() {
         if what != "terminal" {
             bench_start(&st).await;
         }
+    }
+    if what == "all" || what == "disk" {
+        bench_start_disk(&dir).await;
     }
     if what == "all" || what == "neighbours" {
         let st = stack(&dir).await;

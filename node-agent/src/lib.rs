@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod disk;
 pub mod firewall;
 pub mod initsock;
 pub mod metrics;

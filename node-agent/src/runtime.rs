@@ -29,6 +29,8 @@ pub const LABEL_MANAGED: &str = "warren.managed";
 pub const LABEL_SESSION: &str = "warren.session";
 pub const LABEL_NODE: &str = "warren.node";
 pub const LABEL_MEMORY: &str = "warren.memory_mb";
+/// Set to `loop` on sessions whose writable layer is a loop-mounted disk.
+pub const LABEL_DISK: &str = "warren.disk";
 /// Where init's socket directory (a tmpfs) is mounted in every session.
 const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
 /// Bound on a session's container log (init's and the image command's output).
@@ -75,6 +77,9 @@ pub enum RuntimeError {
     NotReady(String, String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Details (paths, mount errors) stay in the agent's log.
+    #[error("session {0}: its disk limit could not be set up on this worker")]
+    Disk(String),
 }
 
 pub struct DockerRuntime {
@@ -88,7 +93,10 @@ pub struct DockerRuntime {
     labels: BTreeMap<String, String>,
     terminal: warren_config::TerminalConfig,
     /// The engine enforces `--storage-opt size` (cleared if it says not).
-    disk_limits: std::sync::atomic::AtomicBool,
+    disk_quota: std::sync::atomic::AtomicBool,
+    /// Loop-mounted session disks, where the engine cannot limit them.
+    loop_disks: Option<crate::disk::LoopDisks>,
+    docker_root: PathBuf,
 }
 
 impl DockerRuntime {
@@ -128,9 +136,10 @@ impl DockerRuntime {
                  (\"userns-remap\": \"default\" in /etc/docker/daemon.json; scripts/setup-host.sh sets it)"
             );
         }
-        // Per-container disk limits need overlay2 on XFS mounted with project
-        // quotas (`pquota` cannot be seen from here: the first create tries,
-        // and an engine that refuses turns limits off).
+        // Docker limits a container's disk only with overlay2 on XFS mounted
+        // with project quotas (`pquota` cannot be seen from here: the first
+        // create tries, and an engine that refuses turns it off). Elsewhere
+        // the agent gives each session a loop-mounted disk (crate::disk).
         let driver = info.driver.clone().unwrap_or_default();
         let backing = info
             .driver_status
@@ -141,10 +150,29 @@ impl DockerRuntime {
             })
             .and_then(|kv| kv.get(1).cloned())
             .unwrap_or_default();
-        let disk_limits = driver == "overlay2" && backing == "xfs";
-        if !disk_limits {
-            warn!(%driver, %backing, "Docker cannot limit session disks here (needs overlay2 on XFS with pquota); sessions have no disk limit");
-        }
+        let disk_quota = driver == "overlay2" && backing == "xfs";
+        let loop_disks = if driver == "overlay2" {
+            crate::disk::LoopDisks::detect(data_dir)
+        } else {
+            Err(format!("the storage driver is {driver}, not overlay2"))
+        };
+        let loop_disks = match loop_disks {
+            Ok(l) => {
+                if !disk_quota {
+                    info!(%backing, "session disks are loop-mounted filesystems (Docker cannot limit them on {backing})");
+                }
+                Some(l)
+            }
+            Err(why) if disk_quota => {
+                info!("session disks are limited by XFS project quotas (no loop fallback: {why})");
+                None
+            }
+            Err(why) => {
+                warn!(%driver, %backing, "sessions have no disk limit here: Docker cannot set one (needs overlay2 on XFS with pquota) and {why}");
+                None
+            }
+        };
+        let docker_root = PathBuf::from(info.docker_root_dir.clone().unwrap_or_default());
         let security =
             SecurityProfile::detect(cfg.security, cfg.allow_host_root_sessions, engine_userns);
         if security.is_host_root() {
@@ -167,7 +195,9 @@ impl DockerRuntime {
             security,
             labels,
             terminal,
-            disk_limits: std::sync::atomic::AtomicBool::new(disk_limits),
+            disk_quota: std::sync::atomic::AtomicBool::new(disk_quota),
+            loop_disks,
+            docker_root,
         };
         rt.ensure_network().await?;
         Ok(rt)
@@ -175,7 +205,22 @@ impl DockerRuntime {
 
     /// Whether sessions here get a disk limit.
     pub fn disk_limits(&self) -> bool {
-        self.disk_limits.load(std::sync::atomic::Ordering::Relaxed)
+        self.disk_quota() || self.loop_disks.is_some()
+    }
+
+    /// How session disks are limited here: `quota`, `loop` or `none`.
+    pub fn disk_backend(&self) -> &'static str {
+        if self.disk_quota() {
+            "quota"
+        } else if self.loop_disks.is_some() {
+            "loop"
+        } else {
+            "none"
+        }
+    }
+
+    fn disk_quota(&self) -> bool {
+        self.disk_quota.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn security(&self) -> SecurityProfile {
@@ -215,18 +260,20 @@ impl DockerRuntime {
     }
 
     /// overlay2 without XFS project quotas refuses `size`: stop asking
-    /// (sessions then run without a disk limit, and the node says so).
+    /// (sessions then get loop disks, or run without a disk limit and the
+    /// node says so).
     fn disk_limit_unsupported(&self, err: &bollard::errors::Error) -> bool {
         let bollard::errors::Error::DockerResponseServerError { message, .. } = err else {
             return false;
         };
         if message.contains("storage-opt") || message.contains("quota") {
             if self
-                .disk_limits
+                .disk_quota
                 .swap(false, std::sync::atomic::Ordering::Relaxed)
             {
                 warn!(
-                    "Docker cannot limit session disks here ({message}); sessions run without a disk limit"
+                    fallback = self.disk_backend(),
+                    "Docker cannot limit session disks here ({message})"
                 );
             }
             return true;
@@ -359,7 +406,7 @@ impl DockerRuntime {
         }
         if spec.disk_mb.is_some() && !self.disk_limits() {
             return Err(RuntimeError::Invalid(
-                "this worker cannot limit disk (its Docker engine needs overlay2 on XFS with project quotas)".into(),
+                "this worker cannot limit disk (its Docker engine needs overlay2, on XFS with project quotas or with loop devices for the agent)".into(),
             ));
         }
         if !((16..=1_048_576).contains(&memory_mb)
@@ -386,6 +433,9 @@ impl DockerRuntime {
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
         labels.insert(LABEL_SESSION.into(), spec.id.clone());
         labels.insert(LABEL_MEMORY.into(), memory_mb.to_string());
+        if disk_mb > 0 && self.disk_limits() {
+            labels.insert(LABEL_DISK.into(), self.disk_backend().into());
+        }
 
         let hc = HostConfig {
             memory: Some((memory_mb * 1024 * 1024) as i64),
@@ -450,19 +500,39 @@ impl DockerRuntime {
             let mut body = body.clone();
             if let Some(hc) = body.host_config.as_mut() {
                 self.security().apply(hc);
-                if disk_mb > 0 && self.disk_limits() {
+                if disk_mb > 0 && self.disk_quota() {
                     hc.storage_opt =
                         Some(HashMap::from([("size".to_string(), format!("{disk_mb}M"))]));
                 }
             }
+            if let Some(l) = body.labels.as_mut()
+                && l.contains_key(LABEL_DISK)
+            {
+                l.insert(LABEL_DISK.into(), self.disk_backend().into());
+            }
             match self.docker.create_container(Some(opts.clone()), body).await {
                 Ok(c) => break c,
                 Err(e) if self.drop_unknown_capability(&e) => continue,
-                Err(e) if spec.disk_mb.is_none() && self.disk_limit_unsupported(&e) => continue,
+                Err(e)
+                    if (spec.disk_mb.is_none() || self.loop_disks.is_some())
+                        && self.disk_limit_unsupported(&e) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         };
         let result = async {
+            if disk_mb > 0
+                && !self.disk_quota()
+                && let Some(disks) = &self.loop_disks
+            {
+                let layer = self.layer_dir(&created.id).await?;
+                disks.attach(&spec.id, &layer, disk_mb).await.map_err(|e| {
+                    warn!(session = %spec.id, "cannot set up the session's disk: {e}");
+                    RuntimeError::Disk(spec.id.clone())
+                })?;
+            }
             self.docker.start_container(&created.id, None).await?;
             let info = self
                 .inspect(&created.id, &spec.id, &image, memory_mb)
@@ -473,9 +543,18 @@ impl DockerRuntime {
         .await;
         if result.is_err() {
             // Leave nothing half-made behind.
-            let _ = self.remove_container(&created.id).await;
+            let _ = self.remove_container_and_disk(&created.id, &spec.id).await;
         }
         result
+    }
+
+    /// The container's overlay2 layer directory, for its loop disk.
+    async fn layer_dir(&self, container: &str) -> Result<PathBuf, RuntimeError> {
+        let c = self.docker.inspect_container(container, None).await?;
+        crate::disk::layer_dir(c.graph_driver.as_ref(), &self.docker_root).ok_or_else(|| {
+            warn!(%container, graph_driver = ?c.graph_driver, "no overlay2 layer directory for the container");
+            RuntimeError::Disk(container.into())
+        })
     }
 
     async fn inspect(
@@ -540,9 +619,20 @@ impl DockerRuntime {
                 c.state,
                 Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             );
+            // A loop disk is mounted again (after a reboot) before its
+            // container starts, or the session would find its files gone and
+            // run without a limit.
+            if !running
+                && labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
+                && let Err(e) = self.reattach_disk(&cid, &sid).await
+            {
+                warn!(session = %sid, "cannot mount the stopped session's disk again, removing it: {e}");
+                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                continue;
+            }
             if !running && let Err(e) = self.docker.start_container(&cid, None).await {
                 warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
-                let _ = self.remove_container(&cid).await;
+                let _ = self.remove_container_and_disk(&cid, &sid).await;
                 continue;
             }
             let info = match self
@@ -562,12 +652,44 @@ impl DockerRuntime {
             }
             out.push(info);
         }
+        if let Some(disks) = &self.loop_disks {
+            disks.sweep(&out.iter().map(|s| s.id.clone()).collect());
+        }
         Ok(out)
     }
 
+    async fn reattach_disk(&self, container: &str, session: &str) -> Result<(), RuntimeError> {
+        let disks = self.loop_disks.as_ref().ok_or_else(|| {
+            RuntimeError::Invalid("this agent cannot mount loop disks any more".into())
+        })?;
+        if !disks.has(session) {
+            return Err(RuntimeError::Invalid(format!(
+                "the disk image of session {session} is gone"
+            )));
+        }
+        let layer = self.layer_dir(container).await?;
+        Ok(disks.reattach(session, &layer).await?)
+    }
+
     pub async fn remove(&self, info: &SessionInfo) -> Result<(), RuntimeError> {
-        self.remove_container(&info.container_id).await?;
+        self.remove_container_and_disk(&info.container_id, &info.id)
+            .await?;
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&info.id));
+        Ok(())
+    }
+
+    /// Removes a container, then frees its loop disk if it had one.
+    async fn remove_container_and_disk(
+        &self,
+        container: &str,
+        session: &str,
+    ) -> Result<(), RuntimeError> {
+        let Some(disks) = &self.loop_disks else {
+            return self.remove_container(container).await;
+        };
+        let layer = self.layer_dir(container).await.ok();
+        self.remove_container(container).await?;
+        disks.release(session, layer.as_deref()).await;
         Ok(())
     }
 

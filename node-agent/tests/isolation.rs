@@ -323,6 +323,12 @@ async fn disk_limits_are_enforced_or_refused() {
         "{bad:?}"
     );
     if !stack.agent().runtime().disk_limits() {
+        // These machines can always limit disks (loop disks need root, loop
+        // devices and e2fsprogs, all of which setup-host.sh provides).
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI needs a worker that limits session disks"
+        );
         let r = stack.agent().create_session(&spec(100)).await;
         assert!(
             matches!(&r, Err(e) if e.to_string().contains("cannot limit disk")),
@@ -337,7 +343,28 @@ async fn disk_limits_are_enforced_or_refused() {
     }
     let a = stack.agent().create_session(&spec(100)).await.unwrap();
     let b = stack.session("warren/session:mini", 64).await;
+    let host_free = || {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1M", "/var/lib/docker"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<i64>().ok())
+            .unwrap()
+    };
+    let before = host_free();
     let mut t = stack.terminal(&a.id, "").await;
+    // The session sees its own size.
+    let df = t.run("df -m / | tail -1; echo df-$((5*5))", "df-25").await;
+    let size: u64 = df
+        .lines()
+        .find(|l| l.starts_with("overlay"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overlay line in {df}"));
+    assert!((60..=100).contains(&size), "df shows {size} MB: {df}");
     let out = t
         .run(
             "dd if=/dev/zero of=/fill bs=1M count=400 2>&1 | head -2; echo filled-$((6*7))",
@@ -345,13 +372,107 @@ async fn disk_limits_are_enforced_or_refused() {
         )
         .await;
     assert!(out.contains("No space left"), "{out}");
+    // The worker's disk paid for at most the session's limit.
+    let used = before - host_free();
+    assert!(used < 150, "the worker lost {used} MB to a 100 MB session");
+    // What is left after the big writes is refused too, the session goes on.
+    let out = t
+        .run(
+            "dd if=/dev/zero of=/fill2 bs=1k count=10000 2>&1 | head -1; echo small-$((7*7))",
+            "small-49",
+        )
+        .await;
+    assert!(out.contains("No space left"), "{out}");
     t.run(
-        "rm /fill; echo ok > /after; cat /after; echo freed-$((8*8))",
+        "rm /fill /fill2; echo ok > /after; cat /after; echo freed-$((8*8))",
         "freed-64",
     )
     .await;
     let mut tb = stack.terminal(&b.id, "").await;
     tb.run("echo neighbour-$((9*9))", "neighbour-81").await;
+    drop(t);
+
+    // Removing the session frees its disk: nothing stays mounted, no image
+    // file is left in the agent's data dir.
+    let disks = stack.data_dir().join("disks");
+    assert!(disks.join(format!("{}.img", a.id)).is_file());
+    stack.agent().remove_session(&a.id).await.unwrap();
+    assert!(!disks.join(format!("{}.img", a.id)).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&a.container_id),
+        "the session's layer is still mounted"
+    );
+}
+
+/// After a reboot the loop disk is no longer mounted: the agent mounts it
+/// again before restarting the container, so the session finds its files
+/// and keeps its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_disk_comes_back_after_a_reboot() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let mut stack = Stack::start("diskboot").await;
+    if stack.agent().runtime().disk_backend() != "loop" {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI expects loop disks (overlay2 on ext4)"
+        );
+        eprintln!("SKIPPED: session disks are not loop disks here");
+        return;
+    }
+    let s = stack
+        .agent()
+        .create_session(&warren_agent::SessionSpec {
+            id: format!("r{}", common::random_suffix()),
+            image: Some("warren/session:mini".into()),
+            memory_mb: Some(64),
+            disk_mb: Some(80),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut t = stack.terminal(&s.id, "").await;
+    t.run("echo kept > /root/mark; sync; echo m-$((4*4))", "m-16")
+        .await;
+    drop(t);
+    // "Reboot": the agent is down, the container stops, the mount is gone.
+    stack.stop_agent().await;
+    let docker = |args: &[&str]| {
+        let o = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    docker(&["stop", "-t", "1", &s.container_id]);
+    let layer = docker(&[
+        "inspect",
+        "-f",
+        "{{.GraphDriver.Data.UpperDir}}",
+        &s.container_id,
+    ]);
+    let layer = std::path::Path::new(&layer).parent().unwrap().to_path_buf();
+    let o = std::process::Command::new("umount")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    stack.start_agent().await;
+    let mut t = stack.terminal(&s.id, "").await;
+    let out = t
+        .run("cat /root/mark; df -m / | tail -1; echo b-$((5*9))", "b-45")
+        .await;
+    assert!(out.contains("kept"), "the session's files are gone: {out}");
+    let size: u64 = out
+        .lines()
+        .find(|l| l.starts_with("overlay"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overlay line in {out}"));
+    assert!(size <= 80, "the limit is gone after the reboot: {out}");
 }
 
 /// `free`, /proc/meminfo, /proc/cpuinfo and `nproc` inside a session show

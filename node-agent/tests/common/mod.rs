@@ -140,6 +140,11 @@ impl Stack {
         self.cfg.docker.network.clone()
     }
 
+    /// The agent's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self.cfg.data_dir.clone()
+    }
+
     pub fn node(&self) -> &str {
         &self.cfg.node_id
     }
