@@ -664,6 +664,30 @@ async fn a_tab_renews_its_token_until_the_session_ends() {
     )
     .await;
     assert_eq!(s, 204);
-    let (s, head, _) = refresh(Some(origin), host, grant).await;
+    let (s, head, _) = refresh(Some(origin.clone()), host.clone(), grant).await;
     assert_eq!(s, 404, "{head}");
+
+    // One address cannot make the relay ask control without end: after a
+    // minute's worth of renewals it gets 429 and Retry-After, unchecked.
+    let mut first_limited = None;
+    for i in 0..80 {
+        let forged = format!("wr_{:0>40}", i);
+        let (s, head, _) = refresh(
+            Some(format!("http://{other_host}")),
+            other_host.clone(),
+            forged,
+        )
+        .await;
+        if s == 429 {
+            assert!(
+                head.to_ascii_lowercase().contains("retry-after: 60"),
+                "{head}"
+            );
+            first_limited = Some(i);
+            break;
+        }
+        assert_eq!(s, 401, "{head}");
+    }
+    let n = first_limited.expect("80 renewals from one address in a minute were all checked");
+    assert!(n >= 50, "limited after only {n} renewals");
 }

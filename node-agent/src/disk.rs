@@ -46,6 +46,12 @@ impl LoopDisks {
         Ok(Self { dir })
     }
 
+    /// MiB free on the filesystem holding the disk images.
+    pub fn free_mb(&self) -> Option<u64> {
+        let st = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024))
+    }
+
     fn image(&self, session: &str) -> PathBuf {
         self.dir.join(format!("{session}.img"))
     }

@@ -35,6 +35,9 @@ pub const LABEL_DISK: &str = "warren.disk";
 const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
 /// Bound on a session's container log (init's and the image command's output).
 const LOG_MAX_SIZE: &str = "1m";
+/// Free space (MiB) the worker keeps for itself: below it, no new sessions
+/// with loop disks.
+const MIN_FREE_DISK_MB: u64 = 1024;
 /// Time a new container has to bring up its init socket.
 const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -527,6 +530,14 @@ impl DockerRuntime {
                 && !self.disk_quota()
                 && let Some(disks) = &self.loop_disks
             {
+                // Loop disks are thin: a worker whose own disk is nearly full
+                // takes no more sessions rather than fail them all later.
+                if disks.free_mb().is_some_and(|f| f < MIN_FREE_DISK_MB) {
+                    warn!(session = %spec.id, "refusing a session: the agent's data dir has under {MIN_FREE_DISK_MB} MiB free");
+                    return Err(RuntimeError::Invalid(
+                        "this worker's disk is nearly full".into(),
+                    ));
+                }
                 let layer = self.layer_dir(&created.id).await?;
                 disks.attach(&spec.id, &layer, disk_mb).await.map_err(|e| {
                     warn!(session = %spec.id, "cannot set up the session's disk: {e}");

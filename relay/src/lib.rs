@@ -198,6 +198,10 @@ pub async fn start(
     // The HTTP(S) proxy on Pingora, driven on this runtime.
     let conf = Arc::new(ServerConf::default());
     let proxy = RelayProxy {
+        refresh_limiter: crate::ssh::FailureLimiter::new(
+            crate::proxy::REFRESH_LIMIT,
+            std::time::Duration::from_secs(60),
+        ),
         domain: cfg.domain.clone(),
         preview_domain: cfg.preview_domain.clone(),
         verifier: verifier.clone(),

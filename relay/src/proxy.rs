@@ -65,7 +65,13 @@ pub struct RelayProxy {
     pub control_upstream: Option<SocketAddr>,
     /// Refresh grants and renewed tokens.
     pub control: Arc<dyn ControlPlane>,
+    /// Renewals asked of control per client address ([`REFRESH_LIMIT`]).
+    pub refresh_limiter: crate::ssh::FailureLimiter,
 }
+
+/// Renewals one client address may ask for per minute. A tab renews once
+/// per token lifetime (minutes); this bounds what a client costs control.
+pub const REFRESH_LIMIT: u32 = 60;
 
 enum Upstream {
     Tunnel {
@@ -480,6 +486,26 @@ impl RelayProxy {
             REFRESH_COOKIE
         };
         let grants = all_cookie_tokens(session.req_header(), name);
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = peer {
+            if self.refresh_limiter.limited(ip) {
+                return self
+                    .answer(
+                        session,
+                        Answer::new(
+                            429,
+                            "rate_limited",
+                            "Too many renewals",
+                            "Too many token renewals from this address; try again in a minute.",
+                        ),
+                    )
+                    .await;
+            }
+            self.refresh_limiter.fail(ip);
+        }
         let mut outcome = Refreshed::Invalid;
         // Only what control hands out (`wr_` and 40 letters or digits)
         // goes on to control.
@@ -556,6 +582,9 @@ impl RelayProxy {
         let mut headers = Vec::new();
         if a.status == 401 {
             headers.push(("www-authenticate", "Bearer realm=\"warren\"".to_string()));
+        }
+        if a.status == 429 {
+            headers.push(("retry-after", "60".to_string()));
         }
         self.send(session, a.status, &headers, ctype, body).await
     }

@@ -165,33 +165,51 @@ impl PreAuth {
     }
 }
 
-/// Counts failed logins per client address key.
-#[derive(Default)]
+/// Counts events (failed logins, token renewals) per client address key
+/// within a fixed window.
 pub struct FailureLimiter {
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    max: u32,
+    window: Duration,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES, FAILURE_WINDOW)
+    }
 }
 
 impl FailureLimiter {
-    /// Whether `ip` has used up its failures for now.
+    /// At most `max` events per address key in each `window`.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self {
+            seen: Mutex::default(),
+            max,
+            window,
+        }
+    }
+
+    /// Whether `ip` has used up its events for now.
     pub fn limited(&self, ip: IpAddr) -> bool {
         let ip = address_key(ip);
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(seen.get(&ip), Some((since, n)) if since.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+        matches!(seen.get(&ip), Some((since, n)) if since.elapsed() < self.window && *n >= self.max)
     }
 
-    /// Records a failure; true when this one reached the limit.
+    /// Records an event; true when this one reached the limit.
     pub fn fail(&self, ip: IpAddr) -> bool {
         let ip = address_key(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() > 100_000 {
-            seen.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            let window = self.window;
+            seen.retain(|_, (since, _)| since.elapsed() < window);
         }
         let entry = seen.entry(ip).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= FAILURE_WINDOW {
+        if entry.0.elapsed() >= self.window {
             *entry = (Instant::now(), 0);
         }
         entry.1 += 1;
-        entry.1 == MAX_FAILURES
+        entry.1 == self.max
     }
 }
 

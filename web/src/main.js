@@ -72,6 +72,14 @@ function stop(kind, title, text) {
   showBanner(`${title}: ${text}`, true);
 }
 
+// A renewal that could not be answered: reconnect later, and renew again
+// if the token is still refused then.
+function retryRenewal(ms) {
+  refreshed = false;
+  attempt += 1;
+  setState("connecting", "renewing sign-in…");
+  timer = setTimeout(connect, ms);
+}
 function connect() {
   clearTimeout(timer);
   if (stopped) return;
@@ -138,10 +146,11 @@ function connect() {
           .then((r) => {
             if (r.status === 204) return connect();
             if (r.status === 404) return stop("session ended", "Session ended", "This session has ended.");
-            if (r.status >= 500) { attempt += 1; timer = setTimeout(connect, 1000); return; }
+            // Busy or rate-limited: try the renewal again later, not "signed out".
+            if (r.status === 429 || r.status >= 500) { retryRenewal(r.status === 429 ? 60000 : 1000); return; }
             stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
           })
-          .catch(() => { attempt += 1; timer = setTimeout(connect, 1000); });
+          .catch(() => retryRenewal(1000));
         return;
       }
       return stop("signed out", "Signed out", `${reason} Open the session link again to sign in.`);
