@@ -23,6 +23,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+# The cluster test scrapes every part with a real Prometheus.
+[ -x /usr/bin/prometheus ] || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

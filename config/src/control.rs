@@ -171,10 +171,11 @@ impl Validate for ControlConfig {
                 "must be between 60 and 604800",
             ));
         }
-        if !(60..=86_400).contains(&s.token_ttl_secs) {
+        // Short lifetimes are fine: pages renew their tokens.
+        if !(10..=86_400).contains(&s.token_ttl_secs) {
             return Err(ConfigError::invalid(
                 "sessions.token_ttl_secs",
-                "must be between 60 and 86400",
+                "must be between 10 and 86400",
             ));
         }
         for (i, u) in self.control_urls.iter().enumerate() {

@@ -170,7 +170,9 @@ impl Validate for RelayConfig {
             ));
         }
         if let Some(u) = &self.auth.jwks_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
+            && !u
+                .split(',')
+                .all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://"))
         {
             return Err(ConfigError::invalid(
                 "auth.jwks_url",
@@ -181,7 +183,11 @@ impl Validate for RelayConfig {
             return Err(ConfigError::invalid("auth.audience", "must not be empty"));
         }
         if let Some(c) = &self.control {
-            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+            if !c
+                .url
+                .split(',')
+                .all(|u| u.trim().starts_with("http://") || u.trim().starts_with("https://"))
+            {
                 return Err(ConfigError::invalid(
                     "control.url",
                     "must be an http(s) URL",

@@ -126,17 +126,25 @@ impl Verifier {
             KeySource::File(p) => tokio::fs::read_to_string(p)
                 .await
                 .map_err(|e| format!("reading {}: {e}", p.display()))?,
-            KeySource::Url(u) => {
-                let r = self
-                    .http
-                    .get(u)
-                    .send()
-                    .await
-                    .map_err(|e| format!("fetching {u}: {e}"))?;
-                if !r.status().is_success() {
-                    return Err(format!("fetching {u}: HTTP {}", r.status()));
+            // One URL or several (control replicas), comma-separated: the
+            // first that answers.
+            KeySource::Url(urls) => {
+                let mut last = String::from("no JWKS URL");
+                let mut text = None;
+                for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    match self.http.get(u).send().await {
+                        Ok(r) if r.status().is_success() => match r.text().await {
+                            Ok(t) => {
+                                text = Some(t);
+                                break;
+                            }
+                            Err(e) => last = format!("reading {u}: {e}"),
+                        },
+                        Ok(r) => last = format!("fetching {u}: HTTP {}", r.status()),
+                        Err(e) => last = format!("fetching {u}: {e}"),
+                    }
                 }
-                r.text().await.map_err(|e| format!("reading {u}: {e}"))?
+                text.ok_or(last)?
             }
             KeySource::Static(s) => s.clone(),
         };

@@ -12,21 +12,67 @@ use warren_tunnel::server::{AuthError, NodeAuthenticator, NodeIdentity};
 
 use crate::routes::{ControlPlane, Refreshed, RouteError, SessionRoute, SshAuditEvent};
 
+/// Control's internal API, on one replica or several.
 pub struct ControlClient {
-    base: String,
+    /// Every replica's URL; requests go to the one that last answered.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     secret: String,
     http: reqwest::Client,
 }
 
 impl ControlClient {
+    /// `base` is one URL or several, comma-separated (control replicas on
+    /// one database): a replica that cannot be reached is skipped.
     pub fn new(base: &str, secret: &str) -> anyhow::Result<Self> {
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        anyhow::ensure!(!bases.is_empty(), "no control URL");
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: Default::default(),
             secret: secret.into(),
             http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
                 .timeout(Duration::from_secs(5))
                 .build()?,
         })
+    }
+
+    /// Sends `req(base)` with the relay's secret to the current replica,
+    /// then to the others in turn while they cannot be reached (or answer
+    /// 502/503: a replica without its database). The last error otherwise.
+    async fn send(
+        &self,
+        req: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        use std::sync::atomic::Ordering;
+        let start = self.current.load(Ordering::Relaxed);
+        let n = self.bases.len();
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            match req(&self.http, &self.bases[at])
+                .bearer_auth(&self.secret)
+                .send()
+                .await
+            {
+                Ok(r) if i + 1 < n && matches!(r.status().as_u16(), 502 | 503) => {}
+                Ok(r) => {
+                    if at != start {
+                        tracing::info!(control = %self.bases[at], "control replica changed");
+                        self.current.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
+                Err(e) if e.is_connect() || e.is_timeout() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one replica was tried"))
     }
 }
 
@@ -52,10 +98,7 @@ async fn route_answer(
 impl ControlPlane for ControlClient {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
         let r = self
-            .http
-            .get(format!("{}/internal/v1/routes/{session}", self.base))
-            .bearer_auth(&self.secret)
-            .send()
+            .send(|c, b| c.get(format!("{b}/internal/v1/routes/{session}")))
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         route_answer(r, &[404]).await
@@ -67,14 +110,13 @@ impl ControlPlane for ControlClient {
         public_key: &str,
     ) -> Result<Option<SessionRoute>, RouteError> {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/ssh/authorize", self.base))
-            .bearer_auth(&self.secret)
-            .json(&SshAuthorizeRequest {
-                session: session.into(),
-                public_key: public_key.into(),
+            .send(|c, b| {
+                c.post(format!("{b}/internal/v1/ssh/authorize"))
+                    .json(&SshAuthorizeRequest {
+                        session: session.into(),
+                        public_key: public_key.into(),
+                    })
             })
-            .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         route_answer(r, &[403, 404, 422]).await
@@ -82,11 +124,7 @@ impl ControlPlane for ControlClient {
 
     async fn audit(&self, event: SshAuditEvent) {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/ssh/audit", self.base))
-            .bearer_auth(&self.secret)
-            .json(&event)
-            .send()
+            .send(|c, b| c.post(format!("{b}/internal/v1/ssh/audit")).json(&event))
             .await;
         if let Err(e) = r {
             tracing::warn!("ssh audit event not recorded: {e}");
@@ -95,13 +133,12 @@ impl ControlPlane for ControlClient {
 
     async fn grant(&self, token: &str) -> Result<Option<(String, i64)>, RouteError> {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/tokens/grant", self.base))
-            .bearer_auth(&self.secret)
-            .json(&GrantRequest {
-                token: token.into(),
+            .send(|c, b| {
+                c.post(format!("{b}/internal/v1/tokens/grant"))
+                    .json(&GrantRequest {
+                        token: token.into(),
+                    })
             })
-            .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         match r.status().as_u16() {
@@ -116,14 +153,13 @@ impl ControlPlane for ControlClient {
 
     async fn refresh(&self, session: &str, grant: &str) -> Result<Refreshed, RouteError> {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/tokens/refresh", self.base))
-            .bearer_auth(&self.secret)
-            .json(&RefreshRequest {
-                session: session.into(),
-                refresh_token: grant.into(),
+            .send(|c, b| {
+                c.post(format!("{b}/internal/v1/tokens/refresh"))
+                    .json(&RefreshRequest {
+                        session: session.into(),
+                        refresh_token: grant.into(),
+                    })
             })
-            .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         match r.status().as_u16() {
@@ -143,14 +179,13 @@ impl ControlPlane for ControlClient {
         fingerprint: &str,
     ) -> Result<(), RouteError> {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/ssh/host-key", self.base))
-            .bearer_auth(&self.secret)
-            .json(&HostKeyRequest {
-                public_key: public_key.into(),
-                fingerprint: fingerprint.into(),
+            .send(|c, b| {
+                c.post(format!("{b}/internal/v1/ssh/host-key"))
+                    .json(&HostKeyRequest {
+                        public_key: public_key.into(),
+                        fingerprint: fingerprint.into(),
+                    })
             })
-            .send()
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         if r.status().is_success() {
@@ -165,14 +200,13 @@ impl ControlPlane for ControlClient {
 impl NodeAuthenticator for ControlClient {
     async fn authenticate(&self, hello: &Hello) -> Result<NodeIdentity, AuthError> {
         let r = self
-            .http
-            .post(format!("{}/internal/v1/nodes/verify", self.base))
-            .bearer_auth(&self.secret)
-            .json(&VerifyNodeRequest {
-                node_id: hello.node_id.clone(),
-                credential: hello.credential.clone(),
+            .send(|c, b| {
+                c.post(format!("{b}/internal/v1/nodes/verify"))
+                    .json(&VerifyNodeRequest {
+                        node_id: hello.node_id.clone(),
+                        credential: hello.credential.clone(),
+                    })
             })
-            .send()
             .await
             .map_err(|e| AuthError(format!("control plane unreachable: {e}")))?;
         if r.status().is_success() {
