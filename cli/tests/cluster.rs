@@ -81,6 +81,28 @@ impl Proc {
         }
     }
 
+    /// SIGTERM (a graceful stop); returns at once, the process exits on its
+    /// own (waited for when dropped or by [`Proc::wait`]).
+    fn term(&mut self) {
+        if let Some(id) = self.child.as_ref().and_then(|c| c.id()) {
+            std::process::Command::new("kill")
+                .args(["-TERM", &id.to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
+    /// Waits for the process to exit; its status.
+    async fn wait(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("running");
+        let st = tokio::time::timeout(WAIT, c.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit", self.name))
+            .unwrap();
+        self.child = None;
+        st
+    }
+
     /// Fails the test if the process has exited.
     fn assert_alive(&mut self) {
         if let Some(c) = self.child.as_mut()
@@ -704,50 +726,139 @@ async fn a_browser_tab_survives_relay_crashes_and_its_token_expiring() {
         s["token"].as_str().unwrap()
     );
 
-    // The script asks for each crash on this socket: one line per request,
-    // answered once the relay listens again.
-    let kills = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let kill_url = format!("http://{}/kill", kills.local_addr().unwrap());
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
-    let killer = {
+    let restarts = {
         let c = c.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut done = 0;
-            while let Ok((mut sock, _)) = kills.accept().await {
-                let mut buf = [0u8; 1024];
-                let _ = sock.read(&mut buf).await;
-                c.lock().await.restart_relay(0).await;
-                done += 1;
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nrestarted")
-                    .await;
-                if done == 2 {
-                    break;
-                }
-            }
-            done
+        serve_kills(2, move || {
+            let c = c.clone();
+            async move { c.lock().await.restart_relay(0).await }
         })
+        .await
     };
-    let (web, shot) = browser_dirs("browser-relay-crash.png");
+    let out = browser(&[
+        &url,
+        &restarts.0,
+        &expires.to_string(),
+        "browser-relay-crash.png",
+    ])
+    .await;
+    eprintln!("{out}");
+    assert_eq!(
+        restarts.1.await.unwrap(),
+        2,
+        "the relay was not killed twice"
+    );
+}
+
+/// Two relays behind one name (a forwarder that picks the first relay
+/// accepting connections, as a load balancer would): Chromium is attached
+/// through relay 1 when it is stopped gracefully (SIGTERM). The page is told
+/// (close 1001 as the relay drains), reconnects at once through relay 2,
+/// and keeps its shell: every line once, the same PID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let Some(c) = Cluster::start("drain", 1, 2, 1, 600).await else {
+        eprintln!("SKIPPED: needs WARREN_TEST_POSTGRES_URL");
+        return;
+    };
+    let name = one_name(vec![c.relay_ports[0].http, c.relay_ports[1].http]).await;
+    let s = c.create_session(0).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let url = format!(
+        "http://{id}.warren.localhost:{name}/?token={}",
+        s["token"].as_str().unwrap()
+    );
+    let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
+    let stops = {
+        let c = c.clone();
+        serve_kills(1, move || {
+            let c = c.clone();
+            async move { c.lock().await.relays[0].term() }
+        })
+        .await
+    };
+    let out = browser(&[&url, &stops.0, "0", "browser-relay-drain.png", "once"]).await;
+    eprintln!("{out}");
+    assert_eq!(stops.1.await.unwrap(), 1);
+    let st = c.lock().await.relays[0].wait().await;
+    assert!(st.success(), "the drained relay exited with {st}");
+}
+
+/// Answers `n` requests on a local port, running `action` before each
+/// answer: the browser script's way to ask for a relay crash. Returns the
+/// URL and a task counting the requests served.
+async fn serve_kills<F, Fut>(n: usize, action: F) -> (String, tokio::task::JoinHandle<usize>)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/kill", l.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut done = 0;
+        while done < n {
+            let Ok((mut sock, _)) = l.accept().await else {
+                break;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            action().await;
+            done += 1;
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndone")
+                .await;
+        }
+        done
+    });
+    (url, task)
+}
+
+/// One address in front of several relays: each connection goes to the
+/// first that accepts. Returns its port.
+async fn one_name(relays: Vec<u16>) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = l.accept().await {
+            let relays = relays.clone();
+            tokio::spawn(async move {
+                for r in relays {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", r)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Runs `web/e2e/relaykill.mjs` with `args` (URL, kill URL, token expiry,
+/// screenshot file name, [`once`]); fails the test unless it passes. Its
+/// report.
+async fn browser(args: &[&str]) -> String {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (web, shot) = browser_dirs(&args[3]);
+    args[3] = shot.display().to_string();
     let out = tokio::process::Command::new("node")
         .arg("e2e/relaykill.mjs")
-        .arg(&url)
-        .arg(&kill_url)
-        .arg(expires.to_string())
-        .arg(&shot)
+        .args(&args)
         .current_dir(&web)
         .output()
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
         "browser test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("{stdout}");
-    assert_eq!(killer.await.unwrap(), 2, "the relay was not killed twice");
+    stdout
 }
 
 /// The web package's directory (its npm packages are installed by the

@@ -4,7 +4,8 @@
 //! resumed with `terminal=N&offset=K` as the page does:
 //! - one relay SIGKILLed and started again at once, 20 times;
 //! - two relays, the client's relay stopped gracefully (SIGTERM), the client
-//!   moving to the other, 10 times.
+//!   moving to the other when the draining relay closes its socket, 10
+//!   times.
 //!
 //! Every line arrives exactly once; the reconnect times are reported.
 #![allow(clippy::unwrap_used)]
@@ -214,6 +215,15 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Reads until the socket closes (true) or `wait` passes (false).
+    async fn closed_within(&mut self, wait: Duration) -> bool {
+        let end = tokio::time::Instant::now() + wait;
+        while self.ws.is_some() && tokio::time::Instant::now() < end {
+            self.pump(Some(Duration::from_millis(50))).await;
+        }
+        self.ws.is_none()
     }
 
     /// Resumes through `port` (retrying until it serves); when the first
@@ -438,9 +448,15 @@ async fn a_drained_relay_hands_its_terminals_to_the_other() {
         } else {
             (&mut b, &mut a)
         };
+        // The client moves when its socket closes: the draining relay has
+        // the agent close it (1001) before the relay exits.
         let t0 = Instant::now();
-        from.stop().await;
-        took.push(c.resume(to.http).await.saturating_duration_since(t0));
+        let (_, resumed) = tokio::join!(from.stop(), async {
+            let closed = c.closed_within(Duration::from_secs(3)).await;
+            assert!(closed, "the draining relay did not close the terminal");
+            c.resume(to.http).await
+        });
+        took.push(resumed.saturating_duration_since(t0));
         from.start().await;
         on_a = !on_a;
         c.pump(Some(Duration::from_millis(2500))).await;

@@ -374,6 +374,7 @@ impl StreamHandler for Agent {
         };
         match header.kind {
             StreamKind::Terminal => {
+                let draining = stream.relay_draining();
                 let Ok(s) = stream.accept().await else { return };
                 self.metrics.streams.with_label_values(&[kind, "ok"]).inc();
                 let activity = self.activity(&session.id);
@@ -382,6 +383,7 @@ impl StreamHandler for Agent {
                     s,
                     &session.init,
                     self.shutdown.clone(),
+                    draining,
                     Some(activity),
                     Some(self.metrics.clone()),
                 )

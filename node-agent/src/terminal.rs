@@ -41,11 +41,15 @@ fn closing(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Serves one terminal WebSocket on `stream` for the session's init.
+/// Serves one terminal WebSocket on `stream` for the session's init, until
+/// the client leaves, the agent shuts down (`shutdown`) or the relay the
+/// stream came through drains (`relay_draining`); the last two close with
+/// 1001 so the client reconnects at once.
 pub async fn serve<S>(
     stream: S,
     init: &crate::initsock::InitTarget,
     shutdown: CancellationToken,
+    relay_draining: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> anyhow::Result<()>
@@ -187,6 +191,10 @@ where
         tokio::select! {
             _ = shutdown.cancelled() => {
                 close_with(&mut ws, closing(close::GOING_AWAY, "agent shutting down")).await;
+                return Ok(());
+            }
+            _ = relay_draining.cancelled() => {
+                close_with(&mut ws, closing(close::GOING_AWAY, "relay draining")).await;
                 return Ok(());
             }
             msg = ws.next() => match msg {

@@ -307,7 +307,7 @@ pub async fn serve(
                         }
                         _ = shutdown.cancelled() => {
                             let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "the relay is shutting down".into(), "en".into())
+                                .disconnect(russh::Disconnect::ByApplication, "this relay is shutting down; reconnect: your shell keeps running".into(), "en".into())
                                 .await;
                         }
                     }

@@ -77,9 +77,17 @@ pub trait StreamHandler: Send + Sync + 'static {
 pub struct PendingStream {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    draining: CancellationToken,
 }
 
 impl PendingStream {
+    /// Cancelled when the relay this stream came through is draining: a
+    /// long-lived stream (a terminal) should end so its client reconnects
+    /// through another relay.
+    pub fn relay_draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
     /// Answers ok; bytes flow on the returned stream.
     pub async fn accept(mut self) -> std::io::Result<TunnelStream> {
         proto::write_frame(&mut self.send, &StreamReply::ok())
@@ -171,10 +179,10 @@ impl RelayLoop {
         while !self.shutdown.is_cancelled() {
             let started = Instant::now();
             match self.connect_once().await {
-                Ok(conn) => {
+                Ok((conn, notices)) => {
                     self.set_status(true);
                     info!("connected to relay");
-                    let reason = self.serve(conn).await;
+                    let reason = self.serve(conn, notices).await;
                     self.set_status(false);
                     warn!("relay connection lost: {reason}");
                 }
@@ -199,7 +207,9 @@ impl RelayLoop {
         });
     }
 
-    async fn connect_once(&self) -> Result<quinn::Connection, String> {
+    /// A registered connection and its registration stream, where the
+    /// relay's notices arrive.
+    async fn connect_once(&self) -> Result<(quinn::Connection, quinn::RecvStream), String> {
         let addr: SocketAddr = tokio::net::lookup_host(&self.relay.addr)
             .await
             .map_err(|e| format!("resolving {}: {e}", self.relay.addr))?
@@ -223,14 +233,15 @@ impl RelayLoop {
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = send.finish();
-            proto::read_frame::<_, StreamReply>(&mut recv)
+            let reply = proto::read_frame::<_, StreamReply>(&mut recv)
                 .await
                 .map_err(|e| match conn.close_reason() {
                     Some(reason) => format!("relay closed the connection: {reason}"),
                     None => e.to_string(),
-                })
+                })?;
+            Ok::<_, String>((reply, recv))
         };
-        let reply = tokio::time::timeout(REGISTER_TIMEOUT, reg)
+        let (reply, notices) = tokio::time::timeout(REGISTER_TIMEOUT, reg)
             .await
             .map_err(|_| "registration timed out".to_string())??;
         if !reply.ok {
@@ -240,10 +251,34 @@ impl RelayLoop {
                 reply.message.unwrap_or_default()
             ));
         }
-        Ok(conn)
+        Ok((conn, notices))
     }
 
-    async fn serve(&self, conn: quinn::Connection) -> String {
+    async fn serve(&self, conn: quinn::Connection, mut notices: quinn::RecvStream) -> String {
+        // Cancelled when this relay says it is draining; streams served
+        // through it see it (PendingStream::relay_draining).
+        let draining = CancellationToken::new();
+        let stop_reading = CancellationToken::new();
+        let _stop_reading = stop_reading.clone().drop_guard();
+        {
+            let draining = draining.clone();
+            self.streams.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop_reading.cancelled() => return,
+                        n = proto::read_frame::<_, proto::Notice>(&mut notices) => match n {
+                            Ok(n) if n.kind == proto::Notice::DRAINING => {
+                                info!("relay is draining: closing the terminals served through it");
+                                draining.cancel();
+                                return;
+                            }
+                            Ok(_) => {} // a notice this agent does not know
+                            Err(_) => return, // stream ended (older relay) or connection gone
+                        },
+                    }
+                }
+            });
+        }
         loop {
             let (send, mut recv) = tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -256,13 +291,18 @@ impl RelayLoop {
                 },
             };
             let handler = self.handler.clone();
+            let draining = draining.clone();
             self.streams.spawn(async move {
                 let header = tokio::time::timeout(
                     HEADER_TIMEOUT,
                     proto::read_frame::<_, StreamHeader>(&mut recv),
                 )
                 .await;
-                let pending = PendingStream { send, recv };
+                let pending = PendingStream {
+                    send,
+                    recv,
+                    draining,
+                };
                 let header = match header {
                     Err(_) => {
                         return pending

@@ -9,8 +9,10 @@
 //!
 //! The version byte comes first so a mismatch is told apart from garbage
 //! before anything else is read. Registration: agent sends [`Hello`], relay
-//! answers [`StreamReply`]. Data streams: relay sends [`StreamHeader`], agent
-//! answers [`StreamReply`]; then raw bytes flow both ways.
+//! answers [`StreamReply`], then keeps the stream open for [`Notice`]s (an
+//! agent that ignores them loses nothing). Data streams: relay sends
+//! [`StreamHeader`], agent answers [`StreamReply`]; then raw bytes flow both
+//! ways.
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -87,6 +89,26 @@ impl StreamReply {
             ok: false,
             code: Some(code.into()),
             message: Some(message.into()),
+        }
+    }
+}
+
+/// What a relay tells an agent after registration, on the registration
+/// stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Notice {
+    /// `draining`: the relay is stopping; the agent closes the terminals it
+    /// serves through it (WebSocket close 1012) so clients reconnect
+    /// elsewhere at once. Unknown kinds are ignored.
+    pub kind: String,
+}
+
+impl Notice {
+    pub const DRAINING: &str = "draining";
+
+    pub fn draining() -> Self {
+        Self {
+            kind: Self::DRAINING.into(),
         }
     }
 }

@@ -23,6 +23,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent handshakes in progress; protects the accept loop.
 const MAX_PENDING_HANDSHAKES: usize = 256;
+/// On shutdown, how long the relay waits for the streams it carries to end
+/// after telling agents it is draining (agents close terminals at once;
+/// a preview's HTTP exchange gets this long to finish).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Who a node is, once authenticated.
 #[derive(Debug, Clone)]
@@ -96,6 +100,17 @@ pub struct Registry {
     generation: AtomicU64,
     changed: watch::Sender<u64>,
     open_timeout: Duration,
+    /// Streams open through this relay (drain waits for them).
+    open: Arc<watch::Sender<usize>>,
+}
+
+/// Held by every stream the relay opened; counts it open until dropped.
+pub struct OpenGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Default for Registry {
@@ -111,7 +126,21 @@ impl Registry {
             generation: AtomicU64::new(0),
             changed: watch::channel(0).0,
             open_timeout,
+            open: Arc::new(watch::channel(0).0),
         }
+    }
+
+    /// Streams open through this relay now.
+    pub fn open_streams(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Waits until no stream is open, or `deadline` passes; whether none is.
+    pub async fn wait_streams_closed(&self, deadline: Duration) -> bool {
+        let mut rx = self.open.subscribe();
+        tokio::time::timeout(deadline, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 
     pub fn is_connected(&self, node_id: &str) -> bool {
@@ -198,7 +227,12 @@ impl Registry {
                     message: reply.message.unwrap_or_default(),
                 });
             }
-            Ok(TunnelStream::new(send, recv))
+            self.open.send_modify(|n| *n += 1);
+            Ok(TunnelStream::counted(
+                send,
+                recv,
+                OpenGuard(self.open.clone()),
+            ))
         };
         tokio::time::timeout(self.open_timeout, fut)
             .await
@@ -236,6 +270,14 @@ pub async fn serve(
                 }
             }
             .instrument(info_span!("tunnel", %remote)),
+        );
+    }
+    // Agents were told to drain (each connection's task writes the notice);
+    // their terminals close at once, other streams get a deadline.
+    if !registry.wait_streams_closed(DRAIN_DEADLINE).await {
+        info!(
+            open = registry.open_streams(),
+            "drain deadline passed with streams open"
         );
     }
     endpoint.close(close_code::SHUTDOWN.into(), b"relay shutting down");
@@ -333,7 +375,7 @@ async fn handle_connection(
     proto::write_frame(&mut send, &StreamReply::ok())
         .await
         .map_err(|e| e.to_string())?;
-    let _ = send.finish();
+    // The registration stream stays open: notices (drain) go down it.
     drop(permit);
 
     let node_id = identity.node_id;
@@ -341,7 +383,17 @@ async fn handle_connection(
     info!(node = %node_id, agent_version = %hello.agent_version, "node connected");
     let reason = tokio::select! {
         e = conn.closed() => e.to_string(),
-        _ = shutdown.cancelled() => "relay shutting down".to_string(),
+        _ = shutdown.cancelled() => {
+            // Draining: no new streams to this node here; the agent closes
+            // the terminals it serves through this relay, so their clients
+            // reconnect (through another relay) at once. The connection
+            // stays up until the endpoint closes.
+            registry.remove(&node_id, generation);
+            let _ = proto::write_frame(&mut send, &proto::Notice::draining()).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), conn.closed()).await;
+            "relay shutting down".to_string()
+        }
     };
     registry.remove(&node_id, generation);
     info!(node = %node_id, "node disconnected: {reason}");

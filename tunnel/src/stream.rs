@@ -7,11 +7,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct TunnelStream {
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    /// Counts the stream as open on the relay while it lives (drain waits
+    /// for open streams).
+    _open: Option<crate::server::OpenGuard>,
 }
 
 impl TunnelStream {
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        Self { send, recv }
+        Self {
+            send,
+            recv,
+            _open: None,
+        }
+    }
+
+    pub(crate) fn counted(
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        guard: crate::server::OpenGuard,
+    ) -> Self {
+        Self {
+            send,
+            recv,
+            _open: Some(guard),
+        }
     }
 }
 

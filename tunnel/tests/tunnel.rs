@@ -26,6 +26,17 @@ struct Echo;
 #[async_trait]
 impl StreamHandler for Echo {
     async fn handle(&self, header: StreamHeader, stream: PendingStream) {
+        // Port 9 holds the stream until the relay drains, then says so.
+        if header.kind == StreamKind::Port(9) {
+            let draining = stream.relay_draining();
+            let Ok(mut s) = stream.accept().await else {
+                return;
+            };
+            draining.cancelled().await;
+            let _ = s.write_all(b"drained").await;
+            let _ = s.shutdown().await;
+            return;
+        }
         if header.kind != StreamKind::Port(7) {
             return stream
                 .reject(proto::codes::SESSION_NOT_FOUND, "no such session")
@@ -188,6 +199,40 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
     echo_once(&relay.registry, "node-a", b"after restart").await;
     stop.cancel();
     relay.stop().await;
+}
+
+/// A relay told to stop first tells its agents it is draining: the agent
+/// ends a held stream (it sees `relay_draining`), and the relay stops once
+/// no stream is open.
+#[tokio::test]
+async fn a_stopping_relay_drains_its_streams_first() {
+    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let (stop, _status) = agent("node-d", SECRET, vec![dial(relay.addr, &cert)]);
+    assert!(
+        relay
+            .registry
+            .wait_until(WAIT, |n| n.contains("node-d"))
+            .await
+    );
+    let mut held = relay
+        .registry
+        .open_stream("node-d", &header(StreamKind::Port(9)))
+        .await
+        .unwrap();
+    assert_eq!(relay.registry.open_streams(), 1);
+    let registry = relay.registry.clone();
+    let stopping = tokio::spawn(relay.stop());
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, held.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"drained");
+    drop(held);
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    assert_eq!(registry.open_streams(), 0);
+    stop.cancel();
 }
 
 #[tokio::test]

@@ -124,7 +124,9 @@ function connect() {
       // Output was lost while away: clear the screen; the shell redraws.
       offset = msg.to;
       term.reset();
-      term.write(`\x1b[2m[warren: ${msg.to - msg.from} bytes of output were missed]\x1b[0m\r\n`);
+      term.write(msg.to > msg.from
+        ? `\x1b[2m[warren: ${msg.to - msg.from} bytes of output were missed]\x1b[0m\r\n`
+        : "\x1b[2m[warren: the terminal's output was reset]\x1b[0m\r\n");
     } else if (msg.type === "exit") {
       exited = true;
       setState("closed", `exited (${msg.code})`);
