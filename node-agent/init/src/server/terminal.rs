@@ -45,9 +45,19 @@ impl Terminal {
     pub(super) fn push(&self, chunk: &[u8]) {
         {
             let mut st = self.lock();
-            st.replay.extend(chunk);
-            let excess = st.replay.len().saturating_sub(self.replay_cap);
+            // Make room first, so the buffer never grows past its cap (a
+            // VecDeque that grows doubles: 4 MiB of capacity for 2 MiB).
+            let keep = chunk.len().min(self.replay_cap);
+            let excess = (st.replay.len() + keep).saturating_sub(self.replay_cap);
             st.replay.drain(..excess);
+            let needed = st.replay.len() + keep;
+            if needed > st.replay.capacity() {
+                // Grow by doubling, but never past the cap.
+                let target = (st.replay.capacity() * 2).clamp(needed, self.replay_cap);
+                let len = st.replay.len();
+                st.replay.reserve_exact(target - len);
+            }
+            st.replay.extend(&chunk[chunk.len() - keep..]);
             st.end += chunk.len() as u64;
         }
         self.wake.send_replace(());
