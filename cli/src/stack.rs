@@ -163,6 +163,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             memory_mb: o.session_memory_mb,
             ..Default::default()
         },
+        tls: None,
     };
     let control = warren_control::start(ccfg.clone(), api, stop.clone()).await?;
     let admin_key = std::fs::read_to_string(data.join("control/admin.key"))
@@ -197,6 +198,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         control: Some(RelayControl {
             url: control_url.clone(),
             secret: Secret::new(relay_secret.clone()),
+            ca_file: None,
         }),
     };
     let cc = Arc::new(warren_relay::control::ControlClient::new(
@@ -224,7 +226,8 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         _ => {
             let token = control.control.store.create_join_token(600_000).await?;
             let (alloc, _) = host_memory_mb(o.memory_mb);
-            warren_agent::control::join(&control_url, &token, &o.node_id, alloc, &agent_dir).await?
+            warren_agent::control::join(&control_url, None, &token, &o.node_id, alloc, &agent_dir)
+                .await?
         }
     };
     let acfg = agent_config(
@@ -287,6 +290,7 @@ pub fn agent_config(
     let mut cfg = AgentConfig {
         admin: Default::default(),
         control_url: Some(e.control_url.clone()),
+        control_ca_file: None,
         memory_mb: None,
         node_id: String::new(),
         data_dir: data_dir.to_path_buf(),

@@ -3,14 +3,17 @@
 //! two workers (`warren agent --config`, given both control URLs), and a
 //! real Prometheus (Debian's package) scraping all six.
 //!
+//! Control serves its API over TLS (a private CA): relays, agents,
+//! Prometheus and the test itself trust it through their CA settings.
+//!
 //! Then a control replica, a relay and a worker are killed in turn
 //! (SIGKILL). No running session is lost except the dead worker's (lost
 //! within 15 s), terminals keep answering, new sessions land on the
 //! survivor, and Prometheus sees exactly the surviving parts up.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)] // this file speaks HTTPS to control with its own client
 mod common;
-use common::call;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,6 +39,43 @@ fn free_udp() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Control's certificate for 127.0.0.1, made once per test process.
+fn control_cert() -> &'static (String, String) {
+    static CERT: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| warren_tunnel::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap())
+}
+
+/// One control API call over HTTPS: its status and JSON body.
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let http = HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(control_cert().0.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap()
+    });
+    let mut r = http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            format!("{base}{path}"),
+        )
+        .bearer_auth(key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(Value::Null))
 }
 
 fn now_ms() -> i64 {
@@ -283,8 +323,17 @@ impl Cluster {
         let control_ports: Vec<u16> = (0..controls).map(|_| free_tcp()).collect();
         let control_urls: Vec<String> = control_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("https://127.0.0.1:{p}"))
             .collect();
+        let (cert, key) = control_cert();
+        let (cert_file, key_file, ca_file) = (
+            dir.join("control-cert.pem"),
+            dir.join("control-key.pem"),
+            dir.join("control-ca.pem"),
+        );
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        std::fs::write(&ca_file, cert).unwrap();
         let all_controls = control_urls.join(",");
         let relay_ports: Vec<RelayPorts> = (0..relays)
             .map(|r| RelayPorts {
@@ -332,7 +381,13 @@ node_lost_grace_secs = 8
 image = "warren/session:mini"
 memory_mb = 64
 token_ttl_secs = {token_ttl_secs}
+
+[tls]
+cert_file = "{cert_file}"
+key_file = "{key_file}"
 "#,
+                    cert_file = cert_file.display(),
+                    key_file = key_file.display(),
                     data = dir.join(format!("control-{i}")).display(),
                     https = relay_ports[0].https,
                     urls = control_urls
@@ -374,7 +429,9 @@ jwks_url = "{jwks}"
 [control]
 url = "{all_controls}"
 secret = "{RELAY_SECRET}"
+ca_file = "{ca}"
 "#,
+                    ca = ca_file.display(),
                     data = dir.join(format!("relay-{r}")).display(),
                     https = p.https,
                     http = p.http,
@@ -410,6 +467,7 @@ secret = "{RELAY_SECRET}"
                 &file,
                 format!(
                     r#"control_url = "{all_controls}"
+control_ca_file = "{ca}"
 node_id = "{node}"
 data_dir = "{data}"
 memory_mb = 1024
@@ -424,6 +482,7 @@ default_disk_mb = 0
 listen = "127.0.0.1:0"
 "#,
                     data = dir.join(format!("agent-{i}")).display(),
+                    ca = ca_file.display(),
                     init = init.display(),
                     net = networks[i],
                 ),
@@ -532,6 +591,14 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
         return;
     };
 
+    // Control speaks only TLS: a plain-HTTP request gets no API answer.
+    let plain = reqwest::get(format!("http://127.0.0.1:{}/v1/nodes", c.control_ports[0])).await;
+    assert!(
+        plain.is_err(),
+        "control answered plain HTTP: {:?}",
+        plain.map(|r| r.status())
+    );
+
     // Prometheus, scraping every part each second.
     let prom_port = free_tcp();
     let target = |a: &str| format!("\"{a}\"");
@@ -539,7 +606,8 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
     std::fs::write(
         &prom_cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: control\n    static_configs:\n      - targets: [{}, {}]\n  - job_name: relay\n    static_configs:\n      - targets: [{}, {}]\n  - job_name: agent\n    static_configs:\n      - targets: [{}, {}]\n",
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: control\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: [{}, {}]\n  - job_name: relay\n    static_configs:\n      - targets: [{}, {}]\n  - job_name: agent\n    static_configs:\n      - targets: [{}, {}]\n",
+            c.dir.join("control-ca.pem").display(),
             target(&format!("127.0.0.1:{}", c.control_ports[0])),
             target(&format!("127.0.0.1:{}", c.control_ports[1])),
             target(&format!("127.0.0.1:{}", c.relay_ports[0].admin)),

@@ -304,6 +304,7 @@ impl Setup {
         let cfg = AgentConfig {
             admin: Default::default(),
             control_url: None,
+            control_ca_file: None,
             memory_mb: None,
             node_id: self.node.clone(),
             data_dir: self.dir.join("agent"),

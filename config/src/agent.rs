@@ -17,6 +17,10 @@ pub struct AgentConfig {
     /// required.
     #[serde(default)]
     pub control_url: Option<String>,
+    /// PEM CA that signed control's certificate (an `https://` control_url
+    /// with a private CA); remembered from the join.
+    #[serde(default)]
+    pub control_ca_file: Option<PathBuf>,
     /// This node's id (DNS-label safe); labels every container it creates.
     /// With `control_url`: the id to join as (default: the host name).
     #[serde(default)]

@@ -37,6 +37,18 @@ pub struct ControlConfig {
     pub scheduler: SchedulerConfig,
     #[serde(default)]
     pub sessions: SessionDefaults,
+    /// Serve the API over TLS (rustls): node credentials, the relay secret
+    /// and API keys then never cross the network in clear.
+    #[serde(default)]
+    pub tls: Option<ControlTls>,
+}
+
+/// PEM files of control's TLS certificate (with its chain) and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

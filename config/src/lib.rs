@@ -12,7 +12,7 @@ mod relay;
 mod secret;
 
 pub use agent::{AgentAdmin, AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
-pub use control::{ControlConfig, SchedulerConfig, SessionDefaults, Strategy};
+pub use control::{ControlConfig, ControlTls, SchedulerConfig, SessionDefaults, Strategy};
 pub use relay::{
     AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayControl, RelayTunnelConfig,
     StaticRoute,

@@ -45,10 +45,15 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayControl {
-    /// e.g. `http://control.internal:7000`
+    /// e.g. `https://control.internal:7000`; several replicas
+    /// comma-separated.
     pub url: String,
     /// The control plane's `relay_secret`.
     pub secret: Secret,
+    /// PEM CA that signed control's certificate, when it is not one of the
+    /// system's roots (also used for `auth.jwks_url`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ pub mod issuer;
 pub mod limits;
 pub mod sshkeys;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,13 +121,22 @@ pub async fn start(
     let background = shutdown.child_token();
     tasks.spawn(reap(control.clone(), background.clone()));
     tasks.close();
+    let tls = match &control.cfg.tls {
+        Some(t) => Some(tls::acceptor(t).context("control's TLS certificate")?),
+        None => None,
+    };
     let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await
-        {
-            warn!("control API stopped: {e}");
+        match tls {
+            Some(acceptor) => tls::serve(listener, acceptor, app, sd).await,
+            None => {
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { sd.cancelled().await })
+                    .await
+                {
+                    warn!("control API stopped: {e}");
+                }
+            }
         }
         background.cancel();
         tasks.wait().await;

@@ -306,6 +306,7 @@ async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
     let cfg = AgentConfig {
         admin: Default::default(),
         control_url: None,
+        control_ca_file: None,
         memory_mb: None,
         node_id: "bench-agent".into(),
         data_dir: dir.join("agent"),

@@ -32,6 +32,25 @@ pub struct Enrollment {
     pub node_id: String,
     pub credential: String,
     pub relays: Vec<RelayInfo>,
+    /// PEM CA for an `https://` control with a private CA (from
+    /// `control_ca_file` at join; a file named later replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_ca: Option<String>,
+}
+
+/// An HTTP client for control: its CA trusted besides the system's roots.
+pub fn control_http(timeout: Duration, ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout);
+    if let Some(pem) = ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .context("control's CA is not PEM")?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
 }
 
 impl Enrollment {
@@ -162,14 +181,13 @@ pub fn load_enrollment(data_dir: &Path) -> anyhow::Result<Option<Enrollment>> {
 /// replica that answers takes the join.
 pub async fn join(
     control_urls: &str,
+    control_ca: Option<String>,
     token: &str,
     node_id: &str,
     allocatable_mb: i64,
     data_dir: &Path,
 ) -> anyhow::Result<Enrollment> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = control_http(Duration::from_secs(30), control_ca.as_deref())?;
     let given = split_urls(control_urls);
     let mut answer = None;
     let mut last_err = None;
@@ -218,6 +236,7 @@ pub async fn join(
         node_id: node_id.into(),
         credential: answer.credential,
         relays: answer.relays,
+        control_ca,
     };
     std::fs::create_dir_all(data_dir)?;
     warren_config::write_private(
@@ -237,10 +256,7 @@ pub fn spawn_sync(
     shutdown: CancellationToken,
 ) {
     let metrics = agent.metrics().clone();
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-    {
+    let http = match control_http(Duration::from_secs(60), e.control_ca.as_deref()) {
         Ok(h) => h,
         Err(e) => {
             warn!("cannot build an HTTP client: {e}");
@@ -421,6 +437,7 @@ mod tests {
             node_id: "n".into(),
             credential: "c".into(),
             relays: vec![],
+            control_ca: None,
         };
         assert_eq!(e.urls(), vec!["http://a:1", "http://b:2"]);
         let r = Replicas::new(e.urls());

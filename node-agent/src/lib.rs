@@ -88,13 +88,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use warren_config::Validate;
+    let control_ca = match &cfg.control_ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading control_ca_file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let enrollment = match (&cfg.control_url, opts.join_token) {
         (Some(url), Some(token)) => {
             if cfg.node_id.is_empty() {
                 cfg.node_id = default_node_id();
             }
             let (alloc, _) = control::host_memory_mb(cfg.memory_mb);
-            let e = control::join(url, &token, &cfg.node_id, alloc, &cfg.data_dir).await?;
+            let e = control::join(
+                url,
+                control_ca.clone(),
+                &token,
+                &cfg.node_id,
+                alloc,
+                &cfg.data_dir,
+            )
+            .await?;
             info!(node = %e.node_id, dir = %cfg.data_dir.display(), "joined the control plane");
             Some(e)
         }
@@ -108,6 +123,9 @@ pub async fn run(
     let enrollment = enrollment.map(|mut e| {
         if let Some(list) = &cfg.control_url {
             e.control_urls.extend(control::split_urls(list));
+        }
+        if control_ca.is_some() {
+            e.control_ca = control_ca.clone();
         }
         e
     });

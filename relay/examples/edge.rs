@@ -78,6 +78,7 @@ async fn env() -> (Env, Arc<Agent>) {
     let acfg = AgentConfig {
         admin: Default::default(),
         control_url: None,
+        control_ca_file: None,
         memory_mb: None,
         node_id: "bench-node".into(),
         data_dir: dir.join("agent"),

@@ -91,6 +91,24 @@ pub fn parse_jwks(text: &str) -> Result<HashMap<String, Arc<DecodingKey>>, Strin
 
 impl Verifier {
     pub async fn new(audience: &str, source: KeySource) -> Result<Arc<Self>, String> {
+        Self::with_ca(audience, source, None).await
+    }
+
+    /// As [`Verifier::new`], trusting `ca_pem` besides the system's roots
+    /// for a JWKS URL (control with a private CA).
+    pub async fn with_ca(
+        audience: &str,
+        source: KeySource,
+        ca_pem: Option<&str>,
+    ) -> Result<Arc<Self>, String> {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| format!("control's CA: {e}"))?
+            {
+                http = http.add_root_certificate(c);
+            }
+        }
         let v = Arc::new(Self {
             audience: audience.into(),
             source,
@@ -100,10 +118,7 @@ impl Verifier {
                 .max_capacity(200_000)
                 .time_to_live(CACHE_TTL)
                 .build(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| e.to_string())?,
+            http: http.build().map_err(|e| e.to_string())?,
             metrics: None,
         });
         let keys = v.load().await?;

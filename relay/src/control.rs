@@ -25,6 +25,12 @@ impl ControlClient {
     /// `base` is one URL or several, comma-separated (control replicas on
     /// one database): a replica that cannot be reached is skipped.
     pub fn new(base: &str, secret: &str) -> anyhow::Result<Self> {
+        Self::with_ca(base, secret, None)
+    }
+
+    /// As [`ControlClient::new`], trusting `ca_pem` besides the system's
+    /// roots (control with a private CA).
+    pub fn with_ca(base: &str, secret: &str, ca_pem: Option<&str>) -> anyhow::Result<Self> {
         let bases: Vec<String> = base
             .split(',')
             .map(|b| b.trim().trim_end_matches('/').to_string())
@@ -35,10 +41,17 @@ impl ControlClient {
             bases,
             current: Default::default(),
             secret: secret.into(),
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5))
-                .build()?,
+            http: {
+                let mut b = reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5));
+                if let Some(pem) = ca_pem {
+                    for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+                        b = b.add_root_certificate(c);
+                    }
+                }
+                b.build()?
+            },
         })
     }
 

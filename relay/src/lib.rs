@@ -112,11 +112,25 @@ impl TlsAccept for SniCapture {
     }
 }
 
+/// The PEM CA named by `control.ca_file`, if any.
+fn control_ca(cfg: &RelayConfig) -> anyhow::Result<Option<String>> {
+    match cfg.control.as_ref().and_then(|c| c.ca_file.as_ref()) {
+        Some(p) => Ok(Some(std::fs::read_to_string(p).with_context(|| {
+            format!("reading control.ca_file {}", p.display())
+        })?)),
+        None => Ok(None),
+    }
+}
+
 /// The control plane `cfg` names: control's internal API when `control` is
 /// set, else the static `routes` with the tunnel's shared node secret.
 pub fn control_plane(cfg: &RelayConfig) -> anyhow::Result<Arc<dyn ControlPlane>> {
     Ok(match &cfg.control {
-        Some(c) => Arc::new(control::ControlClient::new(&c.url, c.secret.expose())?),
+        Some(c) => Arc::new(control::ControlClient::with_ca(
+            &c.url,
+            c.secret.expose(),
+            control_ca(cfg)?.as_deref(),
+        )?),
         None => {
             let s = routes::StaticRoutes::new(cfg.tunnel.node_secret.expose());
             for r in &cfg.routes {
@@ -154,7 +168,7 @@ pub async fn start(
         (None, Some(u)) => KeySource::Url(u.clone()),
         (None, None) => anyhow::bail!("auth: set jwks_file or jwks_url"),
     };
-    let verifier = Verifier::new(&cfg.auth.audience, source)
+    let verifier = Verifier::with_ca(&cfg.auth.audience, source, control_ca(&cfg)?.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("loading session-token keys: {e}"))?
         .with_metrics(metrics.clone());

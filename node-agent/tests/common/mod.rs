@@ -96,6 +96,7 @@ impl Stack {
         let cfg = AgentConfig {
             admin: Default::default(),
             control_url: None,
+            control_ca_file: None,
             memory_mb: None,
             node_id: format!("t{}", run.replace('_', "-"))
                 .chars()

@@ -177,6 +177,7 @@ jwks_file = "{}"
         let agent_cfg = AgentConfig {
             admin: Default::default(),
             control_url: None,
+            control_ca_file: None,
             memory_mb: None,
             node_id: node.clone(),
             data_dir: dir.join("agent"),
