@@ -48,6 +48,24 @@ fn control_cert() -> &'static (String, String) {
 }
 
 /// One control API call over HTTPS: its status and JSON body.
+/// An HTTP client that trusts control's certificate.
+fn http() -> &'static reqwest::Client {
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    HTTP.get_or_init(|| {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(control_cert().0.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap()
+    })
+}
+
+/// A page's text (metrics).
+async fn text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn call(
     base: &str,
     method: &str,
@@ -55,16 +73,7 @@ async fn call(
     key: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let http = HTTP.get_or_init(|| {
-        reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(control_cert().0.as_bytes()).unwrap(),
-            )
-            .build()
-            .unwrap()
-    });
-    let mut r = http
+    let mut r = http()
         .request(
             reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
             format!("{base}{path}"),
@@ -765,6 +774,35 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
                 .all(|(_, inst, v)| (v == "1") == alive.contains(inst))
     })
     .await;
+    // The Grafana dashboard names only series the parts export (after
+    // the traffic above, so that every labelled series has appeared).
+    let mut exported = text(&format!("https://127.0.0.1:{}/metrics", c.control_ports[1])).await;
+    exported += &text(&format!(
+        "http://127.0.0.1:{}/metrics",
+        c.relay_ports[0].admin
+    ))
+    .await;
+    exported += &text(&format!("http://{}/metrics", c.agent_metrics[1 - dead_idx])).await;
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/warren.json"),
+    )
+    .unwrap();
+    let _: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut named = 0;
+    for (i, _) in dashboard.match_indices("warren_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        named += 1;
+        assert!(
+            exported
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard names {name}, which no part exports"
+        );
+    }
+    assert!(named > 10, "the dashboard names {named} series");
     c.controls[1].assert_alive();
     c.relays[0].assert_alive();
     c.agents[1 - dead_idx].assert_alive();

@@ -40,6 +40,9 @@ pub struct Control {
     /// An agent reported (wakes creates waiting for `running`).
     pub reported: Notify,
     pub limits: limits::Limits,
+    /// Placement latency: a create's answer, from the request to the
+    /// session running (or failing).
+    pub placement: prometheus::Histogram,
 }
 
 /// A running control plane.
@@ -111,6 +114,16 @@ pub async fn start(
         issuer,
         reported: Notify::new(),
         limits: Default::default(),
+        placement: prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "warren_control_placement_seconds",
+                "session create to running (placement, container start, report)",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+        )
+        .context("placement histogram")?,
     });
     info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
 
@@ -120,6 +133,7 @@ pub async fn start(
     let tasks = tokio_util::task::TaskTracker::new();
     let background = shutdown.child_token();
     tasks.spawn(reap(control.clone(), background.clone()));
+    tasks.spawn(follow(control.clone(), background.clone()));
     tasks.close();
     let tls = match &control.cfg.tls {
         Some(t) => Some(tls::acceptor(t).context("control's TLS certificate")?),
@@ -152,6 +166,25 @@ fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(a), Some(b)) if b > a => format!("{}://***{}", &url[..a], &url[b..]),
         _ => url.to_string(),
+    }
+}
+
+/// Follows desired-state changes for every watch on this replica: at once
+/// after a local change, every 500 ms for other replicas'.
+async fn follow(c: Arc<Control>, shutdown: CancellationToken) {
+    loop {
+        // Registered before looking, so a change made meanwhile is not missed.
+        let local = c.store.changed();
+        tokio::pin!(local);
+        local.as_mut().enable();
+        if let Err(e) = c.store.follow_changes().await {
+            warn!("following desired-state changes: {e}");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = local => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
     }
 }
 

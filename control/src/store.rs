@@ -6,6 +6,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -220,6 +221,34 @@ pub struct Store {
     /// commit), so watches answer at once. Other replicas' changes are seen
     /// through the version row.
     changed: Arc<Notify>,
+    /// What this replica knows of each node's desired version, followed by
+    /// one task ([`Store::follow_changes`]) for every watch.
+    follow: Arc<Follow>,
+    /// Last activity written per session, so an idle session's heartbeat
+    /// report (the same time again) costs no write.
+    activity: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+}
+
+#[derive(Default)]
+struct Follow {
+    /// Node id → the desired version at which its sessions last changed.
+    nodes: std::sync::Mutex<HashMap<String, i64>>,
+    /// The global version read last.
+    seen: std::sync::atomic::AtomicI64,
+    /// Bumped whenever a node's entry moves: watches look again.
+    tick: tokio::sync::watch::Sender<u64>,
+}
+
+/// Marks `node`'s sessions as changed at the version this transaction
+/// bumped to (its watch answers; other nodes' watches sleep on).
+async fn touch_node(tx: &mut sqlx::Transaction<'_, sqlx::Any>, node: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE nodes SET desired_version = (SELECT version FROM sched_lock WHERE id = 1) WHERE id = $1",
+    )
+    .bind(node)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Bumps the desired-state version: every scheduling transaction does this
@@ -302,7 +331,52 @@ impl Store {
         Ok(Store {
             pool,
             changed: Arc::new(Notify::new()),
+            follow: Arc::default(),
+            activity: Arc::default(),
         })
+    }
+
+    /// Reads the global version and, when it moved, which nodes' sessions
+    /// changed since (one query each): what watches wait on. Run by one
+    /// task per replica, at once after a local change and every 500 ms for
+    /// other replicas' changes.
+    pub async fn follow_changes(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let v = self.version().await?;
+        let seen = self.follow.seen.load(Ordering::Acquire);
+        if v == seen {
+            return Ok(());
+        }
+        let rows = sqlx::query("SELECT id, desired_version FROM nodes WHERE desired_version > $1")
+            .bind(seen)
+            .fetch_all(&self.pool)
+            .await?;
+        {
+            let mut nodes = self.follow.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            for r in rows {
+                nodes.insert(r.try_get("id")?, r.try_get("desired_version")?);
+            }
+        }
+        self.follow.seen.store(v, Ordering::Release);
+        self.follow.tick.send_modify(|t| *t += 1);
+        Ok(())
+    }
+
+    /// The desired version at which `node`'s sessions last changed, as
+    /// last followed (0 when not known yet).
+    pub fn node_version(&self, node: &str) -> i64 {
+        self.follow
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Changes whenever [`Store::follow_changes`] saw a node change.
+    pub fn follow_ticks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.follow.tick.subscribe()
     }
 
     /// Resolves when this replica next changes the desired state.
@@ -503,7 +577,10 @@ impl Store {
         })
     }
 
-    /// Records a heartbeat and the agent's view of its sessions.
+    /// Records a heartbeat and the agent's view of its sessions; whether a
+    /// session's status changed (creates waiting on it look again then).
+    /// A few statements whatever the number of sessions: one for the
+    /// sessions that started, one for activity that moved.
     pub async fn heartbeat(
         &self,
         node_id: &str,
@@ -512,7 +589,7 @@ impl Store {
         isolation: &NodeIsolation,
         metrics_addr: &str,
         reports: &[SessionReport],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -529,35 +606,67 @@ impl Store {
         .bind(metrics_addr.chars().take(100).collect::<String>())
         .execute(&mut *tx)
         .await?;
-        let mut present = Vec::new();
+        let mut changed = false;
+        let present: Vec<&str> = reports.iter().map(|r| r.id.as_str()).collect();
+        let running: Vec<&SessionReport> = reports
+            .iter()
+            .filter(|r| matches!(r.state, ReportedState::Running))
+            .collect();
+        if !running.is_empty() {
+            let list = (0..running.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE sessions SET status = 'running', updated_at = $1 WHERE node_id = $2 AND status = 'pending' AND id IN ({list})"
+            )))
+            .bind(now)
+            .bind(node_id);
+            for r in &running {
+                q = q.bind(&r.id);
+            }
+            changed |= q.execute(&mut *tx).await?.rows_affected() > 0;
+        }
+        // Activity: only what moved by a second or more since this replica
+        // last wrote it (an idle session reports the same time again).
+        let moved: Vec<(&str, i64)> = {
+            let known = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            running
+                .iter()
+                .filter_map(|r| Some((r.id.as_str(), now - r.idle_ms?.max(0))))
+                .filter(|(id, t)| known.get(*id).is_none_or(|k| *t > k + 1000))
+                .collect()
+        };
+        if !moved.is_empty() {
+            let mut case = String::from("CASE id");
+            let mut list = Vec::new();
+            for i in 0..moved.len() {
+                let (a, b) = (2 * i + 2, 2 * i + 3);
+                case.push_str(&format!(" WHEN ${a} THEN ${b}"));
+                list.push(format!("${a}"));
+            }
+            case.push_str(" ELSE last_activity END");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE sessions SET last_activity = {case} WHERE node_id = $1 AND id IN ({})",
+                list.join(",")
+            )))
+            .bind(node_id);
+            for (id, t) in &moved {
+                q = q.bind(*id).bind(*t);
+            }
+            q.execute(&mut *tx).await?;
+        }
         for r in reports {
-            present.push(r.id.clone());
-            match r.state {
-                ReportedState::Running => {
-                    sqlx::query("UPDATE sessions SET status = 'running', updated_at = $1 WHERE id = $2 AND node_id = $3 AND status = 'pending'")
-                        .bind(now)
-                        .bind(&r.id)
-                        .bind(node_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    if let Some(idle) = r.idle_ms {
-                        sqlx::query("UPDATE sessions SET last_activity = $1 WHERE id = $2 AND node_id = $3 AND last_activity < $1")
-                            .bind(now - idle.max(0))
-                            .bind(&r.id)
-                            .bind(node_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                ReportedState::Failed => {
-                    sqlx::query("UPDATE sessions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = 'pending'")
-                        .bind(r.reason.chars().take(500).collect::<String>())
-                        .bind(now)
-                        .bind(&r.id)
-                        .bind(node_id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+            if let ReportedState::Failed = r.state {
+                changed |= sqlx::query("UPDATE sessions SET status = 'failed', reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = 'pending'")
+                    .bind(r.reason.chars().take(500).collect::<String>())
+                    .bind(now)
+                    .bind(&r.id)
+                    .bind(node_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
             }
         }
         // Sessions being stopped that the agent no longer runs are stopped.
@@ -568,7 +677,7 @@ impl Store {
                 .await?;
         for row in stopping {
             let id: String = row.try_get("id")?;
-            if !present.contains(&id) {
+            if !present.contains(&id.as_str()) {
                 sqlx::query(
                     "UPDATE sessions SET status = 'stopped', updated_at = $1 WHERE id = $2",
                 )
@@ -576,10 +685,21 @@ impl Store {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
+                changed = true;
             }
         }
         tx.commit().await?;
-        Ok(())
+        if !moved.is_empty() {
+            let mut known = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: forgotten entries only cost one write each.
+            if known.len() > 1_000_000 {
+                known.clear();
+            }
+            for (id, t) in moved {
+                known.insert(id.to_string(), t);
+            }
+        }
+        Ok(changed)
     }
 
     pub async fn nodes(&self) -> Result<Vec<Node>> {
@@ -619,6 +739,7 @@ impl Store {
     pub async fn node_action(&self, node_id: &str, action: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
+        touch_node(&mut tx, node_id).await?;
         let n = match action {
             "cordon" => sqlx::query("UPDATE nodes SET cordoned = 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
             "uncordon" => sqlx::query("UPDATE nodes SET cordoned = 0, state = CASE WHEN state = 'draining' THEN 'ready' ELSE state END WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
@@ -660,6 +781,20 @@ impl Store {
         grace_ms: i64,
     ) -> Result<(Vec<String>, Vec<String>)> {
         let now = now_ms();
+        // Most ticks find nothing: look before taking the lock row (and
+        // moving the version, which would wake every watch).
+        let due: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM nodes WHERE (state IN ('ready','draining') AND last_heartbeat < $1) \
+             OR (state = 'unreachable' AND last_heartbeat < $2)",
+        )
+        .bind(now - timeout_ms)
+        .bind(now - timeout_ms - grace_ms)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        if due == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
         let rows = sqlx::query(
@@ -694,6 +829,7 @@ impl Store {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
+            touch_node(&mut tx, &id).await?;
             lost.push(id);
         }
         self.commit_change(tx).await?;
@@ -780,6 +916,7 @@ impl Store {
         .bind(spec.disk_mb)
         .execute(&mut *tx)
         .await?;
+        touch_node(&mut tx, &node).await?;
         self.commit_change(tx).await?;
         self.session(&id).await
     }
@@ -814,6 +951,13 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "UPDATE nodes SET desired_version = (SELECT version FROM sched_lock WHERE id = 1) \
+             WHERE id = (SELECT node_id FROM sessions WHERE id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         self.commit_change(tx).await?;
         Ok(())
     }
@@ -860,6 +1004,16 @@ impl Store {
             .map(session_from)
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok((v, s))
+    }
+
+    /// Sessions by status, for metrics.
+    pub async fn session_counts(&self) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
     }
 
     pub async fn version(&self) -> Result<i64> {

@@ -400,6 +400,7 @@ pub fn spawn_sync(
                         let spec = SessionSpec { id: d.id.clone(), image: Some(d.image), memory_mb: Some(d.memory_mb), cpus: Some(d.cpus), pids_limit: None, disk_mb: (d.disk_mb > 0).then_some(d.disk_mb) };
                         if let Err(e) = agent.create_session(&spec).await {
                             warn!(session = %d.id, "session failed to start: {e}");
+                            agent.metrics().errors.with_label_values(&["create"]).inc();
                             failed.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone(), e.to_string());
                         }
                         starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
@@ -411,6 +412,7 @@ pub fn spawn_sync(
                         info!(session = %s.id, "no longer desired: removing");
                         if let Err(e) = agent.remove_session(&s.id).await {
                             warn!(session = %s.id, "removing: {e}");
+                            agent.metrics().errors.with_label_values(&["remove"]).inc();
                         }
                         report_now.notify_one();
                     }

@@ -106,6 +106,16 @@ impl Metrics {
         ] {
             m.registry.register(c).expect("register metric");
         }
+        // Every known label from the start: a dashboard shows 0, not "no data".
+        for kind in ["terminal", "create", "remove"] {
+            m.errors.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "refused", "unreachable"] {
+            m.heartbeats.with_label_values(&[outcome]);
+        }
+        for dir in ["in", "out"] {
+            m.terminal_bytes.with_label_values(&[dir]);
+        }
         Arc::new(m)
     }
 

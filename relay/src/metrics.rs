@@ -92,6 +92,16 @@ impl Metrics {
         ] {
             m.registry.register(c).expect("register metric");
         }
+        // Every known label from the start: a dashboard shows 0, not "no data".
+        for reason in ["node_not_connected", "timeout", "rejected", "connection"] {
+            m.streams_failed.with_label_values(&[reason]);
+        }
+        for outcome in ["ok", "refused"] {
+            m.ssh_logins.with_label_values(&[outcome]);
+        }
+        for direction in ["to_client", "from_client"] {
+            m.bytes_relayed.with_label_values(&[direction]);
+        }
         m
     }
 

@@ -90,7 +90,8 @@ pub(super) async fn heartbeat(
     {
         return Err(ApiError::invalid("bad session report"));
     }
-    c.store
+    let changed = c
+        .store
         .heartbeat(
             &node,
             req.allocatable_mb.max(0),
@@ -100,7 +101,10 @@ pub(super) async fn heartbeat(
             &req.sessions,
         )
         .await?;
-    c.reported.notify_waiters();
+    // Creates waiting for `running` look again only when a status moved.
+    if changed {
+        c.reported.notify_waiters();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -113,13 +117,14 @@ pub(super) async fn watch(
 ) -> ApiResult<Json<WatchResponse>> {
     let since = q.index.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    loop {
-        let v = c.store.version().await?;
-        if v != since || tokio::time::Instant::now() >= deadline {
-            break;
+    // Answer when this node's sessions changed past `since` (one task per
+    // replica follows the database for every watch; no query per waiter).
+    let mut ticks = c.store.follow_ticks();
+    while since != 0 && c.store.node_version(&node) <= since {
+        match tokio::time::timeout_at(deadline, ticks.changed()).await {
+            Ok(Ok(())) => {}
+            _ => break,
         }
-        // Other replicas change the version too: look again every 500 ms.
-        let _ = tokio::time::timeout(Duration::from_millis(500), c.store.changed()).await;
     }
     let (index, sessions) = c.store.desired(&node).await?;
     let sessions = sessions

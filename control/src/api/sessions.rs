@@ -60,6 +60,7 @@ pub(super) async fn create_session(
     Caller(p): Caller,
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let started = std::time::Instant::now();
     if !c.limits.creates.allow(&p.tenant) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -195,6 +196,7 @@ pub(super) async fn create_session(
             }
         }
     };
+    c.placement.observe(started.elapsed().as_secs_f64());
     let token = c.issuer.mint(&s, &p.key_id, &Scope::claim(&Scope::ALL))?;
     Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
 }

@@ -161,6 +161,15 @@ pub(super) async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> 
             nodes.iter().filter(|n| n.state == state).count()
         ));
     }
+    out.push_str("# TYPE warren_control_sessions gauge\n");
+    let counts = c.store.session_counts().await?;
+    for state in SessionStatus::ALL {
+        out.push_str(&format!(
+            "warren_control_sessions{{state=\"{}\"}} {}\n",
+            state.as_str(),
+            counts.get(state.as_str()).copied().unwrap_or(0)
+        ));
+    }
     out.push_str("# TYPE warren_control_reserved_memory_mb gauge\n");
     for n in &nodes {
         out.push_str(&format!(
@@ -172,5 +181,10 @@ pub(super) async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> 
             n.id, n.allocatable_mb
         ));
     }
+    use prometheus::Encoder;
+    use prometheus::core::Collector;
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&c.placement.collect(), &mut buf);
+    out.push_str(&String::from_utf8_lossy(&buf));
     Ok(out)
 }
