@@ -30,11 +30,15 @@ psql "$pg" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 |
   psql "$pg" -qc "CREATE DATABASE $db"
 db_url=${pg%/*}/$db
 
-# Control's certificate (a private CA of one): relays and workers trust it.
+# Control's certificate from a private CA: relays and workers trust the CA.
 if [ ! -f "$dir/control.pem" ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
-    -subj /CN=warren-control -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-    -keyout "$dir/control.key" -out "$dir/control.pem" 2>/dev/null
+    -subj /CN=warren-cluster-ca -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -subj /CN=warren-control -keyout "$dir/control.key" -out "$dir/control.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$dir/control.ext"
+  openssl x509 -req -in "$dir/control.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 365 -extfile "$dir/control.ext" -out "$dir/control.pem" 2>/dev/null
 fi
 secret_file() { [ -f "$1" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$1"; cat "$1"; }
 admin=$(secret_file "$dir/admin.key")
@@ -43,9 +47,11 @@ controls="https://127.0.0.1:7101,https://127.0.0.1:7102"
 
 pids=()
 stop() {
+  trap - EXIT INT TERM
   echo "cluster: stopping"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  exit 0
 }
 trap stop EXIT INT TERM
 
@@ -93,7 +99,7 @@ jwks_url = "https://127.0.0.1:7101/.well-known/jwks.json,https://127.0.0.1:7102/
 [control]
 url = "$controls"
 secret = "$relay_secret"
-ca_file = "$dir/control.pem"
+ca_file = "$dir/ca.pem"
 EOF
 done
 
@@ -108,11 +114,11 @@ for i in 1 2; do
   wait_port "810$i"
 done
 
-api() { curl -fsS --cacert "$dir/control.pem" -H "Authorization: Bearer $admin" "$@"; }
+api() { curl -fsS --cacert "$dir/ca.pem" -H "Authorization: Bearer $admin" "$@"; }
 for i in $(seq 1 "$workers"); do
   cat >"$dir/worker-$i.toml" <<EOF
 control_url = "$controls"
-control_ca_file = "$dir/control.pem"
+control_ca_file = "$dir/ca.pem"
 node_id = "worker-$i"
 data_dir = "$dir/worker-$i"
 [docker]
@@ -131,17 +137,17 @@ EOF
 done
 
 for _ in $(seq 1 600); do
-  ready=$(api https://127.0.0.1:7101/v1/nodes | grep -o '"state":"ready"' | wc -l)
+  ready=$( (api https://127.0.0.1:7101/v1/nodes || true) | grep -o '"state":"ready"' | wc -l || true)
   [ "$ready" -ge "$workers" ] && break
   sleep 0.1
 done
 cat <<EOF
 cluster: up ($workers workers ready; logs in $dir)
-  API (either replica):  https://127.0.0.1:7101  https://127.0.0.1:7102   CA: $dir/control.pem
+  API (either replica):  https://127.0.0.1:7101  https://127.0.0.1:7102   CA: $dir/ca.pem
   admin key:             $admin
   terminals (loopback):  http://<session>.warren.localhost:8101/  or :8102
   metrics:               control :7101/metrics (https), relays :9101 :9102, workers :9111…
-  a session:             curl --cacert $dir/control.pem -H "Authorization: Bearer $admin" \\
+  a session:             curl --cacert $dir/ca.pem -H "Authorization: Bearer $admin" \\
                            -X POST -d '{}' https://127.0.0.1:7101/v1/sessions
 Ctrl-C stops everything.
 EOF
