@@ -473,6 +473,7 @@ async fn bench_neighbours(st: &Stack) {
             memory_mb: Some(128),
             pids_limit: Some(128),
             cpus: Some(1.0),
+            disk_mb: Some(256),
             ..Default::default()
         })
         .await
@@ -494,10 +495,10 @@ async fn bench_neighbours(st: &Stack) {
     let mut n = ws_terminal(&st.relay.registry, &noisy.id).await;
     println!(
         "\n## Neighbours\n\nEcho in a quiet session while another session misbehaves \
-         ({N} keystrokes each; noisy session: 128 MB, 128 pids, 1 CPU; ratio to the idle run just before it)\n"
+         ({N} keystrokes each; noisy session: 128 MB, 128 pids, 1 CPU, 256 MB disk; ratio to the idle run just before it)\n"
     );
     println!("| noisy session | p50 | p99 | p99 / idle p99 |\n| --- | --- | --- | --- |");
-    let loads: [(&str, &str); 4] = [
+    let loads: [(&str, &str); 5] = [
         (
             "fork bomb (at its pids limit)",
             "b() { b | b & }; b 2>/dev/null",
@@ -509,6 +510,10 @@ async fn bench_neighbours(st: &Stack) {
         (
             "CPU burner (4 busy loops)",
             "for i in 1 2 3 4; do (while :; do :; done) & done",
+        ),
+        (
+            "disk filler (its 256 MB disk, filled and emptied in a loop)",
+            "while true; do dd if=/dev/zero of=/fill bs=1M 2>/dev/null; rm -f /fill; done",
         ),
         (
             "log flood (PID 1's stdout)",
@@ -540,6 +545,7 @@ async fn bench_neighbours(st: &Stack) {
                 memory_mb: Some(128),
                 pids_limit: Some(128),
                 cpus: Some(1.0),
+                disk_mb: Some(256),
                 ..Default::default()
             })
             .await
