@@ -4,7 +4,7 @@
 //! resumed with `terminal=N&offset=K` as the page does:
 //! - one relay SIGKILLed and started again at once, 20 times;
 //! - two relays, the client's relay stopped gracefully (SIGTERM), the client
-//!   moving to the other when the draining relay closes its socket, 10
+//!   moving to the other when the draining relay closes its socket, 20
 //!   times.
 //!
 //! Every line arrives exactly once; the reconnect times are reported.
@@ -441,7 +441,7 @@ async fn a_drained_relay_hands_its_terminals_to_the_other() {
     let mut c = s.agent_and_client(&[&a, &b], a.http).await;
     let mut took = Vec::new();
     let mut on_a = true;
-    for _ in 0..10 {
+    for _ in 0..20 {
         // The client's relay is stopped gracefully; the client moves to the
         // other one (as two relays behind one name would have it).
         let (from, to) = if on_a {
