@@ -14,6 +14,7 @@
 
 #[allow(dead_code)] // this file speaks HTTPS to control with its own client
 mod common;
+use common::{free_tcp, free_udp};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,22 +25,6 @@ use serde_json::{Value, json};
 const ADMIN: &str = "cluster-admin-key-0123456789abcdef";
 const RELAY_SECRET: &str = "cluster-relay-secret-0123456789";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Control's certificate for 127.0.0.1, made once per test process.
 fn control_cert() -> &'static (String, String) {

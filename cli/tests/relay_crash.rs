@@ -10,6 +10,10 @@
 //! Every line arrives exactly once; the reconnect times are reported.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)] // shares the free-port helpers only
+mod common;
+use common::{free_tcp, free_udp};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,22 +35,6 @@ impl Drop for Cleanup {
         warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
         let _ = std::fs::remove_dir_all(&self.2);
     }
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;

@@ -101,14 +101,11 @@ impl Verifier {
         source: KeySource,
         ca_pem: Option<&str>,
     ) -> Result<Arc<Self>, String> {
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
-        if let Some(pem) = ca_pem {
-            for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-                .map_err(|e| format!("control's CA: {e}"))?
-            {
-                http = http.add_root_certificate(c);
-            }
-        }
+        let http = crate::control::trusting(
+            reqwest::Client::builder().timeout(Duration::from_secs(5)),
+            ca_pem,
+        )
+        .map_err(|e| format!("control's CA: {e}"))?;
         let v = Arc::new(Self {
             audience: audience.into(),
             source,

@@ -41,17 +41,13 @@ impl ControlClient {
             bases,
             current: Default::default(),
             secret: secret.into(),
-            http: {
-                let mut b = reqwest::Client::builder()
+            http: trusting(
+                reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5));
-                if let Some(pem) = ca_pem {
-                    for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
-                        b = b.add_root_certificate(c);
-                    }
-                }
-                b.build()?
-            },
+                    .timeout(Duration::from_secs(5)),
+                ca_pem,
+            )?
+            .build()?,
         })
     }
 
@@ -87,6 +83,19 @@ impl ControlClient {
         }
         Err(last.expect("at least one replica was tried"))
     }
+}
+
+/// `b` trusting `ca_pem` (control's private CA) besides the system's roots.
+pub(crate) fn trusting(
+    mut b: reqwest::ClientBuilder,
+    ca_pem: Option<&str>,
+) -> Result<reqwest::ClientBuilder, reqwest::Error> {
+    if let Some(pem) = ca_pem {
+        for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
 }
 
 /// The route on 200; `None` for the statuses that mean "no".

@@ -3,6 +3,26 @@
 
 use serde_json::Value;
 
+/// A free loopback TCP port (for configs that must name their ports).
+#[allow(dead_code)] // each test binary uses part of this module
+pub fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free loopback UDP port (a relay's tunnel listener).
+#[allow(dead_code)] // each test binary uses part of this module
+pub fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One control API call: its status and JSON body (`null` if none).
 pub async fn call(
     base: &str,
