@@ -1,6 +1,6 @@
 //! Helpers for benchmarks and tests: drive a process on a local PTY (the
 //! way a terminal emulator would), to measure `docker exec -it` and a bare
-//! PTY beside Warren's path.
+//! PTY beside Warren's path; an image whose command keeps running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -101,4 +101,34 @@ impl Drop for LocalPty {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An image whose command keeps running (busybox `sleep`), so its stdout,
+/// the pipe init drains into the container log, stays open: built once from
+/// `warren/session:mini`, offline. For log-flood tests and benchmarks.
+pub fn long_command_image() -> String {
+    let name = "warren-test/long-command:1";
+    let have = Command::new("docker")
+        .args(["image", "inspect", name])
+        .output()
+        .unwrap();
+    if !have.status.success() {
+        let mut child = Command::new("docker")
+            .args(["build", "-q", "-t", name, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"FROM warren/session:mini\nCMD [\"sleep\", \"1000000\"]\n")
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "docker build {name} failed"
+        );
+    }
+    name.to_string()
 }

@@ -15,6 +15,7 @@
 //! - [`server`]: the terminal server; [`reaper`]: child bookkeeping.
 
 pub mod client;
+pub mod logs;
 pub mod proto;
 mod pty;
 pub mod reaper;

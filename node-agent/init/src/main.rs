@@ -18,6 +18,13 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// A pipe for the image command's stdout and stderr, and its read end.
+fn log_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, Stdio, Stdio)> {
+    let (r, w) = std::io::pipe()?;
+    let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(r.into())?;
+    Ok((reader, Stdio::from(w.try_clone()?), Stdio::from(w)))
+}
+
 fn main() {
     let mut socket = PathBuf::from(warren_init::SOCKET_IN_CONTAINER);
     let mut detached = Duration::from_secs(900);
@@ -44,6 +51,15 @@ fn main() {
             "--" => command.extend(args.by_ref()),
             _ => usage(),
         }
+    }
+    // PID 1 is Warren's, not the tenant's: without this, root in the session
+    // (same uid, same capabilities) could ptrace init, read its memory or
+    // open `/proc/1/fd/1`, the engine's log pipe, and flood the worker's
+    // dockerd. Children get dumpable again when they exec.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("warren-init: cannot make PID 1 undumpable: {e}");
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,6 +98,22 @@ async fn run(
     if !command.is_empty() {
         let mut cmd = Command::new(&command[0]);
         cmd.args(&command[1..]).stdin(Stdio::null());
+        // Its output reaches the container log through init, rate-limited
+        // (see warren_init::logs); without a pipe it inherits init's.
+        match log_pipe() {
+            Ok((reader, out, err)) => {
+                cmd.stdout(out).stderr(err);
+                tokio::spawn(warren_init::logs::forward(
+                    reader,
+                    tokio::io::stderr(),
+                    warren_init::logs::LOG_RATE,
+                    warren_init::logs::LOG_BURST,
+                ));
+            }
+            Err(e) => {
+                eprintln!("warren-init: no log pipe ({e}); the command writes to the log directly")
+            }
+        }
         match reaper.spawn(&mut cmd) {
             Ok((pid, rx)) => {
                 eprintln!("warren-init: started {:?} as pid {pid}", command);
