@@ -110,6 +110,10 @@ pub struct DockerConfig {
     pub default_image: String,
     pub default_memory_mb: u64,
     pub default_cpus: f64,
+    /// Pins each session to `ceil(cpus)` of the worker's cores, the least
+    /// loaded at creation (a CPU quota alone lets a 1-CPU session run on
+    /// every core at once, delaying every neighbour).
+    pub pin_cpus: bool,
     pub pids_limit: i64,
     /// Writable disk per session in MB (0: no limit), where the engine can
     /// enforce it (overlay2 on XFS mounted with project quotas).
@@ -127,6 +131,7 @@ impl Default for DockerConfig {
             default_image: "warren/session:dind".into(),
             default_memory_mb: 1024,
             default_cpus: 1.0,
+            pin_cpus: true,
             pids_limit: 1024,
             default_disk_mb: 10_240,
         }

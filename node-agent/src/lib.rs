@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`runtime`]: Docker containers (bollard); [`security`]: the isolation
 //!   profiles; [`firewall`]: the host rule that keeps sessions off the worker.
+//! - [`cpus`]: which cores each session is pinned to; [`disk`]: loop disks.
 //! - [`initsock`]: reaching a session's init without trusting the session.
 //! - [`terminal`]: the WebSocket terminal endpoint.
 //! - [`control`]: join, heartbeats and the watch that drives reconciliation.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod cpus;
 pub mod disk;
 pub mod firewall;
 pub mod initsock;

@@ -31,6 +31,9 @@ pub const LABEL_NODE: &str = "warren.node";
 pub const LABEL_MEMORY: &str = "warren.memory_mb";
 /// Set to `loop` on sessions whose writable layer is a loop-mounted disk.
 pub const LABEL_DISK: &str = "warren.disk";
+/// The cores a session is pinned to ("0,1") and its CPU limit.
+pub const LABEL_CPUSET: &str = "warren.cpuset";
+pub const LABEL_CPUS: &str = "warren.cpus";
 /// Where init's socket directory (a tmpfs) is mounted in every session.
 const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
 /// Bound on a session's container log (init's and the image command's output).
@@ -100,6 +103,8 @@ pub struct DockerRuntime {
     /// Loop-mounted session disks, where the engine cannot limit them.
     loop_disks: Option<crate::disk::LoopDisks>,
     docker_root: PathBuf,
+    /// Cores each session is pinned to (`docker.pin_cpus`).
+    pins: Option<std::sync::Mutex<crate::cpus::Pins>>,
 }
 
 impl DockerRuntime {
@@ -189,6 +194,7 @@ impl DockerRuntime {
         let mut labels = extra_labels;
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_NODE.into(), node_id.into());
+        let cfg_pin_cpus = cfg.pin_cpus;
         let rt = Self {
             docker,
             cfg,
@@ -201,6 +207,8 @@ impl DockerRuntime {
             disk_quota: std::sync::atomic::AtomicBool::new(disk_quota),
             loop_disks,
             docker_root,
+            pins: cfg_pin_cpus
+                .then(|| std::sync::Mutex::new(crate::cpus::Pins::new(crate::cpus::allowed()))),
         };
         rt.ensure_network().await?;
         Ok(rt)
@@ -440,7 +448,18 @@ impl DockerRuntime {
             labels.insert(LABEL_DISK.into(), self.disk_backend().into());
         }
 
+        let pinned = self.pins.as_ref().and_then(|p| {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .assign(&spec.id, cpus)
+        });
+        if let Some(cores) = &pinned {
+            labels.insert(LABEL_CPUSET.into(), crate::cpus::format_list(cores));
+            labels.insert(LABEL_CPUS.into(), cpus.to_string());
+        }
+
         let hc = HostConfig {
+            cpuset_cpus: pinned.as_ref().map(|c| crate::cpus::format_list(c)),
             memory: Some((memory_mb * 1024 * 1024) as i64),
             // No swap: the memory limit is a hard one.
             memory_swap: Some((memory_mb * 1024 * 1024) as i64),
@@ -481,8 +500,9 @@ impl DockerRuntime {
             "--".to_string(),
         ];
         cmd.extend(command);
-        // `nproc` counts the CPUs the process may run on (all of the
-        // worker's); OMP_NUM_THREADS, which it honours, says the quota.
+        // `nproc` counts the CPUs the process may run on (its pinned cores,
+        // or all of the worker's); OMP_NUM_THREADS, which it honours, says
+        // the quota.
         let env = vec![format!("OMP_NUM_THREADS={}", cpus.ceil().max(1.0) as u64)];
         let body = ContainerCreateBody {
             image: Some(image.clone()),
@@ -522,7 +542,10 @@ impl DockerRuntime {
                 {
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.unpin(&spec.id);
+                    return Err(e.into());
+                }
             }
         };
         let result = async {
@@ -661,6 +684,18 @@ impl DockerRuntime {
             if let Err(e) = wait_for_init(&info).await {
                 warn!(session = %sid, "adopted container has no working init: {e}");
             }
+            // Its pin counts towards the load of its cores.
+            if let (Some(p), Some(cores), Some(limit)) = (
+                &self.pins,
+                labels
+                    .get(LABEL_CPUSET)
+                    .and_then(|c| crate::cpus::parse_list(c)),
+                labels.get(LABEL_CPUS).and_then(|c| c.parse::<f64>().ok()),
+            ) {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&sid, cores, limit);
+            }
             out.push(info);
         }
         if let Some(disks) = &self.loop_disks {
@@ -689,12 +724,19 @@ impl DockerRuntime {
         Ok(())
     }
 
+    fn unpin(&self, session: &str) {
+        if let Some(p) = &self.pins {
+            p.lock().unwrap_or_else(|e| e.into_inner()).release(session);
+        }
+    }
+
     /// Removes a container, then frees its loop disk if it had one.
     async fn remove_container_and_disk(
         &self,
         container: &str,
         session: &str,
     ) -> Result<(), RuntimeError> {
+        self.unpin(session);
         let Some(disks) = &self.loop_disks else {
             return self.remove_container(container).await;
         };

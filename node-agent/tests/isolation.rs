@@ -551,3 +551,65 @@ async fn resource_view_is_the_sessions_own() {
     assert_eq!(field("nproc"), 1, "{out}");
     assert!((299..=300).contains(&field("free")), "{out}");
 }
+
+/// A CPU quota alone lets a 1-CPU session run on every core at once; each
+/// session is also pinned to cores of its own choosing (the least loaded),
+/// so two 1-CPU sessions on a multi-core worker never share a core, and a
+/// busy loop in one runs only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_sessions_stay_on_their_own_cores() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let cores = warren_agent::cpus::allowed();
+    assert!(!cores.is_empty());
+    if cores.len() < 2 {
+        eprintln!("SKIPPED: one core here, nothing to pin apart");
+        return;
+    }
+    let stack = Stack::start("pins").await;
+    let spec = |cpus| warren_agent::SessionSpec {
+        id: format!("p{}", common::random_suffix()),
+        image: Some("warren/session:mini".into()),
+        memory_mb: Some(64),
+        cpus: Some(cpus),
+        ..Default::default()
+    };
+    let a = stack.agent().create_session(&spec(1.0)).await.unwrap();
+    let b = stack.agent().create_session(&spec(1.0)).await.unwrap();
+    let cpuset = |cid: &str| {
+        let o = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.HostConfig.CpusetCpus}}", cid])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let (pa, pb) = (cpuset(&a.container_id), cpuset(&b.container_id));
+    assert!(
+        !pa.is_empty() && !pb.is_empty(),
+        "not pinned: {pa:?} {pb:?}"
+    );
+    assert_ne!(pa, pb, "two 1-CPU sessions share a core");
+    // From inside: the session sees one core, and its busy loops run there.
+    let mut t = stack.terminal(&a.id, "").await;
+    let out = t
+        .run(
+            "for i in 1 2 3 4; do (while :; do :; done) & done; \
+             sleep 1; echo allowed=$(grep Cpus_allowed_list /proc/self/status | cut -f2)= nproc=$(nproc)= ok-$((3*3))",
+            "ok-9",
+        )
+        .await;
+    assert!(out.contains(&format!("allowed={pa}=")), "{out}");
+    assert!(out.contains("nproc=1="), "{out}");
+    // A session as wide as the worker is not pinned.
+    let c = stack
+        .agent()
+        .create_session(&spec(cores.len() as f64))
+        .await
+        .unwrap();
+    assert_eq!(cpuset(&c.container_id), "");
+    // Removing a session frees its core for the next one.
+    stack.agent().remove_session(&a.id).await.unwrap();
+    let d = stack.agent().create_session(&spec(1.0)).await.unwrap();
+    assert_eq!(cpuset(&d.container_id), pa);
+}

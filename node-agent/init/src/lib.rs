@@ -13,6 +13,8 @@
 //! - [`proto`]: the agent ↔ init wire (versioned, bounded frames).
 //! - [`client`]: what the agent uses to talk to it.
 //! - [`server`]: the terminal server; [`reaper`]: child bookkeeping.
+//! - [`logs`]: the image command's output, drained and rate-limited on
+//!   its way to the container log.
 
 pub mod client;
 pub mod logs;
