@@ -478,18 +478,15 @@ async fn bench_neighbours(st: &Stack) {
         .unwrap_or_default();
     // Its command (`sleep`) holds the pipe init drains into the log.
     let noisy_image = warren_agent::testing::long_command_image();
-    let noisy = st
-        .agent
-        .create_session(&SessionSpec {
-            id: "benchnoisy".into(),
-            image: Some(noisy_image.clone()),
-            memory_mb: Some(128),
-            pids_limit: Some(128),
-            cpus: Some(1.0),
-            disk_mb: Some(256),
-        })
-        .await
-        .unwrap();
+    let noisy_spec = SessionSpec {
+        id: "benchnoisy".into(),
+        image: Some(noisy_image),
+        memory_mb: Some(128),
+        pids_limit: Some(128),
+        cpus: Some(1.0),
+        disk_mb: Some(256),
+    };
+    let noisy = st.agent.create_session(&noisy_spec).await.unwrap();
     let quiet = st
         .agent
         .create_session(&SessionSpec {
@@ -557,17 +554,7 @@ async fn bench_neighbours(st: &Stack) {
             // Stop the load: a new noisy session shell kills everything but init.
             drop(n);
             st.agent.remove_session(&noisy.id).await.unwrap();
-            st.agent
-                .create_session(&SessionSpec {
-                    id: noisy.id.clone(),
-                    image: Some(noisy_image.clone()),
-                    memory_mb: Some(128),
-                    pids_limit: Some(128),
-                    cpus: Some(1.0),
-                    disk_mb: Some(256),
-                })
-                .await
-                .unwrap();
+            st.agent.create_session(&noisy_spec).await.unwrap();
             n = ws_terminal(&st.relay.registry, &noisy.id).await;
         }
         let (ip50, ip99) = pct(&idle);

@@ -453,13 +453,14 @@ impl DockerRuntime {
                 .unwrap_or_else(|e| e.into_inner())
                 .assign(&spec.id, cpus)
         });
-        if let Some(cores) = &pinned {
-            labels.insert(LABEL_CPUSET.into(), crate::cpus::format_list(cores));
+        let cpuset = pinned.as_deref().map(crate::cpus::format_list);
+        if let Some(cores) = &cpuset {
+            labels.insert(LABEL_CPUSET.into(), cores.clone());
             labels.insert(LABEL_CPUS.into(), cpus.to_string());
         }
 
         let hc = HostConfig {
-            cpuset_cpus: pinned.as_ref().map(|c| crate::cpus::format_list(c)),
+            cpuset_cpus: cpuset,
             memory: Some((memory_mb * 1024 * 1024) as i64),
             // No swap: the memory limit is a hard one.
             memory_swap: Some((memory_mb * 1024 * 1024) as i64),

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
 mod common;
 
-use common::{Stack, WAIT, docker_or_skip};
+use common::{Stack, WAIT, docker, docker_or_skip};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use warren_tunnel::proto::StreamKind;
@@ -305,11 +305,7 @@ async fn container_log_is_bounded() {
         "flooded-81",
     )
     .await;
-    let o = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.LogPath}}", &b.container_id])
-        .output()
-        .unwrap();
-    let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let path = docker(&["inspect", "-f", "{{.LogPath}}", &b.container_id]);
     let deadline = std::time::Instant::now() + WAIT;
     let log = loop {
         let log = std::fs::read_to_string(&path).unwrap_or_default();
@@ -469,14 +465,6 @@ async fn a_session_disk_comes_back_after_a_reboot() {
     drop(t);
     // "Reboot": the agent is down, the container stops, the mount is gone.
     stack.stop_agent().await;
-    let docker = |args: &[&str]| {
-        let o = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{args:?}: {o:?}");
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
     docker(&["stop", "-t", "1", &s.container_id]);
     let layer = docker(&[
         "inspect",
@@ -577,13 +565,7 @@ async fn busy_sessions_stay_on_their_own_cores() {
     };
     let a = stack.agent().create_session(&spec(1.0)).await.unwrap();
     let b = stack.agent().create_session(&spec(1.0)).await.unwrap();
-    let cpuset = |cid: &str| {
-        let o = std::process::Command::new("docker")
-            .args(["inspect", "-f", "{{.HostConfig.CpusetCpus}}", cid])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let cpuset = |cid: &str| docker(&["inspect", "-f", "{{.HostConfig.CpusetCpus}}", cid]);
     let (pa, pb) = (cpuset(&a.container_id), cpuset(&b.container_id));
     assert!(
         !pa.is_empty() && !pb.is_empty(),

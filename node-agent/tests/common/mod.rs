@@ -236,18 +236,6 @@ impl Stack {
     pub async fn outside_server(&self) -> String {
         let label = format!("{TEST_LABEL}={}", self.run);
         let net = format!("warren-test-out-{}", self.run);
-        let docker = |args: &[&str]| {
-            let o = std::process::Command::new("docker")
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "docker {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            String::from_utf8_lossy(&o.stdout).trim().to_string()
-        };
         docker(&["network", "create", "--label", &label, &net]);
         let id = docker(&[
             "run",
@@ -297,6 +285,20 @@ impl Drop for Stack {
         );
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// Runs the docker CLI, which must succeed; its trimmed stdout.
+pub fn docker(args: &[&str]) -> String {
+    let o = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
 pub fn random_suffix() -> String {
