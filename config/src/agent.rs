@@ -118,6 +118,11 @@ pub struct DockerConfig {
     /// Writable disk per session in MB (0: no limit), where the engine can
     /// enforce it (overlay2 on XFS mounted with project quotas).
     pub default_disk_mb: u64,
+    /// MiB/s each session may write to its loop disk (0: no limit). A
+    /// session writing at the disk's full speed delays every neighbour.
+    pub disk_write_mbps: u64,
+    /// MiB/s each session may read from its loop disk (0: no limit).
+    pub disk_read_mbps: u64,
 }
 
 impl Default for DockerConfig {
@@ -134,6 +139,8 @@ impl Default for DockerConfig {
             pin_cpus: true,
             pids_limit: 1024,
             default_disk_mb: 10_240,
+            disk_write_mbps: 32,
+            disk_read_mbps: 0,
         }
     }
 }
@@ -230,6 +237,17 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid("data_dir", "must be an absolute path"));
         }
         let d = &self.docker;
+        for (key, v) in [
+            ("docker.disk_write_mbps", d.disk_write_mbps),
+            ("docker.disk_read_mbps", d.disk_read_mbps),
+        ] {
+            if v > 1_000_000 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be at most 1000000 (MiB/s; 0: no limit)",
+                ));
+            }
+        }
         if d.network.is_empty() || d.network.len() > 64 {
             return Err(ConfigError::invalid(
                 "docker.network",

@@ -104,6 +104,18 @@ server_name = "warren.localhost"
         let e =
             warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
         assert!(e.to_string().contains("docker.pids_limit"), "{e}");
+        jail.set_env("WARREN_AGENT_DOCKER__PIDS_LIMIT", "77");
+
+        jail.set_env("WARREN_AGENT_DOCKER__DISK_WRITE_MBPS", "64");
+        let c: AgentConfig = warren_config::load("agent", Some(Path::new("agent.toml")))
+            .map_err(|e| e.to_string())?;
+        assert_eq!(c.docker.disk_write_mbps, 64);
+        assert_eq!(c.docker.disk_read_mbps, 0);
+        jail.set_env("WARREN_AGENT_DOCKER__DISK_WRITE_MBPS", "99999999999999");
+        let e =
+            warren_config::load::<AgentConfig>("agent", Some(Path::new("agent.toml"))).unwrap_err();
+        assert!(e.to_string().contains("docker.disk_write_mbps"), "{e}");
+        jail.set_env("WARREN_AGENT_DOCKER__DISK_WRITE_MBPS", "32");
 
         jail.set_env("WARREN_AGENT_BOGUS", "1");
         jail.set_env("WARREN_AGENT_DOCKER__PIDS_LIMIT", "77");

@@ -509,7 +509,7 @@ async fn bench_neighbours(st: &Stack) {
     println!(
         "| noisy session | p50 idle / busy | p99 idle / busy | p99 / idle p99 | per round |\n| --- | --- | --- | --- | --- |"
     );
-    let loads: [(&str, &str); 5] = [
+    let loads: [(&str, &str); 7] = [
         (
             "fork bomb (at its pids limit)",
             "b() { b | b & }; b 2>/dev/null",
@@ -525,6 +525,14 @@ async fn bench_neighbours(st: &Stack) {
         (
             "disk filler (its 256 MB disk, filled and emptied in a loop)",
             "while true; do dd if=/dev/zero of=/fill bs=1M 2>/dev/null; rm -f /fill; done",
+        ),
+        (
+            "fsync storm (4 KiB writes, each synced, 4 writers)",
+            "for i in 1 2 3 4; do (while :; do dd if=/dev/zero of=/sync$i bs=4k count=1 conv=fsync 2>/dev/null; done) & done",
+        ),
+        (
+            "disk reader (its disk read back uncached, 4 readers)",
+            "dd if=/dev/zero of=/fill bs=1M count=200 2>/dev/null; sync; for i in 1 2 3 4; do (while :; do dd if=/fill of=/dev/null bs=1M iflag=direct 2>/dev/null; done) & done",
         ),
         (
             "log flood (the image command's stdout; PID 1's is refused)",

@@ -11,6 +11,11 @@
 //! inner images, /tmp) lands there, and a write past the limit fails with
 //! ENOSPC inside the session while the worker's disk is untouched.
 //!
+//! Each session's loop device also gets a bandwidth limit
+//! (`docker.disk_write_mbps`, `docker.disk_read_mbps`; see crate::blkio):
+//! without one, a session filling its disk kept the worker's disk busy
+//! and its neighbours waiting.
+//!
 //! The files live in the agent's data dir (`disks/<session>.img`); they are
 //! sparse and mounted with `discard`, so a session costs the worker only
 //! what it has written. The session cannot reach the file, the loop device
@@ -22,16 +27,22 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 use tracing::{info, warn};
 
+use crate::blkio::{Bandwidth, Dev};
+
 /// Image files of loop-backed session disks, in the agent's data dir.
 #[derive(Debug)]
 pub struct LoopDisks {
     dir: PathBuf,
+    /// Per-session disk bandwidth, where limits are set and can be.
+    bandwidth: Option<Bandwidth>,
 }
 
 impl LoopDisks {
     /// Loop disks need root (mount, loop devices), the loop driver and
     /// `mkfs.ext4` (e2fsprogs); the reason they cannot be used otherwise.
-    pub fn detect(data_dir: &Path) -> Result<Self, String> {
+    /// Bandwidth limits (MiB/s, 0: none) that cannot be set here are
+    /// logged and left off; the disks still work.
+    pub fn detect(data_dir: &Path, write_mbps: u64, read_mbps: u64) -> Result<Self, String> {
         if !rustix::process::geteuid().is_root() {
             return Err("the agent does not run as root".into());
         }
@@ -43,7 +54,42 @@ impl LoopDisks {
         }
         let dir = data_dir.join("disks");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        Ok(Self { dir })
+        let bandwidth = match Bandwidth::detect(write_mbps, read_mbps) {
+            Ok(Some(b)) => {
+                info!(
+                    write_mbps = b.write_mbps(),
+                    read_mbps = b.read_mbps(),
+                    "session disks have a bandwidth limit (MiB/s, 0: none)"
+                );
+                Some(b)
+            }
+            Ok(None) => None,
+            Err(why) => {
+                warn!("session disks have no bandwidth limit: {why}");
+                None
+            }
+        };
+        Ok(Self { dir, bandwidth })
+    }
+
+    /// Whether each session's disk bandwidth is limited.
+    pub fn bandwidth_limited(&self) -> bool {
+        self.bandwidth.is_some()
+    }
+
+    /// Sets the bandwidth limits on the loop disk mounted at `layer`: for
+    /// the kernel's I/O on its behalf and, once the session runs (`pid`, its
+    /// init), for the session's own.
+    pub fn limit(&self, layer: &Path, pid: Option<i32>) -> std::io::Result<()> {
+        let Some(bw) = &self.bandwidth else {
+            return Ok(());
+        };
+        let dev = Dev::loop_under(layer)?;
+        bw.limit_device(dev)?;
+        if let Some(pid) = pid {
+            bw.limit_session(dev, pid)?;
+        }
+        Ok(())
     }
 
     /// MiB free on the filesystem holding the disk images.
@@ -95,7 +141,13 @@ impl LoopDisks {
             let _ = std::fs::remove_dir(&staging);
             copied?;
             unmounted?;
-            mount(&img, layer).await
+            mount(&img, layer).await?;
+            // Limited before the container starts, so no write goes unlimited.
+            if let Err(e) = self.limit(layer, None) {
+                let _ = umount(layer).await;
+                return Err(e);
+            }
+            Ok(())
         }
         .await;
         if result.is_err() {
@@ -114,10 +166,28 @@ impl LoopDisks {
     /// Mounts a session's disk again over its layer (after a reboot, before
     /// the container starts again). Nothing to do if it is mounted.
     pub async fn reattach(&self, session: &str, layer: &Path) -> std::io::Result<()> {
-        if is_mountpoint(layer) {
-            return Ok(());
+        if !is_mountpoint(layer) {
+            mount(&self.image(session), layer).await?;
         }
-        mount(&self.image(session), layer).await
+        // A reboot dropped the limits with the loop device.
+        self.limit(layer, None)
+    }
+
+    /// Drops the bandwidth limits of the loop disk mounted at `layer`, so
+    /// whatever uses the device next is not held to them. (The session's
+    /// cgroup, with its copy, goes with the container.)
+    pub fn unlimit(&self, session: &str, layer: &Path) {
+        let Some(bw) = &self.bandwidth else {
+            return;
+        };
+        match Dev::loop_under(layer) {
+            Ok(dev) => {
+                if let Err(e) = bw.clear_device(dev) {
+                    warn!(%session, %dev, "cannot drop the disk's bandwidth limit: {e}");
+                }
+            }
+            Err(e) => warn!(%session, "cannot find the session's loop device: {e}"),
+        }
     }
 
     /// Frees a session's disk once its container is gone: Docker unmounts
@@ -138,7 +208,10 @@ impl LoopDisks {
     }
 
     /// Deletes the images of sessions that no longer exist (removed while
-    /// the agent was down). Mounted ones are in use and stay.
+    /// the agent was down). Mounted ones are in use and stay. (A limit
+    /// left on the loop device of such a session stays until the device's
+    /// next session replaces it: clearing rules of detached devices here
+    /// would race with another agent attaching one.)
     pub fn sweep(&self, keep: &HashSet<String>) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;

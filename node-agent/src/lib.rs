@@ -18,6 +18,7 @@
 //! - `testing` (feature `testing`): a local-PTY driver for tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod blkio;
 pub mod control;
 pub mod cpus;
 pub mod disk;

@@ -160,7 +160,7 @@ impl DockerRuntime {
             .unwrap_or_default();
         let disk_quota = driver == "overlay2" && backing == "xfs";
         let loop_disks = if driver == "overlay2" {
-            crate::disk::LoopDisks::detect(data_dir)
+            crate::disk::LoopDisks::detect(data_dir, cfg.disk_write_mbps, cfg.disk_read_mbps)
         } else {
             Err(format!("the storage driver is {driver}, not overlay2"))
         };
@@ -550,6 +550,7 @@ impl DockerRuntime {
             }
         };
         let result = async {
+            let mut disk_layer = None;
             if disk_mb > 0
                 && !self.disk_quota()
                 && let Some(disks) = &self.loop_disks
@@ -567,11 +568,22 @@ impl DockerRuntime {
                     warn!(session = %spec.id, "cannot set up the session's disk: {e}");
                     RuntimeError::Disk(spec.id.clone())
                 })?;
+                disk_layer = Some(layer);
             }
             self.docker.start_container(&created.id, None).await?;
             let info = self
                 .inspect(&created.id, &spec.id, &image, memory_mb)
                 .await?;
+            // The session's own cgroup exists now; its disk's limits go there
+            // too (the root cgroup's were set before the start).
+            if let (Some(layer), Some(disks)) = (&disk_layer, &self.loop_disks) {
+                disks
+                    .limit(layer, Some(info.init.init_pid))
+                    .map_err(|e| {
+                        warn!(session = %spec.id, "cannot limit the session's disk bandwidth: {e}");
+                        RuntimeError::Disk(spec.id.clone())
+                    })?;
+            }
             wait_for_init(&info).await?;
             Ok::<_, RuntimeError>(info)
         }
@@ -685,6 +697,20 @@ impl DockerRuntime {
             if let Err(e) = wait_for_init(&info).await {
                 warn!(session = %sid, "adopted container has no working init: {e}");
             }
+            // Its disk's limits again (set already unless it was restarted).
+            if labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
+                && let Some(disks) = &self.loop_disks
+            {
+                let limited = match self.layer_dir(&cid).await {
+                    Ok(layer) => disks
+                        .limit(&layer, Some(info.init.init_pid))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = limited {
+                    warn!(session = %sid, "cannot limit the adopted session's disk bandwidth: {e}");
+                }
+            }
             // Its pin counts towards the load of its cores.
             if let (Some(p), Some(cores), Some(limit)) = (
                 &self.pins,
@@ -742,6 +768,25 @@ impl DockerRuntime {
             return self.remove_container(container).await;
         };
         let layer = self.layer_dir(container).await.ok();
+        // The disk's limits are dropped while its loop device is still
+        // this session's: once Docker unmounts the layer, the device may go
+        // to another session at once, whose limits must stay. The session
+        // is stopped first so it writes nothing unlimited in between.
+        if let Some(layer) = &layer
+            && disks.bandwidth_limited()
+            && crate::disk::is_mountpoint(layer)
+        {
+            let _ = self
+                .docker
+                .kill_container(
+                    container,
+                    Some(bollard::query_parameters::KillContainerOptions {
+                        signal: "SIGKILL".into(),
+                    }),
+                )
+                .await;
+            disks.unlimit(session, layer);
+        }
         self.remove_container(container).await?;
         disks.release(session, layer.as_deref()).await;
         Ok(())

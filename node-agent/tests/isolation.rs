@@ -595,3 +595,89 @@ async fn busy_sessions_stay_on_their_own_cores() {
     let d = stack.agent().create_session(&spec(1.0)).await.unwrap();
     assert_eq!(cpuset(&d.container_id), pa);
 }
+
+/// A session's disk bandwidth is limited whichever way it writes: buffered
+/// (the kernel's flusher writes for it, charged to the root cgroup) and
+/// direct (its own I/O, charged to its cgroup). The limit is dropped from
+/// the loop device when the session goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_bandwidth_is_limited() {
+    if !docker_or_skip().await {
+        return;
+    }
+    const MBPS: u64 = 4;
+    let stack = Stack::start_configured("diskbw", |d| d.disk_write_mbps = MBPS).await;
+    if !stack.agent().runtime().disk_limits() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "CI needs a worker that limits session disks"
+        );
+        eprintln!("SKIPPED: this engine cannot limit disks");
+        return;
+    }
+    let s = stack
+        .agent()
+        .create_session(&warren_agent::SessionSpec {
+            id: format!("w{}", common::random_suffix()),
+            image: Some("warren/session:mini".into()),
+            memory_mb: Some(128),
+            disk_mb: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The rule, in the session's blkio cgroup and in the root one.
+    let root = std::path::Path::new("/sys/fs/cgroup/blkio");
+    let rule_value = format!(" {}", MBPS * 1024 * 1024);
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", s.init.init_pid)).unwrap();
+    let rel = cgroup
+        .lines()
+        .find_map(|l| l.split_once(":blkio:/").map(|(_, p)| p.to_owned()))
+        .unwrap_or_else(|| panic!("no blkio cgroup in {cgroup}"));
+    let own =
+        std::fs::read_to_string(root.join(&rel).join("blkio.throttle.write_bps_device")).unwrap();
+    let rule = own
+        .lines()
+        .find(|l| l.ends_with(&rule_value))
+        .unwrap_or_else(|| panic!("no {MBPS} MiB/s rule in the session's cgroup: {own:?}"))
+        .to_owned();
+    assert!(rule.starts_with("7:"), "not a loop device: {rule}");
+    let root_rules =
+        || std::fs::read_to_string(root.join("blkio.throttle.write_bps_device")).unwrap();
+    assert!(
+        root_rules().lines().any(|l| l == rule),
+        "{rule} is not in the root cgroup: {}",
+        root_rules()
+    );
+    // And it holds. The kernel lets no more than MBPS through per second, so
+    // these lower bounds cannot fail on a slow machine (only a broken limit
+    // makes the writes faster).
+    let mut t = stack.terminal(&s.id, "").await;
+    for (what, flags, mb) in [
+        ("buffered", "conv=fsync", 24u64),
+        ("direct", "oflag=direct", 12),
+    ] {
+        let started = std::time::Instant::now();
+        let out = t
+            .run(
+                &format!(
+                    "dd if=/dev/zero of=/w bs=1M count={mb} {flags} 2>&1 | tail -1; rm /w; echo wrote-$((4*4))"
+                ),
+                "wrote-16",
+            )
+            .await;
+        let took = started.elapsed();
+        let floor = std::time::Duration::from_millis(mb * 1000 / MBPS * 2 / 3);
+        assert!(
+            took >= floor,
+            "{what}: {mb} MiB in {took:?} at {MBPS} MiB/s (at least {floor:?}): {out}"
+        );
+    }
+    drop(t);
+    stack.agent().remove_session(&s.id).await.unwrap();
+    assert!(
+        !root_rules().lines().any(|l| l == rule),
+        "{rule} stayed on the loop device: {}",
+        root_rules()
+    );
+}

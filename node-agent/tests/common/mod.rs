@@ -67,6 +67,16 @@ impl Stack {
 
     /// A stack whose agent runs sessions with the profile `mode`.
     pub async fn start_mode(name: &str, allow_host_root: bool, mode: SecurityMode) -> Stack {
+        Self::start_configured(name, |d| {
+            d.security = mode;
+            d.allow_host_root_sessions = allow_host_root;
+        })
+        .await
+    }
+
+    /// A stack whose agent's Docker settings are the tests' defaults
+    /// changed by `tweak`.
+    pub async fn start_configured(name: &str, tweak: impl FnOnce(&mut DockerConfig)) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
             .with_test_writer()
@@ -109,14 +119,16 @@ impl Stack {
                 server_name: "warren.localhost".into(),
                 ca_file: Some(ca),
             }],
-            docker: DockerConfig {
-                network: format!("warren-test-{run}"),
-                security: mode,
-                allow_host_root_sessions: allow_host_root,
-                default_image: "warren/session:mini".into(),
-                default_memory_mb: 128,
-                pids_limit: 256,
-                ..Default::default()
+            docker: {
+                let mut d = DockerConfig {
+                    network: format!("warren-test-{run}"),
+                    default_image: "warren/session:mini".into(),
+                    default_memory_mb: 128,
+                    pids_limit: 256,
+                    ..Default::default()
+                };
+                tweak(&mut d);
+                d
             },
             terminal: TerminalConfig {
                 detached_timeout_secs: 300,
