@@ -123,6 +123,11 @@ pub struct DockerConfig {
     pub disk_write_mbps: u64,
     /// MiB/s each session may read from its loop disk (0: no limit).
     pub disk_read_mbps: u64,
+    /// Write requests per second to a session's loop disk (0: no limit):
+    /// small synced writes cost the worker's disk a flush each.
+    pub disk_write_iops: u64,
+    /// Read requests per second from a session's loop disk (0: no limit).
+    pub disk_read_iops: u64,
 }
 
 impl Default for DockerConfig {
@@ -141,6 +146,8 @@ impl Default for DockerConfig {
             default_disk_mb: 10_240,
             disk_write_mbps: 32,
             disk_read_mbps: 0,
+            disk_write_iops: 1000,
+            disk_read_iops: 0,
         }
     }
 }
@@ -240,11 +247,13 @@ impl Validate for AgentConfig {
         for (key, v) in [
             ("docker.disk_write_mbps", d.disk_write_mbps),
             ("docker.disk_read_mbps", d.disk_read_mbps),
+            ("docker.disk_write_iops", d.disk_write_iops),
+            ("docker.disk_read_iops", d.disk_read_iops),
         ] {
             if v > 1_000_000 {
                 return Err(ConfigError::invalid(
                     key,
-                    "must be at most 1000000 (MiB/s; 0: no limit)",
+                    "must be at most 1000000 per second (0: no limit)",
                 ));
             }
         }

@@ -48,20 +48,57 @@ impl Dev {
     }
 }
 
-/// Bytes per second each session may write to and read from its disk.
+/// What each session may do to its disk per second; 0: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rates {
+    pub write_mbps: u64,
+    pub read_mbps: u64,
+    /// Write requests: a flood of small synced writes (each a journal
+    /// commit down to the worker's disk) costs neighbours at few bytes.
+    pub write_iops: u64,
+    pub read_iops: u64,
+}
+
+impl Rates {
+    pub fn from_config(d: &warren_config::DockerConfig) -> Self {
+        Self {
+            write_mbps: d.disk_write_mbps,
+            read_mbps: d.disk_read_mbps,
+            write_iops: d.disk_write_iops,
+            read_iops: d.disk_read_iops,
+        }
+    }
+
+    /// The rule files of blkio's throttle and the value for each.
+    fn rules(&self) -> [(&'static str, u64); 4] {
+        [
+            (
+                "blkio.throttle.write_bps_device",
+                self.write_mbps.saturating_mul(1024 * 1024),
+            ),
+            (
+                "blkio.throttle.read_bps_device",
+                self.read_mbps.saturating_mul(1024 * 1024),
+            ),
+            ("blkio.throttle.write_iops_device", self.write_iops),
+            ("blkio.throttle.read_iops_device", self.read_iops),
+        ]
+    }
+}
+
+/// Per-session disk limits on this worker's blkio hierarchy.
 #[derive(Debug)]
 pub struct Bandwidth {
     /// Where the v1 blkio hierarchy is mounted.
     root: PathBuf,
-    write_bps: u64,
-    read_bps: u64,
+    rates: Rates,
 }
 
 impl Bandwidth {
-    /// `None` when both limits are 0 (off); an error says why limits that
+    /// `None` when every limit is 0 (off); an error says why limits that
     /// were asked for cannot be set on this worker.
-    pub fn detect(write_mbps: u64, read_mbps: u64) -> Result<Option<Self>, String> {
-        if write_mbps == 0 && read_mbps == 0 {
+    pub fn detect(rates: Rates) -> Result<Option<Self>, String> {
+        if rates == Rates::default() {
             return Ok(None);
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
@@ -75,17 +112,13 @@ impl Bandwidth {
                 root.display()
             ));
         }
-        Ok(Some(Self {
-            root,
-            write_bps: write_mbps.saturating_mul(1024 * 1024),
-            read_bps: read_mbps.saturating_mul(1024 * 1024),
-        }))
+        Ok(Some(Self { root, rates }))
     }
 
     /// The limits for `dev` in the root cgroup: the I/O the kernel does on
     /// the session's behalf. Set before the session starts.
     pub fn limit_device(&self, dev: Dev) -> std::io::Result<()> {
-        self.write_rules(&self.root, dev, self.write_bps, self.read_bps)
+        self.write_rules(&self.root, dev, self.rates)
     }
 
     /// The same limits in the cgroup of the session's init (`pid`, host
@@ -101,37 +134,30 @@ impl Bandwidth {
                 "process {pid} is in the root blkio cgroup"
             )));
         }
-        self.write_rules(&dir, dev, self.write_bps, self.read_bps)
+        self.write_rules(&dir, dev, self.rates)
     }
 
     /// Drops the root cgroup's rules for a loop device whose session is
     /// gone, so whatever uses that device next is not held to them. (The
     /// session's cgroup goes with its container.)
     pub fn clear_device(&self, dev: Dev) -> std::io::Result<()> {
-        self.write_rules(&self.root, dev, 0, 0)
+        self.write_rules(&self.root, dev, Rates::default())
     }
 
-    fn write_rules(&self, dir: &Path, dev: Dev, write: u64, read: u64) -> std::io::Result<()> {
-        // Writing 0 removes a rule; a rule is written either way so a
-        // device reused by another session never keeps an old one.
-        for (file, bps) in [
-            ("blkio.throttle.write_bps_device", write),
-            ("blkio.throttle.read_bps_device", read),
-        ] {
+    fn write_rules(&self, dir: &Path, dev: Dev, rates: Rates) -> std::io::Result<()> {
+        // Writing 0 removes a rule; each is written either way so a device
+        // reused by another session never keeps an old one.
+        for (file, value) in rates.rules() {
             let path = dir.join(file);
             let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            f.write_all(format!("{dev} {bps}\n").as_bytes())
+            f.write_all(format!("{dev} {value}\n").as_bytes())
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
     }
 
-    pub fn write_mbps(&self) -> u64 {
-        self.write_bps / (1024 * 1024)
-    }
-
-    pub fn read_mbps(&self) -> u64 {
-        self.read_bps / (1024 * 1024)
+    pub fn rates(&self) -> Rates {
+        self.rates
     }
 }
 

@@ -12,7 +12,8 @@
 //! ENOSPC inside the session while the worker's disk is untouched.
 //!
 //! Each session's loop device also gets a bandwidth limit
-//! (`docker.disk_write_mbps`, `docker.disk_read_mbps`; see crate::blkio):
+//! (`docker.disk_write_mbps`, `disk_write_iops` and their read twins; see
+//! crate::blkio):
 //! without one, a session filling its disk kept the worker's disk busy
 //! and its neighbours waiting.
 //!
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 use tracing::{info, warn};
 
-use crate::blkio::{Bandwidth, Dev};
+use crate::blkio::{Bandwidth, Dev, Rates};
 
 /// Image files of loop-backed session disks, in the agent's data dir.
 #[derive(Debug)]
@@ -40,9 +41,9 @@ pub struct LoopDisks {
 impl LoopDisks {
     /// Loop disks need root (mount, loop devices), the loop driver and
     /// `mkfs.ext4` (e2fsprogs); the reason they cannot be used otherwise.
-    /// Bandwidth limits (MiB/s, 0: none) that cannot be set here are
+    /// Bandwidth limits that cannot be set here are
     /// logged and left off; the disks still work.
-    pub fn detect(data_dir: &Path, write_mbps: u64, read_mbps: u64) -> Result<Self, String> {
+    pub fn detect(data_dir: &Path, rates: Rates) -> Result<Self, String> {
         if !rustix::process::geteuid().is_root() {
             return Err("the agent does not run as root".into());
         }
@@ -54,13 +55,9 @@ impl LoopDisks {
         }
         let dir = data_dir.join("disks");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let bandwidth = match Bandwidth::detect(write_mbps, read_mbps) {
+        let bandwidth = match Bandwidth::detect(rates) {
             Ok(Some(b)) => {
-                info!(
-                    write_mbps = b.write_mbps(),
-                    read_mbps = b.read_mbps(),
-                    "session disks have a bandwidth limit (MiB/s, 0: none)"
-                );
+                info!(rates = ?b.rates(), "session disks have bandwidth limits (0: none)");
                 Some(b)
             }
             Ok(None) => None,

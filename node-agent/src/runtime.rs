@@ -160,7 +160,7 @@ impl DockerRuntime {
             .unwrap_or_default();
         let disk_quota = driver == "overlay2" && backing == "xfs";
         let loop_disks = if driver == "overlay2" {
-            crate::disk::LoopDisks::detect(data_dir, cfg.disk_write_mbps, cfg.disk_read_mbps)
+            crate::disk::LoopDisks::detect(data_dir, crate::blkio::Rates::from_config(&cfg))
         } else {
             Err(format!("the storage driver is {driver}, not overlay2"))
         };

@@ -596,9 +596,9 @@ async fn busy_sessions_stay_on_their_own_cores() {
     assert_eq!(cpuset(&d.container_id), pa);
 }
 
-/// A session's disk bandwidth is limited whichever way it writes: buffered
-/// (the kernel's flusher writes for it, charged to the root cgroup) and
-/// direct (its own I/O, charged to its cgroup). The limit is dropped from
+/// A session's disk bandwidth and write rate are limited whichever way it
+/// writes: buffered (the kernel's flusher writes for it, charged to the
+/// root cgroup), synced and direct (its own I/O, charged to its cgroup). The limit is dropped from
 /// the loop device when the session goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_bandwidth_is_limited() {
@@ -606,7 +606,12 @@ async fn disk_bandwidth_is_limited() {
         return;
     }
     const MBPS: u64 = 4;
-    let stack = Stack::start_configured("diskbw", |d| d.disk_write_mbps = MBPS).await;
+    const IOPS: u64 = 50;
+    let stack = Stack::start_configured("diskbw", |d| {
+        d.disk_write_mbps = MBPS;
+        d.disk_write_iops = IOPS;
+    })
+    .await;
     if !stack.agent().runtime().disk_limits() {
         assert!(
             !std::env::var("CI").is_ok_and(|v| v == "true"),
@@ -653,24 +658,24 @@ async fn disk_bandwidth_is_limited() {
     // these lower bounds cannot fail on a slow machine (only a broken limit
     // makes the writes faster).
     let mut t = stack.terminal(&s.id, "").await;
-    for (what, flags, mb) in [
-        ("buffered", "conv=fsync", 24u64),
-        ("direct", "oflag=direct", 12),
+    // (what, dd arguments, seconds the limits make it last at least)
+    for (what, args, secs) in [
+        ("buffered", "bs=1M count=24 conv=fsync", 24 / MBPS),
+        ("direct", "bs=1M count=12 oflag=direct", 12 / MBPS),
+        ("small direct", "bs=4k count=150 oflag=direct", 150 / IOPS),
     ] {
         let started = std::time::Instant::now();
         let out = t
             .run(
-                &format!(
-                    "dd if=/dev/zero of=/w bs=1M count={mb} {flags} 2>&1 | tail -1; rm /w; echo wrote-$((4*4))"
-                ),
+                &format!("dd if=/dev/zero of=/w {args} 2>&1 | tail -1; rm /w; echo wrote-$((4*4))"),
                 "wrote-16",
             )
             .await;
         let took = started.elapsed();
-        let floor = std::time::Duration::from_millis(mb * 1000 / MBPS * 2 / 3);
+        let floor = std::time::Duration::from_millis(secs * 1000 * 2 / 3);
         assert!(
             took >= floor,
-            "{what}: {mb} MiB in {took:?} at {MBPS} MiB/s (at least {floor:?}): {out}"
+            "{what} ({args}) took {took:?} at {MBPS} MiB/s, {IOPS} writes/s (at least {floor:?}): {out}"
         );
     }
     drop(t);
