@@ -509,7 +509,7 @@ async fn bench_neighbours(st: &Stack) {
     println!(
         "| noisy session | p50 idle / busy | p99 idle / busy | p99 / idle p99 | per round |\n| --- | --- | --- | --- | --- |"
     );
-    let loads: [(&str, &str); 8] = [
+    let loads: [(&str, &str); 9] = [
         (
             "fork bomb (at its pids limit)",
             "b() { b | b & }; b 2>/dev/null",
@@ -521,6 +521,10 @@ async fn bench_neighbours(st: &Stack) {
         (
             "memory streamer (a 64 MB buffer zeroed over and over, no faults)",
             "dd if=/dev/zero of=/dev/null bs=64M count=100000000 2>/dev/null",
+        ),
+        (
+            "page faulter (a fresh 64 MB buffer faulted in, in a loop; no OOM)",
+            "while :; do dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; done",
         ),
         (
             "CPU burner (4 busy loops)",
