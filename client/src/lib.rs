@@ -66,6 +66,9 @@ impl Client {
             key: key.into(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
+                // Control closes connections idle for 10 s: pooled ones go
+                // first, so none is reused as control closes it.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| Error::Setup(format!("cannot make an HTTP client: {e}")))?,
         })

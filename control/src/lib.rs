@@ -140,18 +140,7 @@ pub async fn start(
         None => None,
     };
     let task = tokio::spawn(async move {
-        match tls {
-            Some(acceptor) => tls::serve(listener, acceptor, app, sd).await,
-            None => {
-                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { sd.cancelled().await })
-                    .await
-                {
-                    warn!("control API stopped: {e}");
-                }
-            }
-        }
+        tls::serve(listener, tls, app, sd).await;
         background.cancel();
         tasks.wait().await;
     });

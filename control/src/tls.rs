@@ -1,14 +1,18 @@
-//! The API over TLS (rustls, ring): node credentials, the relay secret and
-//! API keys never cross the network in clear. One hyper HTTP/1.1 connection
-//! per accepted TLS stream, with the client's address as axum's
-//! `ConnectInfo` (the rate limits key on it).
+//! Serving the API: over TLS (rustls, ring) so node credentials, the relay
+//! secret and API keys never cross the network in clear, or plain where
+//! control listens on loopback. One hyper HTTP/1.1 connection per accepted
+//! stream, with the client's address as axum's `ConnectInfo` (the rate
+//! limits key on it). Both ways bound what a client can hold: at most
+//! MAX_CONNECTIONS at once, and a connection that has not sent a whole
+//! request head within HEADER_READ_TIMEOUT (a slow or silent client, or an
+//! idle keep-alive) is closed.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -19,6 +23,9 @@ use warren_config::ControlTls;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections being served at once (each is a task and a TLS state).
 const MAX_CONNECTIONS: usize = 10_000;
+/// Time a client has to send a request's line and headers, from the
+/// connection's start or the end of its previous response.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS acceptor for control's certificate chain and key (PEM files).
 pub fn acceptor(t: &ControlTls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
@@ -49,11 +56,12 @@ pub fn acceptor(t: &ControlTls) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`; connections still
-/// open then get a moment to finish their request.
+/// Serves `app` on `listener` (over TLS when there is an `acceptor`) until
+/// `shutdown`; connections still open then get a moment to finish their
+/// request.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     app: axum::Router,
     shutdown: CancellationToken,
 ) {
@@ -77,6 +85,9 @@ pub async fn serve(
         let (acceptor, app, shutdown) = (acceptor.clone(), app.clone(), shutdown.clone());
         conns.spawn(async move {
             let _permit = permit;
+            let Some(acceptor) = acceptor else {
+                return serve_connection(tcp, peer, app, shutdown).await;
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return debug!(%peer, "TLS handshake failed: {e}"),
@@ -102,8 +113,10 @@ async fn serve_connection<S>(
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r { debug!(%peer, "control connection: {e}") },

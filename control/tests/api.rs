@@ -539,3 +539,56 @@ async fn images_from_unlisted_registries_are_refused() {
     );
     assert_eq!(warren_control::api::image_registry("busybox"), None);
 }
+
+/// A client that sends a request head slowly, or nothing at all, is cut
+/// off after the header-read timeout instead of holding its connection
+/// (and its slot) for ever; others are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_and_silent_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = TestControl::start(config(
+        &database(Db::Sqlite, "slowloris").await,
+        Strategy::Spread,
+    ))
+    .await;
+    let addr = c.url.trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /v1/sessions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A whole request is answered while those two hang.
+    let (s, _) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
+    assert_eq!(s, 401);
+    let deadline = warren_control::tls::HEADER_READ_TIMEOUT * 3;
+    for (what, conn) in [("silent", &mut silent), ("slow", &mut slow)] {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(deadline, async {
+            loop {
+                // Keep trickling a header line now and then, as a slowloris
+                // client does; the server must close all the same.
+                let mut chunk = [0u8; 512];
+                match tokio::time::timeout(std::time::Duration::from_secs(1), conn.read(&mut chunk))
+                    .await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {
+                        if what == "slow" {
+                            let _ = conn.write_all(b"X-Slow: 1\r\n").await;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the {what} client still holds its connection after {deadline:?}"
+        );
+        // Nothing but possibly an error status came back, never a response
+        // to the unfinished request.
+        let text = String::from_utf8_lossy(&buf);
+        assert!(!text.contains("200 OK"), "{what}: {text}");
+    }
+}

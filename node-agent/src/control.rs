@@ -42,7 +42,10 @@ pub struct Enrollment {
 pub fn control_http(timeout: Duration, ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout);
+        .timeout(timeout)
+        // Control closes connections idle for 10 s: pooled ones go first,
+        // so none is reused as control closes it.
+        .pool_idle_timeout(Duration::from_secs(5));
     if let Some(pem) = ca_pem {
         for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
             .context("control's CA is not PEM")?

@@ -102,7 +102,10 @@ impl Verifier {
         ca_pem: Option<&str>,
     ) -> Result<Arc<Self>, String> {
         let http = crate::control::trusting(
-            reqwest::Client::builder().timeout(Duration::from_secs(5)),
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                // Under control's 10 s idle close (see crate::control).
+                .pool_idle_timeout(Duration::from_secs(5)),
             ca_pem,
         )
         .map_err(|e| format!("control's CA: {e}"))?;

@@ -44,7 +44,10 @@ impl ControlClient {
             http: trusting(
                 reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5)),
+                    .timeout(Duration::from_secs(5))
+                    // Control closes connections idle for 10 s: pooled ones
+                    // go first, so none is reused as control closes it.
+                    .pool_idle_timeout(Duration::from_secs(5)),
                 ca_pem,
             )?
             .build()?,

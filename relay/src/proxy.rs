@@ -958,7 +958,12 @@ impl ProxyHttp for RelayProxy {
                 Ok(Box::new(peer))
             }
             Some(Upstream::Control(addr)) => {
-                Ok(Box::new(HttpPeer::new(*addr, false, String::new())))
+                let mut peer = HttpPeer::new(*addr, false, String::new());
+                // Control closes a connection idle for 10 s (its header-read
+                // timeout); pooled ones are dropped before, never reused
+                // just as control closes them.
+                peer.options.idle_timeout = Some(std::time::Duration::from_secs(5));
+                Ok(Box::new(peer))
             }
             None => {
                 pingora::Error::e_explain(pingora::ErrorType::InternalError, "no upstream chosen")
