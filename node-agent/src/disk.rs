@@ -11,11 +11,10 @@
 //! inner images, /tmp) lands there, and a write past the limit fails with
 //! ENOSPC inside the session while the worker's disk is untouched.
 //!
-//! Each session's loop device also gets a bandwidth limit
+//! Each session's loop device also gets bandwidth and request-rate limits
 //! (`docker.disk_write_mbps`, `disk_write_iops` and their read twins; see
-//! crate::blkio):
-//! without one, a session filling its disk kept the worker's disk busy
-//! and its neighbours waiting.
+//! crate::blkio): without them, a session filling its disk kept the
+//! worker's disk busy and its neighbours waiting.
 //!
 //! The files live in the agent's data dir (`disks/<session>.img`); they are
 //! sparse and mounted with `discard`, so a session costs the worker only
@@ -41,8 +40,8 @@ pub struct LoopDisks {
 impl LoopDisks {
     /// Loop disks need root (mount, loop devices), the loop driver and
     /// `mkfs.ext4` (e2fsprogs); the reason they cannot be used otherwise.
-    /// Bandwidth limits that cannot be set here are
-    /// logged and left off; the disks still work.
+    /// Bandwidth limits that cannot be set here are logged and left off;
+    /// the disks still work.
     pub fn detect(data_dir: &Path, rates: Rates) -> Result<Self, String> {
         if !rustix::process::geteuid().is_root() {
             return Err("the agent does not run as root".into());
