@@ -73,19 +73,22 @@ impl LoopDisks {
         self.bandwidth.is_some()
     }
 
-    /// Sets the bandwidth limits on the loop disk mounted at `layer`: for
-    /// the kernel's I/O on its behalf and, once the session runs (`pid`, its
-    /// init), for the session's own.
-    pub fn limit(&self, layer: &Path, pid: Option<i32>) -> std::io::Result<()> {
-        let Some(bw) = &self.bandwidth else {
-            return Ok(());
-        };
-        let dev = Dev::loop_under(layer)?;
-        bw.limit_device(dev)?;
-        if let Some(pid) = pid {
-            bw.limit_session(dev, pid)?;
+    /// Sets the bandwidth limits on the loop disk mounted at `layer` for the
+    /// kernel's I/O on the session's behalf (before the session starts).
+    pub fn limit(&self, layer: &Path) -> std::io::Result<()> {
+        match &self.bandwidth {
+            Some(bw) => bw.limit_device(Dev::loop_under(layer)?),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The same limits for the session's own I/O, once it runs (`pid`: its
+    /// init, whose cgroup exists only from the start).
+    pub fn limit_session(&self, layer: &Path, pid: i32) -> std::io::Result<()> {
+        match &self.bandwidth {
+            Some(bw) => bw.limit_session(Dev::loop_under(layer)?, pid),
+            None => Ok(()),
+        }
     }
 
     /// MiB free on the filesystem holding the disk images.
@@ -139,7 +142,7 @@ impl LoopDisks {
             unmounted?;
             mount(&img, layer).await?;
             // Limited before the container starts, so no write goes unlimited.
-            if let Err(e) = self.limit(layer, None) {
+            if let Err(e) = self.limit(layer) {
                 let _ = umount(layer).await;
                 return Err(e);
             }
@@ -166,7 +169,7 @@ impl LoopDisks {
             mount(&self.image(session), layer).await?;
         }
         // A reboot dropped the limits with the loop device.
-        self.limit(layer, None)
+        self.limit(layer)
     }
 
     /// Drops the bandwidth limits of the loop disk mounted at `layer`, so

@@ -578,7 +578,7 @@ impl DockerRuntime {
             // too (the root cgroup's were set before the start).
             if let (Some(layer), Some(disks)) = (&disk_layer, &self.loop_disks) {
                 disks
-                    .limit(layer, Some(info.init.init_pid))
+                    .limit_session(layer, info.init.init_pid)
                     .map_err(|e| {
                         warn!(session = %spec.id, "cannot limit the session's disk bandwidth: {e}");
                         RuntimeError::Disk(spec.id.clone())
@@ -703,7 +703,8 @@ impl DockerRuntime {
             {
                 let limited = match self.layer_dir(&cid).await {
                     Ok(layer) => disks
-                        .limit(&layer, Some(info.init.init_pid))
+                        .limit(&layer)
+                        .and_then(|()| disks.limit_session(&layer, info.init.init_pid))
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };

@@ -11,6 +11,30 @@ use warren_tunnel::proto::StreamKind;
 
 /// Opens a terminal and returns what came first: `Ok(hello text)` or
 /// `Err(close reason)`.
+/// A `warren/session:mini` session with its own disk.
+fn disk_spec(prefix: &str, memory_mb: u64, disk_mb: u64) -> warren_agent::SessionSpec {
+    warren_agent::SessionSpec {
+        id: format!("{prefix}{}", common::random_suffix()),
+        image: Some("warren/session:mini".into()),
+        memory_mb: Some(memory_mb),
+        disk_mb: Some(disk_mb),
+        ..Default::default()
+    }
+}
+
+/// Whether the stack's sessions get loop disks; CI must have them.
+fn loop_disks_or_skip(stack: &Stack) -> bool {
+    if stack.agent().runtime().disk_backend() == "loop" {
+        return true;
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "CI expects loop disks (overlay2 on ext4)"
+    );
+    eprintln!("SKIPPED: session disks are not loop disks here");
+    false
+}
+
 async fn try_terminal(stack: &Stack, session: &str) -> Result<String, String> {
     let s = stack.stream(session, StreamKind::Terminal).await.unwrap();
     let url = format!("ws://{session}.warren.localhost/_warren/terminal");
@@ -335,13 +359,7 @@ async fn disk_limits_are_enforced_or_refused() {
         return;
     }
     let stack = Stack::start("disk").await;
-    let spec = |disk_mb| warren_agent::SessionSpec {
-        id: format!("d{}", common::random_suffix()),
-        image: Some("warren/session:mini".into()),
-        memory_mb: Some(64),
-        disk_mb: Some(disk_mb),
-        ..Default::default()
-    };
+    let spec = |disk_mb| disk_spec("d", 64, disk_mb);
     // Out of range: refused whatever the engine.
     let bad = stack.agent().create_session(&spec(1)).await;
     assert!(
@@ -440,23 +458,12 @@ async fn a_session_disk_comes_back_after_a_reboot() {
         return;
     }
     let mut stack = Stack::start("diskboot").await;
-    if stack.agent().runtime().disk_backend() != "loop" {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI expects loop disks (overlay2 on ext4)"
-        );
-        eprintln!("SKIPPED: session disks are not loop disks here");
+    if !loop_disks_or_skip(&stack) {
         return;
     }
     let s = stack
         .agent()
-        .create_session(&warren_agent::SessionSpec {
-            id: format!("r{}", common::random_suffix()),
-            image: Some("warren/session:mini".into()),
-            memory_mb: Some(64),
-            disk_mb: Some(80),
-            ..Default::default()
-        })
+        .create_session(&disk_spec("r", 64, 80))
         .await
         .unwrap();
     let mut t = stack.terminal(&s.id, "").await;
@@ -598,8 +605,8 @@ async fn busy_sessions_stay_on_their_own_cores() {
 
 /// A session's disk bandwidth and write rate are limited whichever way it
 /// writes: buffered (the kernel's flusher writes for it, charged to the
-/// root cgroup), synced and direct (its own I/O, charged to its cgroup). The limit is dropped from
-/// the loop device when the session goes.
+/// root cgroup), synced and direct (its own I/O, charged to its cgroup).
+/// The limit is dropped from the loop device when the session goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_bandwidth_is_limited() {
     if !docker_or_skip().await {
@@ -612,23 +619,13 @@ async fn disk_bandwidth_is_limited() {
         d.disk_write_iops = IOPS;
     })
     .await;
-    if !stack.agent().runtime().disk_limits() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "CI needs a worker that limits session disks"
-        );
-        eprintln!("SKIPPED: this engine cannot limit disks");
+    // The limits live on loop devices (XFS quotas have none).
+    if !loop_disks_or_skip(&stack) {
         return;
     }
     let s = stack
         .agent()
-        .create_session(&warren_agent::SessionSpec {
-            id: format!("w{}", common::random_suffix()),
-            image: Some("warren/session:mini".into()),
-            memory_mb: Some(128),
-            disk_mb: Some(256),
-            ..Default::default()
-        })
+        .create_session(&disk_spec("w", 128, 256))
         .await
         .unwrap();
     // The rule, in the session's blkio cgroup and in the root one.
