@@ -84,9 +84,7 @@ pub async fn start(
     let mut made_admin = None;
     match &cfg.admin_api_key {
         Some(k) => {
-            if !store.has_admin_key(k.expose()).await? {
-                store.add_api_key("default", k.expose(), true).await?;
-            }
+            store.ensure_admin_key("default", k.expose()).await?;
         }
         None => {
             let file = cfg.data_dir.join("admin.key");

@@ -478,12 +478,21 @@ impl Store {
         Ok(id)
     }
 
-    pub async fn has_admin_key(&self, key: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT id FROM api_keys WHERE hash = $1")
-            .bind(hash(key))
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+    /// Stores the configured admin key of `tenant` unless it is stored
+    /// already. Replicas starting together on one database may both try:
+    /// the second insert is a no-op, not a unique-key error.
+    pub async fn ensure_admin_key(&self, tenant: &str, key: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, hash, is_admin, created_at) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(format!("k{}", random_id(11)))
+        .bind(tenant)
+        .bind(hash(key))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn authenticate(&self, key: &str) -> Result<Option<Principal>> {

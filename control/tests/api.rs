@@ -444,8 +444,13 @@ async fn two_replicas_on_postgres_never_overcommit() {
         return;
     }
     let url = database(Db::Postgres, "replicas").await;
-    let a = std::sync::Arc::new(TestControl::start(config(&url, Strategy::Spread)).await);
-    let b = std::sync::Arc::new(TestControl::start(config(&url, Strategy::Spread)).await);
+    // Started together, as a cluster's replicas are: both store the same
+    // admin key and the default tenant at once.
+    let (a, b) = tokio::join!(
+        TestControl::start(config(&url, Strategy::Spread)),
+        TestControl::start(config(&url, Strategy::Spread))
+    );
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
     let _agents = three_nodes(&a, "rep").await;
     let mut js = tokio::task::JoinSet::new();
     for i in 0..50 {
