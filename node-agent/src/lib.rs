@@ -7,27 +7,25 @@
 //! container. After a restart it adopts the containers it finds by label.
 //!
 //! # Layout
-//! - [`runtime`]: Docker containers (bollard); [`security`]: the isolation
-//!   profiles; [`firewall`]: the host rule that keeps sessions off the worker.
-//! - [`cpus`]: which cores each session is pinned to; [`disk`]: loop disks.
-//! - [`initsock`]: reaching a session's init without trusting the session.
-//! - [`terminal`]: the WebSocket terminal endpoint.
-//! - [`control`]: join, heartbeats and the watch that drives reconciliation.
+//! The agent has two jobs, and a folder for each:
+//! - [`sandbox`]: the session containers and what keeps them in:
+//!   [`sandbox::runtime`] (Docker via bollard: engine, network, create,
+//!   adoption, removal), [`sandbox::security`] (the isolation profiles),
+//!   [`sandbox::firewall`] (the host rule that keeps sessions off the
+//!   worker), [`sandbox::cpus`] (core pinning), [`sandbox::disk`] and
+//!   [`sandbox::blkio`] (loop disks and their bandwidth).
+//! - [`serve`]: what the agent serves: [`serve::terminal`] (the WebSocket
+//!   terminal endpoint), [`serve::initsock`] (reaching a session's init
+//!   without trusting the session), [`serve::control`] (join, heartbeats and
+//!   the watch that drives reconciliation).
 //! - [`run`]: the agent's one entry point; [`Agent`]: sessions by id, and the
-//!   tunnel's stream handler.
+//!   tunnel's stream handler; [`metrics`]: its Prometheus registry.
 //! - `testing` (feature `testing`): a local-PTY driver for tests and benchmarks.
 #![forbid(unsafe_code)]
 
-pub mod blkio;
-pub mod control;
-pub mod cpus;
-pub mod disk;
-pub mod firewall;
-pub mod initsock;
 pub mod metrics;
-pub mod runtime;
-pub mod security;
-pub mod terminal;
+pub mod sandbox;
+pub mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -49,7 +47,12 @@ use warren_tunnel::client::{
 };
 use warren_tunnel::proto::{StreamHeader, StreamKind, codes};
 
-pub use runtime::{DockerRuntime, SessionInfo, SessionSpec};
+// The paths other crates (cli, relay and loadtest tests, examples) use.
+pub use sandbox::cpus;
+pub use sandbox::runtime::{DockerRuntime, RuntimeError, SessionInfo, SessionSpec};
+pub use serve::control;
+
+use serve::terminal;
 
 /// Time to connect to a port inside a session before answering the relay.
 const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -310,10 +313,7 @@ impl Agent {
     }
 
     /// Creates a session, or returns it if it already runs here.
-    pub async fn create_session(
-        &self,
-        spec: &SessionSpec,
-    ) -> Result<SessionInfo, runtime::RuntimeError> {
+    pub async fn create_session(&self, spec: &SessionSpec) -> Result<SessionInfo, RuntimeError> {
         if let Some(s) = self.session(&spec.id) {
             return Ok(s);
         }
@@ -325,7 +325,7 @@ impl Agent {
     }
 
     /// Stops and removes a session's container. Unknown ids are a no-op.
-    pub async fn remove_session(&self, id: &str) -> Result<(), runtime::RuntimeError> {
+    pub async fn remove_session(&self, id: &str) -> Result<(), RuntimeError> {
         self.activity.remove(id);
         if let Some((_, info)) = self.sessions.remove(id) {
             self.metrics.sessions.set(self.sessions.len() as i64);

@@ -13,7 +13,7 @@
 //!
 //! Each session's loop device also gets bandwidth and request-rate limits
 //! (`docker.disk_write_mbps`, `disk_write_iops` and their read twins; see
-//! crate::blkio): without them, a session filling its disk kept the
+//! crate::sandbox::blkio): without them, a session filling its disk kept the
 //! worker's disk busy and its neighbours waiting.
 //!
 //! The files live in the agent's data dir (`disks/<session>.img`); they are
@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 use tracing::{info, warn};
 
-use crate::blkio::{Bandwidth, Dev, Rates};
+use crate::sandbox::blkio::{Bandwidth, Dev, Rates};
 
 /// Image files of loop-backed session disks, in the agent's data dir.
 #[derive(Debug)]

@@ -47,7 +47,7 @@ fn closing(code: u16, reason: &str) -> Message {
 /// 1001 so the client reconnects at once.
 pub async fn serve<S>(
     stream: S,
-    init: &crate::initsock::InitTarget,
+    init: &crate::serve::initsock::InitTarget,
     shutdown: CancellationToken,
     relay_draining: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -118,7 +118,7 @@ where
         _ => open.clone(),
     };
     let mut replaced = false;
-    let attempt = match crate::initsock::request(init, op).await {
+    let attempt = match crate::serve::initsock::request(init, op).await {
         // The shell asked for ended while the client was away: start a new
         // one (the hello names it) rather than leave the user with nothing.
         // Never for a command, which would then run again.
@@ -127,7 +127,7 @@ where
             ..
         }) if params.command.is_none() => {
             replaced = true;
-            crate::initsock::request(init, open).await
+            crate::serve::initsock::request(init, open).await
         }
         other => other,
     };

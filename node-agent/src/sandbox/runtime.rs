@@ -3,7 +3,7 @@
 //! Every container runs `warren-init` (bind-mounted read-only) as its
 //! entrypoint, with the image's own entrypoint and command passed after
 //! `--`. Init's socket lives on a small tmpfs inside the container, reached
-//! by the agent through [`crate::initsock`]; no host directory is writable
+//! by the agent through [`crate::serve::initsock`]; no host directory is writable
 //! from a session.
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use tracing::{info, warn};
 use warren_config::DockerConfig;
 
-use crate::initsock::InitTarget;
-use crate::security::SecurityProfile;
+use crate::sandbox::security::SecurityProfile;
+use crate::serve::initsock::InitTarget;
 
 pub const LABEL_MANAGED: &str = "warren.managed";
 pub const LABEL_SESSION: &str = "warren.session";
@@ -101,10 +101,10 @@ pub struct DockerRuntime {
     /// The engine enforces `--storage-opt size` (cleared if it says not).
     disk_quota: std::sync::atomic::AtomicBool,
     /// Loop-mounted session disks, where the engine cannot limit them.
-    loop_disks: Option<crate::disk::LoopDisks>,
+    loop_disks: Option<crate::sandbox::disk::LoopDisks>,
     docker_root: PathBuf,
     /// Cores each session is pinned to (`docker.pin_cpus`).
-    pins: Option<std::sync::Mutex<crate::cpus::Pins>>,
+    pins: Option<std::sync::Mutex<crate::sandbox::cpus::Pins>>,
 }
 
 impl DockerRuntime {
@@ -147,7 +147,7 @@ impl DockerRuntime {
         // Docker limits a container's disk only with overlay2 on XFS mounted
         // with project quotas (`pquota` cannot be seen from here: the first
         // create tries, and an engine that refuses turns it off). Elsewhere
-        // the agent gives each session a loop-mounted disk (crate::disk).
+        // the agent gives each session a loop-mounted disk (crate::sandbox::disk).
         let driver = info.driver.clone().unwrap_or_default();
         let backing = info
             .driver_status
@@ -160,7 +160,10 @@ impl DockerRuntime {
             .unwrap_or_default();
         let disk_quota = driver == "overlay2" && backing == "xfs";
         let loop_disks = if driver == "overlay2" {
-            crate::disk::LoopDisks::detect(data_dir, crate::blkio::Rates::from_config(&cfg))
+            crate::sandbox::disk::LoopDisks::detect(
+                data_dir,
+                crate::sandbox::blkio::Rates::from_config(&cfg),
+            )
         } else {
             Err(format!("the storage driver is {driver}, not overlay2"))
         };
@@ -207,8 +210,11 @@ impl DockerRuntime {
             disk_quota: std::sync::atomic::AtomicBool::new(disk_quota),
             loop_disks,
             docker_root,
-            pins: cfg_pin_cpus
-                .then(|| std::sync::Mutex::new(crate::cpus::Pins::new(crate::cpus::allowed()))),
+            pins: cfg_pin_cpus.then(|| {
+                std::sync::Mutex::new(crate::sandbox::cpus::Pins::new(
+                    crate::sandbox::cpus::allowed(),
+                ))
+            }),
         };
         rt.ensure_network().await?;
         Ok(rt)
@@ -307,8 +313,8 @@ impl DockerRuntime {
             .await
             .map_err(|e| anyhow::anyhow!("inspecting network {}: {e}", self.cfg.network))?;
         let id = net.id.unwrap_or_default();
-        let bridge = crate::firewall::bridge_name(&id, net.options.as_ref());
-        crate::firewall::install(&bridge)?;
+        let bridge = crate::sandbox::firewall::bridge_name(&id, net.options.as_ref());
+        crate::sandbox::firewall::install(&bridge)?;
         info!(network = %self.cfg.network, %bridge, "sessions cannot reach this host");
         Ok(())
     }
@@ -453,7 +459,7 @@ impl DockerRuntime {
                 .unwrap_or_else(|e| e.into_inner())
                 .assign(&spec.id, cpus)
         });
-        let cpuset = pinned.as_deref().map(crate::cpus::format_list);
+        let cpuset = pinned.as_deref().map(crate::sandbox::cpus::format_list);
         if let Some(cores) = &cpuset {
             labels.insert(LABEL_CPUSET.into(), cores.clone());
             labels.insert(LABEL_CPUS.into(), cpus.to_string());
@@ -598,7 +604,7 @@ impl DockerRuntime {
     /// The container's overlay2 layer directory, for its loop disk.
     async fn layer_dir(&self, container: &str) -> Result<PathBuf, RuntimeError> {
         let c = self.docker.inspect_container(container, None).await?;
-        crate::disk::layer_dir(c.graph_driver.as_ref(), &self.docker_root).ok_or_else(|| {
+        crate::sandbox::disk::layer_dir(c.graph_driver.as_ref(), &self.docker_root).ok_or_else(|| {
             warn!(%container, graph_driver = ?c.graph_driver, "no overlay2 layer directory for the container");
             RuntimeError::Disk(container.into())
         })
@@ -717,7 +723,7 @@ impl DockerRuntime {
                 &self.pins,
                 labels
                     .get(LABEL_CPUSET)
-                    .and_then(|c| crate::cpus::parse_list(c)),
+                    .and_then(|c| crate::sandbox::cpus::parse_list(c)),
                 labels.get(LABEL_CPUS).and_then(|c| c.parse::<f64>().ok()),
             ) {
                 p.lock()
@@ -775,7 +781,7 @@ impl DockerRuntime {
         // is stopped first so it writes nothing unlimited in between.
         if let Some(layer) = &layer
             && disks.bandwidth_limited()
-            && crate::disk::is_mountpoint(layer)
+            && crate::sandbox::disk::is_mountpoint(layer)
         {
             let _ = self
                 .docker
@@ -848,7 +854,7 @@ async fn wait_for_init(info: &SessionInfo) -> Result<(), RuntimeError> {
     let deadline = tokio::time::Instant::now() + INIT_READY_TIMEOUT;
     let mut last = String::from("socket not created");
     while tokio::time::Instant::now() < deadline {
-        match crate::initsock::request(&info.init, warren_init::proto::Op::List).await {
+        match crate::serve::initsock::request(&info.init, warren_init::proto::Op::List).await {
             Ok(_) => return Ok(()),
             Err(e) => last = e.to_string(),
         }

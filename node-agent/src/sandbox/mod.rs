@@ -1,0 +1,14 @@
+//! The session sandbox: what a session container is and how it is kept in.
+//!
+//! - [`runtime`]: the containers on Docker (bollard): engine, network,
+//!   create, adoption, removal.
+//! - [`security`]: the isolation profiles; [`firewall`]: the host rule
+//!   that keeps sessions off the worker.
+//! - [`cpus`]: which cores each session is pinned to; [`disk`]: loop
+//!   disks; [`blkio`]: their bandwidth limits.
+pub mod blkio;
+pub mod cpus;
+pub mod disk;
+pub mod firewall;
+pub mod runtime;
+pub mod security;

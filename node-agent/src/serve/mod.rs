@@ -1,0 +1,8 @@
+//! What the agent serves: terminals to relays, and its node to control.
+//!
+//! - [`terminal`]: the WebSocket terminal endpoint on a tunnel stream.
+//! - [`initsock`]: reaching a session's init without trusting the session.
+//! - [`control`]: join, heartbeats and the watch that drives reconciliation.
+pub mod control;
+pub mod initsock;
+pub mod terminal;
