@@ -164,6 +164,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             ..Default::default()
         },
         tls: None,
+        auth: Default::default(),
     };
     let control = warren_control::start(ccfg.clone(), api, stop.clone()).await?;
     let admin_key = std::fs::read_to_string(data.join("control/admin.key"))
@@ -179,6 +180,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             listen: https_addr,
             cert_file: None,
             key_file: None,
+            hsts_max_age_secs: 31_536_000,
         },
         http: http_addr.map(|listen| ListenConfig { listen }),
         admin: None,

@@ -118,6 +118,16 @@ pub struct DockerConfig {
     /// Writable disk per session in MB (0: no limit), where the engine can
     /// enforce it (overlay2 on XFS mounted with project quotas).
     pub default_disk_mb: u64,
+    /// The most disk one session may have here (MB): a larger ask is refused.
+    pub max_disk_mb: u64,
+    /// Disk this worker offers sessions in all (MB; 0: the free space of
+    /// the data directory's filesystem at start, less a reserve). Session
+    /// disks are sparse, so without this bound the worker would promise
+    /// more than it has.
+    pub disk_capacity_mb: u64,
+    /// Disk the engine's images may use before the agent removes images it
+    /// pulled that no session uses (MB; 0: never prune).
+    pub image_budget_mb: u64,
     /// MiB/s each session may write to its loop disk (0: no limit). A
     /// session writing at the disk's full speed delays every neighbour.
     pub disk_write_mbps: u64,
@@ -144,6 +154,9 @@ impl Default for DockerConfig {
             pin_cpus: true,
             pids_limit: 1024,
             default_disk_mb: 10_240,
+            max_disk_mb: 65_536,
+            disk_capacity_mb: 0,
+            image_budget_mb: 20_480,
             disk_write_mbps: 32,
             disk_read_mbps: 0,
             disk_write_iops: 1000,
@@ -310,6 +323,18 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid(
                 "docker.default_disk_mb",
                 "must be 0 (no limit) or between 64 and 4194304",
+            ));
+        }
+        if !(64..=4_194_304).contains(&d.max_disk_mb) || d.default_disk_mb > d.max_disk_mb {
+            return Err(ConfigError::invalid(
+                "docker.max_disk_mb",
+                "must be between 64 and 4194304, and at least docker.default_disk_mb",
+            ));
+        }
+        if d.disk_capacity_mb != 0 && d.disk_capacity_mb < 64 {
+            return Err(ConfigError::invalid(
+                "docker.disk_capacity_mb",
+                "must be 0 (measured) or at least 64",
             ));
         }
         if !(65_536..=67_108_864).contains(&self.terminal.replay_bytes) {

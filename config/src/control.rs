@@ -41,6 +41,25 @@ pub struct ControlConfig {
     /// and API keys then never cross the network in clear.
     #[serde(default)]
     pub tls: Option<ControlTls>,
+    #[serde(default)]
+    pub auth: ControlAuth,
+}
+
+/// How long what a link was exchanged for lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlAuth {
+    /// A refresh grant (what a page keeps after it was opened with a link)
+    /// ends after this long without a renewal, and always with its session.
+    pub grant_idle_secs: u64,
+}
+
+impl Default for ControlAuth {
+    fn default() -> Self {
+        Self {
+            grant_idle_secs: 8 * 3600,
+        }
+    }
 }
 
 /// PEM files of control's TLS certificate (with its chain) and key.
@@ -99,6 +118,13 @@ pub struct SessionDefaults {
     /// Per-tenant limits for tenants created without their own.
     pub tenant_max_sessions: u64,
     pub tenant_max_memory_mb: u64,
+    /// Disk all of a tenant's live sessions may hold together, in MB.
+    pub tenant_max_disk_mb: u64,
+    /// Disk a session gets when it does not ask (MB); counted in placement
+    /// and quotas like memory.
+    pub disk_mb: u64,
+    /// The most disk one session may ask for (MB); nodes may allow less.
+    pub max_disk_mb: u64,
     /// Registries session images may name (`registry.example.com/x`):
     /// a worker's Docker engine pulls from them, so an unlisted one could be
     /// any address the worker reaches. Names without a registry (local
@@ -118,6 +144,9 @@ impl Default for SessionDefaults {
             token_ttl_secs: 600,
             tenant_max_sessions: 20,
             tenant_max_memory_mb: 16384,
+            tenant_max_disk_mb: 262_144,
+            disk_mb: 10_240,
+            max_disk_mb: 65_536,
             allowed_registries: vec!["docker.io".into()],
         }
     }
@@ -188,6 +217,24 @@ impl Validate for ControlConfig {
             return Err(ConfigError::invalid(
                 "sessions.token_ttl_secs",
                 "must be between 10 and 86400",
+            ));
+        }
+        if !(64..=4_194_304).contains(&s.max_disk_mb) {
+            return Err(ConfigError::invalid(
+                "sessions.max_disk_mb",
+                "must be between 64 and 4194304",
+            ));
+        }
+        if s.disk_mb != 0 && !(64..=s.max_disk_mb).contains(&s.disk_mb) {
+            return Err(ConfigError::invalid(
+                "sessions.disk_mb",
+                "must be 0 (the worker's default) or between 64 and sessions.max_disk_mb",
+            ));
+        }
+        if !(60..=30 * 86_400).contains(&self.auth.grant_idle_secs) {
+            return Err(ConfigError::invalid(
+                "auth.grant_idle_secs",
+                "must be between 60 and 2592000 (30 days)",
             ));
         }
         for (i, u) in self.control_urls.iter().enumerate() {

@@ -66,6 +66,15 @@ pub struct HttpsConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// `Strict-Transport-Security: max-age=` on every HTTPS answer (0: not
+    /// sent). Browsers then refuse plain HTTP and certificate bypasses for
+    /// the host.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age_secs: u64,
+}
+
+fn default_hsts() -> u64 {
+    31_536_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +145,12 @@ impl Validate for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.domain;
         check_dns_name("domain", d, "warren.example.com")?;
+        if self.https.hsts_max_age_secs > 63_072_000 {
+            return Err(ConfigError::invalid(
+                "https.hsts_max_age_secs",
+                "must be at most 63072000 (two years)",
+            ));
+        }
         if let Some(p) = &self.preview_domain {
             check_dns_name("preview_domain", p, "preview.example.net")?;
             if p == d || p.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{p}")) {

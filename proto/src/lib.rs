@@ -8,6 +8,7 @@
 //! - [`token`]: session-token claims and scopes (control mints, the relay checks).
 //! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent).
 //! - [`internal`]: the internal HTTP API (agents and relays ↔ control).
+//! - [`validate`]: image references and display names, checked at control's edge.
 //! - [`init`]: reply codes of `warren-init` (its framing lives in `warren-init`).
 //!
 //! Serde only: no I/O, no async, so every part (and the fuzz targets) can
@@ -20,5 +21,6 @@ pub mod init;
 pub mod internal;
 pub mod terminal;
 pub mod token;
+pub mod validate;
 
 pub use id::{SessionId, is_session_id};
