@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_config::ControlConfig;
 
-use crate::store::Store;
+use crate::store::{NewAudit, Store};
 pub use issuer::Issuer;
 
 pub use warren_proto::is_session_id;
@@ -189,13 +189,27 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
                 for n in unreachable {
                     warn!(node = %n, "node unreachable: no heartbeat; its sessions stay up");
                     c.store
-                        .audit("control", "", "node.unreachable", &n, "ok", "no heartbeat")
+                        .audit(NewAudit {
+                            actor: "control",
+                            tenant: "",
+                            action: "node.unreachable",
+                            target: &n,
+                            detail: "no heartbeat",
+                            ..NewAudit::OK
+                        })
                         .await;
                 }
                 for n in lost {
                     warn!(node = %n, "node lost: no heartbeat");
                     c.store
-                        .audit("control", "", "node.lost", &n, "ok", "no heartbeat")
+                        .audit(NewAudit {
+                            actor: "control",
+                            tenant: "",
+                            action: "node.lost",
+                            target: &n,
+                            detail: "no heartbeat",
+                            ..NewAudit::OK
+                        })
                         .await;
                 }
             }
@@ -206,7 +220,14 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
                 for (id, tenant, reason) in &expired {
                     info!(session = %id, %reason, "stopping session");
                     c.store
-                        .audit("control", tenant, "session.expire", id, "ok", reason)
+                        .audit(NewAudit {
+                            actor: "control",
+                            tenant,
+                            action: "session.expire",
+                            target: id,
+                            detail: reason,
+                            ..NewAudit::OK
+                        })
                         .await;
                 }
             }

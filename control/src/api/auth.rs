@@ -40,11 +40,6 @@ async fn principal(c: &Control, h: &HeaderMap) -> ApiResult<Principal> {
         .ok_or_else(ApiError::unauthorized)
 }
 
-/// Equal-length comparison that takes the same time wherever they differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl FromRequestParts<Arc<Control>> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Control>) -> ApiResult<Self> {

@@ -21,14 +21,13 @@ pub(super) async fn join(
     {
         Ok(credential) => {
             c.store
-                .audit(
-                    &format!("node:{}", req.node_id),
-                    "",
-                    "node.join",
-                    &req.node_id,
-                    "ok",
-                    "",
-                )
+                .audit(NewAudit {
+                    actor: &format!("node:{}", req.node_id),
+                    tenant: "",
+                    action: "node.join",
+                    target: &req.node_id,
+                    ..NewAudit::OK
+                })
                 .await;
             let relays: Vec<_> = c
                 .cfg
@@ -55,14 +54,14 @@ pub(super) async fn join(
         }
         Err(e) => {
             c.store
-                .audit(
-                    &format!("node:{}", req.node_id),
-                    "",
-                    "node.join",
-                    &req.node_id,
-                    "refused",
-                    &e.to_string(),
-                )
+                .audit(NewAudit {
+                    actor: &format!("node:{}", req.node_id),
+                    tenant: "",
+                    action: "node.join",
+                    target: &req.node_id,
+                    outcome: "refused",
+                    detail: &e.to_string(),
+                })
                 .await;
             match e {
                 StoreError::Conflict(m) => {
@@ -228,14 +227,14 @@ pub(super) async fn ssh_audit(
         clip(&e.reason, 300)
     );
     c.store
-        .audit(
-            &format!("ssh:{}", clip(&e.client_addr, 64)),
-            &tenant,
-            e.action.as_str(),
-            &clip(&e.session, 64),
+        .audit(NewAudit {
+            actor: &format!("ssh:{}", clip(&e.client_addr, 64)),
+            tenant: &tenant,
+            action: e.action.as_str(),
+            target: &clip(&e.session, 64),
             outcome,
-            detail.trim(),
-        )
+            detail: detail.trim(),
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -277,14 +276,14 @@ pub(super) async fn grant(
         .create_grant(&claims.sid, &claims.sub, &claims.scope)
         .await?;
     c.store
-        .audit(
-            &claims.sub,
-            &claims.tenant,
-            "session.grant",
-            &claims.sid,
-            "ok",
-            &claims.scope,
-        )
+        .audit(NewAudit {
+            actor: &claims.sub,
+            tenant: &claims.tenant,
+            action: "session.grant",
+            target: &claims.sid,
+            detail: &claims.scope,
+            ..NewAudit::OK
+        })
         .await;
     Ok(Json(GrantResponse {
         refresh_token: secret,

@@ -5,7 +5,7 @@
 //! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
 //! - here: errors as answers, the router, per-address rate limits.
-pub(crate) mod auth;
+mod auth;
 mod internal;
 mod nodes;
 mod sessions;
@@ -29,7 +29,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::Control;
-use crate::store::{NewSession, NodeState, Principal, Session, SessionStatus, StoreError, now_ms};
+use crate::store::{
+    NewAudit, NewSession, NodeState, Principal, Session, SessionStatus, StoreError,
+    constant_time_eq, now_ms,
+};
 use warren_proto::api::{
     CreateSession, Session as ApiSession, SessionList, TokenRequest, TokenResponse,
 };

@@ -27,14 +27,14 @@ pub(super) async fn join_token(
     }
     let token = c.store.create_join_token(ttl * 1000).await?;
     c.store
-        .audit(
-            &p.key_id,
-            &p.tenant,
-            "node.join_token",
-            "-",
-            "ok",
-            &format!("ttl {ttl} s"),
-        )
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "node.join_token",
+            target: "-",
+            detail: &format!("ttl {ttl} s"),
+            ..NewAudit::OK
+        })
         .await;
     Ok((
         StatusCode::CREATED,
@@ -54,14 +54,13 @@ pub(super) async fn node_action(
     }
     c.store.node_action(&id, &action).await?;
     c.store
-        .audit(
-            &p.key_id,
-            &p.tenant,
-            &format!("node.{action}"),
-            &id,
-            "ok",
-            "",
-        )
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: &format!("node.{action}"),
+            target: &id,
+            ..NewAudit::OK
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -73,7 +72,13 @@ pub(super) async fn remove_node(
 ) -> ApiResult<StatusCode> {
     c.store.node_action(&id, "remove").await?;
     c.store
-        .audit(&p.key_id, &p.tenant, "node.remove", &id, "ok", "")
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "node.remove",
+            target: &id,
+            ..NewAudit::OK
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -130,27 +130,27 @@ pub(super) async fn create_session(
         Ok(s) => s,
         Err(e) => {
             c.store
-                .audit(
-                    &p.key_id,
-                    &p.tenant,
-                    "session.create",
-                    "-",
-                    "refused",
-                    &e.to_string(),
-                )
+                .audit(NewAudit {
+                    actor: &p.key_id,
+                    tenant: &p.tenant,
+                    action: "session.create",
+                    target: "-",
+                    outcome: "refused",
+                    detail: &e.to_string(),
+                })
                 .await;
             return Err(e.into());
         }
     };
     c.store
-        .audit(
-            &p.key_id,
-            &p.tenant,
-            "session.create",
-            &s.id,
-            "scheduled",
-            &format!("node {} memory {} MB", s.node, s.memory_mb),
-        )
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "session.create",
+            target: &s.id,
+            outcome: "scheduled",
+            detail: &format!("node {} memory {} MB", s.node, s.memory_mb),
+        })
         .await;
     // Answer once it runs, or fail clearly after the deadline.
     let deadline =
@@ -166,7 +166,14 @@ pub(super) async fn create_session(
             SessionStatus::Pending => {
                 c.store.stop_session(&s.id, "did not start in time").await?;
                 c.store
-                    .audit(&p.key_id, &p.tenant, "session.create", &s.id, "timeout", "")
+                    .audit(NewAudit {
+                        actor: &p.key_id,
+                        tenant: &p.tenant,
+                        action: "session.create",
+                        target: &s.id,
+                        outcome: "timeout",
+                        ..NewAudit::OK
+                    })
                     .await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -179,14 +186,14 @@ pub(super) async fn create_session(
             }
             other => {
                 c.store
-                    .audit(
-                        &p.key_id,
-                        &p.tenant,
-                        "session.create",
-                        &s.id,
-                        "failed",
-                        &s.reason,
-                    )
+                    .audit(NewAudit {
+                        actor: &p.key_id,
+                        tenant: &p.tenant,
+                        action: "session.create",
+                        target: &s.id,
+                        outcome: "failed",
+                        detail: &s.reason,
+                    })
                     .await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -231,7 +238,13 @@ pub(super) async fn delete_session(
     let s = c.owned(&p, &id).await?;
     c.store.stop_session(&s.id, "deleted").await?;
     c.store
-        .audit(&p.key_id, &s.tenant, "session.delete", &s.id, "ok", "")
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &s.tenant,
+            action: "session.delete",
+            target: &s.id,
+            ..NewAudit::OK
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -278,7 +291,14 @@ pub(super) async fn session_token(
     }
     let (token, exp) = c.issuer.mint(&s, &p.key_id, scope)?;
     c.store
-        .audit(&p.key_id, &s.tenant, "session.token", &s.id, "ok", scope)
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &s.tenant,
+            action: "session.token",
+            target: &s.id,
+            detail: scope,
+            ..NewAudit::OK
+        })
         .await;
     Ok(Json(TokenResponse {
         token,

@@ -29,7 +29,14 @@ pub(super) async fn create_tenant(
     }
     let t = c.store.create_tenant(&req.name, ms, mm).await?;
     c.store
-        .audit(&p.key_id, &t.id, "tenant.create", &t.id, "ok", &req.name)
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &t.id,
+            action: "tenant.create",
+            target: &t.id,
+            detail: &req.name,
+            ..NewAudit::OK
+        })
         .await;
     Ok((StatusCode::CREATED, Json(json!(t))))
 }
@@ -43,7 +50,13 @@ pub(super) async fn create_key(
     let key = crate::store::random_secret("wk");
     let key_id = c.store.add_api_key(&id, &key, false).await?;
     c.store
-        .audit(&p.key_id, &id, "key.create", &key_id, "ok", "")
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &id,
+            action: "key.create",
+            target: &key_id,
+            ..NewAudit::OK
+        })
         .await;
     // Shown once; only its hash is kept.
     Ok((
@@ -69,14 +82,14 @@ pub(super) async fn add_ssh_key(
     let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
     let k = c.store.add_ssh_key(&p.tenant, &p.key_id, &key).await?;
     c.store
-        .audit(
-            &p.key_id,
-            &p.tenant,
-            "ssh_key.add",
-            &k.id,
-            "ok",
-            &k.fingerprint,
-        )
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "ssh_key.add",
+            target: &k.id,
+            detail: &k.fingerprint,
+            ..NewAudit::OK
+        })
         .await;
     Ok((StatusCode::CREATED, Json(json!(k))))
 }
@@ -98,7 +111,13 @@ pub(super) async fn delete_ssh_key(
     }
     c.store.delete_ssh_key(&p.tenant, &id).await?;
     c.store
-        .audit(&p.key_id, &p.tenant, "ssh_key.delete", &id, "ok", "")
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "ssh_key.delete",
+            target: &id,
+            ..NewAudit::OK
+        })
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,283 @@
+//! Sessions and scheduling: quotas, placement by memory headroom, stop,
+//! expiry, and what each node should run.
+use sqlx::Row;
+use std::collections::HashMap;
+use warren_config::Strategy;
+
+use super::{
+    ACTIVE, LIVE, NodeState, Result, SESSION_COLS, Session, SessionStatus, Store, StoreError,
+    bump_version, now_ms, random_id, session_from, sql, sql_in, touch_node,
+};
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub image: String,
+    pub memory_mb: i64,
+    pub millicpus: i64,
+    pub disk_mb: i64,
+    pub ttl_ms: i64,
+    pub idle_timeout_ms: i64,
+}
+
+/// A node that could take a session: its id and memory figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub allocatable_mb: i64,
+    pub free_mb: i64,
+    pub reserved_mb: i64,
+}
+
+impl Candidate {
+    /// What is not reserved, bounded by what the node reports free.
+    pub fn headroom_mb(&self) -> i64 {
+        (self.allocatable_mb - self.reserved_mb).min(self.free_mb)
+    }
+}
+
+/// Picks the node for a session of `memory_mb`: among those with enough
+/// headroom, the most (spread) or the least (binpack); ties go to the
+/// first in `candidates` order. `None` when none has room.
+pub fn pick_node(
+    candidates: &[Candidate],
+    memory_mb: i64,
+    strategy: Strategy,
+) -> Option<&Candidate> {
+    let mut best: Option<&Candidate> = None;
+    for c in candidates.iter().filter(|c| c.headroom_mb() >= memory_mb) {
+        let better = match (best, strategy) {
+            (None, _) => true,
+            (Some(b), Strategy::Spread) => c.headroom_mb() > b.headroom_mb(),
+            (Some(b), Strategy::Binpack) => c.headroom_mb() < b.headroom_mb(),
+        };
+        if better {
+            best = Some(c);
+        }
+    }
+    best
+}
+
+impl Store {
+    /// Checks the tenant's quota, picks a node by memory headroom and
+    /// reserves the memory, all in one transaction.
+    pub async fn create_session(
+        &self,
+        tenant: &str,
+        spec: &NewSession,
+        strategy: Strategy,
+        heartbeat_timeout_ms: i64,
+    ) -> Result<Session> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        bump_version(&mut tx).await?;
+        let t = sqlx::query("SELECT max_sessions, max_memory_mb FROM tenants WHERE id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
+        let (max_s, max_m): (i64, i64) = (t.try_get("max_sessions")?, t.try_get("max_memory_mb")?);
+        let active = sql_in(&ACTIVE);
+        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m FROM sessions WHERE tenant_id = $1 AND status IN {active}")))
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (n, m): (i64, i64) = (u.try_get("n")?, u.try_get("m")?);
+        if n + 1 > max_s {
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} may run {max_s} sessions at once and runs {n}"
+            )));
+        }
+        if m + spec.memory_mb > max_m {
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} may use {max_m} MB in all; {m} MB are in use and {} MB were asked for",
+                spec.memory_mb
+            )));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT n.id, n.allocatable_mb, n.free_mb, \
+             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved \
+             FROM nodes n WHERE n.state = {} AND n.cordoned = 0 AND n.last_heartbeat > $1 ORDER BY n.id",
+            sql(NodeState::Ready)
+        )))
+        .bind(now - heartbeat_timeout_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let candidates = rows
+            .iter()
+            .map(|r| {
+                Ok(Candidate {
+                    id: r.try_get("id")?,
+                    allocatable_mb: r.try_get("allocatable_mb")?,
+                    free_mb: r.try_get("free_mb")?,
+                    reserved_mb: r.try_get("reserved")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        let Some(node) = pick_node(&candidates, spec.memory_mb, strategy).map(|c| c.id.clone())
+        else {
+            return Err(StoreError::NoCapacity(format!(
+                "no ready node has {} MB of memory headroom ({} ready nodes)",
+                spec.memory_mb,
+                rows.len()
+            )));
+        };
+        let id = random_id(16);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at, disk_mb) \
+             VALUES ($1, $2, $3, {}, '', $4, $5, $6, $7, $8, $9, $7, $7, $10)",
+            sql(SessionStatus::Pending)
+        )))
+        .bind(&id)
+        .bind(tenant)
+        .bind(&node)
+        .bind(&spec.image)
+        .bind(spec.memory_mb)
+        .bind(spec.millicpus)
+        .bind(now)
+        .bind(now + spec.ttl_ms)
+        .bind(spec.idle_timeout_ms)
+        .bind(spec.disk_mb)
+        .execute(&mut *tx)
+        .await?;
+        touch_node(&mut tx, &node).await?;
+        self.commit_change(tx).await?;
+        self.session(&id).await
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Session> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("session {id} does not exist")))?;
+        Ok(session_from(&r)?)
+    }
+
+    pub async fn sessions(&self, tenant: Option<&str>) -> Result<Vec<Session>> {
+        let rows = match tenant {
+            Some(t) => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE tenant_id = $1 ORDER BY created_at DESC LIMIT 1000"))).bind(t).fetch_all(&self.pool).await?,
+            None => sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions ORDER BY created_at DESC LIMIT 1000"))).fetch_all(&self.pool).await?,
+        };
+        rows.iter()
+            .map(|r| session_from(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    pub async fn stop_session(&self, id: &str, reason: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        bump_version(&mut tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = $1, updated_at = $2 WHERE id = $3 AND status IN {}", sql(SessionStatus::Stopping), sql_in(&LIVE))))
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE nodes SET desired_version = (SELECT version FROM sched_lock WHERE id = 1) \
+             WHERE id = (SELECT node_id FROM sessions WHERE id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_change(tx).await?;
+        Ok(())
+    }
+
+    /// Sessions past their TTL or idle timeout; they are set stopping.
+    pub async fn expire(&self) -> Result<Vec<(String, String, String)>> {
+        let now = now_ms();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, tenant_id, expires_at, last_activity, idle_timeout_ms FROM sessions WHERE status = {} AND (expires_at < $1 OR last_activity + idle_timeout_ms < $1)",
+            sql(SessionStatus::Running)
+        )))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, tenant, exp): (String, String, i64) = (
+                r.try_get("id")?,
+                r.try_get("tenant_id")?,
+                r.try_get("expires_at")?,
+            );
+            let reason = if exp < now {
+                "ttl expired"
+            } else {
+                "idle timeout"
+            };
+            self.stop_session(&id, reason).await?;
+            out.push((id, tenant, reason.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Sessions a node should run, and the version to watch from.
+    pub async fn desired(&self, node_id: &str) -> Result<(i64, Vec<Session>)> {
+        let v = self.version().await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE node_id = $1 AND status IN {}",
+            sql_in(&LIVE)
+        )))
+        .bind(node_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let s = rows
+            .iter()
+            .map(session_from)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((v, s))
+    }
+
+    /// Sessions by status, for metrics.
+    pub async fn session_counts(&self) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM sessions GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, alloc: i64, free: i64, reserved: i64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            allocatable_mb: alloc,
+            free_mb: free,
+            reserved_mb: reserved,
+        }
+    }
+
+    #[test]
+    fn placement_spreads_or_packs_by_headroom() {
+        let nodes = [
+            node("a", 4096, 4096, 1024), // headroom 3072
+            node("b", 8192, 2048, 0),    // free bounds it: 2048
+            node("c", 8192, 8192, 7680), // 512
+        ];
+        let pick = |mb, s| pick_node(&nodes, mb, s).map(|c| c.id.as_str());
+        assert_eq!(pick(256, Strategy::Spread), Some("a"));
+        assert_eq!(pick(256, Strategy::Binpack), Some("c"));
+        // c has too little room for 1 GiB; b is the tightest that fits.
+        assert_eq!(pick(1024, Strategy::Binpack), Some("b"));
+        assert_eq!(pick(3072, Strategy::Binpack), Some("a"));
+        assert_eq!(pick(3073, Strategy::Spread), None);
+        assert_eq!(pick_node(&[], 1, Strategy::Spread), None);
+        // Ties go to the first (ids come ordered from the database).
+        let tied = [node("x", 1000, 1000, 0), node("y", 1000, 1000, 0)];
+        assert_eq!(
+            pick_node(&tied, 10, Strategy::Spread).map(|c| c.id.as_str()),
+            Some("x")
+        );
+        assert_eq!(
+            pick_node(&tied, 10, Strategy::Binpack).map(|c| c.id.as_str()),
+            Some("x")
+        );
+    }
+}
