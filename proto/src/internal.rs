@@ -63,6 +63,21 @@ pub struct HeartbeatRequest {
     pub metrics_addr: Option<String>,
     #[serde(default)]
     pub sessions: Vec<SessionReport>,
+    /// Disk the node offers sessions; absent from agents that cannot limit
+    /// disk (then control places by memory alone there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<NodeDisk>,
+}
+
+/// What a node offers in disk: every session's disk is counted against
+/// `capacity_mb` at placement (the files are sparse: without the count a
+/// node would promise more than it has), and no one session may have more
+/// than `max_session_mb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDisk {
+    pub capacity_mb: i64,
+    pub max_session_mb: i64,
 }
 
 /// Longest list of sessions one heartbeat may carry.
@@ -261,6 +276,7 @@ mod tests {
                 reason: String::new(),
                 idle_ms: Some(3),
             }],
+            disk: None,
         };
         let v = serde_json::to_value(&hb).expect("serializes");
         assert_eq!(v["security_profile"], "dind");
