@@ -9,6 +9,7 @@
 //! # Layout
 //! The agent has two jobs, and a folder for each:
 //! - [`sandbox`]: the session containers and what keeps them in:
+//!   [`sandbox::spec`] (a session's container settings, a pure function),
 //!   [`sandbox::runtime`] (Docker via bollard: engine, network, create,
 //!   adoption, removal), [`sandbox::security`] (the isolation profiles),
 //!   [`sandbox::firewall`] (the host rule that keeps sessions off the

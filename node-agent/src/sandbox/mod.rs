@@ -1,5 +1,6 @@
 //! The session sandbox: what a session container is and how it is kept in.
 //!
+//! - [`spec`]: a session's container settings, built by a pure function.
 //! - [`runtime`]: the containers on Docker (bollard): engine, network,
 //!   create, adoption, removal.
 //! - [`security`]: the isolation profiles; [`firewall`]: the host rule
@@ -12,3 +13,4 @@ pub mod disk;
 pub mod firewall;
 pub mod runtime;
 pub mod security;
+pub mod spec;

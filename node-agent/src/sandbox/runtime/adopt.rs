@@ -1,0 +1,124 @@
+//! Adopting this node's sessions after an agent restart.
+use std::collections::HashMap;
+
+use bollard::query_parameters::ListContainersOptions;
+use tracing::warn;
+
+use super::{
+    DockerRuntime, LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_MEMORY, LABEL_NODE, LABEL_SESSION,
+    RuntimeError, SessionInfo, wait_for_init,
+};
+
+impl DockerRuntime {
+    /// Sessions of this node found by label, started again if they had
+    /// stopped (e.g. after a host reboot). Used to adopt them after an agent
+    /// restart instead of duplicating or leaking them.
+    pub async fn adopt(&self) -> Result<Vec<SessionInfo>, RuntimeError> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{LABEL_NODE}={}", self.node_id)],
+        );
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::new();
+        for c in list {
+            let (Some(cid), Some(labels)) = (c.id.clone(), c.labels.clone()) else {
+                continue;
+            };
+            let Some(sid) = labels.get(LABEL_SESSION).cloned() else {
+                continue;
+            };
+            let memory_mb = labels
+                .get(LABEL_MEMORY)
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            let running = matches!(
+                c.state,
+                Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            );
+            // A loop disk is mounted again (after a reboot) before its
+            // container starts, or the session would find its files gone and
+            // run without a limit.
+            if !running
+                && labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
+                && let Err(e) = self.reattach_disk(&cid, &sid).await
+            {
+                warn!(session = %sid, "cannot mount the stopped session's disk again, removing it: {e}");
+                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                continue;
+            }
+            if !running && let Err(e) = self.docker.start_container(&cid, None).await {
+                warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
+                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                continue;
+            }
+            let info = match self
+                .inspect(&cid, &sid, c.image.as_deref().unwrap_or(""), memory_mb)
+                .await
+            {
+                Ok(i) => i,
+                // Removed between the list and now: nothing to adopt.
+                Err(RuntimeError::Docker(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                })) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = wait_for_init(&info).await {
+                warn!(session = %sid, "adopted container has no working init: {e}");
+            }
+            // Its disk's limits again (set already unless it was restarted).
+            if labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
+                && let Some(disks) = &self.loop_disks
+            {
+                let limited = match self.layer_dir(&cid).await {
+                    Ok(layer) => disks
+                        .limit(&layer)
+                        .and_then(|()| disks.limit_session(&layer, info.init.init_pid))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = limited {
+                    warn!(session = %sid, "cannot limit the adopted session's disk bandwidth: {e}");
+                }
+            }
+            // Its pin counts towards the load of its cores.
+            if let (Some(p), Some(cores), Some(limit)) = (
+                &self.pins,
+                labels
+                    .get(LABEL_CPUSET)
+                    .and_then(|c| crate::sandbox::cpus::parse_list(c)),
+                labels.get(LABEL_CPUS).and_then(|c| c.parse::<f64>().ok()),
+            ) {
+                p.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&sid, cores, limit);
+            }
+            out.push(info);
+        }
+        if let Some(disks) = &self.loop_disks {
+            disks.sweep(&out.iter().map(|s| s.id.clone()).collect());
+        }
+        Ok(out)
+    }
+
+    async fn reattach_disk(&self, container: &str, session: &str) -> Result<(), RuntimeError> {
+        let disks = self.loop_disks.as_ref().ok_or_else(|| {
+            RuntimeError::Invalid("this agent cannot mount loop disks any more".into())
+        })?;
+        if !disks.has(session) {
+            return Err(RuntimeError::Invalid(format!(
+                "the disk image of session {session} is gone"
+            )));
+        }
+        let layer = self.layer_dir(container).await?;
+        Ok(disks.reattach(session, &layer).await?)
+    }
+}

@@ -1,0 +1,338 @@
+//! Session containers on Docker (bollard): create here; the engine and its
+//! limits in [`engine`], the sessions network in [`network`], adoption after
+//! a restart in [`adopt`], removal in [`remove`]. What a container is made
+//! of is [`crate::sandbox::spec`]'s pure function; this module runs the
+//! sequence around it.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
+use futures_util::StreamExt;
+use tracing::{info, warn};
+use warren_config::DockerConfig;
+
+use crate::sandbox::security::SecurityProfile;
+use crate::sandbox::spec::{self, ContainerInputs, Resolved};
+use crate::serve::initsock::InitTarget;
+
+mod adopt;
+mod engine;
+mod network;
+mod remove;
+
+pub use crate::sandbox::spec::{
+    LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_MANAGED, LABEL_MEMORY, LABEL_NODE, LABEL_SESSION,
+    SessionSpec,
+};
+
+/// Free space (MiB) the worker keeps for itself: below it, no new sessions
+/// with loop disks.
+const MIN_FREE_DISK_MB: u64 = 1024;
+/// Time a new container has to bring up its init socket.
+const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A session container the agent runs.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub container_id: String,
+    pub image: String,
+    pub memory_mb: u64,
+    /// Address on the sessions network, where its ports are reached.
+    pub ip: Option<IpAddr>,
+    /// The session's init, as the agent reaches it.
+    pub init: InitTarget,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid session spec: {0}")]
+    Invalid(String),
+    /// The engine's own words stay in the agent's log: they may name
+    /// internal addresses.
+    #[error("image {0} is not available on this worker")]
+    Image(String, String),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("session {0} did not become ready: {1}")]
+    NotReady(String, String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Details (paths, mount errors) stay in the agent's log.
+    #[error("session {0}: its disk limit could not be set up on this worker")]
+    Disk(String),
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    cfg: DockerConfig,
+    node_id: String,
+    sessions_dir: PathBuf,
+    init_binary: PathBuf,
+    // Narrowed at runtime if the engine does not know a capability name.
+    security: std::sync::Mutex<SecurityProfile>,
+    labels: BTreeMap<String, String>,
+    terminal: warren_config::TerminalConfig,
+    /// The engine enforces `--storage-opt size` (cleared if it says not).
+    disk_quota: std::sync::atomic::AtomicBool,
+    /// Loop-mounted session disks, where the engine cannot limit them.
+    loop_disks: Option<crate::sandbox::disk::LoopDisks>,
+    docker_root: PathBuf,
+    /// Cores each session is pinned to (`docker.pin_cpus`).
+    pins: Option<std::sync::Mutex<crate::sandbox::cpus::Pins>>,
+}
+
+impl DockerRuntime {
+    /// Whether sessions here get a disk limit.
+    pub fn disk_limits(&self) -> bool {
+        self.disk_quota() || self.loop_disks.is_some()
+    }
+
+    /// How session disks are limited here: `quota`, `loop` or `none`.
+    pub fn disk_backend(&self) -> &'static str {
+        if self.disk_quota() {
+            "quota"
+        } else if self.loop_disks.is_some() {
+            "loop"
+        } else {
+            "none"
+        }
+    }
+
+    fn disk_quota(&self) -> bool {
+        self.disk_quota.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn security(&self) -> SecurityProfile {
+        self.security
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Creates and starts a session container and waits for its init.
+    pub async fn create(&self, spec: &SessionSpec) -> Result<SessionInfo, RuntimeError> {
+        let session = spec
+            .resolve(&self.cfg, self.disk_limits())
+            .map_err(RuntimeError::Invalid)?;
+        let command = self.image_command(&session.image).await?;
+        // Left by agents before init's socket moved into the container.
+        let _ = std::fs::remove_dir_all(self.sessions_dir.join(&session.id));
+        let container = self.create_container(&session, &command).await?;
+        let result = self.start(&container, &session).await;
+        if result.is_err() {
+            // Leave nothing half-made behind.
+            let _ = self
+                .remove_container_and_disk(&container, &session.id)
+                .await;
+        }
+        result
+    }
+
+    /// Asks the engine for the session's container, pinned to its cores,
+    /// narrowing what the engine refuses (an unknown capability, a disk
+    /// quota) and asking again. Returns the container's id.
+    async fn create_container(
+        &self,
+        session: &Resolved,
+        command: &[String],
+    ) -> Result<String, RuntimeError> {
+        // The session's own resource view where lxcfs runs on the worker.
+        let lxcfs_binds = spec::lxcfs_binds(Path::new(spec::LXCFS_DIR));
+        let disk_label = session.disk_mb > 0 && self.disk_limits();
+        let pinned = self.pins.as_ref().and_then(|p| {
+            p.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .assign(&session.id, session.cpus)
+        });
+        let opts = CreateContainerOptions {
+            name: Some(spec::container_name(&self.node_id, &session.id)),
+            ..Default::default()
+        };
+        loop {
+            let security = self.security();
+            let disk_quota_mb =
+                (session.disk_mb > 0 && self.disk_quota()).then_some(session.disk_mb);
+            let body = spec::container_config(
+                &ContainerInputs {
+                    session,
+                    command,
+                    init_binary: &self.init_binary,
+                    lxcfs_binds: &lxcfs_binds,
+                    labels: &self.labels,
+                    network: &self.cfg.network,
+                    oci_runtime: self.cfg.runtime.as_deref(),
+                    terminal: &self.terminal,
+                    cpuset: pinned.as_deref(),
+                    disk_label: disk_label.then(|| self.disk_backend()),
+                    disk_quota_mb,
+                },
+                &security,
+            );
+            match self.docker.create_container(Some(opts.clone()), body).await {
+                Ok(c) => return Ok(c.id),
+                Err(e) if self.drop_unknown_capability(&e) => continue,
+                Err(e)
+                    if (!session.disk_asked || self.loop_disks.is_some())
+                        && self.disk_limit_unsupported(&e) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    self.unpin(&session.id);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Starts a created container: its loop disk first, then the container,
+    /// its disk's limits in its own cgroup, and waits for its init.
+    async fn start(
+        &self,
+        container: &str,
+        session: &Resolved,
+    ) -> Result<SessionInfo, RuntimeError> {
+        let mut disk_layer = None;
+        if session.disk_mb > 0
+            && !self.disk_quota()
+            && let Some(disks) = &self.loop_disks
+        {
+            // Loop disks are thin: a worker whose own disk is nearly full
+            // takes no more sessions rather than fail them all later.
+            if disks.free_mb().is_some_and(|f| f < MIN_FREE_DISK_MB) {
+                warn!(session = %session.id, "refusing a session: the agent's data dir has under {MIN_FREE_DISK_MB} MiB free");
+                return Err(RuntimeError::Invalid(
+                    "this worker's disk is nearly full".into(),
+                ));
+            }
+            let layer = self.layer_dir(container).await?;
+            disks
+                .attach(&session.id, &layer, session.disk_mb)
+                .await
+                .map_err(|e| {
+                    warn!(session = %session.id, "cannot set up the session's disk: {e}");
+                    RuntimeError::Disk(session.id.clone())
+                })?;
+            disk_layer = Some(layer);
+        }
+        self.docker.start_container(container, None).await?;
+        let info = self
+            .inspect(container, &session.id, &session.image, session.memory_mb)
+            .await?;
+        // The session's own cgroup exists now; its disk's limits go there
+        // too (the root cgroup's were set before the start).
+        if let (Some(layer), Some(disks)) = (&disk_layer, &self.loop_disks) {
+            disks
+                .limit_session(layer, info.init.init_pid)
+                .map_err(|e| {
+                    warn!(session = %session.id, "cannot limit the session's disk bandwidth: {e}");
+                    RuntimeError::Disk(session.id.clone())
+                })?;
+        }
+        wait_for_init(&info).await?;
+        Ok(info)
+    }
+
+    /// The image's own entrypoint and command, pulling the image if the
+    /// engine does not have it.
+    async fn image_command(&self, image: &str) -> Result<Vec<String>, RuntimeError> {
+        let inspect = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(_) => {
+                self.pull(image).await?;
+                self.docker
+                    .inspect_image(image)
+                    .await
+                    .map_err(|e| RuntimeError::Image(image.into(), e.to_string()))?
+            }
+        };
+        let config = inspect.config.unwrap_or_default();
+        let mut argv = config.entrypoint.unwrap_or_default();
+        argv.extend(config.cmd.unwrap_or_default());
+        Ok(argv)
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        info!(%image, "pulling image");
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let mut s = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = s.next().await {
+            if let Err(e) = item {
+                warn!(%image, "pull failed: {e}");
+                return Err(RuntimeError::Image(image.into(), e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The container's overlay2 layer directory, for its loop disk.
+    async fn layer_dir(&self, container: &str) -> Result<PathBuf, RuntimeError> {
+        let c = self.docker.inspect_container(container, None).await?;
+        crate::sandbox::disk::layer_dir(c.graph_driver.as_ref(), &self.docker_root).ok_or_else(
+            || {
+                warn!(%container, graph_driver = ?c.graph_driver, "no overlay2 layer directory for the container");
+                RuntimeError::Disk(container.into())
+            },
+        )
+    }
+
+    async fn inspect(
+        &self,
+        container: &str,
+        id: &str,
+        image: &str,
+        memory_mb: u64,
+    ) -> Result<SessionInfo, RuntimeError> {
+        let c = self.docker.inspect_container(container, None).await?;
+        let init_pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0) as i32;
+        let container_id = c.id.clone().unwrap_or_else(|| container.into());
+        let ip = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.cfg.network).cloned())
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok());
+        Ok(SessionInfo {
+            id: id.into(),
+            container_id: container_id.clone(),
+            image: image.into(),
+            memory_mb,
+            ip,
+            init: InitTarget {
+                container_id,
+                init_pid,
+            },
+        })
+    }
+
+    fn unpin(&self, session: &str) {
+        if let Some(p) = &self.pins {
+            p.lock().unwrap_or_else(|e| e.into_inner()).release(session);
+        }
+    }
+}
+
+/// Waits until the session's init answers on its socket.
+async fn wait_for_init(info: &SessionInfo) -> Result<(), RuntimeError> {
+    let deadline = tokio::time::Instant::now() + INIT_READY_TIMEOUT;
+    let mut last = String::from("socket not created");
+    while tokio::time::Instant::now() < deadline {
+        match crate::serve::initsock::request(&info.init, warren_init::proto::Op::List).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(RuntimeError::NotReady(info.id.clone(), last))
+}
