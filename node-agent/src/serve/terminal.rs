@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -15,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use warren_init::client::ClientError;
+use warren_init::client::{ClientError, InitConn};
 use warren_init::proto::{ErrorCode, Frame, MAX_PAYLOAD, Op};
 pub use warren_proto::terminal::{
     ClientMsg, MAX_COMMAND, PATH, ServerMsg, TerminalQuery, close, stream_byte,
@@ -56,6 +57,22 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some((mut ws, params)) = handshake(stream).await? else {
+        return Ok(());
+    };
+    let Some(attached) = attach(&mut ws, init, &params).await? else {
+        return Ok(());
+    };
+    pump(ws, attached, shutdown, relay_draining, activity, metrics).await
+}
+
+/// Accepts the WebSocket at [`PATH`] and reads the client's query. `None`
+/// when the client was refused (its protocol version), with the socket
+/// closed.
+async fn handshake<S>(stream: S) -> anyhow::Result<Option<(WebSocketStream<S>, TerminalQuery)>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let params = Arc::new(Mutex::new(None::<TerminalQuery>));
     let p2 = params.clone();
     #[allow(clippy::result_large_err)] // the signature tungstenite asks for
@@ -82,9 +99,31 @@ where
     if let Err(msg) = params.check_version() {
         warn!("terminal client refused: {msg}");
         close_with(&mut ws, closing(close::UNSUPPORTED_VERSION, &msg)).await;
-        return Ok(());
+        return Ok(None);
     }
+    Ok(Some((ws, params)))
+}
 
+/// A terminal (or command) the client is attached to.
+struct Attached {
+    init: InitConn,
+    /// A command run with separate streams (`mode=exec`), not a terminal.
+    exec: bool,
+    /// Offset of the next output byte, for a terminal.
+    offset: Option<u64>,
+}
+
+/// Opens, re-attaches or execs what the client asked for at the session's
+/// init, and says so in the hello (and a gap, when the resume offset is no
+/// longer held). `None` when init refused, with the socket closed.
+async fn attach<S>(
+    ws: &mut WebSocketStream<S>,
+    init: &crate::serve::initsock::InitTarget,
+    params: &TerminalQuery,
+) -> anyhow::Result<Option<Attached>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let sh = |c: &String| vec!["/bin/sh".to_string(), "-c".to_string(), c.clone()];
     let open = Op::Open {
         cols: params.cols,
@@ -99,12 +138,8 @@ where
             env: params.env.clone(),
         },
         (None, _) if exec => {
-            close_with(
-                &mut ws,
-                closing(close::BAD_REQUEST, "mode=exec needs a command"),
-            )
-            .await;
-            return Ok(());
+            close_with(ws, closing(close::BAD_REQUEST, "mode=exec needs a command")).await;
+            return Ok(None);
         }
         // A named terminal is re-attached, even when the client also
         // names the command it was started with (an SSH `-t CMD` channel
@@ -131,7 +166,7 @@ where
         }
         other => other,
     };
-    let (mut init, resp) = match attempt {
+    let (init, resp) = match attempt {
         Ok(x) => x,
         Err(e) => {
             let code = match &e {
@@ -141,8 +176,8 @@ where
                 } => close::SESSION_GONE,
                 _ => close::INTERNAL,
             };
-            close_with(&mut ws, closing(code, &truncate(&e.to_string()))).await;
-            return Ok(());
+            close_with(ws, closing(code, &truncate(&e.to_string()))).await;
+            return Ok(None);
         }
     };
     let offset = (!exec).then_some(resp.offset).flatten();
@@ -165,7 +200,27 @@ where
         };
         ws.send(Message::Text(gap.to_text().into())).await?;
     }
+    Ok(Some(Attached { init, exec, offset }))
+}
 
+/// Carries bytes both ways between the client and init until one side
+/// ends, the agent shuts down or the relay drains.
+async fn pump<S>(
+    mut ws: WebSocketStream<S>,
+    attached: Attached,
+    shutdown: CancellationToken,
+    relay_draining: CancellationToken,
+    activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Attached {
+        mut init,
+        exec,
+        offset,
+    } = attached;
     let touch = || {
         if let Some(a) = &activity {
             let now = std::time::SystemTime::now()
@@ -291,7 +346,7 @@ where
 /// Sends a close frame and waits briefly for the client's, so the stream
 /// is not torn down while the client still writes (its reads would fail
 /// before it saw our last messages).
-async fn close_with<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, msg: Message)
+async fn close_with<S>(ws: &mut WebSocketStream<S>, msg: Message)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
