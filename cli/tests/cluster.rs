@@ -21,10 +21,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use warren_testkit::{TestRun, until};
 
 const ADMIN: &str = "cluster-admin-key-0123456789abcdef";
 const RELAY_SECRET: &str = "cluster-relay-secret-0123456789";
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = warren_testkit::WAIT;
+/// How often a wait checks again.
+const EVERY: Duration = Duration::from_millis(100);
 
 /// Control's certificate for 127.0.0.1, made once per test process.
 fn control_cert() -> &'static (String, String) {
@@ -147,50 +150,10 @@ impl Proc {
     }
 }
 
-/// Waits until `f` holds, polling; fails with `what` at the deadline.
-async fn until<F, Fut>(what: &str, wait: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + wait;
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn accepts(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_ok()
-}
-
-struct Cleanup {
-    nodes: Vec<String>,
-    networks: Vec<String>,
-    dir: PathBuf,
-    /// The server's URL and the database made for this run.
-    db: Option<(String, String)>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some((pg, db)) = &self.db {
-            let _ = std::process::Command::new("psql")
-                .arg(pg)
-                .args([
-                    "-q",
-                    "-c",
-                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                ])
-                .output();
-        }
-        for (n, net) in self.nodes.iter().zip(&self.networks) {
-            warren_testkit::remove_labelled(&format!("warren.node={n}"), &[net]);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A terminal through a relay's plain-HTTP port answers `echo`.
@@ -229,31 +192,6 @@ async fn prometheus_up(port: u16) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn prometheus_binary() -> Option<PathBuf> {
-    let p = PathBuf::from("/usr/bin/prometheus");
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "CI needs Prometheus (Debian package prometheus; scripts/setup-host.sh installs it)"
-    );
-    None
-}
-
-fn postgres_url() -> Option<String> {
-    match std::env::var("WARREN_TEST_POSTGRES_URL") {
-        Ok(u) => Some(u),
-        Err(_) => {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "WARREN_TEST_POSTGRES_URL must be set under CI"
-            );
-            None
-        }
-    }
-}
-
 struct RelayPorts {
     https: u16,
     http: u16,
@@ -273,7 +211,9 @@ struct Cluster {
     relays: Vec<Proc>,
     agents: Vec<Proc>,
     agent_metrics: Vec<String>,
-    _cleanup: Cleanup,
+    /// Its directory, database, workers' containers and networks (removed
+    /// last, after every process was killed).
+    _run: TestRun,
 }
 
 impl Cluster {
@@ -287,23 +227,30 @@ impl Cluster {
         workers: usize,
         token_ttl_secs: u64,
     ) -> Option<Cluster> {
-        let pg = postgres_url()?;
+        let pg = warren_testkit::postgres_or_skip()?;
         let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("warren-{name}-{pid}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let mut run = TestRun::new(name);
+        let dir = run.dir.clone();
         let nodes: Vec<String> = (0..workers).map(|i| format!("{name}{i}n{pid}")).collect();
         let networks: Vec<String> = (0..workers)
-            .map(|i| format!("warren-test-{name}-{pid}-{i}"))
+            .map(|i| format!("{}-{i}", run.network))
             .collect();
         // A database of its own.
         let db = format!("warren_{name}_{pid}");
-        let cleanup = Cleanup {
-            nodes: nodes.clone(),
-            networks: networks.clone(),
-            dir: dir.clone(),
-            db: Some((pg.clone(), db.clone())),
-        };
+        let (pg_drop, db_drop) = (pg.clone(), db.clone());
+        run.on_drop(move || {
+            let _ = std::process::Command::new("psql")
+                .arg(pg_drop)
+                .args([
+                    "-q",
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {db_drop} WITH (FORCE)"),
+                ])
+                .output();
+        });
+        for (n, net) in nodes.iter().zip(&networks) {
+            run.also_remove(format!("warren.node={n}"), &[net]);
+        }
         let out = std::process::Command::new("psql")
             .arg(&pg)
             .args(["-q", "-c", &format!("CREATE DATABASE {db}")])
@@ -394,7 +341,7 @@ key_file = "{key_file}"
             .unwrap();
             control_procs.push(Proc::warren("control", &["control"], &file));
             // One at a time: the first runs the migrations.
-            until("control replica answering", WAIT, || accepts(*port)).await;
+            until("control replica answering", WAIT, EVERY, || accepts(*port)).await;
         }
 
         // Relays, each with every replica for routes, node checks and keys.
@@ -436,7 +383,7 @@ ca_file = "{ca}"
             )
             .unwrap();
             relay_procs.push(Proc::warren("relay", &["relay"], &p.config));
-            until("relay answering", WAIT, || accepts(p.http)).await;
+            until("relay answering", WAIT, EVERY, || accepts(p.http)).await;
         }
 
         // Workers, joined with a token each, given every control URL.
@@ -491,17 +438,22 @@ listen = "127.0.0.1:0"
             ));
         }
         let base = control_urls[0].clone();
-        until("every worker ready with its metrics address", WAIT, || {
-            let base = base.clone();
-            async move {
-                let n = nodes_seen(&base).await;
-                n.len() == workers
-                    && n.iter().all(|n| {
-                        n["state"] == "ready"
-                            && n["metrics_addr"].as_str().is_some_and(|a| !a.is_empty())
-                    })
-            }
-        })
+        until(
+            "every worker ready with its metrics address",
+            WAIT,
+            EVERY,
+            || {
+                let base = base.clone();
+                async move {
+                    let n = nodes_seen(&base).await;
+                    n.len() == workers
+                        && n.iter().all(|n| {
+                            n["state"] == "ready"
+                                && n["metrics_addr"].as_str().is_some_and(|a| !a.is_empty())
+                        })
+                }
+            },
+        )
         .await;
         let node_list = nodes_seen(&base).await;
         let agent_metrics = nodes
@@ -525,7 +477,7 @@ listen = "127.0.0.1:0"
             relays: relay_procs,
             agents: agent_procs,
             agent_metrics,
-            _cleanup: cleanup,
+            _run: run,
         })
     }
 
@@ -561,7 +513,7 @@ listen = "127.0.0.1:0"
         self.relays[r].kill().await;
         self.relays[r] = Proc::warren("relay", &["relay"], &self.relay_ports[r].config);
         let port = self.relay_ports[r].http;
-        until("relay answering again", WAIT, || accepts(port)).await;
+        until("relay answering again", WAIT, EVERY, || accepts(port)).await;
     }
 }
 
@@ -576,12 +528,10 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
     if !warren_testkit::docker_or_skip() {
         return;
     }
-    let Some(prometheus) = prometheus_binary() else {
-        eprintln!("SKIPPED: needs Prometheus");
+    let Some(prometheus) = warren_testkit::prometheus_or_skip() else {
         return;
     };
     let Some(mut c) = Cluster::start("cluster", 2, 2, 2, 600).await else {
-        eprintln!("SKIPPED: needs WARREN_TEST_POSTGRES_URL");
         return;
     };
 
@@ -622,7 +572,7 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stderr(Stdio::null()),
     );
-    until("Prometheus sees all six parts up", WAIT, || async {
+    until("Prometheus sees all six parts up", WAIT, EVERY, || async {
         let up = prometheus_up(prom_port).await;
         up.len() == 6 && up.iter().all(|(_, _, v)| v == "1")
     })
@@ -669,18 +619,23 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
     let t0 = Instant::now();
     c.controls[0].kill().await;
     let b = c.control_urls[1].clone();
-    until("both workers heartbeating through replica B", WAIT, || {
-        let b = b.clone();
-        async move {
-            let n = nodes_seen(&b).await;
-            n.len() == 2
-                && n.iter().all(|n| {
-                    n["last_heartbeat_ms"]
-                        .as_i64()
-                        .is_some_and(|t| t > killed_at)
-                })
-        }
-    })
+    until(
+        "both workers heartbeating through replica B",
+        WAIT,
+        EVERY,
+        || {
+            let b = b.clone();
+            async move {
+                let n = nodes_seen(&b).await;
+                n.len() == 2
+                    && n.iter().all(|n| {
+                        n["last_heartbeat_ms"]
+                            .as_i64()
+                            .is_some_and(|t| t > killed_at)
+                    })
+            }
+        },
+    )
     .await;
     let failover = t0.elapsed();
     for i in 0..2 {
@@ -720,6 +675,7 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
         until(
             "the dead worker's session lost",
             Duration::from_secs(15),
+            EVERY,
             || {
                 let id = dead_session.clone();
                 async move { c.status(1, &id).await == "lost" }
@@ -751,13 +707,18 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
         format!("127.0.0.1:{}", c.relay_ports[0].admin),
         c.agent_metrics[1 - dead_idx].clone(),
     ];
-    until("Prometheus sees exactly the survivors up", WAIT, || async {
-        let up = prometheus_up(prom_port).await;
-        up.len() == 6
-            && up
-                .iter()
-                .all(|(_, inst, v)| (v == "1") == alive.contains(inst))
-    })
+    until(
+        "Prometheus sees exactly the survivors up",
+        WAIT,
+        EVERY,
+        || async {
+            let up = prometheus_up(prom_port).await;
+            up.len() == 6
+                && up
+                    .iter()
+                    .all(|(_, inst, v)| (v == "1") == alive.contains(inst))
+        },
+    )
     .await;
     // The Grafana dashboard names only series the parts export (after
     // the traffic above, so that every labelled series has appeared).
@@ -805,7 +766,6 @@ async fn a_browser_tab_survives_relay_crashes_and_its_token_expiring() {
         return;
     }
     let Some(c) = Cluster::start("tab", 1, 1, 1, 10).await else {
-        eprintln!("SKIPPED: needs WARREN_TEST_POSTGRES_URL");
         return;
     };
     let s = c.create_session(0).await;
@@ -852,7 +812,6 @@ async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
         return;
     }
     let Some(c) = Cluster::start("drain", 1, 2, 1, 600).await else {
-        eprintln!("SKIPPED: needs WARREN_TEST_POSTGRES_URL");
         return;
     };
     let name = one_name(vec![c.relay_ports[0].http, c.relay_ports[1].http]).await;

@@ -8,15 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use warren_loadtest::{Args, Report, Target};
+use warren_testkit::{TestRun, until_ok};
 
-struct Cleanup(String, String, std::path::PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
-        warren_testkit::remove_labelled("warren.loadtest=baseline", &[]);
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
+#[allow(dead_code)] // the stack helper only
+mod common;
 
 #[derive(Parser)]
 struct Cmd {
@@ -44,19 +39,20 @@ fn relay_target(st: &warren::stack::Stack, relay: std::net::SocketAddr) -> Targe
     }
 }
 
-async fn no_session_containers(run: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = warren_testkit::labelled_containers(&format!("warren.test={run}"));
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "containers left behind: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn no_session_containers(run: &TestRun) {
+    until_ok(
+        "no session containers",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let left = warren_testkit::labelled_containers(&run.label);
+            match left.is_empty() {
+                true => Ok(()),
+                false => Err(format!("containers left behind: {left:?}")),
+            }
+        },
+    )
+    .await
 }
 
 fn check_typing(r: &Report, terminals: u64) {
@@ -76,18 +72,11 @@ fn check_typing(r: &Report, terminals: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_adds_up_and_cleans_up() {
-    if !warren_testkit::docker_or_skip() {
+    let Some((mut run, st)) = common::stack("lt", "warren/session:mini", 64).await else {
         return;
-    }
-    let run = format!("lt-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let dir = std::env::temp_dir().join(format!("warren-{run}"));
-    let _cleanup = Cleanup(run.clone(), network.clone(), dir.clone());
-    let mut opts =
-        warren::stack::StackOptions::loopback("warren.test", &run, "warren/session:mini", 4096, 64);
-    opts.data_dir = dir.join("stack");
-    assert_eq!(opts.network, network);
-    let st = warren::stack::start(opts).await.unwrap();
+    };
+    run.also_remove("warren.loadtest=baseline", &[]);
+    let dir = run.dir.clone();
     let target = relay_target(&st, st.http.unwrap());
     let brief = "--sessions 2 --terminals 2 --rate 5 --duration 2 --ramp-up 1 --warmup 1";
 

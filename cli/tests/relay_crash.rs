@@ -25,17 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_config::{AgentConfig, DockerConfig, RelayTarget, Secret};
 use warren_proto::terminal::{Cursor, ServerMsg, TerminalQuery};
+use warren_testkit::{TEST_LABEL, TestRun, until, until_ok};
 
 const SECRET: &str = "crash-node-secret-0123456789";
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Cleanup(String, String, PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
+const WAIT: Duration = warren_testkit::WAIT;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -98,17 +91,18 @@ tenant = "acme"
                 .spawn()
                 .unwrap(),
         );
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.http))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let port = self.http;
+        until(
+            "the relay coming up",
+            WAIT,
+            Duration::from_millis(5),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
         Instant::now()
     }
 
@@ -263,15 +257,13 @@ struct Setup {
     node: String,
     token: String,
     stop: CancellationToken,
-    _cleanup: Cleanup,
+    run: TestRun,
 }
 
 impl Setup {
     fn new(name: &str) -> Setup {
-        let run = format!("{name}-{}", std::process::id());
-        let dir = std::env::temp_dir().join(format!("warren-{run}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let run = TestRun::new(name);
+        let dir = run.dir.clone();
         let signer = warren_relay::auth::testing::Signer::generate("crash-key");
         std::fs::write(dir.join("jwks.json"), &signer.jwks).unwrap();
         let session = format!("{name}{}", std::process::id());
@@ -280,7 +272,7 @@ impl Setup {
             token: signer.token(&session, "acme", 3600),
             session,
             stop: CancellationToken::new(),
-            _cleanup: Cleanup(run.clone(), format!("warren-test-{run}"), dir.clone()),
+            run,
             dir,
         }
     }
@@ -288,7 +280,6 @@ impl Setup {
     /// The agent (holding a tunnel to every relay) and the session; then a
     /// client attached through `first` with the printing loop started.
     async fn agent_and_client(&self, relays: &[&RelayProc], first: u16) -> Client {
-        let run = &self._cleanup.0;
         let cfg = AgentConfig {
             admin: Default::default(),
             control_url: None,
@@ -306,7 +297,7 @@ impl Setup {
                 })
                 .collect(),
             docker: DockerConfig {
-                network: self._cleanup.1.clone(),
+                network: self.run.network.clone(),
                 default_image: "warren/session:mini".into(),
                 default_memory_mb: 128,
                 pids_limit: 256,
@@ -315,7 +306,7 @@ impl Setup {
             terminal: Default::default(),
         };
         let mut labels = BTreeMap::new();
-        labels.insert("warren.test".to_string(), run.clone());
+        labels.insert(TEST_LABEL.to_string(), self.run.id.clone());
         let agent = warren_agent::Agent::start(
             &cfg,
             warren_agent::AgentOptions {
@@ -347,17 +338,13 @@ impl Setup {
             out: Vec::new(),
             ws: None,
         };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut ws = loop {
-            if let Some(ws) = c.open(first).await {
-                break ws;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the terminal never opened"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let mut ws = until_ok(
+            "the terminal opening",
+            WAIT,
+            Duration::from_millis(50),
+            || async { c.open(first).await.ok_or("the terminal never opened") },
+        )
+        .await;
         ws.send(Message::Binary(
             b"i=0; while :; do i=$((i+1)); echo N$i; sleep 0.05; done\n"
                 .to_vec()

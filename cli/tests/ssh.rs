@@ -5,6 +5,7 @@
 
 mod common;
 use common::call;
+use warren_testkit::until_ok;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,15 +14,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Cleanup(String, String, PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
+const WAIT: Duration = warren_testkit::WAIT;
+const EVERY: Duration = Duration::from_millis(100);
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let key = dir.join(name);
@@ -132,48 +126,30 @@ fn refused(o: &Output) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_through_the_relay() {
-    if !warren_testkit::docker_or_skip() {
-        return;
-    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
         .with_test_writer()
         .try_init();
-    let run = format!("ssh-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let data = std::env::temp_dir().join(format!("warren-{run}"));
-    let _cleanup = Cleanup(run.clone(), network.clone(), data.clone());
-    std::fs::create_dir_all(&data).unwrap();
-    let mut opts = warren::stack::StackOptions::loopback(
-        "warren.test",
-        &run,
-        "warren/session:dind",
-        4096,
-        512,
-    );
-    opts.data_dir = data.join("stack");
-    assert_eq!(opts.network, network);
-    let st = warren::stack::start(opts).await.unwrap();
+    let Some((run, st)) = common::stack("ssh", "warren/session:dind", 512).await else {
+        return;
+    };
+    let data = run.dir.clone();
     let base = st.control_url.clone();
     let admin = st.admin_key.clone();
     let ssh_port = st.ssh.unwrap().port();
 
     // The relay's host key, as the API publishes it, pinned for OpenSSH.
     let (host_key, fp) = st.relay.ssh_host_key.clone().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let v = until_ok("the host key published", WAIT, EVERY, || async {
         let (s, v) = call(&base, "GET", "/v1/ssh/host-keys", "", None).await;
         assert_eq!(s, 200);
-        if v["host_keys"][0]["fingerprint"] == fp.as_str() {
-            assert_eq!(v["host_keys"][0]["public_key"], host_key.as_str());
-            break;
+        match v["host_keys"][0]["fingerprint"] == fp.as_str() {
+            true => Ok(v),
+            false => Err(format!("host key never published: {v}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "host key never published: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(v["host_keys"][0]["public_key"], host_key.as_str());
     let known_hosts = data.join("known_hosts");
     std::fs::write(
         &known_hosts,
@@ -416,20 +392,19 @@ async fn openssh_through_the_relay() {
         &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec],
     );
     let mut fwd = fwd.spawn().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let body = loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{lport}/")).await
-            && r.status().is_success()
-        {
-            break r.text().await.unwrap();
+    let body = until_ok("the forwarded port answering", WAIT, EVERY, || {
+        let exited = fwd.try_wait().unwrap();
+        async move {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{lport}/")).await
+                && r.status().is_success()
+            {
+                return Ok(r.text().await.unwrap());
+            }
+            assert!(exited.is_none(), "ssh -L exited");
+            Err("the forwarded port never answered")
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the forwarded port never answered"
-        );
-        assert!(fwd.try_wait().unwrap().is_none(), "ssh -L exited");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     let _ = fwd.kill();
     let _ = fwd.wait();
     assert_eq!(body, "hello-from-warren\n");
@@ -524,20 +499,23 @@ async fn openssh_through_the_relay() {
         "an 11th unauthenticated connection from one address was served"
     );
     drop(silent);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut c = ssh.ssh(Some(&key_a), &id);
-        c.args(["echo", "after-$((3*14))"]);
-        let o = output(c).await;
-        if String::from_utf8_lossy(&o.stdout) == "after-42\n" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "logins never worked again after the silent connections left: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_ok(
+        "logins working again",
+        WAIT,
+        Duration::from_millis(200),
+        || async {
+            let mut c = ssh.ssh(Some(&key_a), &id);
+            c.args(["echo", "after-$((3*14))"]);
+            let o = output(c).await;
+            match String::from_utf8_lossy(&o.stdout) == "after-42\n" {
+                true => Ok(()),
+                false => Err(format!(
+                    "logins never worked again after the silent connections left: {o:?}"
+                )),
+            }
+        },
+    )
+    .await;
 
     // A deleted session refuses logins; a key removed stops working.
     let (s, _) = call(&base, "DELETE", &format!("/v1/sessions/{id}"), ka, None).await;
@@ -553,27 +531,14 @@ async fn openssh_through_the_relay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ssh_shell_survives_its_tunnel_dropping() {
     use tokio::io::AsyncBufReadExt;
-    if !warren_testkit::docker_or_skip() {
-        return;
-    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warren_relay=info,warren_tunnel=info")
         .with_test_writer()
         .try_init();
-    let run = format!("sshresume-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let data = std::env::temp_dir().join(format!("warren-{run}"));
-    let _cleanup = Cleanup(run.clone(), network.clone(), data.clone());
-    std::fs::create_dir_all(&data).unwrap();
-    let mut opts = warren::stack::StackOptions::loopback(
-        "warren.test",
-        &run,
-        "warren/session:mini",
-        4096,
-        128,
-    );
-    opts.data_dir = data.join("stack");
-    let st = warren::stack::start(opts).await.unwrap();
+    let Some((run, st)) = common::stack("sshresume", "warren/session:mini", 128).await else {
+        return;
+    };
+    let data = run.dir.clone();
     let (host_key, _) = st.relay.ssh_host_key.clone().unwrap();
     let ssh_port = st.ssh.unwrap().port();
     let known_hosts = data.join("known_hosts");

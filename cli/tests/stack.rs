@@ -4,18 +4,12 @@
 
 mod common;
 use common::call;
+use warren_testkit::{until, until_ok};
 
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Cleanup(String, String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        warren_testkit::remove_labelled(&format!("warren.test={}", self.0), &[&self.1]);
-    }
-}
 
 /// The session's terminal through the relay's plain-HTTP listener.
 async fn shell(
@@ -45,22 +39,9 @@ async fn http_get(addr: std::net::SocketAddr, host: &str, path: &str, bearer: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_to_shell_and_back() {
-    if !warren_testkit::docker_or_skip() {
+    let Some((_run, mut st)) = common::stack("stack", "warren/session:mini", 128).await else {
         return;
-    }
-    let run = format!("stack-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let _cleanup = Cleanup(run.clone(), network.clone());
-    let data = std::env::temp_dir().join(format!("warren-{run}"));
-    let opts = warren::stack::StackOptions::loopback(
-        "warren.test",
-        &run,
-        "warren/session:mini",
-        4096,
-        128,
-    );
-    assert_eq!((&opts.data_dir, &opts.network), (&data, &network));
-    let mut st = warren::stack::start(opts).await.unwrap();
+    };
     let base = st.control_url.clone();
     let http = st.http.unwrap();
 
@@ -201,89 +182,67 @@ async fn api_to_shell_and_back() {
         .0,
         204
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = tokio::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.session={id}"),
-            ])
-            .output()
-            .await
-            .unwrap();
-        if o.stdout.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "container of {id} still there"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, v) = call(
-        &base,
-        "GET",
-        &format!("/v1/sessions/{id}"),
-        &st.admin_key,
-        None,
+    let every = Duration::from_millis(100);
+    until(
+        &format!("the container of {id} to go"),
+        Duration::from_secs(30),
+        every,
+        || async { session_containers(&id).await.is_empty() },
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut status = v["status"].as_str().unwrap_or("").to_string();
-    while status != "stopped" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session stays {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = call(
-            &base,
-            "GET",
-            &format!("/v1/sessions/{id}"),
-            &st.admin_key,
-            None,
-        )
-        .await
-        .1["status"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = tokio::process::Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=warren.session={short_id}"),
-            ])
-            .output()
-            .await
-            .unwrap();
-        let status = call(
-            &base,
-            "GET",
-            &format!("/v1/sessions/{short_id}"),
-            &st.admin_key,
-            None,
-        )
-        .await
-        .1["status"]
-            .clone();
-        if o.stdout.is_empty() && status == "stopped" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "TTL session still {status} / container present"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_ok(
+        "the session to stop",
+        Duration::from_secs(30),
+        every,
+        || async {
+            let status = session_status(&base, &st.admin_key, &id).await;
+            match status.as_str() {
+                "stopped" => Ok(()),
+                _ => Err(format!("session stays {status}")),
+            }
+        },
+    )
+    .await;
+    until_ok(
+        "the TTL session to stop and its container to go",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let gone = session_containers(&short_id).await.is_empty();
+            let status = session_status(&base, &st.admin_key, &short_id).await;
+            match (gone, status.as_str()) {
+                (true, "stopped") => Ok(()),
+                _ => Err(format!("TTL session still {status} / container present")),
+            }
+        },
+    )
+    .await;
     st.stop.cancel();
-    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The session's containers (`docker ps -aq`), stopped ones too.
+async fn session_containers(session: &str) -> Vec<u8> {
+    let o = tokio::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=warren.session={session}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    o.stdout
+}
+
+/// The session's status as the API reports it (`""` if none).
+async fn session_status(base: &str, key: &str, session: &str) -> String {
+    call(base, "GET", &format!("/v1/sessions/{session}"), key, None)
+        .await
+        .1["status"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Runs `docker inspect -f FORMAT` on the session's container.
@@ -308,30 +267,14 @@ fn inspect(session: &str, format: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_config_file_keys_change_what_the_agent_does() {
-    if !warren_testkit::docker_or_skip() {
+    let Some((mut run, mut st)) = common::stack("agentcfg", "warren/session:mini", 128).await
+    else {
         return;
-    }
-    let run = format!("agentcfg-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let cfg_network = format!("warren-test-{run}-cfg");
+    };
+    let cfg_network = format!("{}-cfg", run.network);
     let node = format!("n{}", std::process::id());
-    let _cleanup = Cleanup(run.clone(), network.clone());
-    let _cleanup2 = Cleanup(format!("x{run}"), cfg_network.clone());
-    struct NodeCleanup(String);
-    impl Drop for NodeCleanup {
-        fn drop(&mut self) {
-            warren_testkit::remove_labelled(&format!("warren.node={}", self.0), &[]);
-        }
-    }
-    let _cleanup3 = NodeCleanup(node.clone());
-    let opts = warren::stack::StackOptions::loopback(
-        "warren.test",
-        &run,
-        "warren/session:mini",
-        4096,
-        128,
-    );
-    let mut st = warren::stack::start(opts).await.unwrap();
+    run.also_remove(format!("warren.test=x{}", run.id), &[&cfg_network]);
+    run.also_remove(format!("warren.node={node}"), &[]);
     let base = st.control_url.clone();
     let key = st.admin_key.clone();
     // A second control replica on the same database, for failover.
@@ -369,7 +312,7 @@ async fn agent_config_file_keys_change_what_the_agent_does() {
     let join = t["token"].as_str().unwrap().to_string();
 
     // Every key that changes what the agent does, set away from its default.
-    let dir = std::env::temp_dir().join(format!("warren-{run}-agent"));
+    let dir = run.dir.join("agent");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("agent.toml");
     std::fs::write(
@@ -414,24 +357,23 @@ listen = "127.0.0.1:0"
         .unwrap();
 
     // The node joins with the config's id and memory and reports its profile.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let me = loop {
-        let (_, n) = call(&base, "GET", "/v1/nodes", &key, None).await;
-        let found = n["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["id"] == node.as_str() && x["security_profile"] != "")
-            .cloned();
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {node} never reported: {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let every = Duration::from_millis(200);
+    let me = until_ok(
+        "the node to report",
+        Duration::from_secs(60),
+        every,
+        || async {
+            let (_, n) = call(&base, "GET", "/v1/nodes", &key, None).await;
+            n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == node.as_str() && x["security_profile"] != "")
+                .cloned()
+                .ok_or_else(|| format!("node {node} never reported: {n}"))
+        },
+    )
+    .await;
     assert_eq!(me["allocatable_mb"], 3000, "memory_mb: {me}");
     assert_eq!(me["security_profile"], "default", "docker.security: {me}");
     assert!(dir.join("data/node.json").is_file(), "data_dir");
@@ -497,27 +439,28 @@ listen = "127.0.0.1:0"
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, n) = call(&base2, "GET", "/v1/nodes", &key, None).await;
-        assert_eq!(s, 200, "{n}");
-        let me = n["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["id"] == node.as_str())
-            .cloned()
-            .unwrap();
-        if me["last_heartbeat_ms"].as_i64().unwrap() > killed {
-            assert_eq!(me["state"], "ready", "{me}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no heartbeat reached the surviving replica: {me}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let me = until_ok(
+        "a heartbeat at the surviving replica",
+        Duration::from_secs(60),
+        every,
+        || async {
+            let (s, n) = call(&base2, "GET", "/v1/nodes", &key, None).await;
+            assert_eq!(s, 200, "{n}");
+            let me = n["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["id"] == node.as_str())
+                .cloned()
+                .unwrap();
+            match me["last_heartbeat_ms"].as_i64().unwrap() > killed {
+                true => Ok(me),
+                false => Err(format!("no heartbeat reached the surviving replica: {me}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(me["state"], "ready", "{me}");
 
     // SIGTERM: the agent stops its tasks and exits on its own.
     let pid = agent.id().unwrap();
@@ -530,7 +473,6 @@ listen = "127.0.0.1:0"
         .expect("the agent did not exit after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One raw HTTP/1.1 request; `(status, headers, body)`.
@@ -561,20 +503,9 @@ fn set_cookie(head: &str, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_renews_its_token_until_the_session_ends() {
-    if !warren_testkit::docker_or_skip() {
+    let Some((_run, st)) = common::stack("refresh", "warren/session:mini", 128).await else {
         return;
-    }
-    let run = format!("refresh-{}", std::process::id());
-    let network = format!("warren-test-{run}");
-    let _cleanup = Cleanup(run.clone(), network.clone());
-    let opts = warren::stack::StackOptions::loopback(
-        "warren.test",
-        &run,
-        "warren/session:mini",
-        4096,
-        128,
-    );
-    let st = warren::stack::start(opts).await.unwrap();
+    };
     let base = st.control_url.clone();
     let http = st.http.unwrap();
     let create = || {

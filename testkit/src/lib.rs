@@ -1,249 +1,26 @@
-//! Test support shared by the crates' end-to-end tests (dev-dependency only).
+//! Test support shared by the crates' end-to-end tests (dev-dependency only):
+//! one way to wait ([`until`]), one "required here, else skip" check
+//! ([`required`] and the checks for Docker, Chromium, PostgreSQL and
+//! Prometheus), a test run that cleans up after itself ([`TestRun`]), Docker
+//! helpers, and a terminal WebSocket client ([`Term`]).
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod docker;
+mod require;
+mod run;
+mod term;
+mod wait;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use warren_proto::terminal::{ClientMsg, Cursor, ServerMsg};
+pub use docker::{copy_into, labelled_containers, remove_labelled};
+pub use require::{
+    chromium_or_skip, docker_or_skip, postgres_or_skip, prometheus_or_skip, required, under_ci,
+};
+pub use run::{TEST_LABEL, TestRun};
+pub use term::{Term, tls_connect};
+pub use wait::{until, until_ok};
 
 /// The deadline tests wait on conditions with.
 pub const WAIT: Duration = Duration::from_secs(60);
-
-/// True when Docker answers. Under CI (`CI=true`) a missing Docker fails
-/// the test instead of skipping it.
-pub fn docker_or_skip() -> bool {
-    let ok = std::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Docker is required under CI but does not answer"
-        );
-        eprintln!("SKIPPED: Docker does not answer; set CI=true to make this a failure");
-    }
-    ok
-}
-
-fn docker_ids(args: &[&str]) -> Vec<String> {
-    let out = std::process::Command::new("docker").args(args).output();
-    out.map(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-/// Containers carrying `label` (`key=value`).
-pub fn labelled_containers(label: &str) -> Vec<String> {
-    docker_ids(&["ps", "-aq", "--filter", &format!("label={label}")])
-}
-
-/// Removes every container and network carrying `label`, and the named networks.
-pub fn remove_labelled(label: &str, networks: &[&str]) {
-    let ids = labelled_containers(label);
-    if !ids.is_empty() {
-        let _ = std::process::Command::new("docker")
-            .arg("rm")
-            .arg("-f")
-            .args(&ids)
-            .output();
-    }
-    let mut nets = docker_ids(&["network", "ls", "-q", "--filter", &format!("label={label}")]);
-    nets.extend(networks.iter().map(|n| n.to_string()));
-    for n in nets {
-        let id = docker_ids(&["network", "inspect", "-f", "{{.Id}}", &n]);
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &n])
-            .output();
-        if let Some(id) = id.first() {
-            remove_host_rules(&format!("br-{}", &id[..id.len().min(12)]));
-        }
-    }
-}
-
-/// Copies a host file into a container (`docker cp`): sessions share no
-/// writable host directory, so tests hand files over this way.
-pub fn copy_into(container: &str, host_path: &std::path::Path, dest: &str) {
-    let st = std::process::Command::new("docker")
-        .arg("cp")
-        .arg(host_path)
-        .arg(format!("{container}:{dest}"))
-        .status()
-        .expect("running docker cp");
-    assert!(
-        st.success(),
-        "docker cp {} {container}:{dest} failed",
-        host_path.display()
-    );
-}
-
-/// Removes the agent's host firewall rules for a bridge that is gone.
-fn remove_host_rules(bridge: &str) {
-    let script = format!(
-        "for t in iptables ip6tables; do command -v $t >/dev/null || continue; \
-         $t -w -S INPUT | grep -F -- '-i {bridge} ' | grep -F 'warren:' | sed 's/^-A /-D /' | \
-         while read -r r; do eval \"$t -w $r\"; done; done"
-    );
-    let _ = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output();
-}
-
-/// A terminal WebSocket client ([`warren_proto::terminal`]): keeps the
-/// output, the terminal id, the offset and the gaps it was told about.
-pub struct Term<S> {
-    pub ws: WebSocketStream<S>,
-    pub out: String,
-    pub terminal: Option<u32>,
-    pub exit: Option<i32>,
-    /// Where this client stands in the terminal's output.
-    pub cursor: Cursor,
-    /// Every `gap` notice received, as `(from, to)`.
-    pub gaps: Vec<(u64, u64)>,
-    /// The close frame's code, once the server closed.
-    pub close_code: Option<u16>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
-    /// Wraps a connected WebSocket and waits for the server's hello.
-    pub async fn new(ws: WebSocketStream<S>) -> Self {
-        let mut t = Term {
-            ws,
-            out: String::new(),
-            terminal: None,
-            exit: None,
-            cursor: Cursor::default(),
-            gaps: Vec::new(),
-            close_code: None,
-        };
-        tokio::time::timeout(WAIT, async {
-            while t.terminal.is_none() {
-                t.step().await.expect("closed before hello");
-            }
-        })
-        .await
-        .expect("no hello");
-        t
-    }
-
-    /// Handles one message; `None` once the socket closed.
-    async fn step(&mut self) -> Option<()> {
-        match self.ws.next().await? {
-            Ok(Message::Binary(b)) => {
-                self.cursor.on_bytes(b.len());
-                self.out.push_str(&String::from_utf8_lossy(&b))
-            }
-            Ok(Message::Text(t)) => {
-                let msg = ServerMsg::parse(&t);
-                if let Err(e) = msg.check_version() {
-                    panic!("{e}");
-                }
-                self.cursor.on_message(&msg);
-                match msg {
-                    ServerMsg::Hello { terminal, .. } => self.terminal = terminal,
-                    ServerMsg::Exit { code } => self.exit = Some(code),
-                    ServerMsg::Gap { from, to } => self.gaps.push((from, to)),
-                    ServerMsg::Unknown => {}
-                }
-            }
-            Ok(Message::Close(f)) => {
-                self.close_code = f.map(|f| u16::from(f.code));
-                return None;
-            }
-            Err(_) => return None,
-            Ok(_) => {}
-        }
-        Some(())
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        self.ws
-            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
-            .await
-            .unwrap();
-    }
-
-    pub async fn resize(&mut self, cols: u16, rows: u16) {
-        let m = ClientMsg::Resize { cols, rows }.to_text();
-        self.ws.send(Message::Text(m.into())).await.unwrap();
-    }
-
-    /// Waits until the output (since the last call) contains `needle`.
-    pub async fn expect(&mut self, needle: &str) -> String {
-        self.expect_within(needle, WAIT).await
-    }
-
-    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> String {
-        let r = tokio::time::timeout(wait, async {
-            while !self.out.contains(needle) {
-                if self.step().await.is_none() {
-                    return false;
-                }
-            }
-            true
-        })
-        .await;
-        let out = std::mem::take(&mut self.out);
-        assert!(
-            matches!(r, Ok(true)),
-            "did not see {needle:?}; output was:\n{out}"
-        );
-        out
-    }
-
-    /// Types a command and waits for a marker it prints (computed by the
-    /// shell, so the echo of the command line does not count).
-    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
-        self.send(cmd).await;
-        self.expect(marker).await
-    }
-
-    pub async fn wait_exit(&mut self) -> i32 {
-        tokio::time::timeout(WAIT, async {
-            while self.exit.is_none() {
-                if self.step().await.is_none() {
-                    break;
-                }
-            }
-        })
-        .await
-        .expect("no exit");
-        self.exit.expect("closed without an exit message")
-    }
-}
-
-/// A TLS connection to `addr` as a browser would open it to `host` (SNI set,
-/// HTTP/1.1 by ALPN), trusting only the CA in `ca_pem`.
-pub async fn tls_connect(
-    addr: std::net::SocketAddr,
-    host: &str,
-    ca_pem: &[u8],
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in warren_tunnel::tls::certs_from_pem(ca_pem).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}

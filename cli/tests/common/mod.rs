@@ -2,6 +2,30 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
+use warren_testkit::{TEST_LABEL, TestRun};
+
+/// The whole stack as `warren up` wires it, on loopback, for the test
+/// `name`: containers labelled with the run's label, on the run's network,
+/// data under the run's directory; everything is removed when the run is
+/// dropped. `None` (the test skips) without Docker.
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn stack(
+    name: &str,
+    image: &str,
+    session_memory_mb: u64,
+) -> Option<(TestRun, warren::stack::Stack)> {
+    if !warren_testkit::docker_or_skip() {
+        return None;
+    }
+    let run = TestRun::new(name);
+    let mut opts =
+        warren::stack::StackOptions::loopback(TEST_LABEL, &run.id, image, 4096, session_memory_mb);
+    // `loopback` names its directory and network as the run does.
+    assert_eq!((&opts.data_dir, &opts.network), (&run.dir, &run.network));
+    opts.data_dir = run.dir.join("stack");
+    let st = warren::stack::start(opts).await.unwrap();
+    Some((run, st))
+}
 
 /// A free loopback TCP port (for configs that must name their ports).
 #[allow(dead_code)] // each test binary uses part of this module

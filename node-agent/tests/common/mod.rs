@@ -271,14 +271,13 @@ impl Stack {
             &id,
         ]);
         let addr = format!("{ip}:8080");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "outside server never came up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        warren_testkit::until(
+            "the outside server coming up",
+            WAIT,
+            Duration::from_millis(50),
+            || async { tokio::net::TcpStream::connect(&addr).await.is_ok() },
+        )
+        .await;
         addr
     }
 

@@ -32,16 +32,7 @@ pub async fn docker_or_skip() -> bool {
 /// Whether Debian's Chromium is there for the browser tests (required
 /// under `CI=true`).
 pub fn chromium_or_skip() -> bool {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if std::path::Path::new(&chromium).exists() {
-        return true;
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "Chromium ({chromium}) is required under CI"
-    );
-    eprintln!("SKIPPED: {chromium} not installed");
-    false
+    warren_testkit::chromium_or_skip()
 }
 
 /// `web/` (where the browser scripts run) and the screenshot path

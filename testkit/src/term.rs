@@ -1,0 +1,160 @@
+//! A terminal WebSocket client and a browser-like TLS connection.
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use warren_proto::terminal::{ClientMsg, Cursor, ServerMsg};
+
+use crate::WAIT;
+
+/// A terminal WebSocket client ([`warren_proto::terminal`]): keeps the
+/// output, the terminal id, the offset and the gaps it was told about.
+pub struct Term<S> {
+    pub ws: WebSocketStream<S>,
+    pub out: String,
+    pub terminal: Option<u32>,
+    pub exit: Option<i32>,
+    /// Where this client stands in the terminal's output.
+    pub cursor: Cursor,
+    /// Every `gap` notice received, as `(from, to)`.
+    pub gaps: Vec<(u64, u64)>,
+    /// The close frame's code, once the server closed.
+    pub close_code: Option<u16>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
+    /// Wraps a connected WebSocket and waits for the server's hello.
+    pub async fn new(ws: WebSocketStream<S>) -> Self {
+        let mut t = Term {
+            ws,
+            out: String::new(),
+            terminal: None,
+            exit: None,
+            cursor: Cursor::default(),
+            gaps: Vec::new(),
+            close_code: None,
+        };
+        tokio::time::timeout(WAIT, async {
+            while t.terminal.is_none() {
+                t.step().await.expect("closed before hello");
+            }
+        })
+        .await
+        .expect("no hello");
+        t
+    }
+
+    /// Handles one message; `None` once the socket closed.
+    async fn step(&mut self) -> Option<()> {
+        match self.ws.next().await? {
+            Ok(Message::Binary(b)) => {
+                self.cursor.on_bytes(b.len());
+                self.out.push_str(&String::from_utf8_lossy(&b))
+            }
+            Ok(Message::Text(t)) => {
+                let msg = ServerMsg::parse(&t);
+                if let Err(e) = msg.check_version() {
+                    panic!("{e}");
+                }
+                self.cursor.on_message(&msg);
+                match msg {
+                    ServerMsg::Hello { terminal, .. } => self.terminal = terminal,
+                    ServerMsg::Exit { code } => self.exit = Some(code),
+                    ServerMsg::Gap { from, to } => self.gaps.push((from, to)),
+                    ServerMsg::Unknown => {}
+                }
+            }
+            Ok(Message::Close(f)) => {
+                self.close_code = f.map(|f| u16::from(f.code));
+                return None;
+            }
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+        Some(())
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.ws
+            .send(Message::Binary(format!("{line}\n").into_bytes().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn resize(&mut self, cols: u16, rows: u16) {
+        let m = ClientMsg::Resize { cols, rows }.to_text();
+        self.ws.send(Message::Text(m.into())).await.unwrap();
+    }
+
+    /// Waits until the output (since the last call) contains `needle`.
+    pub async fn expect(&mut self, needle: &str) -> String {
+        self.expect_within(needle, WAIT).await
+    }
+
+    pub async fn expect_within(&mut self, needle: &str, wait: Duration) -> String {
+        let r = tokio::time::timeout(wait, async {
+            while !self.out.contains(needle) {
+                if self.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let out = std::mem::take(&mut self.out);
+        assert!(
+            matches!(r, Ok(true)),
+            "did not see {needle:?}; output was:\n{out}"
+        );
+        out
+    }
+
+    /// Types a command and waits for a marker it prints (computed by the
+    /// shell, so the echo of the command line does not count).
+    pub async fn run(&mut self, cmd: &str, marker: &str) -> String {
+        self.send(cmd).await;
+        self.expect(marker).await
+    }
+
+    pub async fn wait_exit(&mut self) -> i32 {
+        tokio::time::timeout(WAIT, async {
+            while self.exit.is_none() {
+                if self.step().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("no exit");
+        self.exit.expect("closed without an exit message")
+    }
+}
+
+/// A TLS connection to `addr` as a browser would open it to `host` (SNI set,
+/// HTTP/1.1 by ALPN), trusting only the CA in `ca_pem`.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    host: &str,
+    ca_pem: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in warren_tunnel::tls::certs_from_pem(ca_pem).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
