@@ -1,8 +1,8 @@
 //! Session containers on Docker (bollard): create here; the engine and its
-//! limits in [`engine`], the sessions network in [`network`], adoption after
-//! a restart in [`adopt`], removal in [`remove`]. What a container is made
-//! of is [`crate::sandbox::spec`]'s pure function; this module runs the
-//! sequence around it.
+//! limits in `engine.rs`, the sessions network in `network.rs`, adoption
+//! after a restart in `adopt.rs`, removal in `remove.rs`. What a container
+//! is made of is [`crate::sandbox::spec`]'s pure function; this module runs
+//! the sequence around it.
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
