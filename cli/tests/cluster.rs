@@ -12,7 +12,7 @@
 //! survivor, and Prometheus sees exactly the surviving parts up.
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code)] // this file speaks HTTPS to control with its own client
+#[allow(dead_code)] // uses part of the module
 mod common;
 use common::{free_tcp, free_udp};
 
@@ -35,7 +35,6 @@ fn control_cert() -> &'static (String, String) {
     CERT.get_or_init(|| warren_tunnel::tls::self_signed(&["127.0.0.1", "localhost"]).unwrap())
 }
 
-/// One control API call over HTTPS: its status and JSON body.
 /// An HTTP client that trusts control's certificate.
 fn http() -> &'static reqwest::Client {
     static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
@@ -54,6 +53,7 @@ async fn text(url: &str) -> String {
     http().get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// One control API call over HTTPS: its status and JSON body.
 async fn call(
     base: &str,
     method: &str,
@@ -61,18 +61,7 @@ async fn call(
     key: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = http()
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
-            format!("{base}{path}"),
-        )
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
+    common::call_with(http(), base, method, path, key, body).await
 }
 
 fn now_ms() -> i64 {

@@ -37,6 +37,20 @@ struct Ssh {
 }
 
 impl Ssh {
+    /// OpenSSH to the stack's SSH listener, trusting only the relay's host
+    /// key (a `known_hosts` file in `dir`).
+    fn pinned(st: &warren::stack::Stack, dir: &Path) -> Ssh {
+        let (host_key, _) = st.relay.ssh_host_key.clone().unwrap();
+        let port = st.ssh.unwrap().port();
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            warren::ssh::known_hosts_lines(&["127.0.0.1"], port, &host_key),
+        )
+        .unwrap();
+        Ssh { port, known_hosts }
+    }
+
     fn opts(&self, key: Option<&Path>) -> Vec<String> {
         let mut o = vec![
             "-o".into(),
@@ -150,16 +164,7 @@ async fn openssh_through_the_relay() {
     })
     .await;
     assert_eq!(v["host_keys"][0]["public_key"], host_key.as_str());
-    let known_hosts = data.join("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        warren::ssh::known_hosts_lines(&["127.0.0.1"], ssh_port, &host_key),
-    )
-    .unwrap();
-    let ssh = Ssh {
-        port: ssh_port,
-        known_hosts,
-    };
+    let ssh = Ssh::pinned(&st, &data);
 
     // Two tenants, each with a registered key; a third key nobody registered.
     let mut tenant_keys = Vec::new();
@@ -538,19 +543,7 @@ async fn an_ssh_shell_survives_its_tunnel_dropping() {
     let Some((run, st)) = common::stack("sshresume", "warren/session:mini", 128).await else {
         return;
     };
-    let data = run.dir.clone();
-    let (host_key, _) = st.relay.ssh_host_key.clone().unwrap();
-    let ssh_port = st.ssh.unwrap().port();
-    let known_hosts = data.join("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        warren::ssh::known_hosts_lines(&["127.0.0.1"], ssh_port, &host_key),
-    )
-    .unwrap();
-    let ssh = Ssh {
-        port: ssh_port,
-        known_hosts,
-    };
+    let ssh = Ssh::pinned(&st, &run.dir);
     let (s, a) = call(
         &st.control_url,
         "POST",
