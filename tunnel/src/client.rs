@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::TunnelStream;
-use crate::proto::{self, Hello, StreamHeader, StreamReply};
+use crate::proto::{self, Hello, ReplyCode, StreamHeader, StreamReply};
 
 /// Time the agent gives a relay to answer its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +97,7 @@ impl PendingStream {
     }
 
     /// Answers with an error code and a message for the relay to show.
-    pub async fn reject(mut self, code: &str, message: &str) {
+    pub async fn reject(mut self, code: ReplyCode, message: &str) {
         let _ = proto::write_frame(&mut self.send, &StreamReply::error(code, message)).await;
         let _ = self.send.finish();
         let _ = self.recv.stop(0u32.into());
@@ -247,7 +247,11 @@ impl RelayLoop {
         if !reply.ok {
             return Err(format!(
                 "relay refused registration: {}: {}",
-                reply.code.unwrap_or_default(),
+                reply
+                    .code
+                    .as_ref()
+                    .map(ReplyCode::as_str)
+                    .unwrap_or_default(),
                 reply.message.unwrap_or_default()
             ));
         }
@@ -306,7 +310,7 @@ impl RelayLoop {
                 let header = match header {
                     Err(_) => {
                         return pending
-                            .reject(proto::codes::BAD_HEADER, "no header in time")
+                            .reject(ReplyCode::BadHeader, "no header in time")
                             .await;
                     }
                     Ok(Err(e)) => {

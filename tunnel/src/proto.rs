@@ -71,7 +71,7 @@ pub struct StreamHeader {
 pub struct StreamReply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<ReplyCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -84,12 +84,103 @@ impl StreamReply {
             message: None,
         }
     }
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: ReplyCode, message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            code: Some(code.into()),
+            code: Some(code),
             message: Some(message.into()),
         }
+    }
+}
+
+/// Why a [`StreamReply`] refuses. On the wire it is the plain string
+/// (`"session_not_found"`); a string this build does not know decodes to
+/// [`ReplyCode::Other`], so a newer peer's codes never fail a reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReplyCode {
+    BadHeader,
+    VersionMismatch,
+    TooLarge,
+    AuthFailed,
+    SessionNotFound,
+    SessionNotReady,
+    PortUnreachable,
+    Internal,
+    /// A code this build does not know (or none: the empty string).
+    Other(String),
+}
+
+impl ReplyCode {
+    /// Every known code, for tests and docs.
+    pub const KNOWN: [ReplyCode; 8] = [
+        ReplyCode::BadHeader,
+        ReplyCode::VersionMismatch,
+        ReplyCode::TooLarge,
+        ReplyCode::AuthFailed,
+        ReplyCode::SessionNotFound,
+        ReplyCode::SessionNotReady,
+        ReplyCode::PortUnreachable,
+        ReplyCode::Internal,
+    ];
+
+    /// The wire string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ReplyCode::BadHeader => "bad_header",
+            ReplyCode::VersionMismatch => "version_mismatch",
+            ReplyCode::TooLarge => "too_large",
+            ReplyCode::AuthFailed => "auth_failed",
+            ReplyCode::SessionNotFound => "session_not_found",
+            ReplyCode::SessionNotReady => "session_not_ready",
+            ReplyCode::PortUnreachable => "port_unreachable",
+            ReplyCode::Internal => "internal",
+            ReplyCode::Other(s) => s,
+        }
+    }
+
+    /// The code a wire string names; unknown strings are kept as they are.
+    pub fn parse(s: &str) -> Self {
+        Self::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or_else(|| ReplyCode::Other(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for ReplyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for ReplyCode {
+    fn from(s: &str) -> Self {
+        Self::parse(s)
+    }
+}
+
+impl PartialEq<str> for ReplyCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ReplyCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for ReplyCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplyCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Self::parse(&s))
     }
 }
 
@@ -113,16 +204,18 @@ impl Notice {
     }
 }
 
-/// Stable error codes carried in [`StreamReply::code`].
+/// The codes by their older constant names (callers not yet moved to
+/// [`ReplyCode`]'s variants).
 pub mod codes {
-    pub const BAD_HEADER: &str = "bad_header";
-    pub const VERSION_MISMATCH: &str = "version_mismatch";
-    pub const TOO_LARGE: &str = "too_large";
-    pub const AUTH_FAILED: &str = "auth_failed";
-    pub const SESSION_NOT_FOUND: &str = "session_not_found";
-    pub const SESSION_NOT_READY: &str = "session_not_ready";
-    pub const PORT_UNREACHABLE: &str = "port_unreachable";
-    pub const INTERNAL: &str = "internal";
+    use super::ReplyCode;
+    pub const BAD_HEADER: ReplyCode = ReplyCode::BadHeader;
+    pub const VERSION_MISMATCH: ReplyCode = ReplyCode::VersionMismatch;
+    pub const TOO_LARGE: ReplyCode = ReplyCode::TooLarge;
+    pub const AUTH_FAILED: ReplyCode = ReplyCode::AuthFailed;
+    pub const SESSION_NOT_FOUND: ReplyCode = ReplyCode::SessionNotFound;
+    pub const SESSION_NOT_READY: ReplyCode = ReplyCode::SessionNotReady;
+    pub const PORT_UNREACHABLE: ReplyCode = ReplyCode::PortUnreachable;
+    pub const INTERNAL: ReplyCode = ReplyCode::Internal;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,11 +234,11 @@ pub enum ProtoError {
 
 impl ProtoError {
     /// The reply code that tells the peer what went wrong.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ReplyCode {
         match self {
-            ProtoError::VersionMismatch { .. } => codes::VERSION_MISMATCH,
-            ProtoError::TooLarge(_) => codes::TOO_LARGE,
-            _ => codes::BAD_HEADER,
+            ProtoError::VersionMismatch { .. } => ReplyCode::VersionMismatch,
+            ProtoError::TooLarge(_) => ReplyCode::TooLarge,
+            _ => ReplyCode::BadHeader,
         }
     }
 }
@@ -298,5 +391,44 @@ mod tests {
             agent_version: "0.1".into(),
         };
         assert!(!format!("{hello:?}").contains("secret"));
+    }
+
+    #[test]
+    fn reply_codes_keep_their_wire_strings() {
+        for (code, wire) in [
+            (ReplyCode::BadHeader, "bad_header"),
+            (ReplyCode::VersionMismatch, "version_mismatch"),
+            (ReplyCode::TooLarge, "too_large"),
+            (ReplyCode::AuthFailed, "auth_failed"),
+            (ReplyCode::SessionNotFound, "session_not_found"),
+            (ReplyCode::SessionNotReady, "session_not_ready"),
+            (ReplyCode::PortUnreachable, "port_unreachable"),
+            (ReplyCode::Internal, "internal"),
+        ] {
+            let reply = StreamReply::error(code.clone(), "m");
+            let text = serde_json::to_string(&reply).unwrap();
+            assert_eq!(
+                text,
+                format!(r#"{{"ok":false,"code":"{wire}","message":"m"}}"#)
+            );
+            let back: StreamReply = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.code, Some(code.clone()));
+            assert_eq!(code, wire);
+        }
+        assert_eq!(
+            serde_json::to_string(&StreamReply::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        // A code from a newer peer decodes, and goes back out unchanged.
+        let newer: StreamReply =
+            serde_json::from_str(r#"{"ok":false,"code":"quota_exceeded","message":"m"}"#).unwrap();
+        assert_eq!(newer.code, Some(ReplyCode::Other("quota_exceeded".into())));
+        assert!(
+            serde_json::to_string(&newer)
+                .unwrap()
+                .contains(r#""code":"quota_exceeded""#)
+        );
+        let none: StreamReply = serde_json::from_str(r#"{"ok":false}"#).unwrap();
+        assert_eq!(none.code, None);
     }
 }

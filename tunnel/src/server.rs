@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::proto::{self, Hello, ProtoError, StreamHeader, StreamReply};
+use crate::proto::{self, Hello, ProtoError, ReplyCode, StreamHeader, StreamReply};
 use crate::{TunnelStream, close_code};
 
 /// Time an agent has to send its registration after connecting.
@@ -89,7 +89,7 @@ pub enum OpenError {
     #[error("node {0} did not answer within {1:?}")]
     Timeout(String, Duration),
     #[error("agent refused the stream: {code}: {message}")]
-    Rejected { code: String, message: String },
+    Rejected { code: ReplyCode, message: String },
     #[error("tunnel connection failed: {0}")]
     Connection(String),
 }
@@ -223,7 +223,10 @@ impl Registry {
                 .map_err(|e| OpenError::Connection(e.to_string()))?;
             if !reply.ok {
                 return Err(OpenError::Rejected {
-                    code: reply.code.unwrap_or_default(),
+                    // No code at all reads as the empty one, as it always has.
+                    code: reply
+                        .code
+                        .unwrap_or_else(|| ReplyCode::Other(String::new())),
                     message: reply.message.unwrap_or_default(),
                 });
             }
@@ -293,7 +296,7 @@ pub async fn serve(
 async fn refuse(
     conn: &quinn::Connection,
     send: &mut quinn::SendStream,
-    reply_code: &str,
+    reply_code: ReplyCode,
     close: u32,
     msg: &str,
 ) {
@@ -345,7 +348,7 @@ async fn handle_connection(
         refuse(
             &conn,
             &mut send,
-            proto::codes::BAD_HEADER,
+            ReplyCode::BadHeader,
             close_code::PROTOCOL_ERROR,
             &msg,
         )
@@ -360,7 +363,7 @@ async fn handle_connection(
             refuse(
                 &conn,
                 &mut send,
-                proto::codes::AUTH_FAILED,
+                ReplyCode::AuthFailed,
                 close_code::AUTH_FAILED,
                 &msg,
             )
