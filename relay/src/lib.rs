@@ -11,23 +11,28 @@
 //! # Layout
 //! - [`host`]: Host/SNI → route; [`auth`]: JWT verification; [`pages`]:
 //!   error answers. Plain functions, tested alone.
+//! - [`access`]: the one access rule (token, session, scope → grant or
+//!   denial) for the web and SSH; [`limits`]: per-address counters.
 //! - [`routes`]: the [`ControlPlane`] trait (routes, node credentials, SSH
 //!   keys, audit, refresh grants) with a cache, and its static backing;
 //!   [`control`]: its backing by control's internal API.
-//! - [`proxy`]: the Pingora callbacks; [`connector`]: Pingora ↔ QUIC.
+//! - [`http`]: the Pingora callbacks around a pure policy function
+//!   ([`http::decide`]); [`connector`]: Pingora ↔ QUIC.
 //! - [`ssh`]: the SSH server, bridging channels to terminal WebSockets.
 //! - [`certs`]: certificates; [`metrics`]: Prometheus; [`assets`]: the web UI.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod assets;
 pub mod auth;
 pub mod certs;
 pub mod connector;
 pub mod control;
 pub mod host;
+pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pages;
-pub mod proxy;
 pub mod routes;
 pub mod ssh;
 
@@ -48,9 +53,10 @@ use tracing::info;
 use warren_config::RelayConfig;
 use warren_tunnel::server::{NodeAuthenticator, Registry};
 
+use crate::access::Access;
 use crate::auth::{KeySource, Verifier};
+use crate::http::{Policy, RelayProxy, Sni};
 use crate::metrics::Metrics;
-use crate::proxy::{RelayProxy, Sni};
 use crate::routes::{ControlPlane, RouteCache};
 
 /// Sockets the relay serves on, bound by the caller (tests use port 0).
@@ -212,17 +218,21 @@ pub async fn start(
     // The HTTP(S) proxy on Pingora, driven on this runtime.
     let conf = Arc::new(ServerConf::default());
     let proxy = RelayProxy {
-        refresh_limiter: crate::ssh::FailureLimiter::new(
-            crate::proxy::REFRESH_LIMIT,
+        refresh_limiter: crate::limits::FailureLimiter::new(
+            crate::http::REFRESH_LIMIT,
             std::time::Duration::from_secs(60),
         ),
-        domain: cfg.domain.clone(),
-        preview_domain: cfg.preview_domain.clone(),
-        verifier: verifier.clone(),
-        routes: routes.clone(),
+        policy: Policy {
+            domain: cfg.domain.clone(),
+            preview_domain: cfg.preview_domain.clone(),
+            control: cfg.control_upstream,
+        },
+        access: Access {
+            verifier: verifier.clone(),
+            routes: routes.clone(),
+        },
         registry: registry.clone(),
         metrics: metrics.clone(),
-        control_upstream: cfg.control_upstream,
         control: control.clone(),
     };
     let mut service = pingora::proxy::http_proxy_service_with_name(&conf, proxy, "warren-relay");
@@ -292,8 +302,10 @@ pub async fn start(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(addr = %listener.local_addr()?, fingerprint = %fp, "ssh listening");
         let ctx = Arc::new(ssh::SshContext {
-            verifier: verifier.clone(),
-            routes: routes.clone(),
+            access: Access {
+                verifier: verifier.clone(),
+                routes: routes.clone(),
+            },
             source: control.clone(),
             registry: registry.clone(),
             limiter: Default::default(),
