@@ -91,7 +91,12 @@ impl Pins {
     }
 
     /// Records a session found running with `cores` (an adopted one).
+    /// Counts an adopted session's pin; one naming a core this agent does
+    /// not hand out (a label the agent did not write) is not counted.
     pub fn record(&mut self, session: &str, cores: Vec<usize>, limit: f64) {
+        if cores.is_empty() || !cores.iter().all(|c| self.cpus.contains(c)) {
+            return;
+        }
         self.sessions.insert(session.to_string(), (cores, limit));
     }
 

@@ -5,6 +5,8 @@
 //!   create, adoption, removal.
 //! - [`security`]: the isolation profiles; [`firewall`]: the host rule
 //!   that keeps sessions off the worker.
+//! - [`tenant_paths`]: the engine's default paths out of a session
+//!   (bound files, image volumes, healthchecks, DNS, IPv6), closed.
 //! - [`cpus`]: which cores each session is pinned to; [`disk`]: loop
 //!   disks; [`blkio`]: their bandwidth limits.
 pub mod blkio;
@@ -14,3 +16,4 @@ pub mod firewall;
 pub mod runtime;
 pub mod security;
 pub mod spec;
+pub mod tenant_paths;

@@ -34,6 +34,14 @@ pub const LABEL_CPUS: &str = "warren.cpus";
 const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
 /// Bound on a session's container log (init's and the image command's output).
 const LOG_MAX_SIZE: &str = "1m";
+/// Paths an image volume may not cover: the agent's own mounts.
+const RESERVED_PATHS: [&str; 5] = [
+    SOCKET_DIR_IN_CONTAINER,
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/hostname",
+    warren_init::BINARY_IN_CONTAINER,
+];
 /// Where lxcfs serves its per-container views of /proc and /sys.
 pub const LXCFS_DIR: &str = "/var/lib/lxcfs";
 
@@ -80,8 +88,14 @@ impl SessionSpec {
         let cpus = self.cpus.unwrap_or(cfg.default_cpus);
         let pids_limit = self.pids_limit.unwrap_or(cfg.pids_limit);
         let disk_mb = self.disk_mb.unwrap_or(cfg.default_disk_mb);
-        if self.disk_mb.is_some_and(|d| !(64..=4_194_304).contains(&d)) {
-            return Err("disk_mb must be between 64 and 4194304".into());
+        if self
+            .disk_mb
+            .is_some_and(|d| !(64..=cfg.max_disk_mb).contains(&d))
+        {
+            return Err(format!(
+                "disk_mb must be between 64 and {} (docker.max_disk_mb)",
+                cfg.max_disk_mb
+            ));
         }
         if self.disk_mb.is_some() && !disk_limits {
             return Err("this worker cannot limit disk (its Docker engine needs overlay2, on XFS with project quotas or with loop devices for the agent)".into());
@@ -129,6 +143,11 @@ pub struct ContainerInputs<'a> {
     pub disk_label: Option<&'a str>,
     /// A disk limit (MB) the engine enforces (`--storage-opt size`).
     pub disk_quota_mb: Option<u64>,
+    /// Read-only binds of the agent's `/etc/hosts`, `/etc/resolv.conf` and
+    /// `/etc/hostname` ([`crate::sandbox::tenant_paths::BoundFiles`]).
+    pub bound_files: &'a [String],
+    /// The image's declared `VOLUME`s (each becomes a bounded tmpfs).
+    pub image_volumes: &'a [String],
 }
 
 /// The container Docker is asked to create for a session under `security`.
@@ -145,17 +164,38 @@ pub fn container_config(
     // The session's own resource view (free, /proc/meminfo, uptime, the
     // CPU count from its quota) where lxcfs runs on the worker.
     binds.extend(inputs.lxcfs_binds.iter().cloned());
+    // The engine's own copies of these are writable files on the worker's
+    // disk: the agent's are small and read-only.
+    binds.extend(inputs.bound_files.iter().cloned());
     let mut labels: HashMap<String, String> = inputs.labels.clone().into_iter().collect();
     labels.insert(LABEL_SESSION.into(), s.id.clone());
     labels.insert(LABEL_MEMORY.into(), s.memory_mb.to_string());
-    if let Some(backend) = inputs.disk_label {
-        labels.insert(LABEL_DISK.into(), backend.into());
-    }
+    // Every label the agent reads back is set here, empty for "none": the
+    // engine merges the image's labels into the container's, so one left
+    // unset could be the image's (`LABEL warren.cpuset=0`).
+    labels.insert(
+        LABEL_DISK.into(),
+        inputs.disk_label.unwrap_or_default().into(),
+    );
     let cpuset = inputs.cpuset.map(crate::sandbox::cpus::format_list);
-    if let Some(cores) = &cpuset {
-        labels.insert(LABEL_CPUSET.into(), cores.clone());
-        labels.insert(LABEL_CPUS.into(), s.cpus.to_string());
-    }
+    labels.insert(LABEL_CPUSET.into(), cpuset.clone().unwrap_or_default());
+    labels.insert(
+        LABEL_CPUS.into(),
+        if cpuset.is_some() {
+            s.cpus.to_string()
+        } else {
+            String::new()
+        },
+    );
+    // The image's volumes as tmpfs (in the session's memory), never
+    // anonymous volumes on the worker's disk; init's socket dir last, so
+    // an image naming it cannot change its options.
+    let mut tmpfs = crate::sandbox::tenant_paths::volume_tmpfs(inputs.image_volumes, s.memory_mb);
+    tmpfs.retain(|path, _| !RESERVED_PATHS.contains(&path.as_str()));
+    tmpfs.insert(
+        SOCKET_DIR_IN_CONTAINER.to_string(),
+        "rw,nosuid,nodev,noexec,size=64k,mode=0700".to_string(),
+    );
 
     let mut hc = HostConfig {
         cpuset_cpus: cpuset,
@@ -167,10 +207,8 @@ pub fn container_config(
         binds: Some(binds),
         // Init's socket: inside the container, small, counted in the
         // session's memory; never a host directory.
-        tmpfs: Some(HashMap::from([(
-            SOCKET_DIR_IN_CONTAINER.to_string(),
-            "rw,nosuid,nodev,noexec,size=64k,mode=0700".to_string(),
-        )])),
+        tmpfs: Some(tmpfs),
+        sysctls: Some(crate::sandbox::tenant_paths::network_sysctls()),
         // Container logs are bounded: a session printing to PID 1's
         // stdout must not fill the worker's disk.
         log_config: Some(HostConfigLogConfig {
@@ -215,6 +253,9 @@ pub fn container_config(
         cmd: Some(cmd),
         labels: Some(labels),
         host_config: Some(hc),
+        // An image's HEALTHCHECK would run from the worker, outside the
+        // session's limits, as often as the image says.
+        healthcheck: Some(crate::sandbox::tenant_paths::no_healthcheck()),
         ..Default::default()
     }
 }
@@ -291,6 +332,8 @@ mod tests {
                 cpuset: None,
                 disk_label: None,
                 disk_quota_mb: None,
+                bound_files: &[],
+                image_volumes: &[],
             },
             security,
         )
@@ -342,8 +385,19 @@ mod tests {
         assert_eq!(labels[LABEL_NODE], "n1");
         assert_eq!(labels[LABEL_SESSION], "s1");
         assert_eq!(labels[LABEL_MEMORY], "512");
-        assert!(!labels.contains_key(LABEL_DISK));
-        assert!(!labels.contains_key(LABEL_CPUSET));
+        // Set, empty: an image's label of that name never shows through.
+        assert_eq!(labels[LABEL_DISK], "");
+        assert_eq!(labels[LABEL_CPUSET], "");
+        assert_eq!(labels[LABEL_CPUS], "");
+        assert_eq!(
+            body.healthcheck.as_ref().and_then(|h| h.test.clone()),
+            strings(&["NONE"]),
+            "an image's healthcheck never runs"
+        );
+        assert_eq!(
+            hc.sysctls.as_ref().expect("sysctls")["net.ipv6.conf.all.disable_ipv6"],
+            "1"
+        );
         assert_eq!(body.image.as_deref(), Some("busybox:latest"));
         assert_eq!(body.hostname.as_deref(), Some("warren"));
         assert_eq!(body.env, strings(&["OMP_NUM_THREADS=2"]));
@@ -454,6 +508,8 @@ mod tests {
                 cpuset: Some(&[2, 3]),
                 disk_label: Some("quota"),
                 disk_quota_mb: Some(2048),
+                bound_files: &[],
+                image_volumes: &[],
             },
             &SecurityProfile::Default,
         );
@@ -508,7 +564,12 @@ mod tests {
         };
         assert_eq!(
             bad(with(|s| s.disk_mb = Some(63)), true),
-            "disk_mb must be between 64 and 4194304"
+            "disk_mb must be between 64 and 65536 (docker.max_disk_mb)"
+        );
+        assert_eq!(
+            bad(with(|s| s.disk_mb = Some(4_194_304)), true),
+            "disk_mb must be between 64 and 65536 (docker.max_disk_mb)",
+            "a disk over the node's maximum is refused"
         );
         assert!(
             bad(with(|s| s.disk_mb = Some(64)), false).starts_with("this worker cannot limit disk")
@@ -552,5 +613,50 @@ mod tests {
     #[test]
     fn container_names_carry_node_and_session() {
         assert_eq!(container_name("n1", "s1"), "warren-n1-s1");
+    }
+
+    #[test]
+    fn nothing_a_session_writes_lands_on_the_workers_disk() {
+        let (s, labels, terminal) = (session(), labels(), TerminalConfig::default());
+        let bound = [
+            "/var/lib/warren/sessions/s1/hosts:/etc/hosts:ro".to_string(),
+            "/var/lib/warren/sessions/s1/resolv.conf:/etc/resolv.conf:ro".to_string(),
+            "/var/lib/warren/sessions/s1/hostname:/etc/hostname:ro".to_string(),
+        ];
+        let volumes = [
+            "/var/lib/docker".to_string(),
+            "/run/warren".to_string(),
+            "/etc/hosts".to_string(),
+        ];
+        let body = container_config(
+            &ContainerInputs {
+                session: &s,
+                command: &[],
+                init_binary: Path::new("/i"),
+                lxcfs_binds: &[],
+                labels: &labels,
+                network: "net",
+                oci_runtime: None,
+                terminal: &terminal,
+                cpuset: None,
+                disk_label: None,
+                disk_quota_mb: None,
+                bound_files: &bound,
+                image_volumes: &volumes,
+            },
+            &SecurityProfile::Default,
+        );
+        let hc = host(&body);
+        let binds = hc.binds.as_ref().expect("binds");
+        for b in &bound {
+            assert!(binds.contains(b), "{b} bound");
+        }
+        let tmpfs = hc.tmpfs.as_ref().expect("tmpfs");
+        assert_eq!(tmpfs["/var/lib/docker"], "rw,exec,nosuid,nodev,size=256m");
+        assert_eq!(
+            tmpfs["/run/warren"], "rw,nosuid,nodev,noexec,size=64k,mode=0700",
+            "an image volume cannot change init's socket dir"
+        );
+        assert!(!tmpfs.contains_key("/etc/hosts"));
     }
 }

@@ -314,6 +314,7 @@ pub fn spawn_sync(
                     },
                     metrics_addr: metrics_addr.clone(),
                     sessions,
+                    disk: None,
                 };
                 let (i, url) = base.pick();
                 match http

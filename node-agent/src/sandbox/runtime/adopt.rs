@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use bollard::query_parameters::ListContainersOptions;
 use tracing::warn;
 
+use crate::sandbox::tenant_paths;
+
 use super::{
     DockerRuntime, LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_MEMORY, LABEL_NODE, LABEL_SESSION,
     RuntimeError, SessionInfo, wait_for_init,
@@ -35,9 +37,17 @@ impl DockerRuntime {
             let Some(sid) = labels.get(LABEL_SESSION).cloned() else {
                 continue;
             };
+            if !warren_config::is_dns_label(&sid) {
+                warn!(container = %cid, "a container of this node has a session label that is no session id; left alone");
+                continue;
+            }
+            // Labels are the agent's own (it sets every one it reads), but a
+            // container made by an older agent may carry an image's: each
+            // value is checked, and one out of range counts as absent.
             let memory_mb = labels
                 .get(LABEL_MEMORY)
                 .and_then(|m| m.parse().ok())
+                .filter(|m| (16..=1_048_576).contains(m))
                 .unwrap_or(0);
             let running = matches!(
                 c.state,
@@ -74,6 +84,13 @@ impl DockerRuntime {
             if let Err(e) = wait_for_init(&info).await {
                 warn!(session = %sid, "adopted container has no working init: {e}");
             }
+            // A container restarted after a reboot has a new network
+            // namespace: its DNS is closed again (a no-op otherwise).
+            if let Err(e) = tenant_paths::block_engine_dns(info.init.init_pid).await {
+                warn!(session = %sid, "cannot close the engine's DNS to the adopted session, removing it: {e}");
+                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                continue;
+            }
             // Its disk's limits again (set already unless it was restarted).
             if labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
                 && let Some(disks) = &self.loop_disks
@@ -95,7 +112,10 @@ impl DockerRuntime {
                 labels
                     .get(LABEL_CPUSET)
                     .and_then(|c| crate::sandbox::cpus::parse_list(c)),
-                labels.get(LABEL_CPUS).and_then(|c| c.parse::<f64>().ok()),
+                labels
+                    .get(LABEL_CPUS)
+                    .and_then(|c| c.parse::<f64>().ok())
+                    .filter(|c| *c > 0.0 && *c <= 256.0),
             ) {
                 p.lock()
                     .unwrap_or_else(|e| e.into_inner())

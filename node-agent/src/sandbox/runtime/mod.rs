@@ -16,6 +16,7 @@ use warren_config::DockerConfig;
 
 use crate::sandbox::security::SecurityProfile;
 use crate::sandbox::spec::{self, ContainerInputs, Resolved};
+use crate::sandbox::tenant_paths::{self, BoundFiles};
 use crate::serve::initsock::InitTarget;
 
 mod adopt;
@@ -122,16 +123,25 @@ impl DockerRuntime {
         let session = spec
             .resolve(&self.cfg, self.disk_limits())
             .map_err(RuntimeError::Invalid)?;
-        let command = self.image_command(&session.image).await?;
+        let image = self.image_facts(&session.image).await?;
         // Left by agents before init's socket moved into the container.
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&session.id));
-        let container = self.create_container(&session, &command).await?;
+        let bound = BoundFiles::new(&self.sessions_dir);
+        let bound_files = bound.prepare(&session.id)?;
+        let container = match self.create_container(&session, &image, &bound_files).await {
+            Ok(c) => c,
+            Err(e) => {
+                bound.remove(&session.id);
+                return Err(e);
+            }
+        };
         let result = self.start(&container, &session).await;
         if result.is_err() {
             // Leave nothing half-made behind.
             let _ = self
                 .remove_container_and_disk(&container, &session.id)
                 .await;
+            bound.remove(&session.id);
         }
         result
     }
@@ -142,7 +152,8 @@ impl DockerRuntime {
     async fn create_container(
         &self,
         session: &Resolved,
-        command: &[String],
+        image: &ImageFacts,
+        bound_files: &[String],
     ) -> Result<String, RuntimeError> {
         // The session's own resource view where lxcfs runs on the worker.
         let lxcfs_binds = spec::lxcfs_binds(Path::new(spec::LXCFS_DIR));
@@ -163,7 +174,7 @@ impl DockerRuntime {
             let body = spec::container_config(
                 &ContainerInputs {
                     session,
-                    command,
+                    command: &image.command,
                     init_binary: &self.init_binary,
                     lxcfs_binds: &lxcfs_binds,
                     labels: &self.labels,
@@ -173,6 +184,8 @@ impl DockerRuntime {
                     cpuset: pinned.as_deref(),
                     disk_label: disk_label.then(|| self.disk_backend()),
                     disk_quota_mb,
+                    bound_files,
+                    image_volumes: &image.volumes,
                 },
                 &security,
             );
@@ -237,13 +250,20 @@ impl DockerRuntime {
                     RuntimeError::Disk(session.id.clone())
                 })?;
         }
+        // No DNS from the engine's resolver (it names neighbours).
+        tenant_paths::block_engine_dns(info.init.init_pid)
+            .await
+            .map_err(|e| {
+                warn!(session = %session.id, "cannot close the engine's DNS to the session: {e}");
+                RuntimeError::NotReady(session.id.clone(), "its network could not be set up".into())
+            })?;
         wait_for_init(&info).await?;
         Ok(info)
     }
 
-    /// The image's own entrypoint and command, pulling the image if the
-    /// engine does not have it.
-    async fn image_command(&self, image: &str) -> Result<Vec<String>, RuntimeError> {
+    /// The image's own entrypoint and command and its declared volumes,
+    /// pulling the image if the engine does not have it.
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
         let inspect = match self.docker.inspect_image(image).await {
             Ok(i) => i,
             Err(_) => {
@@ -255,9 +275,13 @@ impl DockerRuntime {
             }
         };
         let config = inspect.config.unwrap_or_default();
-        let mut argv = config.entrypoint.unwrap_or_default();
-        argv.extend(config.cmd.unwrap_or_default());
-        Ok(argv)
+        let mut command = config.entrypoint.unwrap_or_default();
+        command.extend(config.cmd.unwrap_or_default());
+        let volumes = config
+            .volumes
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
+        Ok(ImageFacts { command, volumes })
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
@@ -321,6 +345,14 @@ impl DockerRuntime {
             p.lock().unwrap_or_else(|e| e.into_inner()).release(session);
         }
     }
+}
+
+/// What the agent reads from an image before running it.
+struct ImageFacts {
+    /// Its entrypoint and command, run by init.
+    command: Vec<String>,
+    /// Its declared `VOLUME`s.
+    volumes: Vec<String>,
 }
 
 /// Waits until the session's init answers on its socket.
