@@ -314,7 +314,7 @@ pub fn spawn_sync(
                     },
                     metrics_addr: metrics_addr.clone(),
                     sessions,
-                    disk: None,
+                    disk: agent.runtime().disk_offer(),
                 };
                 let (i, url) = base.pick();
                 match http

@@ -101,6 +101,17 @@ impl DockerRuntime {
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_NODE.into(), node_id.into());
         let cfg_pin_cpus = cfg.pin_cpus;
+        // Session disks are sparse files (or quotas): what they may fill in
+        // all is what the worker's disk has free now, less its reserve,
+        // unless the operator says less.
+        let measured = rustix::fs::statvfs(data_dir)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024))
+            .unwrap_or(0)
+            .saturating_sub(super::MIN_FREE_DISK_MB);
+        let disk_capacity_mb = match cfg.disk_capacity_mb {
+            0 => measured,
+            set => set,
+        };
         let rt = Self {
             docker,
             cfg,
@@ -118,6 +129,7 @@ impl DockerRuntime {
                     crate::sandbox::cpus::allowed(),
                 ))
             }),
+            disk_capacity_mb,
         };
         rt.ensure_network().await?;
         Ok(rt)

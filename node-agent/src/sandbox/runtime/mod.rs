@@ -84,9 +84,22 @@ pub struct DockerRuntime {
     docker_root: PathBuf,
     /// Cores each session is pinned to (`docker.pin_cpus`).
     pins: Option<std::sync::Mutex<crate::sandbox::cpus::Pins>>,
+    /// Disk offered to sessions in all (MiB), told to control so that it
+    /// never places more session disks here than the worker has.
+    disk_capacity_mb: u64,
 }
 
 impl DockerRuntime {
+    /// What this node offers in disk, for control's placement; `None`
+    /// where session disks are not limited (then they are not counted).
+    pub fn disk_offer(&self) -> Option<warren_proto::internal::NodeDisk> {
+        self.disk_limits()
+            .then(|| warren_proto::internal::NodeDisk {
+                capacity_mb: self.disk_capacity_mb as i64,
+                max_session_mb: self.cfg.max_disk_mb as i64,
+            })
+    }
+
     /// Whether sessions here get a disk limit.
     pub fn disk_limits(&self) -> bool {
         self.disk_quota() || self.loop_disks.is_some()
