@@ -94,7 +94,7 @@ impl DockerRuntime {
     /// where session disks are not limited (then they are not counted).
     pub fn disk_offer(&self) -> Option<warren_proto::internal::NodeDisk> {
         self.disk_limits()
-            .then(|| warren_proto::internal::NodeDisk {
+            .then_some(warren_proto::internal::NodeDisk {
                 capacity_mb: self.disk_capacity_mb as i64,
                 max_session_mb: self.cfg.max_disk_mb as i64,
             })
