@@ -55,6 +55,9 @@ pub use serve::control;
 
 use serve::terminal;
 
+/// How often the agent checks its pulled images against their budget.
+const IMAGE_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Time to connect to a port inside a session before answering the relay.
 const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -168,6 +171,22 @@ pub async fn run(
                 tokio::select! {
                     _ = sd.cancelled() => return,
                     r = status.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+    {
+        // Pulled images no session uses go once they pass the budget.
+        let (a, sd) = (agent.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let mut every = tokio::time::interval(IMAGE_PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                if let Err(e) = a.runtime().prune_images().await {
+                    warn!("pruning images: {e}");
                 }
             }
         });

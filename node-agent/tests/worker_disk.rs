@@ -191,3 +191,50 @@ async fn nothing_a_session_writes_reaches_the_workers_disk() {
     stack.agent().remove_session(&a.id).await.unwrap();
     assert!(!files.exists(), "the session's bound files are left");
 }
+
+/// Images the agent pulled go once the budget is passed, unless a session
+/// uses them; images it did not pull (built here, no registry gives them
+/// back) are never removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_images_are_pruned_under_the_budget_never_in_use() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start_configured("prune", |d| d.image_budget_mb = 1).await;
+    let suffix = random_suffix();
+    let (unused, used) = (
+        Image(format!("warren-test/prune-unused:{suffix}")),
+        Image(format!("warren-test/prune-used:{suffix}")),
+    );
+    for img in [&unused, &used] {
+        docker(&["tag", "warren/session:mini", &img.0]);
+        stack.agent().runtime().images().note_pulled(&img.0);
+    }
+    let s = stack
+        .agent()
+        .create_session(&warren_agent::SessionSpec {
+            id: format!("p{}", random_suffix()),
+            image: Some(used.0.clone()),
+            memory_mb: Some(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pruned = stack.agent().runtime().prune_images().await.unwrap();
+    assert_eq!(pruned.removed, vec![unused.0.clone()], "{pruned:?}");
+    let exists = |name: &str| {
+        std::process::Command::new("docker")
+            .args(["image", "inspect", name])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!exists(&unused.0));
+    assert!(exists(&used.0), "an image in use was removed");
+    assert!(exists("warren/session:mini"), "a built image was removed");
+    stack.agent().remove_session(&s.id).await.unwrap();
+    let pruned = stack.agent().runtime().prune_images().await.unwrap();
+    assert_eq!(pruned.removed, vec![used.0.clone()], "{pruned:?}");
+    assert!(exists("warren/session:mini"));
+}

@@ -7,12 +7,14 @@
 //!   that keeps sessions off the worker.
 //! - [`tenant_paths`]: the engine's default paths out of a session
 //!   (bound files, image volumes, healthchecks, DNS, IPv6), closed.
+//! - [`images`]: images the agent pulled, pruned under a budget.
 //! - [`cpus`]: which cores each session is pinned to; [`disk`]: loop
 //!   disks; [`blkio`]: their bandwidth limits.
 pub mod blkio;
 pub mod cpus;
 pub mod disk;
 pub mod firewall;
+pub mod images;
 pub mod runtime;
 pub mod security;
 pub mod spec;

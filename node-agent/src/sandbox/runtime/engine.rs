@@ -112,6 +112,8 @@ impl DockerRuntime {
             0 => measured,
             set => set,
         };
+        let images =
+            crate::sandbox::images::Images::new(data_dir, cfg.image_budget_mb, &cfg.default_image);
         let rt = Self {
             docker,
             cfg,
@@ -130,6 +132,7 @@ impl DockerRuntime {
                 ))
             }),
             disk_capacity_mb,
+            images,
         };
         rt.ensure_network().await?;
         Ok(rt)

@@ -87,6 +87,8 @@ pub struct DockerRuntime {
     /// Disk offered to sessions in all (MiB), told to control so that it
     /// never places more session disks here than the worker has.
     disk_capacity_mb: u64,
+    /// Images the agent pulled, pruned under `docker.image_budget_mb`.
+    images: crate::sandbox::images::Images,
 }
 
 impl DockerRuntime {
@@ -136,6 +138,8 @@ impl DockerRuntime {
         let session = spec
             .resolve(&self.cfg, self.disk_limits())
             .map_err(RuntimeError::Invalid)?;
+        // From the pull until the container exists, its image is not pruned.
+        let image_guard = self.images.in_use().await;
         let image = self.image_facts(&session.image).await?;
         // Left by agents before init's socket moved into the container.
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&session.id));
@@ -148,6 +152,7 @@ impl DockerRuntime {
                 return Err(e);
             }
         };
+        drop(image_guard);
         let result = self.start(&container, &session).await;
         if result.is_err() {
             // Leave nothing half-made behind.
@@ -310,7 +315,19 @@ impl DockerRuntime {
                 return Err(RuntimeError::Image(image.into(), e.to_string()));
             }
         }
+        self.images.note_pulled(image);
         Ok(())
+    }
+
+    /// Removes pulled images no session uses while the engine's images
+    /// are over `docker.image_budget_mb`.
+    pub async fn prune_images(&self) -> Result<crate::sandbox::images::Pruned, RuntimeError> {
+        Ok(self.images.prune(&self.docker).await?)
+    }
+
+    /// The pruner (tests mark images as pulled through it).
+    pub fn images(&self) -> &crate::sandbox::images::Images {
+        &self.images
     }
 
     /// The container's overlay2 layer directory, for its loop disk.
