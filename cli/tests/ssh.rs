@@ -255,6 +255,34 @@ async fn openssh_through_the_relay() {
         (Some(7), "out-42\n", "err-49\n")
     );
 
+    // `ssh -A` (agent forwarding, common in users' configs, here with a
+    // real agent): refused, and the command still runs.
+    let fwd = ssh.ssh_with(Some(&key_a), &id, &["-A", "-o", "ForwardAgent=yes"]);
+    let mut c = Command::new("ssh-agent");
+    c.arg(fwd.get_program())
+        .args(fwd.get_args())
+        .arg("echo forwarded-$((3*3))")
+        .stdin(Stdio::null());
+    let o = output(c).await;
+    assert_eq!(
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).as_ref()),
+        (Some(0), "forwarded-9\n"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // An unknown subsystem gets a failure answer (never a hang).
+    let mut c = ssh.ssh_with(Some(&key_a), &id, &["-s"]);
+    c.arg("no-such-subsystem");
+    let o = tokio::time::timeout(WAIT, output(c))
+        .await
+        .expect("an unknown subsystem left ssh waiting");
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("subsystem"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     // The session token as the password opens it too.
     let mut c = ssh.ssh_password(&id, &token);
     c.arg("echo via-token");

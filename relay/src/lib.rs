@@ -215,11 +215,16 @@ pub async fn start(
         });
     }
 
+    crate::http::answers::set_hsts_max_age(cfg.https.hsts_max_age_secs);
     // The HTTP(S) proxy on Pingora, driven on this runtime.
     let conf = Arc::new(ServerConf::default());
     let proxy = RelayProxy {
         refresh_limiter: crate::limits::FailureLimiter::new(
             crate::http::REFRESH_LIMIT,
+            std::time::Duration::from_secs(60),
+        ),
+        exchange_limiter: crate::limits::FailureLimiter::new(
+            crate::http::EXCHANGE_LIMIT,
             std::time::Duration::from_secs(60),
         ),
         policy: Policy {

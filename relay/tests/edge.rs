@@ -101,6 +101,27 @@ async fn page_token_exchange_and_assets() {
         .await
         .unwrap();
     t.run("echo cookie-$((1+1))", "cookie-2").await;
+
+    // HTTPS answers carry Strict-Transport-Security.
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    // Exchanges are limited per address, before anything is verified or
+    // written: the first 30 a minute pass (one above), then 429.
+    let exchange = |t: String| {
+        let (st, host) = (&st, &host);
+        async move {
+            st.request(host, "GET", &format!("/?token={t}"), &[])
+                .await
+                .status
+        }
+    };
+    for _ in 1..warren_relay::http::EXCHANGE_LIMIT {
+        assert_eq!(exchange(token.clone()).await, 303);
+    }
+    assert_eq!(exchange(token.clone()).await, 429);
+    assert_eq!(exchange("not-even-a-token".into()).await, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,28 @@ fn wants_html(session: &Session) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
+/// `Strict-Transport-Security` max-age for HTTPS answers, in seconds (0:
+/// none). One value per process: set by [`set_hsts_max_age`] from the
+/// relay's config when it starts (`https.hsts_max_age_secs`).
+static HSTS_MAX_AGE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(31_536_000);
+
+pub fn set_hsts_max_age(secs: u64) {
+    HSTS_MAX_AGE.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `Strict-Transport-Security` value, if one is sent.
+pub fn hsts() -> Option<String> {
+    match HSTS_MAX_AGE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        secs => Some(format!("max-age={secs}")),
+    }
+}
+
+/// Whether the client reached the relay over TLS.
+pub fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
 /// Writes a whole response the relay makes itself.
 pub async fn send(
     session: &mut Session,
@@ -140,6 +162,13 @@ pub async fn send(
     resp.insert_header("referrer-policy", "no-referrer")?;
     resp.insert_header("x-content-type-options", "nosniff")?;
     resp.insert_header("cross-origin-opener-policy", "same-origin")?;
+    // Browsers then refuse plain HTTP and certificate bypasses for the
+    // host (never over plain HTTP, where it would mean nothing).
+    if over_tls(session)
+        && let Some(v) = hsts()
+    {
+        resp.insert_header("strict-transport-security", v)?;
+    }
     for (k, v) in headers {
         resp.append_header(k.to_string(), v.as_str())?;
     }

@@ -26,4 +26,4 @@ pub use policy::{
     Action, Decision, Facts, Policy, REFRESH_PATH, TERMINAL_PATH, decide, same_origin,
 };
 pub use proxy::{Ctx, RelayProxy, Sni};
-pub use refresh::REFRESH_LIMIT;
+pub use refresh::{EXCHANGE_LIMIT, REFRESH_LIMIT};

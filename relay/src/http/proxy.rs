@@ -36,6 +36,8 @@ pub struct RelayProxy {
     /// Renewals asked of control per client address
     /// ([`super::REFRESH_LIMIT`]).
     pub refresh_limiter: FailureLimiter,
+    /// `?token=` exchanges per client address ([`super::EXCHANGE_LIMIT`]).
+    pub exchange_limiter: FailureLimiter,
 }
 
 enum Upstream {
@@ -310,6 +312,22 @@ impl ProxyHttp for RelayProxy {
                     resp.append_header("set-cookie", c)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Proxied answers (previews, the API) over TLS carry the relay's
+    /// `Strict-Transport-Security`: the relay owns the TLS, not the app.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<()> {
+        if ctx.tls
+            && let Some(v) = super::answers::hsts()
+        {
+            resp.insert_header("strict-transport-security", v)?;
         }
         Ok(())
     }

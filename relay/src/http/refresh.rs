@@ -20,6 +20,11 @@ use crate::routes::Refreshed;
 /// per token lifetime (minutes); this bounds what a client costs control.
 pub const REFRESH_LIMIT: u32 = 60;
 
+/// `?token=` exchanges one client address may make per minute. Each one
+/// that opens a terminal page costs control a refresh grant and an audit
+/// row; a person opens a handful of links a minute.
+pub const EXCHANGE_LIMIT: u32 = 30;
+
 /// Only what control hands out (`wr_` and 40 letters or digits) goes on
 /// to control.
 fn well_formed_grant(g: &str) -> bool {
@@ -128,6 +133,26 @@ impl RelayProxy {
         scope: Scope,
         tls: bool,
     ) -> pingora::Result<bool> {
+        // Counted before anything is verified or written.
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            if self.exchange_limiter.limited(ip) {
+                return answer(
+                    session,
+                    Answer::new(
+                        429,
+                        "rate_limited",
+                        "Too many links opened",
+                        "Too many session links opened from this address; try again in a minute.",
+                    ),
+                )
+                .await;
+            }
+            self.exchange_limiter.fail(ip);
+        }
         let claims = match self.authorize(&[token.to_string()], sid, scope).await {
             Ok(grant) => grant.claims,
             Err(d) => return answer(session, denial_answer(&d)).await,

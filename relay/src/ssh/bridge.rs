@@ -199,8 +199,14 @@ async fn channel_request(
             }
             Some(ChannelMsg::Eof) => {}
             Some(ChannelMsg::Close) | None => return None,
-            Some(ChannelMsg::AgentForward { want_reply })
-            | Some(ChannelMsg::RequestX11 { want_reply, .. }) => {
+            // Agent forwarding (`ssh -A`, common in users' configs) is
+            // refused and the channel carries on, as OpenSSH's server does
+            // when it is off: russh has answered it already (the handler's
+            // default), and a second failure here would be taken by the
+            // client as the answer to its next request ("exec request
+            // failed").
+            Some(ChannelMsg::AgentForward { .. }) => {}
+            Some(ChannelMsg::RequestX11 { want_reply, .. }) => {
                 reply(false, want_reply).await;
             }
             Some(_) => {}
