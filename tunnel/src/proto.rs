@@ -189,8 +189,8 @@ impl<'de> Deserialize<'de> for ReplyCode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Notice {
     /// `draining`: the relay is stopping; the agent closes the terminals it
-    /// serves through it (WebSocket close 1012) so clients reconnect
-    /// elsewhere at once. Unknown kinds are ignored.
+    /// serves through it (WebSocket close 1001, going away) so clients
+    /// reconnect elsewhere at once. Unknown kinds are ignored.
     pub kind: String,
 }
 
