@@ -1,6 +1,10 @@
 //! `warren-client`: Warren's public API as a Rust client. The CLI and the
 //! load-test harness share it; bodies are `warren_proto::api` types.
+//! [`internal`]: control's internal API, for relays and agents (replica
+//! failover, bearer auth, control's private CA).
 #![forbid(unsafe_code)]
+
+pub mod internal;
 
 use std::path::Path;
 use std::time::Duration;
@@ -66,9 +70,7 @@ impl Client {
             key: key.into(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
-                // Control closes connections idle for 10 s: pooled ones go
-                // first, so none is reused as control closes it.
-                .pool_idle_timeout(Duration::from_secs(5))
+                .pool_idle_timeout(internal::POOL_IDLE_TIMEOUT)
                 .build()
                 .map_err(|e| Error::Setup(format!("cannot make an HTTP client: {e}")))?,
         })

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use warren_client::internal::{self, InternalClient};
 use warren_proto::internal::{
     GrantRequest, GrantResponse, HostKeyRequest, RefreshRequest, RefreshResponse, RouteResponse,
     SshAuthorizeRequest, VerifyNodeRequest,
@@ -14,12 +15,13 @@ use crate::routes::{ControlPlane, Refreshed, RouteError, SessionRoute, SshAuditE
 
 /// Control's internal API, on one replica or several.
 pub struct ControlClient {
-    /// Every replica's URL; requests go to the one that last answered.
-    bases: Vec<String>,
-    current: std::sync::atomic::AtomicUsize,
-    secret: String,
-    http: reqwest::Client,
+    /// Every replica, with the relay's secret; requests go to the one that
+    /// last answered.
+    control: InternalClient,
 }
+
+/// `b` trusting `ca_pem` (control's private CA) besides the system's roots.
+pub(crate) use warren_client::internal::trusting;
 
 impl ControlClient {
     /// `base` is one URL or several, comma-separated (control replicas on
@@ -31,74 +33,17 @@ impl ControlClient {
     /// As [`ControlClient::new`], trusting `ca_pem` besides the system's
     /// roots (control with a private CA).
     pub fn with_ca(base: &str, secret: &str, ca_pem: Option<&str>) -> anyhow::Result<Self> {
-        let bases: Vec<String> = base
-            .split(',')
-            .map(|b| b.trim().trim_end_matches('/').to_string())
-            .filter(|b| !b.is_empty())
-            .collect();
+        let bases = internal::split_urls(base);
         anyhow::ensure!(!bases.is_empty(), "no control URL");
+        let http = trusting(
+            internal::builder(Duration::from_secs(2), Duration::from_secs(5)),
+            ca_pem,
+        )?
+        .build()?;
         Ok(Self {
-            bases,
-            current: Default::default(),
-            secret: secret.into(),
-            http: trusting(
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(Duration::from_secs(5))
-                    // Control closes connections idle for 10 s: pooled ones
-                    // go first, so none is reused as control closes it.
-                    .pool_idle_timeout(Duration::from_secs(5)),
-                ca_pem,
-            )?
-            .build()?,
+            control: InternalClient::new(bases, Some(secret.into()), http),
         })
     }
-
-    /// Sends `req(base)` with the relay's secret to the current replica,
-    /// then to the others in turn while they cannot be reached (or answer
-    /// 502/503: a replica without its database). The last error otherwise.
-    async fn send(
-        &self,
-        req: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, reqwest::Error> {
-        use std::sync::atomic::Ordering;
-        let start = self.current.load(Ordering::Relaxed);
-        let n = self.bases.len();
-        let mut last = None;
-        for i in 0..n {
-            let at = (start + i) % n;
-            match req(&self.http, &self.bases[at])
-                .bearer_auth(&self.secret)
-                .send()
-                .await
-            {
-                Ok(r) if i + 1 < n && matches!(r.status().as_u16(), 502 | 503) => {}
-                Ok(r) => {
-                    if at != start {
-                        tracing::info!(control = %self.bases[at], "control replica changed");
-                        self.current.store(at, Ordering::Relaxed);
-                    }
-                    return Ok(r);
-                }
-                Err(e) if e.is_connect() || e.is_timeout() => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.expect("at least one replica was tried"))
-    }
-}
-
-/// `b` trusting `ca_pem` (control's private CA) besides the system's roots.
-pub(crate) fn trusting(
-    mut b: reqwest::ClientBuilder,
-    ca_pem: Option<&str>,
-) -> Result<reqwest::ClientBuilder, reqwest::Error> {
-    if let Some(pem) = ca_pem {
-        for c in reqwest::Certificate::from_pem_bundle(pem.as_bytes())? {
-            b = b.add_root_certificate(c);
-        }
-    }
-    Ok(b)
 }
 
 /// The route on 200; `None` for the statuses that mean "no".
@@ -123,7 +68,8 @@ async fn route_answer(
 impl ControlPlane for ControlClient {
     async fn lookup(&self, session: &str) -> Result<Option<SessionRoute>, RouteError> {
         let r = self
-            .send(|c, b| c.get(format!("{b}/internal/v1/routes/{session}")))
+            .control
+            .get(&format!("/internal/v1/routes/{session}"))
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         route_answer(r, &[404]).await
@@ -135,22 +81,21 @@ impl ControlPlane for ControlClient {
         public_key: &str,
     ) -> Result<Option<SessionRoute>, RouteError> {
         let r = self
-            .send(|c, b| {
-                c.post(format!("{b}/internal/v1/ssh/authorize"))
-                    .json(&SshAuthorizeRequest {
-                        session: session.into(),
-                        public_key: public_key.into(),
-                    })
-            })
+            .control
+            .post(
+                "/internal/v1/ssh/authorize",
+                &SshAuthorizeRequest {
+                    session: session.into(),
+                    public_key: public_key.into(),
+                },
+            )
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         route_answer(r, &[403, 404, 422]).await
     }
 
     async fn audit(&self, event: SshAuditEvent) {
-        let r = self
-            .send(|c, b| c.post(format!("{b}/internal/v1/ssh/audit")).json(&event))
-            .await;
+        let r = self.control.post("/internal/v1/ssh/audit", &event).await;
         if let Err(e) = r {
             tracing::warn!("ssh audit event not recorded: {e}");
         }
@@ -158,12 +103,13 @@ impl ControlPlane for ControlClient {
 
     async fn grant(&self, token: &str) -> Result<Option<(String, i64)>, RouteError> {
         let r = self
-            .send(|c, b| {
-                c.post(format!("{b}/internal/v1/tokens/grant"))
-                    .json(&GrantRequest {
-                        token: token.into(),
-                    })
-            })
+            .control
+            .post(
+                "/internal/v1/tokens/grant",
+                &GrantRequest {
+                    token: token.into(),
+                },
+            )
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         match r.status().as_u16() {
@@ -178,13 +124,14 @@ impl ControlPlane for ControlClient {
 
     async fn refresh(&self, session: &str, grant: &str) -> Result<Refreshed, RouteError> {
         let r = self
-            .send(|c, b| {
-                c.post(format!("{b}/internal/v1/tokens/refresh"))
-                    .json(&RefreshRequest {
-                        session: session.into(),
-                        refresh_token: grant.into(),
-                    })
-            })
+            .control
+            .post(
+                "/internal/v1/tokens/refresh",
+                &RefreshRequest {
+                    session: session.into(),
+                    refresh_token: grant.into(),
+                },
+            )
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         match r.status().as_u16() {
@@ -204,13 +151,14 @@ impl ControlPlane for ControlClient {
         fingerprint: &str,
     ) -> Result<(), RouteError> {
         let r = self
-            .send(|c, b| {
-                c.post(format!("{b}/internal/v1/ssh/host-key"))
-                    .json(&HostKeyRequest {
-                        public_key: public_key.into(),
-                        fingerprint: fingerprint.into(),
-                    })
-            })
+            .control
+            .post(
+                "/internal/v1/ssh/host-key",
+                &HostKeyRequest {
+                    public_key: public_key.into(),
+                    fingerprint: fingerprint.into(),
+                },
+            )
             .await
             .map_err(|e| RouteError(e.to_string()))?;
         if r.status().is_success() {
@@ -225,13 +173,14 @@ impl ControlPlane for ControlClient {
 impl NodeAuthenticator for ControlClient {
     async fn authenticate(&self, hello: &Hello) -> Result<NodeIdentity, AuthError> {
         let r = self
-            .send(|c, b| {
-                c.post(format!("{b}/internal/v1/nodes/verify"))
-                    .json(&VerifyNodeRequest {
-                        node_id: hello.node_id.clone(),
-                        credential: hello.credential.clone(),
-                    })
-            })
+            .control
+            .post(
+                "/internal/v1/nodes/verify",
+                &VerifyNodeRequest {
+                    node_id: hello.node_id.clone(),
+                    credential: hello.credential.clone(),
+                },
+            )
             .await
             .map_err(|e| AuthError(format!("control plane unreachable: {e}")))?;
         if r.status().is_success() {

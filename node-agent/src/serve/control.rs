@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use warren_client::internal::{self, InternalClient};
 use warren_proto::internal::{
     ErrorBody, HeartbeatRequest, JoinRequest, JoinResponse, NodeIsolation, ReportedState,
     SessionReport, WatchResponse,
@@ -39,20 +40,9 @@ pub struct Enrollment {
 }
 
 /// An HTTP client for control: its CA trusted besides the system's roots.
-pub fn control_http(timeout: Duration, ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        // Control closes connections idle for 10 s: pooled ones go first,
-        // so none is reused as control closes it.
-        .pool_idle_timeout(Duration::from_secs(5));
-    if let Some(pem) = ca_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .context("control's CA is not PEM")?
-        {
-            b = b.add_root_certificate(cert);
-        }
-    }
+fn control_http(timeout: Duration, ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let b = internal::trusting(internal::builder(Duration::from_secs(5), timeout), ca_pem)
+        .context("control's CA is not PEM")?;
     Ok(b.build()?)
 }
 
@@ -70,50 +60,8 @@ impl Enrollment {
     }
 }
 
-/// The control replicas an agent talks to: it stays with one while it
-/// answers and moves to the next when it does not (a connection error or a
-/// 5xx), so heartbeats and the watch survive a replica going away.
-#[derive(Debug)]
-pub struct Replicas {
-    urls: Vec<String>,
-    current: std::sync::atomic::AtomicUsize,
-}
-
-impl Replicas {
-    pub fn new(urls: Vec<String>) -> Self {
-        Self {
-            urls,
-            current: Default::default(),
-        }
-    }
-
-    /// The replica to use now, and its index (for [`Replicas::failed`]).
-    pub fn pick(&self) -> (usize, &str) {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len().max(1);
-        (i, self.urls.get(i).map(String::as_str).unwrap_or(""))
-    }
-
-    /// The replica at `index` did not answer: move on, unless another task
-    /// already did.
-    pub fn failed(&self, index: usize) {
-        let next = (index + 1) % self.urls.len().max(1);
-        let _ = self.current.compare_exchange(
-            index,
-            next,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-}
-
-/// Splits `--control URL[,URL…]`.
-pub fn split_urls(list: &str) -> Vec<String> {
-    list.split(',')
-        .map(|u| u.trim().trim_end_matches('/').to_string())
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
+/// The replicas and `--control URL[,URL…]` lists, as the relay has them.
+pub use warren_client::internal::{Replicas, split_urls};
 pub use warren_proto::internal::RelayInfo;
 
 /// Memory this host offers to sessions: `MemTotal` less a reserve for the
@@ -192,11 +140,15 @@ pub async fn join(
 ) -> anyhow::Result<Enrollment> {
     let http = control_http(Duration::from_secs(30), control_ca.as_deref())?;
     let given = split_urls(control_urls);
+    // Each replica in turn, until one answers.
+    let control = InternalClient::new(given.clone(), None, http);
     let mut answer = None;
     let mut last_err = None;
-    for url in &given {
-        let sent = http
-            .post(format!("{url}/internal/v1/join"))
+    for _ in &given {
+        let at = control.current();
+        let url = at.url;
+        let sent = at
+            .post("/internal/v1/join")
             .json(&JoinRequest {
                 token: token.into(),
                 node_id: node_id.into(),
@@ -206,12 +158,13 @@ pub async fn join(
             .await;
         match sent {
             Ok(r) => {
-                answer = Some((url.clone(), r));
+                answer = Some((url.to_string(), r));
                 break;
             }
             Err(e) => {
                 warn!(control = %url, "join: replica did not answer: {e}");
                 last_err = Some(anyhow::anyhow!("reaching the control plane at {url}: {e}"));
+                at.failed();
             }
         }
     }
@@ -267,18 +220,16 @@ pub fn spawn_sync(
         }
     };
     let auth = format!("{}:{}", e.node_id, e.credential);
-    let base = Arc::new(Replicas::new(e.urls()));
+    let control = Arc::new(InternalClient::new(e.urls(), Some(auth), http));
     let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let starting: Arc<Mutex<HashSet<String>>> = Arc::default();
     let report_now = Arc::new(Notify::new());
 
     // Heartbeats: every 2 s, and at once after a change.
     {
-        let (agent, http, auth, base, failed, report_now, shutdown) = (
+        let (agent, control, failed, report_now, shutdown) = (
             agent.clone(),
-            http.clone(),
-            auth.clone(),
-            base.clone(),
+            control.clone(),
             failed.clone(),
             report_now.clone(),
             shutdown.clone(),
@@ -316,14 +267,9 @@ pub fn spawn_sync(
                     sessions,
                     disk: agent.runtime().disk_offer(),
                 };
-                let (i, url) = base.pick();
-                match http
-                    .post(format!("{url}/internal/v1/heartbeat"))
-                    .bearer_auth(&auth)
-                    .json(&body)
-                    .send()
-                    .await
-                {
+                let at = control.current();
+                let url = at.url;
+                match at.post("/internal/v1/heartbeat").json(&body).send().await {
                     Ok(r) if r.status().is_success() => {
                         metrics.heartbeats.with_label_values(&["ok"]).inc();
                         last_ok = std::time::Instant::now();
@@ -332,7 +278,7 @@ pub fn spawn_sync(
                         warn!(control = %url, "heartbeat refused: {}; trying the next replica", r.status());
                         metrics.heartbeats.with_label_values(&["refused"]).inc();
                         metrics.control_failovers.inc();
-                        base.failed(i);
+                        at.failed();
                     }
                     Ok(r) => {
                         metrics.heartbeats.with_label_values(&["refused"]).inc();
@@ -342,7 +288,7 @@ pub fn spawn_sync(
                         warn!(control = %url, "heartbeat failed: {e}; trying the next replica");
                         metrics.heartbeats.with_label_values(&["unreachable"]).inc();
                         metrics.control_failovers.inc();
-                        base.failed(i);
+                        at.failed();
                     }
                 }
                 metrics.heartbeat_age_seconds.set(last_ok.elapsed().as_secs() as i64);
@@ -361,10 +307,11 @@ pub fn spawn_sync(
         tracker.spawn(async move {
             let mut index = 0i64;
             loop {
-                let (i, url) = base.pick();
+                let at = control.current();
+                let url = at.url;
                 let r = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = http.get(format!("{url}/internal/v1/watch?index={index}")).bearer_auth(&auth).send() => r,
+                    r = at.get(&format!("/internal/v1/watch?index={index}")).send() => r,
                 };
                 let answer: WatchResponse = match r {
                     Ok(r) if r.status().is_success() => match r.json().await {
@@ -378,7 +325,7 @@ pub fn spawn_sync(
                     Ok(r) => {
                         warn!(control = %url, "watch refused: {}", r.status());
                         if r.status().is_server_error() {
-                            base.failed(i);
+                            at.failed();
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
@@ -386,7 +333,7 @@ pub fn spawn_sync(
                     // Never a reason to touch a session: try the next replica.
                     Err(e) => {
                         warn!(control = %url, "watch failed: {e}; trying the next replica");
-                        base.failed(i);
+                        at.failed();
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -395,24 +342,56 @@ pub fn spawn_sync(
                 let desired = answer.sessions;
                 let want: HashSet<String> = desired.iter().map(|d| d.id.clone()).collect();
                 for d in desired {
-                    let known = agent.session(&d.id).is_some() || failed.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&d.id);
-                    if known || !starting.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone()) {
+                    let known = agent.session(&d.id).is_some()
+                        || failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains_key(&d.id);
+                    if known
+                        || !starting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(d.id.clone())
+                    {
                         continue;
                     }
-                    let (agent, failed, starting, report_now) = (agent.clone(), failed.clone(), starting.clone(), report_now.clone());
+                    let (agent, failed, starting, report_now) = (
+                        agent.clone(),
+                        failed.clone(),
+                        starting.clone(),
+                        report_now.clone(),
+                    );
                     tracker2.spawn(async move {
-                        let spec = SessionSpec { id: d.id.clone(), image: Some(d.image), memory_mb: Some(d.memory_mb), cpus: Some(d.cpus), pids_limit: None, disk_mb: (d.disk_mb > 0).then_some(d.disk_mb) };
+                        let spec = SessionSpec {
+                            id: d.id.clone(),
+                            image: Some(d.image),
+                            memory_mb: Some(d.memory_mb),
+                            cpus: Some(d.cpus),
+                            pids_limit: None,
+                            disk_mb: (d.disk_mb > 0).then_some(d.disk_mb),
+                        };
                         if let Err(e) = agent.create_session(&spec).await {
                             warn!(session = %d.id, "session failed to start: {e}");
                             agent.metrics().errors.with_label_values(&["create"]).inc();
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id.clone(), e.to_string());
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(d.id.clone(), e.to_string());
                         }
-                        starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
+                        starting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&d.id);
                         report_now.notify_one();
                     });
                 }
                 for s in agent.sessions() {
-                    if !want.contains(&s.id) && !starting.lock().unwrap_or_else(|p| p.into_inner()).contains(&s.id) {
+                    if !want.contains(&s.id)
+                        && !starting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(&s.id)
+                    {
                         info!(session = %s.id, "no longer desired: removing");
                         if let Err(e) = agent.remove_session(&s.id).await {
                             warn!(session = %s.id, "removing: {e}");
@@ -421,7 +400,10 @@ pub fn spawn_sync(
                         report_now.notify_one();
                     }
                 }
-                failed.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| want.contains(id));
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|id, _| want.contains(id));
             }
         });
     }
