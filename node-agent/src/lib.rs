@@ -19,8 +19,9 @@
 //!   terminal endpoint), [`serve::initsock`] (reaching a session's init
 //!   without trusting the session), [`serve::control`] (join, heartbeats and
 //!   the watch that drives reconciliation).
-//! - [`run`]: the agent's one entry point; [`Agent`]: sessions by id, and the
-//!   tunnel's stream handler; [`metrics`]: its Prometheus registry.
+//! - [`run`]: the agent's one entry point ([`start`] and [`Running::stopped`]
+//!   for a caller that needs the [`Agent`] meanwhile); [`Agent`]: sessions by
+//!   id, and the tunnel's stream handler; [`metrics`]: its Prometheus registry.
 //! - `testing` (feature `testing`): a local-PTY driver for tests and benchmarks.
 #![forbid(unsafe_code)]
 
@@ -93,10 +94,44 @@ pub fn default_node_id() -> String {
 /// relay, keeps in step with control, and waits for every task it started
 /// before returning.
 pub async fn run(
-    mut cfg: AgentConfig,
+    cfg: AgentConfig,
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let running = start(cfg, opts, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    running.stopped().await;
+    Ok(())
+}
+
+/// An agent [`start`] started; its tasks run until the shutdown token is
+/// cancelled.
+pub struct Running {
+    pub agent: Arc<Agent>,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Waits for every task the agent started (at most 10 s), once the
+    /// shutdown token is cancelled.
+    pub async fn stopped(self) {
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("some agent tasks did not stop within 10 s");
+        }
+    }
+}
+
+/// What [`run`] does before it waits for `shutdown`: the agent enrolled,
+/// its sessions adopted, its relays dialled and its control sync running.
+pub async fn start(
+    mut cfg: AgentConfig,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     use warren_config::Validate;
     let control_ca = match &cfg.control_ca_file {
         Some(p) => Some(
@@ -193,7 +228,7 @@ pub async fn run(
     }
     if let Some(e) = &enrollment {
         control::spawn_sync(
-            agent,
+            agent.clone(),
             e,
             cfg.memory_mb,
             metrics_addr,
@@ -202,15 +237,10 @@ pub async fn run(
         );
     }
     info!(node = %cfg.node_id, relays = cfg.relays.len(), "agent running");
-    shutdown.cancelled().await;
-    tracker.close();
-    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("some agent tasks did not stop within 10 s");
-    }
-    Ok(())
+    Ok(Running {
+        agent,
+        tasks: tracker,
+    })
 }
 
 /// Options that do not belong in the operator's config file.
@@ -250,6 +280,8 @@ pub struct Agent {
     sessions: DashMap<String, SessionInfo>,
     /// Last terminal traffic per session (Unix ms), for idle timeouts.
     activity: DashMap<String, Arc<std::sync::atomic::AtomicI64>>,
+    /// Per session, cancelled when it is deleted.
+    gone: DashMap<String, CancellationToken>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
@@ -284,6 +316,7 @@ impl Agent {
             runtime,
             sessions: DashMap::new(),
             activity: DashMap::new(),
+            gone: DashMap::new(),
             metrics: metrics::Metrics::new(),
             shutdown,
         });
@@ -344,9 +377,19 @@ impl Agent {
         Ok(info)
     }
 
+    /// Cancelled when the session is deleted: its terminals close with 4404.
+    fn gone_token(&self, id: &str) -> CancellationToken {
+        self.gone.entry(id.to_string()).or_default().clone()
+    }
+
     /// Stops and removes a session's container. Unknown ids are a no-op.
     pub async fn remove_session(&self, id: &str) -> Result<(), RuntimeError> {
         self.activity.remove(id);
+        // Its terminals are told before the container goes (else they see
+        // init vanish, an internal error).
+        if let Some((_, gone)) = self.gone.remove(id) {
+            gone.cancel();
+        }
         if let Some((_, info)) = self.sessions.remove(id) {
             self.metrics.sessions.set(self.sessions.len() as i64);
             self.runtime.remove(&info).await?;
@@ -425,6 +468,7 @@ impl StreamHandler for Agent {
                     &session.init,
                     self.shutdown.clone(),
                     draining,
+                    self.gone_token(&session.id),
                     Some(activity),
                     Some(self.metrics.clone()),
                 )

@@ -267,3 +267,64 @@ async fn dind_session_runs_an_inner_container() {
         }
     }
 }
+
+/// Reads until the socket closes; its close code.
+async fn close_code<S>(t: &mut warren_testkit::Term<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(WAIT, async {
+        while let Some(m) = t.ws.next().await {
+            match m {
+                Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the terminal never closed")
+}
+
+/// What the terminal endpoint says to input it cannot take: a message over
+/// the limit (1009), a resume past the end of the output (a `rewound`
+/// notice, then the terminal goes on), the session deleted under an open
+/// terminal (4404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_edges_get_clear_answers() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    if !docker_or_skip().await {
+        return;
+    }
+    let stack = Stack::start("edges").await;
+    let s = stack.session("warren/session:mini", 64).await;
+
+    let mut t = stack.terminal(&s.id, "").await;
+    t.run("echo before-$((3*5))", "before-15").await;
+    let id = t.terminal.unwrap();
+    let big = vec![b'x'; warren_proto::terminal::MAX_MESSAGE + 1];
+    let _ = t.ws.send(Message::Binary(big.into())).await;
+    assert_eq!(
+        close_code(&mut t).await,
+        Some(warren_proto::terminal::close::MESSAGE_TOO_BIG)
+    );
+
+    let mut t = stack
+        .terminal(&s.id, &format!("terminal={id}&offset=999999999"))
+        .await;
+    t.run("echo after-$((4*5))", "after-20").await;
+    assert_eq!(t.rewound.len(), 1, "{:?}", t.rewound);
+    assert_eq!(t.rewound[0].0, 999_999_999);
+    assert!(t.gaps.is_empty(), "told as lost bytes: {:?}", t.gaps);
+
+    stack.agent().remove_session(&s.id).await.unwrap();
+    assert_eq!(
+        close_code(&mut t).await,
+        Some(warren_proto::terminal::close::SESSION_GONE)
+    );
+}

@@ -39,6 +39,9 @@ pub mod close {
     /// The server is shutting down or draining: reconnect at once (another
     /// relay or agent connection will serve the same terminal).
     pub const GOING_AWAY: u16 = 1001;
+    /// A message over [`super::MAX_MESSAGE`] bytes: the connection ends
+    /// (RFC 6455's "message too big"); nothing of it reached the terminal.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The request cannot be served as asked (e.g. exec without a command).
     pub const BAD_REQUEST: u16 = 4400;
     /// Missing, bad or expired credentials: sign in again.
@@ -246,6 +249,10 @@ pub enum ServerMsg {
     Gap { from: u64, to: u64 },
     /// The shell or command ended with this status.
     Exit { code: i32 },
+    /// The client asked to resume at `asked`, past the end of the output
+    /// (`end`): it continues at the hello's offset. After a session's init
+    /// restarted (a reboot), offsets start again from 0.
+    Rewound { asked: u64, end: u64 },
     /// A type this build does not know: ignored.
     #[serde(other)]
     Unknown,

@@ -20,6 +20,8 @@ pub struct Term<S> {
     pub cursor: Cursor,
     /// Every `gap` notice received, as `(from, to)`.
     pub gaps: Vec<(u64, u64)>,
+    /// `(asked, end)` of each resume asked past the end of the output.
+    pub rewound: Vec<(u64, u64)>,
     /// The close frame's code, once the server closed.
     pub close_code: Option<u16>,
 }
@@ -34,6 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
             exit: None,
             cursor: Cursor::default(),
             gaps: Vec::new(),
+            rewound: Vec::new(),
             close_code: None,
         };
         tokio::time::timeout(WAIT, async {
@@ -63,6 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
                     ServerMsg::Hello { terminal, .. } => self.terminal = terminal,
                     ServerMsg::Exit { code } => self.exit = Some(code),
                     ServerMsg::Gap { from, to } => self.gaps.push((from, to)),
+                    ServerMsg::Rewound { asked, end } => self.rewound.push((asked, end)),
                     ServerMsg::Unknown => {}
                 }
             }

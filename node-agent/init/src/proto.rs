@@ -87,6 +87,10 @@ pub struct Response {
     /// that follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// After `attach`: the offset just past the last byte written so far
+    /// (a resume asked beyond it names bytes that never were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminals: Option<Vec<TerminalInfo>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use warren_init::client::{self, InitConn};
-use warren_init::proto::{Frame, Op};
+use warren_init::proto::{ErrorCode, Frame, Op};
 use warren_init::reaper::Reaper;
 use warren_init::server::{Options, Server};
 
@@ -518,4 +518,56 @@ async fn a_stalled_viewer_does_not_hold_up_the_shell_or_other_viewers() {
         "no skip notice in {} bytes",
         out.len()
     );
+}
+
+/// A client that opens terminals and leaves them cannot lock the session's
+/// owner out: at the cap the shell detached the longest gives way (only
+/// when all are attached is a new one refused, and init's connection cap
+/// comes first).
+#[tokio::test]
+async fn detached_terminals_give_way_at_the_cap() {
+    let f = start(Duration::from_secs(900)).await;
+    let cap = warren_init::server::MAX_TERMINALS;
+    let mut first = None;
+    for i in 0..cap {
+        let (c, r) = client::request(&f.socket, open_op()).await.unwrap();
+        if i == 0 {
+            first = r.terminal;
+        }
+        drop(c); // detached at once
+    }
+    // One more: it opens, and the first (detached the longest) is gone.
+    let (mut owner, r) = client::request(&f.socket, open_op()).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    type_line(&mut owner, "echo owner-$((4*4))").await;
+    read_until(&mut owner, "owner-16").await;
+    let gone = client::request(&f.socket, attach(first.unwrap(), None)).await;
+    assert!(
+        matches!(
+            &gone,
+            Err(client::ClientError::Refused {
+                code: ErrorCode::NotFound,
+                ..
+            })
+        ),
+        "the longest-detached terminal is still there: {:?}",
+        gone.map(|(_, r)| r)
+    );
+}
+
+/// An attach says where the output ends, so a resume asked past it is
+/// told apart from lost bytes.
+#[tokio::test]
+async fn attach_names_the_end_of_the_output() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut c, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    type_line(&mut c, "echo end-$((5*5))").await;
+    let all = read_until(&mut c, "end-25").await.len() as u64;
+    let (_c2, r) = client::request(&f.socket, attach(id, Some(all + 1_000_000)))
+        .await
+        .unwrap();
+    let end = r.end.unwrap();
+    assert!(end >= all, "end {end} before what was read ({all})");
+    assert!(r.offset.unwrap() <= end);
 }

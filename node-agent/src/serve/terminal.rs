@@ -51,6 +51,7 @@ pub async fn serve<S>(
     init: &crate::serve::initsock::InitTarget,
     shutdown: CancellationToken,
     relay_draining: CancellationToken,
+    session_gone: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> anyhow::Result<()>
@@ -63,7 +64,22 @@ where
     let Some(attached) = attach(&mut ws, init, &params).await? else {
         return Ok(());
     };
-    pump(ws, attached, shutdown, relay_draining, activity, metrics).await
+    let ends = Ends {
+        shutdown,
+        relay_draining,
+        session_gone,
+    };
+    pump(ws, attached, ends, activity, metrics).await
+}
+
+/// What ends a terminal connection from outside it.
+struct Ends {
+    /// The agent stops (close 1001: reconnect).
+    shutdown: CancellationToken,
+    /// The relay carrying it drains (close 1001: reconnect).
+    relay_draining: CancellationToken,
+    /// The session was deleted (close 4404).
+    session_gone: CancellationToken,
 }
 
 /// Accepts the WebSocket at [`PATH`] and reads the client's query. `None`
@@ -194,11 +210,17 @@ where
         && asked != got
         && !replaced
     {
-        let gap = ServerMsg::Gap {
-            from: asked,
-            to: got,
+        // Before what is held: those bytes are lost. Past the end: there
+        // never were such bytes (a client's own mistake, or an init that
+        // restarted), said as such rather than as a loss.
+        let notice = match resp.end {
+            Some(end) if asked > end => ServerMsg::Rewound { asked, end },
+            _ => ServerMsg::Gap {
+                from: asked,
+                to: got,
+            },
         };
-        ws.send(Message::Text(gap.to_text().into())).await?;
+        ws.send(Message::Text(notice.to_text().into())).await?;
     }
     Ok(Some(Attached { init, exec, offset }))
 }
@@ -208,8 +230,7 @@ where
 async fn pump<S>(
     mut ws: WebSocketStream<S>,
     attached: Attached,
-    shutdown: CancellationToken,
-    relay_draining: CancellationToken,
+    ends: Ends,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) -> anyhow::Result<()>
@@ -244,11 +265,15 @@ where
     loop {
         touch();
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            _ = ends.session_gone.cancelled() => {
+                close_with(&mut ws, closing(close::SESSION_GONE, "the session was deleted")).await;
+                return Ok(());
+            }
+            _ = ends.shutdown.cancelled() => {
                 close_with(&mut ws, closing(close::GOING_AWAY, "agent shutting down")).await;
                 return Ok(());
             }
-            _ = relay_draining.cancelled() => {
+            _ = ends.relay_draining.cancelled() => {
                 close_with(&mut ws, closing(close::GOING_AWAY, "relay draining")).await;
                 return Ok(());
             }
@@ -281,6 +306,12 @@ where
                 },
                 Some(Ok(Message::Close(_))) | None => return Ok(()),
                 Some(Ok(_)) => {} // ping/pong are answered by tungstenite
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                    debug!("terminal message over the limit: {e}");
+                    let why = format!("a message is limited to {} bytes", warren_proto::terminal::MAX_MESSAGE);
+                    close_with(&mut ws, closing(close::MESSAGE_TOO_BIG, &why)).await;
+                    return Ok(());
+                }
                 Some(Err(e)) => {
                     debug!("terminal websocket error: {e}");
                     return Ok(());

@@ -325,7 +325,8 @@ pub(super) async fn session_channel(
                         warn!(session = %target.session, lost, "ssh bridge fell behind the terminal; output skipped");
                         let _ = err.write_all(format!("\r\nwarren: {lost} bytes of output were skipped\r\n").as_bytes()).await;
                     }
-                    ServerMsg::Unknown => {}
+                    // The hello set where output continues.
+                    ServerMsg::Rewound { .. } | ServerMsg::Unknown => {}
                 },
                 Some(Ok(Message::Close(frame))) => {
                     if code.is_none() {

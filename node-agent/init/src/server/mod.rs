@@ -44,6 +44,8 @@ pub const REPLAY_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=64 * 1024 
 pub const ATTACH_TAIL: usize = 64 * 1024;
 /// Terminals one session may hold at once.
 pub const MAX_TERMINALS: usize = 256;
+/// How long a detached shell lives once most of [`MAX_TERMINALS`] is used.
+const PRESSURE_DETACHED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clients connected to the socket at once.
 const MAX_CLIENTS: usize = 256;
 /// Time a client has to send its request.
@@ -238,12 +240,19 @@ impl Server {
                 _ = tick.tick() => {}
             }
             let terms: Vec<_> = self.terminals().values().cloned().collect();
+            // Under pressure (most of the cap used) detached shells go
+            // sooner, so one client cannot hold the session's terminals.
+            let timeout = if terms.len() >= MAX_TERMINALS * 3 / 4 {
+                self.opts.detached_timeout.min(PRESSURE_DETACHED_TIMEOUT)
+            } else {
+                self.opts.detached_timeout
+            };
             for t in terms {
                 let mut st = t.lock();
                 let Some(since) = st.detached_since else {
                     continue;
                 };
-                if since.elapsed() < self.opts.detached_timeout {
+                if since.elapsed() < timeout {
                     continue;
                 }
                 let pgid = rustix::process::Pid::from_raw(t.pid);

@@ -159,10 +159,14 @@ impl Server {
         env: &std::collections::BTreeMap<String, String>,
         command: Option<Vec<String>>,
     ) -> Result<Arc<Terminal>, (ErrorCode, String)> {
-        if self.terminals().len() >= MAX_TERMINALS {
+        // At the cap, the shell detached the longest gives way: one client
+        // opening terminals and leaving them must not lock the owner out
+        // for the detached timeout. Only when every one is attached is a
+        // new terminal refused.
+        if self.terminals().len() >= MAX_TERMINALS && !self.evict_longest_detached() {
             return Err((
                 ErrorCode::TooManyTerminals,
-                format!("a session holds at most {MAX_TERMINALS} terminals"),
+                format!("a session holds at most {MAX_TERMINALS} terminals, all attached"),
             ));
         }
         check_env(env)?;
@@ -210,6 +214,31 @@ impl Server {
         self.terminals().insert(id, term.clone());
         tokio::spawn(self.clone().pump(term.clone(), exit_rx));
         Ok(term)
+    }
+
+    /// Kills the shell (its process group) detached the longest and forgets
+    /// its terminal at once; `false` when none is detached.
+    pub(super) fn evict_longest_detached(&self) -> bool {
+        let victim = {
+            let terms = self.terminals();
+            terms
+                .values()
+                .filter_map(|t| {
+                    let st = t.lock();
+                    (st.exit.is_none() && st.clients == 0)
+                        .then_some(())
+                        .and(st.detached_since)
+                        .map(|since| (since, t.clone()))
+                })
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, t)| t)
+        };
+        let Some(t) = victim else { return false };
+        if let Some(p) = rustix::process::Pid::from_raw(t.pid) {
+            let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+        }
+        self.terminals().remove(&t.id);
+        true
     }
 
     /// Reads the PTY until the shell exits; then tells every client.
@@ -260,6 +289,7 @@ impl Server {
             terminal: Some(term.id),
             pid: Some(term.pid),
             offset: Some(first),
+            end: Some(term.lock().end),
             ..Default::default()
         };
         let (mut sink, mut stream) = framed.split();
