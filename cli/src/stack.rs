@@ -1,7 +1,8 @@
 //! The whole stack in one process: control (SQLite), a relay and a local
 //! agent, wired as they are in production (the agent joins with a one-time
-//! token and dials the relay; the relay asks control for routes, node
-//! credentials and keys). Used by `warren up` and by the end-to-end tests.
+//! token from control's API and runs as `warren agent` does; the relay asks
+//! control for routes, node credentials and keys). Used by `warren up` and
+//! by the end-to-end tests.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +12,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
-use warren_agent::control::{Enrollment, host_memory_mb};
-use warren_agent::{Agent, AgentOptions};
+use warren_agent::{Agent, AgentOptions, RunOptions};
 use warren_config::*;
 
 pub struct StackOptions {
@@ -203,10 +203,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             ca_file: None,
         }),
     };
-    let cc = Arc::new(warren_relay::control::ControlClient::new(
-        &control_url,
-        &relay_secret,
-    )?);
+    let cc = warren_relay::control_plane(&rcfg)?;
     let relay = warren_relay::start(
         rcfg,
         warren_relay::Listeners {
@@ -223,40 +220,31 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
 
     // The local agent: joins once, then reuses its credential.
     let agent_dir = data.join("agent");
-    let enrollment = match warren_agent::control::load_enrollment(&agent_dir)? {
-        Some(e) if e.control_url == control_url => e,
-        _ => {
-            let token = control.control.store.create_join_token(600_000).await?;
-            let (alloc, _) = host_memory_mb(o.memory_mb);
-            warren_agent::control::join(&control_url, None, &token, &o.node_id, alloc, &agent_dir)
-                .await?
-        }
+    let join_token = match warren_agent::control::load_enrollment(&agent_dir)? {
+        Some(e) if e.control_url == control_url => None,
+        _ => Some(join_token(&control_url, &admin_key).await?),
     };
-    let acfg = agent_config(
-        &enrollment,
-        &agent_dir,
-        &o.image,
-        &o.network,
-        o.allow_host_root_sessions,
-    )?;
-    let agent = Agent::start(
-        &acfg,
-        AgentOptions {
-            extra_labels: o.labels.clone(),
+    let acfg = agent_config(&control_url, &agent_dir, &o);
+    let running = warren_agent::start(
+        acfg,
+        RunOptions {
+            join_token,
+            agent: AgentOptions {
+                extra_labels: o.labels.clone(),
+            },
         },
         stop.clone(),
     )
     .await?;
-    agent.connect_relays(&acfg, Default::default(), &tracker)?;
-    warren_agent::control::spawn_sync(
-        agent.clone(),
-        &enrollment,
-        o.memory_mb,
-        None,
-        &tracker,
-        stop.clone(),
-    );
-    let node = enrollment.node_id.clone();
+    let agent = running.agent.clone();
+    {
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            stop.cancelled().await;
+            running.stopped().await;
+        });
+    }
+    let node = agent.node_id().to_string();
     if !relay
         .registry
         .wait_until(std::time::Duration::from_secs(30), |n| n.contains(&node))
@@ -281,31 +269,42 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
     })
 }
 
-/// The agent's configuration from its enrollment (relays and their CAs).
-pub fn agent_config(
-    e: &Enrollment,
-    data_dir: &std::path::Path,
-    image: &str,
-    network: &str,
-    allow_host_root_sessions: bool,
-) -> anyhow::Result<AgentConfig> {
-    let mut cfg = AgentConfig {
+/// A one-time join token for the local agent, from control's API.
+async fn join_token(control_url: &str, admin_key: &str) -> anyhow::Result<String> {
+    let api =
+        warren_client::Client::new(control_url, admin_key, std::time::Duration::from_secs(30))?;
+    let v = api
+        .call(
+            "POST",
+            "/v1/nodes/join-tokens",
+            Some(serde_json::json!({"ttl_seconds": 600})),
+        )
+        .await
+        .context("a join token for the local agent")?;
+    v["token"]
+        .as_str()
+        .map(str::to_string)
+        .context("control's join-token answer has no token")
+}
+
+/// The local agent's configuration: control to join (or the credential
+/// in `data_dir` from joining before); relays come from the enrollment.
+fn agent_config(control_url: &str, data_dir: &std::path::Path, o: &StackOptions) -> AgentConfig {
+    AgentConfig {
         admin: Default::default(),
-        control_url: Some(e.control_url.clone()),
+        control_url: Some(control_url.into()),
         control_ca_file: None,
-        memory_mb: None,
-        node_id: String::new(),
+        memory_mb: o.memory_mb,
+        node_id: o.node_id.clone(),
         data_dir: data_dir.to_path_buf(),
         credential: Secret::default(),
         relays: Vec::new(),
         docker: DockerConfig {
-            network: network.into(),
-            default_image: image.into(),
-            allow_host_root_sessions,
+            network: o.network.clone(),
+            default_image: o.image.clone(),
+            allow_host_root_sessions: o.allow_host_root_sessions,
             ..Default::default()
         },
         terminal: TerminalConfig::default(),
-    };
-    warren_agent::control::apply_enrollment(&mut cfg, e)?;
-    Ok(cfg)
+    }
 }
