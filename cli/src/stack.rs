@@ -138,6 +138,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         data_dir: data.join("control"),
         database_url: None,
         domain: o.domain.clone(),
+        preview_domain: o.preview_domain.clone(),
         https_port: Some(https_addr.port()),
         // Names under .localhost resolve to loopback in browsers, not in
         // every resolver ssh uses: local stacks give `localhost`.

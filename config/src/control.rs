@@ -15,6 +15,10 @@ pub struct ControlConfig {
     pub database_url: Option<Secret>,
     /// Sessions are `https://<id>.<domain>[:port]`.
     pub domain: String,
+    /// Where the relays serve sessions' ports, when not under `domain`
+    /// (the relays' `preview_domain`): the API's preview links name it.
+    #[serde(default)]
+    pub preview_domain: Option<String>,
     /// Port of the relays' HTTPS listener, when it is not 443.
     #[serde(default)]
     pub https_port: Option<u16>,
@@ -144,8 +148,8 @@ impl Default for SessionDefaults {
             token_ttl_secs: 600,
             tenant_max_sessions: 20,
             tenant_max_memory_mb: 16384,
-            tenant_max_disk_mb: 262_144,
-            disk_mb: 10_240,
+            tenant_max_disk_mb: 1_048_576,
+            disk_mb: 4096,
             max_disk_mb: 65_536,
             allowed_registries: vec!["docker.io".into()],
         }

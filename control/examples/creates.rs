@@ -30,6 +30,7 @@ async fn main() {
         let url = database(db, "bench").await;
         let mut cfg = config(&url, Strategy::Spread);
         cfg.sessions.tenant_max_sessions = 100_000;
+        cfg.sessions.tenant_max_disk_mb = i64::MAX as u64 / 2;
         let c = Arc::new(TestControl::start(cfg).await);
         let agents = c.nodes("bench", &[1 << 24; 3]).await;
         let (_, t) = c

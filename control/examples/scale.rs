@@ -142,6 +142,7 @@ fn main() {
     let url = agents_rt.block_on(database(db, "scale"));
     let mut cfg = config(&url, Strategy::Spread);
     cfg.sessions.tenant_max_sessions = 10_000_000;
+    cfg.sessions.tenant_max_disk_mb = i64::MAX as u64 / 2;
     cfg.scheduler.heartbeat_timeout_secs = 10;
     cfg.scheduler.node_lost_grace_secs = 300;
     let c = Arc::new(control_rt.block_on(TestControl::start(cfg)));

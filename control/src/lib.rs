@@ -179,6 +179,8 @@ async fn follow(c: Arc<Control>, shutdown: CancellationToken) {
 async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
     let timeout = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
     let grace = c.cfg.scheduler.node_lost_grace_secs as i64 * 1000;
+    let grant_idle_ms = c.cfg.auth.grant_idle_secs as i64 * 1000;
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -233,5 +235,13 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
             }
             Err(e) => warn!("expiry check failed: {e}"),
         }
+        // Grants of sessions that ended, or idle past their time, go
+        // (about once a minute: a grant is refused on use anyway).
+        if tick.is_multiple_of(60)
+            && let Err(e) = c.store.purge_grants(grant_idle_ms).await
+        {
+            warn!("grant purge failed: {e}");
+        }
+        tick = tick.wrapping_add(1);
     }
 }

@@ -87,8 +87,14 @@ pub struct Session {
     pub cpus: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<i64>,
-    /// The terminal page (with `?token=` when the answer carries a token).
+    /// The terminal page (with `?token=` when the answer carries a token):
+    /// the same as `links.terminal`, kept for older clients.
     pub url: String,
+    /// Separate links for separate uses: the terminal page, and a template
+    /// for the session's ports (`{port}` replaced by the port). Each link's
+    /// token has its own scope only: a preview link never opens a terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<Links>,
     /// The `ssh` command line that opens it.
     pub ssh: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +104,14 @@ pub struct Session {
     /// Unix seconds.
     pub expires_at: i64,
     pub created_at: i64,
+}
+
+/// A session's links; with tokens only in the answer that minted them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    pub terminal: String,
+    /// `https://{port}-<id>.<domain>/…`: replace `{port}`.
+    pub preview: String,
 }
 
 /// `GET /v1/sessions`.

@@ -2,16 +2,21 @@
 //! agents join, heartbeat and watch; relays look up routes, verify node
 //! credentials and SSH keys, and record SSH logins.
 use super::*;
+use crate::store::NodeDisk;
+
+/// The most memory (MB) a node may offer, at a join and in heartbeats.
+const MAX_NODE_MB: i64 = 1 << 30;
+/// The most disk (MB) a node may offer sessions in all (1 EiB).
+const MAX_NODE_DISK_MB: i64 = 1 << 40;
 
 pub(super) async fn join(
     State(c): State<Arc<Control>>,
-    body: Result<Json<JoinRequest>, JsonRejection>,
+    Body(req): Body<JoinRequest>,
 ) -> ApiResult<Json<JoinResponse>> {
-    let Json(req) = body?;
     if !warren_config::is_dns_label(&req.node_id) {
         return Err(ApiError::invalid("node_id must be a DNS label"));
     }
-    if !(16..=1 << 30).contains(&req.allocatable_mb) || req.token.len() > 200 {
+    if !(16..=MAX_NODE_MB).contains(&req.allocatable_mb) || req.token.len() > 200 {
         return Err(ApiError::invalid("allocatable_mb out of range"));
     }
     match c
@@ -81,25 +86,26 @@ pub(super) async fn join(
 pub(super) async fn heartbeat(
     State(c): State<Arc<Control>>,
     NodeCaller(node): NodeCaller,
-    body: Result<Json<HeartbeatRequest>, JsonRejection>,
+    Body(req): Body<HeartbeatRequest>,
 ) -> ApiResult<StatusCode> {
-    let Json(req) = body?;
     if req.sessions.len() > MAX_REPORTED_SESSIONS
         || req.sessions.iter().any(|s| !is_session_id(&s.id))
     {
         return Err(ApiError::invalid("bad session report"));
     }
-    let changed = c
-        .store
-        .heartbeat(
-            &node,
-            req.allocatable_mb.max(0),
-            req.free_mb.max(0),
-            &req.isolation,
-            req.metrics_addr.as_deref().unwrap_or(""),
-            &req.sessions,
-        )
-        .await?;
+    // Clamped like a join's: a node cannot claim without end and draw
+    // every new session to itself.
+    let allocatable_mb = req.allocatable_mb.clamp(0, MAX_NODE_MB);
+    let hb = HeartbeatRequest {
+        allocatable_mb,
+        free_mb: req.free_mb.clamp(0, allocatable_mb),
+        disk: req.disk.map(|d| NodeDisk {
+            capacity_mb: d.capacity_mb.clamp(0, MAX_NODE_DISK_MB),
+            max_session_mb: d.max_session_mb.clamp(0, 4_194_304),
+        }),
+        ..req
+    };
+    let changed = c.store.heartbeat(&node, &hb).await?;
     // Creates waiting for `running` look again only when a status moved.
     if changed {
         c.reported.notify_waiters();
@@ -160,9 +166,8 @@ pub(super) async fn route(
 pub(super) async fn verify_node(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<VerifyNodeRequest>, JsonRejection>,
+    Body(req): Body<VerifyNodeRequest>,
 ) -> ApiResult<StatusCode> {
-    let Json(req) = body?;
     if c.store.verify_node(&req.node_id, &req.credential).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -173,9 +178,8 @@ pub(super) async fn verify_node(
 pub(super) async fn ssh_authorize(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<SshAuthorizeRequest>, JsonRejection>,
+    Body(req): Body<SshAuthorizeRequest>,
 ) -> ApiResult<Json<RouteResponse>> {
-    let Json(req) = body?;
     if !is_session_id(&req.session) {
         return Err(ApiError::not_found("no such session"));
     }
@@ -198,9 +202,8 @@ pub(super) async fn ssh_authorize(
 pub(super) async fn ssh_audit(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<SshAuditEvent>, JsonRejection>,
+    Body(e): Body<SshAuditEvent>,
 ) -> ApiResult<StatusCode> {
-    let Json(e) = body?;
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     // The tenant of a real session sees the attempts on it in its audit log.
     let tenant = if is_session_id(&e.session) {
@@ -242,9 +245,8 @@ pub(super) async fn ssh_audit(
 pub(super) async fn ssh_host_key(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<HostKeyRequest>, JsonRejection>,
+    Body(req): Body<HostKeyRequest>,
 ) -> ApiResult<StatusCode> {
-    let Json(req) = body?;
     let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
     if key.fingerprint != req.fingerprint {
         return Err(ApiError::invalid("the fingerprint does not match the key"));
@@ -258,9 +260,8 @@ pub(super) async fn ssh_host_key(
 pub(super) async fn grant(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<GrantRequest>, JsonRejection>,
+    Body(req): Body<GrantRequest>,
 ) -> ApiResult<Json<GrantResponse>> {
-    let Json(req) = body?;
     let claims = c.issuer.verify(&req.token).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -296,13 +297,19 @@ pub(super) async fn grant(
 pub(super) async fn refresh(
     State(c): State<Arc<Control>>,
     _: RelayCaller,
-    body: Result<Json<RefreshRequest>, JsonRejection>,
+    Body(req): Body<RefreshRequest>,
 ) -> ApiResult<Json<RefreshResponse>> {
-    let Json(req) = body?;
     if !is_session_id(&req.session) || req.refresh_token.len() > 200 {
         return Err(ApiError::not_found("no such session"));
     }
-    let Some((s, subject, scope)) = c.store.use_grant(&req.session, &req.refresh_token).await?
+    let Some((s, subject, scope)) = c
+        .store
+        .use_grant(
+            &req.session,
+            &req.refresh_token,
+            c.cfg.auth.grant_idle_secs as i64 * 1000,
+        )
+        .await?
     else {
         return Err(match c.store.session(&req.session).await {
             Ok(s) if s.status.is_live() => ApiError::new(

@@ -2,16 +2,22 @@
 //!
 //! # Layout
 //! - [`auth`]: callers as extractors (API key, admin, node, relay).
-//! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource.
+//! - [`body`]: request bodies (one JSON object, errors in the API's shape).
+//! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource;
+//!   [`grants`]: revoking a session's refresh grants.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
 //! - here: errors as answers, the router, per-address rate limits.
 mod auth;
+mod body;
+mod grants;
 mod internal;
 mod nodes;
 mod sessions;
 mod tenants;
 
 use auth::{Admin, Caller, NodeCaller, RelayCaller};
+use body::{Body, OptionalBody};
+use grants::*;
 use internal::*;
 use nodes::*;
 use sessions::*;
@@ -19,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tenants::*;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +39,7 @@ use crate::store::{
     constant_time_eq, now_ms,
 };
 use warren_proto::api::{
-    CreateSession, Session as ApiSession, SessionList, TokenRequest, TokenResponse,
+    CreateSession, Links, Session as ApiSession, SessionList, TokenRequest, TokenResponse,
 };
 use warren_proto::internal::{
     DesiredSession, GrantRequest, GrantResponse, HeartbeatRequest, HostKeyRequest, JoinRequest,
@@ -124,12 +129,6 @@ impl From<crate::issuer::SignError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-    }
-}
-
 type ApiResult<T> = Result<T, ApiError>;
 
 pub fn router(c: Arc<Control>) -> Router {
@@ -137,6 +136,7 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/token", post(session_token))
+        .route("/v1/sessions/{id}/grants", delete(revoke_grants))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/join-tokens", post(join_token))
         .route("/v1/nodes/{id}/{action}", post(node_action))

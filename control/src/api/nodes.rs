@@ -17,9 +17,9 @@ pub(super) struct JoinTokenReq {
 pub(super) async fn join_token(
     State(c): State<Arc<Control>>,
     Admin(p): Admin,
-    body: Option<Json<JoinTokenReq>>,
+    OptionalBody(body): OptionalBody<JoinTokenReq>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let ttl = body.and_then(|b| b.0.ttl_seconds).unwrap_or(3600);
+    let ttl = body.and_then(|b| b.ttl_seconds).unwrap_or(3600);
     if !(60..=7 * 86_400).contains(&ttl) {
         return Err(ApiError::invalid(
             "ttl_seconds must be between 60 and 604800",

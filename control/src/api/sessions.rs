@@ -2,7 +2,9 @@
 use super::*;
 
 impl Control {
-    fn view(&self, s: &Session, token: Option<(String, i64)>) -> ApiSession {
+    /// The session as the API shows it; `tokens` when this answer hands
+    /// out links (each with a token of its own scope).
+    fn view(&self, s: &Session, tokens: Option<&Minted>) -> ApiSession {
         let port = self
             .cfg
             .https_port
@@ -10,10 +12,22 @@ impl Control {
             .map(|p| format!(":{p}"))
             .unwrap_or_default();
         let base = format!("https://{}.{}{port}/", s.id, self.cfg.domain);
-        let url = match &token {
-            Some((t, _)) => format!("{base}?token={t}"),
-            None => base,
+        let preview_domain = self
+            .cfg
+            .preview_domain
+            .as_deref()
+            .unwrap_or(&self.cfg.domain);
+        let preview = format!("https://{{port}}-{}.{preview_domain}{port}/", s.id);
+        let with = |url: String, t: Option<&(String, i64)>| match t {
+            Some((t, _)) => format!("{url}?token={t}"),
+            None => url,
         };
+        let links = Links {
+            terminal: with(base.clone(), tokens.map(|m| &m.terminal)),
+            preview: with(preview, tokens.map(|m| &m.preview)),
+        };
+        let url = links.terminal.clone();
+        let token = tokens.map(|m| m.both.clone());
         let (host, sport) = match self
             .cfg
             .ssh_endpoint
@@ -34,6 +48,7 @@ impl Control {
             cpus: s.millicpus as f64 / 1000.0,
             disk_mb: (s.disk_mb > 0).then_some(s.disk_mb),
             url,
+            links: Some(links),
             ssh: format!("ssh -p {sport} {}@{host}", s.id),
             token: token.as_ref().map(|t| t.0.clone()),
             token_expires_at: token.map(|t| t.1),
@@ -42,7 +57,7 @@ impl Control {
         }
     }
 
-    async fn owned(&self, p: &Principal, id: &str) -> ApiResult<Session> {
+    pub(super) async fn owned(&self, p: &Principal, id: &str) -> ApiResult<Session> {
         if !is_session_id(id) {
             return Err(ApiError::not_found(format!("session {id} does not exist")));
         }
@@ -58,7 +73,7 @@ impl Control {
 pub(super) async fn create_session(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
-    body: Result<Json<CreateSession>, JsonRejection>,
+    Body(req): Body<CreateSession>,
 ) -> ApiResult<Response> {
     let started = std::time::Instant::now();
     if !c.limits.creates.allow(&p.tenant) {
@@ -68,17 +83,11 @@ pub(super) async fn create_session(
             "too many sessions created by this tenant in the last minute",
         ));
     }
-    let Json(req) = body?;
     let d = &c.cfg.sessions;
     let image = req.image.unwrap_or_else(|| d.image.clone());
-    if image.is_empty()
-        || image.len() > 255
-        || !image
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "._/:@-".contains(ch))
-    {
-        return Err(ApiError::invalid("image must be an image reference"));
-    }
+    // The engine's grammar: anything else (`--privileged`) never reaches
+    // a worker.
+    warren_proto::validate::image_reference(&image).map_err(ApiError::invalid)?;
     if let Some(registry) = image_registry(&image)
         && !d.allowed_registries.iter().any(|r| r == registry)
     {
@@ -97,12 +106,17 @@ pub(super) async fn create_session(
         ));
     }
     let cpus = req.cpus.unwrap_or(d.cpus);
-    if !(cpus > 0.0 && cpus <= 256.0) {
-        return Err(ApiError::invalid("cpus must be in (0, 256]"));
+    // The engine's smallest CPU share is 0.01; below it the worker would
+    // fail the session after control had placed it.
+    if !(0.01..=256.0).contains(&cpus) {
+        return Err(ApiError::invalid("cpus must be between 0.01 and 256"));
     }
-    let disk_mb = req.disk_mb.unwrap_or(0);
-    if disk_mb != 0 && !(64..=4_194_304).contains(&disk_mb) {
-        return Err(ApiError::invalid("disk_mb must be between 64 and 4194304"));
+    let disk_mb = req.disk_mb.unwrap_or(d.disk_mb as i64);
+    let max_disk = d.max_disk_mb as i64;
+    if disk_mb != 0 && !(64..=max_disk).contains(&disk_mb) {
+        return Err(ApiError::invalid(format!(
+            "disk_mb must be between 64 and {max_disk} (the operator's sessions.max_disk_mb)"
+        )));
     }
     let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
     let idle = req
@@ -124,7 +138,13 @@ pub(super) async fn create_session(
     let hb = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
     let s = match c
         .store
-        .create_session(&p.tenant, &spec, c.cfg.scheduler.strategy, hb)
+        .create_session(
+            &p.tenant,
+            &spec,
+            c.cfg.scheduler.strategy,
+            hb,
+            d.tenant_max_disk_mb as i64,
+        )
         .await
     {
         Ok(s) => s,
@@ -204,8 +224,21 @@ pub(super) async fn create_session(
         }
     };
     c.placement.observe(started.elapsed().as_secs_f64());
-    let token = c.issuer.mint(&s, &p.key_id, &Scope::claim(&Scope::ALL))?;
-    Ok((StatusCode::CREATED, Json(c.view(&s, Some(token)))).into_response())
+    let minted = Minted {
+        // `token`: both scopes, as before (for the API's caller, never put
+        // in a link).
+        both: c.issuer.mint(&s, &p.key_id, &Scope::claim(&Scope::ALL))?,
+        terminal: c.issuer.mint(&s, &p.key_id, Scope::Terminal.as_str())?,
+        preview: c.issuer.mint(&s, &p.key_id, Scope::Preview.as_str())?,
+    };
+    Ok((StatusCode::CREATED, Json(c.view(&s, Some(&minted)))).into_response())
+}
+
+/// Tokens minted for one answer: `(token, expires_at)`.
+struct Minted {
+    both: (String, i64),
+    terminal: (String, i64),
+    preview: (String, i64),
 }
 
 pub(super) async fn list_sessions(
@@ -253,20 +286,10 @@ pub(super) async fn session_token(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    OptionalBody(req): OptionalBody<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     // The body is optional: none (or `{}`) keeps both scopes, as before.
-    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("invalid JSON body: {e}"),
-            )
-        })?
-    };
+    let req = req.unwrap_or_default();
     let scopes: &[Scope] = match req.scope.as_deref() {
         None => &Scope::ALL,
         Some(name) => match Scope::parse(name) {

@@ -12,12 +12,11 @@ pub(super) struct TenantReq {
 pub(super) async fn create_tenant(
     State(c): State<Arc<Control>>,
     Admin(p): Admin,
-    body: Result<Json<TenantReq>, JsonRejection>,
+    Body(req): Body<TenantReq>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let Json(req) = body?;
-    if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(ApiError::invalid("name must be 1-100 characters"));
-    }
+    // Names are shown in lists, logs and terminals: no control or
+    // direction-changing characters.
+    warren_proto::validate::display_name("name", &req.name).map_err(ApiError::invalid)?;
     let ms = req
         .max_sessions
         .unwrap_or(c.cfg.sessions.tenant_max_sessions as i64);
@@ -76,9 +75,8 @@ pub(super) struct SshKeyReq {
 pub(super) async fn add_ssh_key(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
-    body: Result<Json<SshKeyReq>, JsonRejection>,
+    Body(req): Body<SshKeyReq>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let Json(req) = body?;
     let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
     let k = c.store.add_ssh_key(&p.tenant, &p.key_id, &key).await?;
     c.store

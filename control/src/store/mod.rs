@@ -182,7 +182,9 @@ pub struct Session {
     pub last_activity: i64,
 }
 
-pub use warren_proto::internal::{NodeIsolation, ReportedState, SessionReport};
+pub use warren_proto::internal::{
+    HeartbeatRequest, NodeDisk, NodeIsolation, ReportedState, SessionReport,
+};
 
 fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
     Ok(Session {

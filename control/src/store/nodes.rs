@@ -4,9 +4,9 @@
 use sqlx::Row;
 
 use super::{
-    ACTIVE, LIVE, NodeIsolation, NodeState, ReportedState, Result, SessionReport, SessionStatus,
-    Store, StoreError, bump_version, constant_time_eq, hash, now_ms, random_secret, sql, sql_in,
-    touch_node,
+    ACTIVE, HeartbeatRequest, LIVE, NodeDisk, NodeState, ReportedState, Result, SessionReport,
+    SessionStatus, Store, StoreError, bump_version, constant_time_eq, hash, now_ms, random_secret,
+    sql, sql_in, touch_node,
 };
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -109,21 +109,22 @@ impl Store {
     /// session's status changed (creates waiting on it look again then).
     /// A few statements whatever the number of sessions: one for the
     /// sessions that started, one for activity that moved.
-    pub async fn heartbeat(
-        &self,
-        node_id: &str,
-        allocatable_mb: i64,
-        free_mb: i64,
-        isolation: &NodeIsolation,
-        metrics_addr: &str,
-        reports: &[SessionReport],
-    ) -> Result<bool> {
+    /// The report's figures are taken as they are: the API clamps them.
+    pub async fn heartbeat(&self, node_id: &str, hb: &HeartbeatRequest) -> Result<bool> {
+        let (allocatable_mb, free_mb, isolation, reports) =
+            (hb.allocatable_mb, hb.free_mb, &hb.isolation, &hb.sessions);
+        let metrics_addr = hb.metrics_addr.as_deref().unwrap_or("");
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        let disk = hb.disk.unwrap_or(NodeDisk {
+            capacity_mb: 0,
+            max_session_mb: 0,
+        });
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
              state = CASE WHEN state IN {} THEN {} ELSE state END, \
-             security_profile = $5, disk_limits = $6, metrics_addr = $7 WHERE id = $4",
+             security_profile = $5, disk_limits = $6, metrics_addr = $7, \
+             disk_capacity_mb = $8, disk_max_mb = $9 WHERE id = $4",
             sql_in(&[NodeState::Joining, NodeState::Lost, NodeState::Unreachable]),
             sql(NodeState::Ready)
         )))
@@ -134,6 +135,8 @@ impl Store {
         .bind(&isolation.security_profile)
         .bind(isolation.disk_limits as i64)
         .bind(metrics_addr.chars().take(100).collect::<String>())
+        .bind(disk.capacity_mb)
+        .bind(disk.max_session_mb)
         .execute(&mut *tx)
         .await?;
         let mut changed = false;

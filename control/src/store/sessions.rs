@@ -19,19 +19,34 @@ pub struct NewSession {
     pub idle_timeout_ms: i64,
 }
 
-/// A node that could take a session: its id and memory figures.
-#[derive(Debug, Clone, PartialEq)]
+/// A node that could take a session: its id, memory and disk figures.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Candidate {
     pub id: String,
     pub allocatable_mb: i64,
     pub free_mb: i64,
     pub reserved_mb: i64,
+    /// Disk offered to sessions in all (0: the node does not limit session
+    /// disks, and they are not counted there).
+    pub disk_capacity_mb: i64,
+    /// The most disk one session may have there.
+    pub disk_max_mb: i64,
+    /// Disk its live sessions hold.
+    pub disk_reserved_mb: i64,
 }
 
 impl Candidate {
     /// What is not reserved, bounded by what the node reports free.
     pub fn headroom_mb(&self) -> i64 {
         (self.allocatable_mb - self.reserved_mb).min(self.free_mb)
+    }
+
+    /// Whether a session disk of `disk_mb` fits: within the node's
+    /// per-session maximum and what it has not promised yet.
+    pub fn disk_fits(&self, disk_mb: i64) -> bool {
+        self.disk_capacity_mb == 0
+            || (disk_mb <= self.disk_max_mb
+                && self.disk_reserved_mb + disk_mb <= self.disk_capacity_mb)
     }
 }
 
@@ -41,10 +56,14 @@ impl Candidate {
 pub fn pick_node(
     candidates: &[Candidate],
     memory_mb: i64,
+    disk_mb: i64,
     strategy: Strategy,
 ) -> Option<&Candidate> {
     let mut best: Option<&Candidate> = None;
-    for c in candidates.iter().filter(|c| c.headroom_mb() >= memory_mb) {
+    for c in candidates
+        .iter()
+        .filter(|c| c.headroom_mb() >= memory_mb && c.disk_fits(disk_mb))
+    {
         let better = match (best, strategy) {
             (None, _) => true,
             (Some(b), Strategy::Spread) => c.headroom_mb() > b.headroom_mb(),
@@ -66,22 +85,29 @@ impl Store {
         spec: &NewSession,
         strategy: Strategy,
         heartbeat_timeout_ms: i64,
+        tenant_disk_default_mb: i64,
     ) -> Result<Session> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
-        let t = sqlx::query("SELECT max_sessions, max_memory_mb FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
+        let t = sqlx::query(
+            "SELECT max_sessions, max_memory_mb, max_disk_mb FROM tenants WHERE id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
         let (max_s, max_m): (i64, i64) = (t.try_get("max_sessions")?, t.try_get("max_memory_mb")?);
+        let max_d = match t.try_get::<i64, _>("max_disk_mb")? {
+            0 => tenant_disk_default_mb,
+            set => set,
+        };
         let active = sql_in(&ACTIVE);
-        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m FROM sessions WHERE tenant_id = $1 AND status IN {active}")))
+        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m, CAST(COALESCE(SUM(disk_mb), 0) AS BIGINT) AS d FROM sessions WHERE tenant_id = $1 AND status IN {active}")))
             .bind(tenant)
             .fetch_one(&mut *tx)
             .await?;
-        let (n, m): (i64, i64) = (u.try_get("n")?, u.try_get("m")?);
+        let (n, m, d): (i64, i64, i64) = (u.try_get("n")?, u.try_get("m")?, u.try_get("d")?);
         if n + 1 > max_s {
             return Err(StoreError::QuotaExceeded(format!(
                 "tenant {tenant} may run {max_s} sessions at once and runs {n}"
@@ -93,9 +119,16 @@ impl Store {
                 spec.memory_mb
             )));
         }
+        if d + spec.disk_mb > max_d {
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} may hold {max_d} MB of disk in all; {d} MB are held and {} MB were asked for",
+                spec.disk_mb
+            )));
+        }
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT n.id, n.allocatable_mb, n.free_mb, \
-             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved \
+            "SELECT n.id, n.allocatable_mb, n.free_mb, n.disk_capacity_mb, n.disk_max_mb, \
+             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved, \
+             (SELECT CAST(COALESCE(SUM(s.disk_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS disk_reserved \
              FROM nodes n WHERE n.state = {} AND n.cordoned = 0 AND n.last_heartbeat > $1 ORDER BY n.id",
             sql(NodeState::Ready)
         )))
@@ -110,14 +143,32 @@ impl Store {
                     allocatable_mb: r.try_get("allocatable_mb")?,
                     free_mb: r.try_get("free_mb")?,
                     reserved_mb: r.try_get("reserved")?,
+                    disk_capacity_mb: r.try_get("disk_capacity_mb")?,
+                    disk_max_mb: r.try_get("disk_max_mb")?,
+                    disk_reserved_mb: r.try_get("disk_reserved")?,
                 })
             })
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-        let Some(node) = pick_node(&candidates, spec.memory_mb, strategy).map(|c| c.id.clone())
+        let Some(node) =
+            pick_node(&candidates, spec.memory_mb, spec.disk_mb, strategy).map(|c| c.id.clone())
         else {
+            // Over every limiting node's per-session maximum: the ask, not
+            // the cluster's load, is wrong.
+            if !candidates.is_empty()
+                && candidates
+                    .iter()
+                    .all(|c| c.disk_capacity_mb > 0 && spec.disk_mb > c.disk_max_mb)
+            {
+                let most = candidates.iter().map(|c| c.disk_max_mb).max().unwrap_or(0);
+                return Err(StoreError::Invalid(format!(
+                    "disk_mb {} is more than any node allows a session ({most} MB)",
+                    spec.disk_mb
+                )));
+            }
             return Err(StoreError::NoCapacity(format!(
-                "no ready node has {} MB of memory headroom ({} ready nodes)",
+                "no ready node has {} MB of memory and {} MB of disk headroom ({} ready nodes)",
                 spec.memory_mb,
+                spec.disk_mb,
                 rows.len()
             )));
         };
@@ -251,6 +302,7 @@ mod tests {
             allocatable_mb: alloc,
             free_mb: free,
             reserved_mb: reserved,
+            ..Default::default()
         }
     }
 
@@ -261,23 +313,45 @@ mod tests {
             node("b", 8192, 2048, 0),    // free bounds it: 2048
             node("c", 8192, 8192, 7680), // 512
         ];
-        let pick = |mb, s| pick_node(&nodes, mb, s).map(|c| c.id.as_str());
+        let pick = |mb, s| pick_node(&nodes, mb, 0, s).map(|c| c.id.as_str());
         assert_eq!(pick(256, Strategy::Spread), Some("a"));
         assert_eq!(pick(256, Strategy::Binpack), Some("c"));
         // c has too little room for 1 GiB; b is the tightest that fits.
         assert_eq!(pick(1024, Strategy::Binpack), Some("b"));
         assert_eq!(pick(3072, Strategy::Binpack), Some("a"));
         assert_eq!(pick(3073, Strategy::Spread), None);
-        assert_eq!(pick_node(&[], 1, Strategy::Spread), None);
+        assert_eq!(pick_node(&[], 1, 0, Strategy::Spread), None);
         // Ties go to the first (ids come ordered from the database).
         let tied = [node("x", 1000, 1000, 0), node("y", 1000, 1000, 0)];
         assert_eq!(
-            pick_node(&tied, 10, Strategy::Spread).map(|c| c.id.as_str()),
+            pick_node(&tied, 10, 0, Strategy::Spread).map(|c| c.id.as_str()),
             Some("x")
         );
         assert_eq!(
-            pick_node(&tied, 10, Strategy::Binpack).map(|c| c.id.as_str()),
+            pick_node(&tied, 10, 0, Strategy::Binpack).map(|c| c.id.as_str()),
             Some("x")
         );
+    }
+
+    #[test]
+    fn disk_is_placed_like_memory_and_never_over_promised() {
+        let disk = |id: &str, cap, max, held| Candidate {
+            disk_capacity_mb: cap,
+            disk_max_mb: max,
+            disk_reserved_mb: held,
+            ..node(id, 4096, 4096, 0)
+        };
+        let nodes = [disk("a", 10_000, 4096, 8_000), disk("b", 10_000, 2048, 0)];
+        let pick = |mb| pick_node(&nodes, 256, mb, Strategy::Spread).map(|c| c.id.as_str());
+        // a has 2,000 MB left, b allows 2,048 per session.
+        assert_eq!(pick(2048), Some("b"), "a has 2,000 MB left");
+        assert_eq!(pick(2049), None, "over b's maximum and a's room");
+        assert_eq!(pick(1000), Some("a"));
+        // Sparse files or not, a node never promises more than it offers.
+        let full = [disk("c", 10_000, 10_000, 9_999)];
+        assert_eq!(pick_node(&full, 256, 2, Strategy::Spread), None);
+        // A node that does not limit disk does not count it.
+        let unlimited = [node("d", 4096, 4096, 0)];
+        assert!(pick_node(&unlimited, 256, 1_000_000, Strategy::Spread).is_some());
     }
 }

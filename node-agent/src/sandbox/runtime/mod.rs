@@ -97,7 +97,8 @@ impl DockerRuntime {
     pub fn disk_offer(&self) -> Option<warren_proto::internal::NodeDisk> {
         self.disk_limits()
             .then_some(warren_proto::internal::NodeDisk {
-                capacity_mb: self.disk_capacity_mb as i64,
+                // At least 1: 0 would mean "not counted" to control.
+            capacity_mb: self.disk_capacity_mb.max(1) as i64,
                 max_session_mb: self.cfg.max_disk_mb as i64,
             })
     }
