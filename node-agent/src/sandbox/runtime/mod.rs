@@ -98,7 +98,7 @@ impl DockerRuntime {
         self.disk_limits()
             .then_some(warren_proto::internal::NodeDisk {
                 // At least 1: 0 would mean "not counted" to control.
-            capacity_mb: self.disk_capacity_mb.max(1) as i64,
+                capacity_mb: self.disk_capacity_mb.max(1) as i64,
                 max_session_mb: self.cfg.max_disk_mb as i64,
             })
     }
