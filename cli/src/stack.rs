@@ -182,6 +182,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             cert_file: None,
             key_file: None,
             hsts_max_age_secs: 31_536_000,
+            max_connections_per_address: 256,
         },
         http: http_addr.map(|listen| ListenConfig { listen }),
         admin: None,

@@ -71,6 +71,14 @@ pub struct HttpsConfig {
     /// the host.
     #[serde(default = "default_hsts")]
     pub hsts_max_age_secs: u64,
+    /// Open connections one client address (IPv6: its /64) may hold on
+    /// this listener, counted before the TLS handshake; more are refused.
+    #[serde(default = "default_per_address")]
+    pub max_connections_per_address: usize,
+}
+
+fn default_per_address() -> usize {
+    256
 }
 
 fn default_hsts() -> u64 {
@@ -145,6 +153,12 @@ impl Validate for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.domain;
         check_dns_name("domain", d, "warren.example.com")?;
+        if !(1..=100_000).contains(&self.https.max_connections_per_address) {
+            return Err(ConfigError::invalid(
+                "https.max_connections_per_address",
+                "must be between 1 and 100000",
+            ));
+        }
         if self.https.hsts_max_age_secs > 63_072_000 {
             return Err(ConfigError::invalid(
                 "https.hsts_max_age_secs",

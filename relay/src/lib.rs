@@ -26,6 +26,7 @@ pub mod access;
 pub mod assets;
 pub mod auth;
 pub mod certs;
+pub mod conn_cap;
 pub mod connector;
 pub mod control;
 pub mod host;
@@ -227,6 +228,12 @@ pub async fn start(
             crate::http::EXCHANGE_LIMIT,
             std::time::Duration::from_secs(60),
         ),
+        control_tls: match &cfg.control {
+            Some(c) => {
+                crate::http::proxy::ControlTls::from_url(&c.url, control_ca(&cfg)?.as_deref())?
+            }
+            None => None,
+        },
         policy: Policy {
             domain: cfg.domain.clone(),
             preview_domain: cfg.preview_domain.clone(),
@@ -257,6 +264,12 @@ pub async fn start(
     fds.lock()
         .add(https_addr.clone(), listeners.https.into_raw_fd());
     service.add_tls_with_settings(&https_addr, None, tls);
+    // Connections per client address, capped before the TLS handshake.
+    service
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(crate::conn_cap::PerAddress::new(
+            cfg.https.max_connections_per_address,
+        )));
     info!(addr = %https_addr, domain = %cfg.domain, "https listening");
     if let Some(http) = listeners.http {
         let addr = http.local_addr()?.to_string();

@@ -977,3 +977,65 @@ async fn silent_tls_connections_are_closed() {
         "a silent connection was still open after 90 s: {r:?}"
     );
 }
+
+/// Whether the relay closed `s` (EOF or reset) before the deadline; an
+/// open connection the relay holds is still waiting then.
+async fn closed_by_relay(mut s: tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// A black-box probe held 2,000 idle TLS connections from one address.
+/// Connections are counted per address before the handshake: past the cap
+/// (256) they are closed at once, while another address is served, and
+/// slots come back when connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_before_tls() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let st = Stack::start("hostile-conncap").await;
+    let cap = 256;
+    let mut held = Vec::new();
+    for _ in 0..cap + 44 {
+        held.push(tokio::net::TcpStream::connect(st.https).await.unwrap());
+    }
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let other = other.connect(st.https).await.unwrap();
+    let checks = futures_util::future::join_all(
+        held.into_iter()
+            .chain(std::iter::once(other))
+            .map(closed_by_relay),
+    )
+    .await;
+    let (from_one, from_other) = checks.split_at(cap + 44);
+    assert_eq!(
+        from_one.iter().filter(|c| **c).count(),
+        44,
+        "connections past the cap from one address"
+    );
+    assert!(!from_other[0], "another address was refused");
+    // Every one of them is closed now: the address is served again once
+    // the relay has seen them go.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = tokio::net::TcpStream::connect(st.https).await.unwrap();
+        let mut buf = [0u8; 1];
+        let mut s = s;
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut buf)).await;
+        if waited.is_err() {
+            break; // held open: a slot was free
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slots never came back"
+        );
+    }
+    let r = st.request(DOMAIN, "GET", "/healthz", &[]).await;
+    assert_ne!(r.status, 0, "the address was not served again: {r:?}");
+}
