@@ -345,6 +345,7 @@ key_file = "{key_file}"
                 format!(
                     r#"domain = "warren.localhost"
 data_dir = "{data}"
+control_upstream = "127.0.0.1:{api}"
 [https]
 listen = "127.0.0.1:{https}"
 [http]
@@ -361,6 +362,7 @@ url = "{all_controls}"
 secret = "{RELAY_SECRET}"
 ca_file = "{ca}"
 "#,
+                    api = control_ports[0],
                     ca = ca_file.display(),
                     data = dir.join(format!("relay-{r}")).display(),
                     https = p.https,
@@ -531,6 +533,24 @@ async fn a_cluster_survives_losing_a_control_replica_a_relay_and_a_worker() {
         "control answered plain HTTP: {:?}",
         plain.map(|r| r.status())
     );
+    // `api.<domain>` on a relay reaches control over TLS (it would get
+    // nothing over plain HTTP), trusting control's CA.
+    let api = reqwest::Client::builder()
+        .resolve(
+            "api.warren.localhost",
+            std::net::SocketAddr::from(([127, 0, 0, 1], c.relay_ports[0].http)),
+        )
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://api.warren.localhost:{}/healthz",
+            c.relay_ports[0].http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 200, "api.<domain> to TLS control");
+    assert_eq!(api.text().await.unwrap(), "ok\n");
 
     // Prometheus, scraping every part each second.
     let prom_port = free_tcp();
