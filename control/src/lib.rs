@@ -188,27 +188,23 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
         }
         match c.store.mark_lost(timeout, grace).await {
             Ok((unreachable, lost)) => {
-                for n in unreachable {
+                for n in &unreachable {
                     warn!(node = %n, "node unreachable: no heartbeat; its sessions stay up");
-                    c.store
-                        .audit(NewAudit {
-                            actor: "control",
-                            tenant: "",
-                            action: "node.unreachable",
-                            target: &n,
-                            detail: "no heartbeat",
-                            ..NewAudit::OK
-                        })
-                        .await;
                 }
-                for n in lost {
+                for n in &lost {
                     warn!(node = %n, "node lost: no heartbeat");
+                }
+                let moved = unreachable
+                    .iter()
+                    .map(|n| ("node.unreachable", n))
+                    .chain(lost.iter().map(|n| ("node.lost", n)));
+                for (action, n) in moved {
                     c.store
                         .audit(NewAudit {
                             actor: "control",
                             tenant: "",
-                            action: "node.lost",
-                            target: &n,
+                            action,
+                            target: n,
                             detail: "no heartbeat",
                             ..NewAudit::OK
                         })

@@ -19,68 +19,57 @@ pub(super) async fn join(
     if !(16..=MAX_NODE_MB).contains(&req.allocatable_mb) || req.token.len() > 200 {
         return Err(ApiError::invalid("allocatable_mb out of range"));
     }
-    match c
+    let joined = c
         .store
         .join(&req.token, &req.node_id, req.allocatable_mb)
-        .await
-    {
-        Ok(credential) => {
-            c.store
-                .audit(NewAudit {
-                    actor: &format!("node:{}", req.node_id),
-                    tenant: "",
-                    action: "node.join",
-                    target: &req.node_id,
-                    ..NewAudit::OK
-                })
-                .await;
-            let relays: Vec<_> = c
-                .cfg
-                .relays
-                .iter()
-                .map(|r| {
-                    let ca = r
-                        .ca_file
-                        .as_ref()
-                        .and_then(|p| std::fs::read_to_string(p).ok());
-                    RelayInfo {
-                        addr: r.addr.clone(),
-                        server_name: r.server_name.clone(),
-                        ca_pem: ca,
-                    }
-                })
-                .collect();
-            Ok(Json(JoinResponse {
-                node_id: req.node_id,
-                credential,
-                relays,
-                control_urls: c.cfg.control_urls.clone(),
-            }))
+        .await;
+    let detail = joined.as_ref().err().map(ToString::to_string);
+    c.store
+        .audit(NewAudit {
+            actor: &format!("node:{}", req.node_id),
+            tenant: "",
+            action: "node.join",
+            target: &req.node_id,
+            outcome: if detail.is_some() { "refused" } else { "ok" },
+            detail: detail.as_deref().unwrap_or(""),
+        })
+        .await;
+    let credential = match joined {
+        Ok(credential) => credential,
+        Err(StoreError::Conflict(m)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "node_exists", m));
         }
+        Err(e @ StoreError::Db(_)) => return Err(e.into()),
         Err(e) => {
-            c.store
-                .audit(NewAudit {
-                    actor: &format!("node:{}", req.node_id),
-                    tenant: "",
-                    action: "node.join",
-                    target: &req.node_id,
-                    outcome: "refused",
-                    detail: &e.to_string(),
-                })
-                .await;
-            match e {
-                StoreError::Conflict(m) => {
-                    Err(ApiError::new(StatusCode::CONFLICT, "node_exists", m))
-                }
-                StoreError::Db(_) => Err(e.into()),
-                e => Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "join_refused",
-                    e.to_string(),
-                )),
-            }
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "join_refused",
+                e.to_string(),
+            ));
         }
-    }
+    };
+    let relays: Vec<_> = c
+        .cfg
+        .relays
+        .iter()
+        .map(|r| {
+            let ca = r
+                .ca_file
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            RelayInfo {
+                addr: r.addr.clone(),
+                server_name: r.server_name.clone(),
+                ca_pem: ca,
+            }
+        })
+        .collect();
+    Ok(Json(JoinResponse {
+        node_id: req.node_id,
+        credential,
+        relays,
+        control_urls: c.cfg.control_urls.clone(),
+    }))
 }
 
 pub(super) async fn heartbeat(

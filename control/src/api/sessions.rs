@@ -149,29 +149,18 @@ pub(super) async fn create_session(
     {
         Ok(s) => s,
         Err(e) => {
-            c.store
-                .audit(NewAudit {
-                    actor: &p.key_id,
-                    tenant: &p.tenant,
-                    action: "session.create",
-                    target: "-",
-                    outcome: "refused",
-                    detail: &e.to_string(),
-                })
-                .await;
+            audit_create(&c, &p, "-", "refused", &e.to_string()).await;
             return Err(e.into());
         }
     };
-    c.store
-        .audit(NewAudit {
-            actor: &p.key_id,
-            tenant: &p.tenant,
-            action: "session.create",
-            target: &s.id,
-            outcome: "scheduled",
-            detail: &format!("node {} memory {} MB", s.node, s.memory_mb),
-        })
-        .await;
+    audit_create(
+        &c,
+        &p,
+        &s.id,
+        "scheduled",
+        &format!("node {} memory {} MB", s.node, s.memory_mb),
+    )
+    .await;
     // Answer once it runs, or fail clearly after the deadline.
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
@@ -185,16 +174,7 @@ pub(super) async fn create_session(
             }
             SessionStatus::Pending => {
                 c.store.stop_session(&s.id, "did not start in time").await?;
-                c.store
-                    .audit(NewAudit {
-                        actor: &p.key_id,
-                        tenant: &p.tenant,
-                        action: "session.create",
-                        target: &s.id,
-                        outcome: "timeout",
-                        ..NewAudit::OK
-                    })
-                    .await;
+                audit_create(&c, &p, &s.id, "timeout", "").await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "start_timeout",
@@ -205,16 +185,7 @@ pub(super) async fn create_session(
                 ));
             }
             other => {
-                c.store
-                    .audit(NewAudit {
-                        actor: &p.key_id,
-                        tenant: &p.tenant,
-                        action: "session.create",
-                        target: &s.id,
-                        outcome: "failed",
-                        detail: &s.reason,
-                    })
-                    .await;
+                audit_create(&c, &p, &s.id, "failed", &s.reason).await;
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "session_failed",
@@ -328,4 +299,18 @@ pub(super) async fn session_token(
         expires_at: exp,
         scope: scope.to_string(),
     }))
+}
+
+/// Audits one step of a create (refused, scheduled, timeout, failed).
+async fn audit_create(c: &Control, p: &Principal, target: &str, outcome: &str, detail: &str) {
+    c.store
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &p.tenant,
+            action: "session.create",
+            target,
+            outcome,
+            detail,
+        })
+        .await;
 }

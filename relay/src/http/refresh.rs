@@ -13,6 +13,7 @@ use super::cookies::{
     token_cookie,
 };
 use crate::auth::Scope;
+use crate::limits::FailureLimiter;
 use crate::pages::Answer;
 use crate::routes::Refreshed;
 
@@ -31,6 +32,23 @@ fn well_formed_grant(g: &str) -> bool {
     g.len() == 43 && g.starts_with("wr_") && g[3..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Counts one request against the client's address; `true` when the
+/// address is already over `limiter`'s limit (the request is refused).
+fn over_limit(session: &Session, limiter: &FailureLimiter) -> bool {
+    let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    else {
+        return false;
+    };
+    if limiter.limited(ip) {
+        return true;
+    }
+    limiter.fail(ip);
+    false
+}
+
 impl RelayProxy {
     /// `POST /_warren/refresh` (the policy has checked method and origin):
     /// 204 with the cookie; 401 when the grant is unknown (sign in again);
@@ -42,24 +60,14 @@ impl RelayProxy {
         tls: bool,
     ) -> pingora::Result<bool> {
         let grants = all_cookie_tokens(session.req_header(), refresh_cookie_name(tls));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(ip) = peer {
-            if self.refresh_limiter.limited(ip) {
-                return answer(
-                    session,
-                    Answer::new(
-                        429,
-                        "rate_limited",
-                        "Too many renewals",
-                        "Too many token renewals from this address; try again in a minute.",
-                    ),
-                )
-                .await;
-            }
-            self.refresh_limiter.fail(ip);
+        if over_limit(session, &self.refresh_limiter) {
+            let a = Answer::new(
+                429,
+                "rate_limited",
+                "Too many renewals",
+                "Too many token renewals from this address; try again in a minute.",
+            );
+            return answer(session, a).await;
         }
         let mut outcome = Refreshed::Invalid;
         for g in grants.iter().filter(|g| well_formed_grant(g)).take(2) {
@@ -134,24 +142,14 @@ impl RelayProxy {
         tls: bool,
     ) -> pingora::Result<bool> {
         // Counted before anything is verified or written.
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            if self.exchange_limiter.limited(ip) {
-                return answer(
-                    session,
-                    Answer::new(
-                        429,
-                        "rate_limited",
-                        "Too many links opened",
-                        "Too many session links opened from this address; try again in a minute.",
-                    ),
-                )
-                .await;
-            }
-            self.exchange_limiter.fail(ip);
+        if over_limit(session, &self.exchange_limiter) {
+            let a = Answer::new(
+                429,
+                "rate_limited",
+                "Too many links opened",
+                "Too many session links opened from this address; try again in a minute.",
+            );
+            return answer(session, a).await;
         }
         let claims = match self.authorize(&[token.to_string()], sid, scope).await {
             Ok(grant) => grant.claims,

@@ -255,20 +255,25 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// The authenticated session and a channel slot, or why a channel is refused.
-    fn channel_slot(
+    /// The authenticated session and a channel slot; `None` when the
+    /// channel was refused (and told why).
+    async fn channel_slot(
         &self,
-    ) -> Result<(Target, tokio::sync::OwnedSemaphorePermit), ChannelOpenFailure> {
-        let target = self
-            .target
-            .clone()
-            .ok_or(ChannelOpenFailure::AdministrativelyProhibited)?;
-        let slot = self
-            .channels
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ChannelOpenFailure::ResourceShortage)?;
-        Ok((target, slot))
+        reply: ChannelOpenHandle,
+    ) -> Option<(Target, tokio::sync::OwnedSemaphorePermit, ChannelOpenHandle)> {
+        let Some(target) = self.target.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return None;
+        };
+        match self.channels.clone().try_acquire_owned() {
+            Ok(slot) => Some((target, slot, reply)),
+            Err(_) => {
+                reply.reject(ChannelOpenFailure::ResourceShortage).await;
+                None
+            }
+        }
     }
 }
 
@@ -293,12 +298,8 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (target, slot) = match self.channel_slot() {
-            Ok(x) => x,
-            Err(why) => {
-                reply.reject(why).await;
-                return Ok(());
-            }
+        let Some((target, slot, reply)) = self.channel_slot(reply).await else {
+            return Ok(());
         };
         reply.accept().await;
         let (ctx, handle, peer) = (self.ctx.clone(), session.handle(), self.peer);
@@ -319,12 +320,8 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (target, slot) = match self.channel_slot() {
-            Ok(x) => x,
-            Err(why) => {
-                reply.reject(why).await;
-                return Ok(());
-            }
+        let Some((target, slot, reply)) = self.channel_slot(reply).await else {
+            return Ok(());
         };
         // Only the session itself: the agent reaches its ports, nothing else.
         let local = matches!(
