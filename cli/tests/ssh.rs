@@ -312,9 +312,16 @@ async fn openssh_through_the_relay() {
         // ssh is not this PTY's session leader: tell it as the kernel would.
         let pid = rustix::process::Pid::from_raw(p.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::WINCH).unwrap();
-        // The window change travels ahead of the next keystrokes.
-        p.master.write_all(b"stty size\r").unwrap();
-        p.wait_for(b"50 132");
+        // ssh sends the window change when its loop next looks, which may
+        // come after it forwarded the next keystrokes: the shell waits for
+        // the new size to arrive (a test that never sees it times out).
+        p.master
+            .write_all(
+                b"while [ \"$(stty size)\" != \"$((25*2)) $((66*2))\" ]; do sleep 0.05; done; \
+                  echo size-$(stty size | tr ' ' x)\r",
+            )
+            .unwrap();
+        p.wait_for(b"size-50x132");
         p.master.write_all(b"exit 3\r").unwrap();
         let code = p.child.wait().unwrap().code();
         // What the user saw after `exit 3`, for the message below.

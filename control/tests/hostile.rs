@@ -203,14 +203,42 @@ async fn links_are_scoped_and_grants_end() {
     assert_eq!(s, 204);
     let (s, r) = refresh(secret).await;
     assert_eq!(s, 401, "a revoked grant renewed: {r}");
+    // The token the link carried (still valid for minutes) mints no new
+    // grant either: revoking ends what the link was exchanged for.
+    let (s, g) = grant(token_in(terminal)).await;
+    assert_eq!(
+        (s, g["error"]["code"].as_str()),
+        (401, Some("revoked")),
+        "{g}"
+    );
     let (_, audit) = c.call("GET", "/v1/audit", ADMIN, None).await;
     assert!(
         audit.to_string().contains("session.grants_revoke"),
         "{audit}"
     );
 
-    // A grant ends with its session.
-    let (_, g) = grant(token_in(terminal)).await;
+    // A grant ends with its session. A link minted after the revocation
+    // (in a later second than it) gets a grant again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let g = loop {
+        let (_, t) = c
+            .call(
+                "POST",
+                &format!("/v1/sessions/{id}/token"),
+                ADMIN,
+                Some(json!({"scope": "terminal"})),
+            )
+            .await;
+        let (s, g) = grant(t["token"].as_str().unwrap()).await;
+        if s == 200 {
+            break g;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no grant after revocation: {g}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let secret = g["refresh_token"].as_str().unwrap().to_string();
     let (s, _) = c
         .call("DELETE", &format!("/v1/sessions/{id}"), ADMIN, None)

@@ -379,6 +379,12 @@ impl Agent {
 
     /// Cancelled when the session is deleted: its terminals close with 4404.
     fn gone_token(&self, id: &str) -> CancellationToken {
+        if !self.sessions.contains_key(id) {
+            // Removed meanwhile: gone already, and nothing kept for it.
+            let t = CancellationToken::new();
+            t.cancel();
+            return t;
+        }
         self.gone.entry(id.to_string()).or_default().clone()
     }
 

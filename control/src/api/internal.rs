@@ -263,7 +263,12 @@ pub(super) async fn grant(
     }
     let (secret, exp) = c
         .store
-        .create_grant(&claims.sid, &claims.sub, &claims.scope)
+        .create_grant(
+            &claims.sid,
+            &claims.sub,
+            &claims.scope,
+            claims.iat.unwrap_or(0).min(i64::MAX as u64 / 1000) as i64 * 1000,
+        )
         .await?;
     c.store
         .audit(NewAudit {

@@ -106,6 +106,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Revoked(m) => ApiError::new(StatusCode::UNAUTHORIZED, "revoked", m),
             StoreError::Db(e) => {
                 tracing::error!("database error: {e}");
                 ApiError::new(

@@ -111,13 +111,18 @@ pub(super) async fn create_session(
     if !(0.01..=256.0).contains(&cpus) {
         return Err(ApiError::invalid("cpus must be between 0.01 and 256"));
     }
-    let disk_mb = req.disk_mb.unwrap_or(d.disk_mb as i64);
     let max_disk = d.max_disk_mb as i64;
-    if disk_mb != 0 && !(64..=max_disk).contains(&disk_mb) {
-        return Err(ApiError::invalid(format!(
-            "disk_mb must be between 64 and {max_disk} (the operator's sessions.max_disk_mb)"
-        )));
-    }
+    // An asked disk is 64..=max (0 would be counted as nothing while the
+    // worker gives its own default); the default may be 0 by the operator.
+    let disk_mb = match req.disk_mb {
+        Some(asked) if !(64..=max_disk).contains(&asked) => {
+            return Err(ApiError::invalid(format!(
+                "disk_mb must be between 64 and {max_disk} (the operator's sessions.max_disk_mb)"
+            )));
+        }
+        Some(asked) => asked,
+        None => d.disk_mb as i64,
+    };
     let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
     let idle = req
         .idle_timeout_seconds
@@ -132,6 +137,7 @@ pub(super) async fn create_session(
         memory_mb,
         millicpus: (cpus * 1000.0) as i64,
         disk_mb,
+        disk_asked: req.disk_mb.is_some(),
         ttl_ms: ttl * 1000,
         idle_timeout_ms: idle * 1000,
     };

@@ -8,12 +8,16 @@ use super::{LIVE, Result, Session, Store, StoreError, hash, now_ms, random_secre
 
 impl Store {
     /// Stores a refresh grant for `session` (a live one) and returns the
-    /// secret and when it ends (the session's end, in ms).
+    /// secret and when it ends (the session's end, in ms). `issued_ms`:
+    /// when the token it is exchanged for was minted (tokens say it in whole
+    /// seconds): one minted in the second of the revocation or before gets
+    /// none.
     pub async fn create_grant(
         &self,
         session: &str,
         subject: &str,
         scope: &str,
+        issued_ms: i64,
     ) -> Result<(String, i64)> {
         let s = self.session(session).await?;
         if !s.status.is_live() {
@@ -21,6 +25,16 @@ impl Store {
                 "session {session} is {}",
                 s.status
             )));
+        }
+        let revoked: i64 =
+            sqlx::query_scalar("SELECT grants_revoked_at FROM sessions WHERE id = $1")
+                .bind(session)
+                .fetch_one(&self.pool)
+                .await?;
+        if revoked > 0 && issued_ms <= revoked {
+            return Err(StoreError::Revoked(
+                "this link was revoked: ask for a new one".into(),
+            ));
         }
         let secret = random_secret("wr");
         let now = now_ms();
@@ -85,11 +99,16 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        sqlx::query("UPDATE refresh_grants SET last_used = $1 WHERE hash = $2")
+        // Revoked meanwhile (the row is gone): nothing is renewed.
+        let touched = sqlx::query("UPDATE refresh_grants SET last_used = $1 WHERE hash = $2")
             .bind(now)
             .bind(hash(secret))
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
+        if touched != 1 {
+            return Ok(None);
+        }
         Ok(Some((s, subject, scope)))
     }
 
@@ -111,13 +130,20 @@ impl Store {
     /// Ends every refresh grant of `session` (pages opened with its links
     /// must sign in again); how many there were.
     pub async fn revoke_grants(&self, session: &str) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM refresh_grants WHERE session_id = $1")
-                .bind(session)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
+        let mut tx = self.pool.begin().await?;
+        // Tokens minted until now mint no new grant either.
+        sqlx::query("UPDATE sessions SET grants_revoked_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM refresh_grants WHERE session_id = $1")
+            .bind(session)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 }
 

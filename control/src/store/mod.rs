@@ -40,6 +40,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A credential that was revoked.
+    #[error("{0}")]
+    Revoked(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 }

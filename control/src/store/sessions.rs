@@ -15,6 +15,9 @@ pub struct NewSession {
     pub memory_mb: i64,
     pub millicpus: i64,
     pub disk_mb: i64,
+    /// The caller asked for this disk (not the default): only nodes that
+    /// limit session disks may take it.
+    pub disk_asked: bool,
     pub ttl_ms: i64,
     pub idle_timeout_ms: i64,
 }
@@ -42,11 +45,14 @@ impl Candidate {
     }
 
     /// Whether a session disk of `disk_mb` fits: within the node's
-    /// per-session maximum and what it has not promised yet.
-    pub fn disk_fits(&self, disk_mb: i64) -> bool {
-        self.disk_capacity_mb == 0
-            || (disk_mb <= self.disk_max_mb
-                && self.disk_reserved_mb + disk_mb <= self.disk_capacity_mb)
+    /// per-session maximum and what it has not promised yet. A node that
+    /// does not limit disk (capacity 0) takes only disks nobody asked for,
+    /// and runs them without a limit.
+    pub fn disk_fits(&self, disk_mb: i64, asked: bool) -> bool {
+        if self.disk_capacity_mb == 0 {
+            return !asked;
+        }
+        disk_mb <= self.disk_max_mb && self.disk_reserved_mb + disk_mb <= self.disk_capacity_mb
     }
 }
 
@@ -56,13 +62,13 @@ impl Candidate {
 pub fn pick_node(
     candidates: &[Candidate],
     memory_mb: i64,
-    disk_mb: i64,
+    disk: (i64, bool),
     strategy: Strategy,
 ) -> Option<&Candidate> {
     let mut best: Option<&Candidate> = None;
     for c in candidates
         .iter()
-        .filter(|c| c.headroom_mb() >= memory_mb && c.disk_fits(disk_mb))
+        .filter(|c| c.headroom_mb() >= memory_mb && c.disk_fits(disk.0, disk.1))
     {
         let better = match (best, strategy) {
             (None, _) => true,
@@ -149,11 +155,23 @@ impl Store {
                 })
             })
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-        let Some(node) =
-            pick_node(&candidates, spec.memory_mb, spec.disk_mb, strategy).map(|c| c.id.clone())
-        else {
-            // Over every limiting node's per-session maximum: the ask, not
-            // the cluster's load, is wrong.
+        let Some(node) = pick_node(
+            &candidates,
+            spec.memory_mb,
+            (spec.disk_mb, spec.disk_asked),
+            strategy,
+        )
+        .map(|c| c.id.clone()) else {
+            // The ask, not the cluster's load, is wrong: a disk no node can
+            // limit, or more than every node allows one session.
+            if spec.disk_asked
+                && !candidates.is_empty()
+                && candidates.iter().all(|c| c.disk_capacity_mb == 0)
+            {
+                return Err(StoreError::Invalid(
+                    "no ready node can limit a session's disk; create it without disk_mb".into(),
+                ));
+            }
             if !candidates.is_empty()
                 && candidates
                     .iter()
@@ -313,22 +331,22 @@ mod tests {
             node("b", 8192, 2048, 0),    // free bounds it: 2048
             node("c", 8192, 8192, 7680), // 512
         ];
-        let pick = |mb, s| pick_node(&nodes, mb, 0, s).map(|c| c.id.as_str());
+        let pick = |mb, s| pick_node(&nodes, mb, (0, false), s).map(|c| c.id.as_str());
         assert_eq!(pick(256, Strategy::Spread), Some("a"));
         assert_eq!(pick(256, Strategy::Binpack), Some("c"));
         // c has too little room for 1 GiB; b is the tightest that fits.
         assert_eq!(pick(1024, Strategy::Binpack), Some("b"));
         assert_eq!(pick(3072, Strategy::Binpack), Some("a"));
         assert_eq!(pick(3073, Strategy::Spread), None);
-        assert_eq!(pick_node(&[], 1, 0, Strategy::Spread), None);
+        assert_eq!(pick_node(&[], 1, (0, false), Strategy::Spread), None);
         // Ties go to the first (ids come ordered from the database).
         let tied = [node("x", 1000, 1000, 0), node("y", 1000, 1000, 0)];
         assert_eq!(
-            pick_node(&tied, 10, 0, Strategy::Spread).map(|c| c.id.as_str()),
+            pick_node(&tied, 10, (0, false), Strategy::Spread).map(|c| c.id.as_str()),
             Some("x")
         );
         assert_eq!(
-            pick_node(&tied, 10, 0, Strategy::Binpack).map(|c| c.id.as_str()),
+            pick_node(&tied, 10, (0, false), Strategy::Binpack).map(|c| c.id.as_str()),
             Some("x")
         );
     }
@@ -342,16 +360,18 @@ mod tests {
             ..node(id, 4096, 4096, 0)
         };
         let nodes = [disk("a", 10_000, 4096, 8_000), disk("b", 10_000, 2048, 0)];
-        let pick = |mb| pick_node(&nodes, 256, mb, Strategy::Spread).map(|c| c.id.as_str());
+        let pick = |mb| pick_node(&nodes, 256, (mb, true), Strategy::Spread).map(|c| c.id.as_str());
         // a has 2,000 MB left, b allows 2,048 per session.
         assert_eq!(pick(2048), Some("b"), "a has 2,000 MB left");
         assert_eq!(pick(2049), None, "over b's maximum and a's room");
         assert_eq!(pick(1000), Some("a"));
         // Sparse files or not, a node never promises more than it offers.
         let full = [disk("c", 10_000, 10_000, 9_999)];
-        assert_eq!(pick_node(&full, 256, 2, Strategy::Spread), None);
-        // A node that does not limit disk does not count it.
+        assert_eq!(pick_node(&full, 256, (2, false), Strategy::Spread), None);
+        // A node that does not limit disk does not count it, and takes only
+        // disks nobody asked for.
         let unlimited = [node("d", 4096, 4096, 0)];
-        assert!(pick_node(&unlimited, 256, 1_000_000, Strategy::Spread).is_some());
+        assert!(pick_node(&unlimited, 256, (1_000_000, false), Strategy::Spread).is_some());
+        assert!(pick_node(&unlimited, 256, (64, true), Strategy::Spread).is_none());
     }
 }

@@ -270,7 +270,12 @@ impl FakeAgent {
                         .iter()
                         .map(|s| s["id"].as_str().unwrap().to_string())
                         .collect();
-                    reporter.heartbeat().await;
+                    // A watch answered after the agent "died" must not
+                    // bring its node back (the test then saw the node
+                    // ready again and placed a session on it).
+                    if alive.load(Ordering::Relaxed) {
+                        reporter.heartbeat().await;
+                    }
                 }
             });
         }

@@ -2,14 +2,16 @@
 //!
 //! Every session image a tenant names is pulled onto the worker's disk and
 //! stayed there for good: enough distinct images fill the disk. The agent
-//! remembers which images it pulled itself (in `pulled-images.json` in its
-//! data dir) and, when the engine's images together pass
-//! `docker.image_budget_mb`, removes the least recently pulled of them that
-//! no container uses, until they fit. Images it did not pull (the ones
-//! `scripts/build-images.sh` makes, which no registry can give back) and
-//! the configured default image are never removed. A create holds the
-//! pruner's lock from the pull until its container exists, so an image is
-//! never removed while a session needs it.
+//! remembers which images it pulled itself, by image id (the names a tenant
+//! gives one image vary), in `pulled-images.json` in its data dir, and when
+//! the engine's images together pass `docker.image_budget_mb` it removes
+//! the least recently pulled of them that no container uses, until they
+//! fit. Images it did not pull (the ones `scripts/build-images.sh` makes,
+//! which no registry can give back) and the configured default image are
+//! never removed. A create holds the pruner's lock from the pull until its
+//! container exists, so an image is never removed while a session needs
+//! it; a pruning pass that finds creates in flight waits for the next turn
+//! rather than hold new creates up.
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +28,8 @@ pub struct Images {
     file: PathBuf,
     budget_mb: u64,
     keep: String,
-    /// Image reference → when it was last pulled (unix seconds).
+    /// Image id (or, in tests, a name) → when it was last pulled (unix
+    /// seconds).
     pulled: std::sync::Mutex<BTreeMap<String, u64>>,
     lock: RwLock<()>,
 }
@@ -83,7 +86,11 @@ impl Images {
         if self.budget_mb == 0 {
             return Ok(Pruned::default());
         }
-        let _exclusive = self.lock.write().await;
+        // Creates in flight: try again at the next turn (a waiting writer
+        // would hold up every new create behind it).
+        let Ok(_exclusive) = self.lock.try_write() else {
+            return Ok(Pruned::default());
+        };
         let images = docker
             .list_images(Some(ListImagesOptions {
                 all: false,
@@ -135,10 +142,12 @@ impl Images {
             if used.contains(&reference) || (last_name && used.contains(&img.id)) {
                 continue;
             }
-            match docker
-                .remove_image(&reference, None::<RemoveImageOptions>, None)
-                .await
-            {
+            let opts = RemoveImageOptions {
+                // An id with several names needs force; nothing runs from it.
+                force: img.id == reference,
+                ..Default::default()
+            };
+            match docker.remove_image(&reference, Some(opts), None).await {
                 Ok(_) => {
                     if last_name {
                         total = total.saturating_sub(img.size.max(0) as u64);

@@ -148,6 +148,8 @@ pub struct ContainerInputs<'a> {
     pub bound_files: &'a [String],
     /// The image's declared `VOLUME`s (each becomes a bounded tmpfs).
     pub image_volumes: &'a [String],
+    /// The worker's kernel has IPv6 (its per-session settings exist).
+    pub ipv6: bool,
 }
 
 /// The container Docker is asked to create for a session under `security`.
@@ -191,7 +193,7 @@ pub fn container_config(
     // anonymous volumes on the worker's disk; init's socket dir last, so
     // an image naming it cannot change its options.
     let mut tmpfs = crate::sandbox::tenant_paths::volume_tmpfs(inputs.image_volumes, s.memory_mb);
-    tmpfs.retain(|path, _| !RESERVED_PATHS.contains(&path.as_str()));
+    tmpfs.retain(|path, _| !RESERVED_PATHS.iter().any(|r| *r == path));
     tmpfs.insert(
         SOCKET_DIR_IN_CONTAINER.to_string(),
         "rw,nosuid,nodev,noexec,size=64k,mode=0700".to_string(),
@@ -208,7 +210,7 @@ pub fn container_config(
         // Init's socket: inside the container, small, counted in the
         // session's memory; never a host directory.
         tmpfs: Some(tmpfs),
-        sysctls: Some(crate::sandbox::tenant_paths::network_sysctls()),
+        sysctls: Some(crate::sandbox::tenant_paths::network_sysctls(inputs.ipv6)),
         // Container logs are bounded: a session printing to PID 1's
         // stdout must not fill the worker's disk.
         log_config: Some(HostConfigLogConfig {
@@ -334,6 +336,7 @@ mod tests {
                 disk_quota_mb: None,
                 bound_files: &[],
                 image_volumes: &[],
+                ipv6: true,
             },
             security,
         )
@@ -510,6 +513,7 @@ mod tests {
                 disk_quota_mb: Some(2048),
                 bound_files: &[],
                 image_volumes: &[],
+                ipv6: true,
             },
             &SecurityProfile::Default,
         );
@@ -625,8 +629,8 @@ mod tests {
         ];
         let volumes = [
             "/var/lib/docker".to_string(),
-            "/run/warren".to_string(),
-            "/etc/hosts".to_string(),
+            "/run//warren/.".to_string(),
+            "/etc/../etc/hosts".to_string(),
         ];
         let body = container_config(
             &ContainerInputs {
@@ -643,6 +647,7 @@ mod tests {
                 disk_quota_mb: None,
                 bound_files: &bound,
                 image_volumes: &volumes,
+                ipv6: true,
             },
             &SecurityProfile::Default,
         );

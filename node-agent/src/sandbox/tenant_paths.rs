@@ -99,16 +99,31 @@ pub fn volume_tmpfs<'a>(
     let size = (memory_mb / 2).clamp(1, VOLUME_TMPFS_MAX_MB);
     volumes
         .into_iter()
-        .filter(|v| v.starts_with('/'))
+        .map(|v| clean_path(v))
+        .filter(|v| v != "/")
         .map(|v| {
-            (
-                v.trim_end_matches('/').to_string(),
-                // exec: a volume often holds an inner engine's images.
-                format!("rw,exec,nosuid,nodev,size={size}m"),
-            )
+            // exec: a volume often holds an inner engine's images.
+            (v, format!("rw,exec,nosuid,nodev,size={size}m"))
         })
-        .filter(|(v, _)| !v.is_empty())
         .collect()
+}
+
+/// A container path as the engine reads it (Go's `filepath.Clean` after a
+/// leading `/`): `.` and empty parts dropped, `..` resolved, never above
+/// `/`. The engine skips an image volume only where a mount has exactly
+/// this path, so `/data/.` must become `/data` here too.
+pub fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// The healthcheck setting that turns an image's `HEALTHCHECK` off.
@@ -119,8 +134,12 @@ pub fn no_healthcheck() -> bollard::models::HealthConfig {
     }
 }
 
-/// Kernel settings for the session's network namespace: no IPv6.
-pub fn network_sysctls() -> HashMap<String, String> {
+/// Kernel settings for the session's network namespace: no IPv6 (none
+/// where the worker's kernel has no IPv6, whose settings do not exist).
+pub fn network_sysctls(ipv6: bool) -> HashMap<String, String> {
+    if !ipv6 {
+        return HashMap::new();
+    }
     [
         "net.ipv6.conf.all.disable_ipv6",
         "net.ipv6.conf.default.disable_ipv6",
@@ -192,9 +211,14 @@ mod tests {
             "/var/lib/docker".to_string(),
             "/data/".to_string(),
             "relative".to_string(),
+            "/x/./y/../z//".to_string(),
+            "/..".to_string(),
         ];
         let t = volume_tmpfs(&v, 512);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.len(), 4, "{t:?}");
+        assert!(t.contains_key("/relative") && t.contains_key("/x/z"));
+        assert_eq!(clean_path("/run//warren/."), "/run/warren");
+        assert_eq!(clean_path("../../etc"), "/etc");
         assert_eq!(t["/var/lib/docker"], "rw,exec,nosuid,nodev,size=256m");
         assert!(t.contains_key("/data"));
         assert!(volume_tmpfs(&v, 100_000)["/data"].ends_with("size=1024m"));
@@ -203,6 +227,7 @@ mod tests {
     #[test]
     fn healthchecks_are_off_and_ipv6_too() {
         assert_eq!(no_healthcheck().test, Some(vec!["NONE".to_string()]));
-        assert_eq!(network_sysctls()["net.ipv6.conf.all.disable_ipv6"], "1");
+        assert_eq!(network_sysctls(true)["net.ipv6.conf.all.disable_ipv6"], "1");
+        assert!(network_sysctls(false).is_empty());
     }
 }

@@ -368,7 +368,12 @@ pub fn spawn_sync(
                             memory_mb: Some(d.memory_mb),
                             cpus: Some(d.cpus),
                             pids_limit: None,
-                            disk_mb: (d.disk_mb > 0).then_some(d.disk_mb),
+                            // Control counts a disk for every session; a
+                            // worker that cannot limit disk (control then
+                            // places only unasked disks here) runs it
+                            // without a limit rather than refuse it.
+                            disk_mb: (d.disk_mb > 0 && agent.runtime().disk_limits())
+                                .then_some(d.disk_mb),
                         };
                         if let Err(e) = agent.create_session(&spec).await {
                             warn!(session = %d.id, "session failed to start: {e}");
@@ -376,7 +381,7 @@ pub fn spawn_sync(
                             failed
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .insert(d.id.clone(), e.to_string());
+                                .insert(d.id.clone(), e.tenant_reason());
                         }
                         starting
                             .lock()

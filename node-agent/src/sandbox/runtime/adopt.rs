@@ -81,15 +81,16 @@ impl DockerRuntime {
                 })) => continue,
                 Err(e) => return Err(e),
             };
-            if let Err(e) = wait_for_init(&info).await {
-                warn!(session = %sid, "adopted container has no working init: {e}");
-            }
             // A container restarted after a reboot has a new network
-            // namespace: its DNS is closed again (a no-op otherwise).
+            // namespace: its DNS is closed again (a no-op otherwise), before
+            // anything else waits.
             if let Err(e) = tenant_paths::block_engine_dns(info.init.init_pid).await {
                 warn!(session = %sid, "cannot close the engine's DNS to the adopted session, removing it: {e}");
                 let _ = self.remove_container_and_disk(&cid, &sid).await;
                 continue;
+            }
+            if let Err(e) = wait_for_init(&info).await {
+                warn!(session = %sid, "adopted container has no working init: {e}");
             }
             // Its disk's limits again (set already unless it was restarted).
             if labels.get(LABEL_DISK).is_some_and(|d| d == "loop")

@@ -133,6 +133,7 @@ impl DockerRuntime {
             }),
             disk_capacity_mb,
             images,
+            ipv6: Path::new("/proc/sys/net/ipv6").exists(),
         };
         rt.ensure_network().await?;
         Ok(rt)

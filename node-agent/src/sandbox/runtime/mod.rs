@@ -32,6 +32,8 @@ pub use crate::sandbox::spec::{
 /// Free space (MiB) the worker keeps for itself: below it, no new sessions
 /// with loop disks.
 const MIN_FREE_DISK_MB: u64 = 1024;
+/// Time a pull may take before the create fails.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time a new container has to bring up its init socket.
 const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,6 +69,20 @@ pub enum RuntimeError {
     Disk(String),
 }
 
+impl RuntimeError {
+    /// What the tenant is told (a session's `reason`): the engine's own
+    /// words name worker paths and addresses, so they stay in the log.
+    pub fn tenant_reason(&self) -> String {
+        match self {
+            RuntimeError::Docker(_) | RuntimeError::Io(_) => {
+                "the worker's container engine refused the session (details in the agent's log)"
+                    .into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 pub struct DockerRuntime {
     docker: Docker,
     cfg: DockerConfig,
@@ -89,6 +105,8 @@ pub struct DockerRuntime {
     disk_capacity_mb: u64,
     /// Images the agent pulled, pruned under `docker.image_budget_mb`.
     images: crate::sandbox::images::Images,
+    /// The worker's kernel has IPv6 (sessions get it turned off).
+    ipv6: bool,
 }
 
 impl DockerRuntime {
@@ -154,7 +172,16 @@ impl DockerRuntime {
             }
         };
         drop(image_guard);
-        let result = self.start(&container, &session).await;
+        // Whatever the image declared, nothing may be an engine volume (on
+        // the worker's disk): refuse rather than run such a session.
+        let result = match self.engine_volumes(&container).await {
+            Ok(0) => self.start(&container, &session).await,
+            Ok(_) => Err(RuntimeError::Invalid(
+                "this image declares volumes the agent cannot place on the session's own storage"
+                    .into(),
+            )),
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // Leave nothing half-made behind.
             let _ = self
@@ -205,6 +232,7 @@ impl DockerRuntime {
                     disk_quota_mb,
                     bound_files,
                     image_volumes: &image.volumes,
+                    ipv6: self.ipv6,
                 },
                 &security,
             );
@@ -309,14 +337,28 @@ impl DockerRuntime {
             from_image: Some(image.to_string()),
             ..Default::default()
         };
-        let mut s = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = s.next().await {
-            if let Err(e) = item {
-                warn!(%image, "pull failed: {e}");
-                return Err(RuntimeError::Image(image.into(), e.to_string()));
+        let pulled = tokio::time::timeout(PULL_TIMEOUT, async {
+            let mut s = self.docker.create_image(Some(opts), None, None);
+            while let Some(item) = s.next().await {
+                if let Err(e) = item {
+                    warn!(%image, "pull failed: {e}");
+                    return Err(RuntimeError::Image(image.into(), e.to_string()));
+                }
             }
+            Ok(())
+        })
+        .await
+        .map_err(|_| {
+            warn!(%image, "pull did not finish within {} s", PULL_TIMEOUT.as_secs());
+            RuntimeError::Image(image.into(), "pull timed out".into())
+        })?;
+        pulled?;
+        // Remembered by id: the names a tenant gives an image vary.
+        if let Ok(i) = self.docker.inspect_image(image).await
+            && let Some(id) = i.id
+        {
+            self.images.note_pulled(&id);
         }
-        self.images.note_pulled(image);
         Ok(())
     }
 
@@ -329,6 +371,16 @@ impl DockerRuntime {
     /// The pruner (tests mark images as pulled through it).
     pub fn images(&self) -> &crate::sandbox::images::Images {
         &self.images
+    }
+
+    /// How many of the container's mounts are engine volumes.
+    async fn engine_volumes(&self, container: &str) -> Result<usize, RuntimeError> {
+        let c = self.docker.inspect_container(container, None).await?;
+        Ok(c.mounts
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.typ.as_deref() == Some("volume"))
+            .count())
     }
 
     /// The container's overlay2 layer directory, for its loop disk.
