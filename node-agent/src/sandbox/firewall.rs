@@ -53,8 +53,8 @@ pub fn bridge_name(
         .unwrap_or_else(|| format!("br-{}", &network_id[..network_id.len().min(12)]))
 }
 
-/// Installs the drop rule for `bridge` (IPv4 always, IPv6 where ip6tables
-/// exists). An error here stops the agent: running sessions that can reach
+/// Installs the drop rule for `bridge` (IPv4 always, IPv6 where the
+/// kernel has it). An error here stops the agent: running sessions that can reach
 /// the host is worse than not running them.
 pub fn install(bridge: &str) -> anyhow::Result<()> {
     let r = rule(bridge);
@@ -63,9 +63,14 @@ pub fn install(bridge: &str) -> anyhow::Result<()> {
         anyhow::bail!("iptables refused the rule isolating {bridge} from the host");
     }
     // IPv6 link-local addresses exist on every bridge even without IPv6
-    // networking; drop those too where the tool is there.
-    if let Ok(false) = run("ip6tables", "-C", &r) {
-        let _ = run("ip6tables", "-I", &r);
+    // networking: where the kernel has IPv6, the rule is needed there too,
+    // and a missing tool or a refused rule is an error, not a log line.
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        let have = run("ip6tables", "-C", &r)
+            .context("running ip6tables (the kernel has IPv6: install ip6tables)")?;
+        if !have && !run("ip6tables", "-I", &r).context("running ip6tables")? {
+            anyhow::bail!("ip6tables refused the rule isolating {bridge} from the host");
+        }
     }
     Ok(())
 }
