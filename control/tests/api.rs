@@ -9,13 +9,20 @@ use std::sync::atomic::Ordering;
 use common::*;
 use serde_json::json;
 use warren_config::Strategy;
+use warren_proto::api::{CreateSession, Session, SessionStatus};
+use warren_testkit::until;
 
 async fn three_nodes(c: &TestControl, tag: &str) -> Vec<FakeAgent> {
     c.nodes(tag, &[1000, 2000, 3000]).await
 }
 
-async fn create(c: &TestControl, key: &str, mem: i64) -> (u16, serde_json::Value) {
-    c.call("POST", "/v1/sessions", key, Some(json!({"memory_mb": mem})))
+/// `POST /v1/sessions` with `memory_mb`, as `key`.
+async fn create(c: &TestControl, key: &str, mem: i64) -> warren_client::Result<Session> {
+    c.client(key)
+        .create_session(&CreateSession {
+            memory_mb: Some(mem),
+            ..Default::default()
+        })
         .await
 }
 
@@ -28,20 +35,16 @@ async fn placements_follow_headroom() {
             let _agents = three_nodes(&c, "p").await;
             let mut placed = Vec::new();
             for _ in 0..3 {
-                let (s, v) = create(&c, ADMIN, 600).await;
-                assert_eq!(s, 201, "{db:?} {v}");
-                assert_eq!(v["status"], "running");
-                assert!(v["url"].as_str().unwrap().starts_with(&format!(
-                    "https://{}.warren.localhost:8443/?token=",
-                    v["id"].as_str().unwrap()
-                )));
+                let v = create(&c, ADMIN, 600)
+                    .await
+                    .unwrap_or_else(|e| panic!("{db:?}: {e}"));
+                assert_eq!(v.status, SessionStatus::Running);
                 assert!(
-                    v["ssh"]
-                        .as_str()
-                        .unwrap()
-                        .contains(v["id"].as_str().unwrap())
+                    v.url
+                        .starts_with(&format!("https://{}.warren.localhost:8443/?token=", v.id))
                 );
-                placed.push(v["node"].as_str().unwrap().to_string());
+                assert!(v.ssh.contains(&v.id));
+                placed.push(v.node);
             }
             match strategy {
                 // Most headroom first: n2 (3000), n2 again (2400 > 2000), then n1 (2000 > 1800).
@@ -50,10 +53,10 @@ async fn placements_follow_headroom() {
                 Strategy::Binpack => assert_eq!(placed, ["p-n0", "p-n1", "p-n1"], "{db:?}"),
             }
             // Nothing fits: 503 no_capacity, with a message.
-            let (s, v) = create(&c, ADMIN, 4000).await;
-            assert_eq!(s, 503, "{v}");
-            assert_eq!(v["error"]["code"], "no_capacity");
-            assert!(v["error"]["message"].as_str().unwrap().contains("4000 MB"));
+            let (s, e) = refused(create(&c, ADMIN, 4000).await);
+            assert_eq!(s, 503, "{e:?}");
+            assert_eq!(e.code, "no_capacity");
+            assert!(e.message.contains("4000 MB"), "{e:?}");
         }
     }
 }
@@ -73,11 +76,12 @@ async fn fifty_concurrent_creates_never_overcommit() {
         }
         let mut ok = 0;
         while let Some(r) = js.join_next().await {
-            let (s, v) = r.unwrap();
-            match s {
-                201 => ok += 1,
-                503 => assert_eq!(v["error"]["code"], "no_capacity", "{v}"),
-                other => panic!("{db:?}: unexpected {other}: {v}"),
+            match r.unwrap() {
+                Ok(_) => ok += 1,
+                Err(warren_client::Error::Api {
+                    status: 503, code, ..
+                }) => assert_eq!(code, "no_capacity"),
+                Err(e) => panic!("{db:?}: unexpected {e}"),
             }
         }
         // Per node: 1000/300 = 3, 2000/300 = 6, 3000/300 = 10.
@@ -85,8 +89,7 @@ async fn fifty_concurrent_creates_never_overcommit() {
             ok, 19,
             "{db:?}: every node filled as far as it fits, and no further"
         );
-        let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-        for node in n["nodes"].as_array().unwrap() {
+        for node in c.listed_nodes().await {
             assert!(
                 node["reserved_mb"].as_i64().unwrap() <= node["allocatable_mb"].as_i64().unwrap(),
                 "{db:?}: over-committed {node}"
@@ -103,10 +106,10 @@ async fn tenants_are_isolated_and_quotas_hold() {
         let _agents = three_nodes(&c, "t").await;
         let (ta, ka) = c.tenant("acme", 2, 1000).await;
         let (_tb, kb) = c.tenant("globex", 5, 5000).await;
-        let (s, a) = create(&c, &ka, 400).await;
-        assert_eq!(s, 201, "{a}");
-        assert_eq!(a["tenant"], ta.as_str());
-        let id = a["id"].as_str().unwrap();
+        let (a_client, b_client) = (c.client(&ka), c.client(&kb));
+        let a = create(&c, &ka, 400).await.unwrap();
+        assert_eq!(a.tenant, ta);
+        let id = a.id.as_str();
         assert!(
             id.len() >= 12
                 && id
@@ -114,16 +117,14 @@ async fn tenants_are_isolated_and_quotas_hold() {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         );
         // B sees nothing of A's.
-        for (m, p) in [
-            ("GET", format!("/v1/sessions/{id}")),
-            ("DELETE", format!("/v1/sessions/{id}")),
-            ("POST", format!("/v1/sessions/{id}/token")),
-        ] {
-            let (s, v) = c.call(m, &p, &kb, None).await;
-            assert_eq!(s, 404, "{m} {p}: {v}");
-        }
-        let (_, l) = c.call("GET", "/v1/sessions", &kb, None).await;
-        assert!(l["sessions"].as_array().unwrap().is_empty());
+        assert_eq!(refused(b_client.session(id).await).0, 404, "GET");
+        // (Raw: the client's delete takes a 404 as "already gone".)
+        let (s, v) = c
+            .call("DELETE", &format!("/v1/sessions/{id}"), &kb, None)
+            .await;
+        assert_eq!(s, 404, "DELETE: {v}");
+        assert_eq!(refused(b_client.token(id, None).await).0, 404, "token");
+        assert!(b_client.sessions().await.unwrap().is_empty());
         // Tenant keys cannot do operators' work.
         assert_eq!(c.call("GET", "/v1/nodes", &kb, None).await.0, 403);
         assert_eq!(
@@ -133,27 +134,30 @@ async fn tenants_are_isolated_and_quotas_hold() {
             403
         );
         // Memory quota: 400 + 700 > 1000.
-        let (s, v) = create(&c, &ka, 700).await;
-        assert_eq!(s, 429, "{v}");
-        assert_eq!(v["error"]["code"], "quota_exceeded");
-        // Session-count quota: 2.
-        assert_eq!(create(&c, &ka, 100).await.0, 201);
-        let (s, v) = create(&c, &ka, 100).await;
-        assert_eq!(s, 429, "{v}");
+        let (s, e) = refused(create(&c, &ka, 700).await);
+        assert_eq!(s, 429, "{e:?}");
+        assert_eq!(e.code, "quota_exceeded");
+        // Session-count quota: 2. (Raw once: a create answers exactly 201.)
+        assert_eq!(
+            c.call("POST", "/v1/sessions", &ka, Some(json!({"memory_mb": 100})))
+                .await
+                .0,
+            201
+        );
+        let (s, e) = refused(create(&c, &ka, 100).await);
+        assert_eq!(s, 429, "{e:?}");
         // Nothing was started for the refused ones.
-        let (_, l) = c.call("GET", "/v1/sessions", &ka, None).await;
-        assert_eq!(l["sessions"].as_array().unwrap().len(), 2);
+        assert_eq!(a_client.sessions().await.unwrap().len(), 2);
         // Bad input: clear errors, never a 500.
-        let (s, v) = c
-            .call("POST", "/v1/sessions", &ka, Some(json!({"memory_mb": -5})))
-            .await;
-        assert_eq!(s, 422, "{v}");
+        let (s, e) = refused(create(&c, &ka, -5).await);
+        assert_eq!(s, 422, "{e:?}");
+        // (Raw: no typed body has an unknown field.)
         let (s, v) = c
             .call("POST", "/v1/sessions", &ka, Some(json!({"bogus": 1})))
             .await;
         assert_eq!(s, 400, "{v}");
-        assert_eq!(v["error"]["code"], "bad_request");
-        assert_eq!(c.call("GET", "/v1/sessions", "wk_wrong", None).await.0, 401);
+        assert_eq!(api_error(&v).code, "bad_request");
+        assert_eq!(refused(c.client("wk_wrong").sessions().await).0, 401);
         // Audit: A sees its own events only.
         let (_, au) = c.call("GET", "/v1/audit", &ka, None).await;
         let entries = au["entries"].as_array().unwrap();
@@ -189,14 +193,9 @@ async fn join_tokens_lost_nodes_and_delete() {
             .err()
             .unwrap();
         assert_eq!(s, 409, "{v}");
-        assert_eq!(v["error"]["code"], "node_exists", "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("warren node rm j-extra"),
-            "{v}"
-        );
+        let e = api_error(&v);
+        assert_eq!(e.code, "node_exists", "{v}");
+        assert!(e.message.contains("warren node rm j-extra"), "{v}");
         FakeAgent::join(&c.url, &t, "j-other", 1000).await.unwrap();
         assert!(
             c.running
@@ -223,76 +222,65 @@ async fn join_tokens_lost_nodes_and_delete() {
             403
         );
 
-        let (s, v) = create(&c, ADMIN, 2500).await; // only the 3000 MB node fits
-        assert_eq!(s, 201);
-        assert_eq!(v["node"], "j-n2");
-        let id = v["id"].as_str().unwrap().to_string();
+        let admin = c.client(ADMIN);
+        let v = create(&c, ADMIN, 2500).await.unwrap(); // only the 3000 MB node fits
+        assert_eq!(v.node, "j-n2");
+        let id = v.id;
         // Kill the agent: its node becomes unreachable first, while its
         // session stays running (a control hiccup must not kill shells)…
         agents[2].alive.store(false, Ordering::Relaxed);
-        eventually("node unreachable", || async {
-            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-            n["nodes"]
-                .as_array()
-                .unwrap()
+        until("node unreachable", WAIT, EVERY, || async {
+            c.listed_nodes()
+                .await
                 .iter()
                 .any(|n| n["id"] == "j-n2" && n["state"] == "unreachable")
         })
         .await;
-        let (_, s) = c
-            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
-            .await;
-        assert_eq!(s["status"], "running", "{s}");
+        let s = admin.session(&id).await.unwrap();
+        assert_eq!(s.status, SessionStatus::Running, "{s:?}");
         // …then, after the grace, lost with its session.
-        eventually("node lost", || async {
-            let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-            n["nodes"]
-                .as_array()
-                .unwrap()
+        until("node lost", WAIT, EVERY, || async {
+            c.listed_nodes()
+                .await
                 .iter()
                 .any(|n| n["id"] == "j-n2" && n["state"] == "lost")
         })
         .await;
-        let (_, s) = c
-            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
-            .await;
-        assert_eq!(s["status"], "lost");
+        let s = admin.session(&id).await.unwrap();
+        assert_eq!(s.status, SessionStatus::Lost, "{s:?}");
         // New sessions go elsewhere.
-        let (st, v) = create(&c, ADMIN, 500).await;
-        assert_eq!(st, 201);
-        assert_ne!(v["node"], "j-n2");
+        let v = create(&c, ADMIN, 500).await.unwrap();
+        assert_ne!(v.node, "j-n2");
         // Drain stops a node's sessions and takes no new ones.
-        let (_, v) = create(&c, ADMIN, 1500).await;
-        let node = v["node"].as_str().unwrap().to_string();
+        let v = create(&c, ADMIN, 1500).await.unwrap();
         assert_eq!(
-            c.call("POST", &format!("/v1/nodes/{node}/drain"), ADMIN, None)
+            c.call("POST", &format!("/v1/nodes/{}/drain", v.node), ADMIN, None)
                 .await
                 .0,
             204
         );
-        let sid = v["id"].as_str().unwrap().to_string();
-        eventually("drained session stopped", || async {
-            c.call("GET", &format!("/v1/sessions/{sid}"), ADMIN, None)
-                .await
-                .1["status"]
-                == "stopped"
-        })
+        until_status(
+            &admin,
+            "drained session stopped",
+            &v.id,
+            SessionStatus::Stopped,
+        )
         .await;
         // DELETE stops at once: the agent stops running it, then it is stopped.
-        let (_, v) = create(&c, ADMIN, 100).await;
-        let sid = v["id"].as_str().unwrap().to_string();
+        // (Raw: the answer is exactly 204.)
+        let sid = create(&c, ADMIN, 100).await.unwrap().id;
         assert_eq!(
             c.call("DELETE", &format!("/v1/sessions/{sid}"), ADMIN, None)
                 .await
                 .0,
             204
         );
-        eventually("deleted session stopped", || async {
-            c.call("GET", &format!("/v1/sessions/{sid}"), ADMIN, None)
-                .await
-                .1["status"]
-                == "stopped"
-        })
+        until_status(
+            &admin,
+            "deleted session stopped",
+            &sid,
+            SessionStatus::Stopped,
+        )
         .await;
         assert_eq!(
             c.call("POST", "/v1/nodes/nosuch/cordon", ADMIN, None)
@@ -309,55 +297,32 @@ async fn ttl_and_idle_timeouts_stop_sessions() {
         let url = database(db, "ttl").await;
         let c = TestControl::start(config(&url, Strategy::Spread)).await;
         let agents = three_nodes(&c, "x").await;
-        let (_, short) = c
-            .call(
-                "POST",
-                "/v1/sessions",
-                ADMIN,
-                Some(json!({"ttl_seconds": 10, "memory_mb": 64})),
-            )
-            .await;
-        let (_, idle) = c
-            .call(
-                "POST",
-                "/v1/sessions",
-                ADMIN,
-                Some(json!({"idle_timeout_seconds": 10, "memory_mb": 64})),
-            )
-            .await;
-        let (_, active) = c
-            .call(
-                "POST",
-                "/v1/sessions",
-                ADMIN,
-                Some(json!({"idle_timeout_seconds": 10, "memory_mb": 64})),
-            )
-            .await;
+        let admin = c.client(ADMIN);
+        let short = CreateSession {
+            ttl_seconds: Some(10),
+            memory_mb: Some(64),
+            ..Default::default()
+        };
+        let idling = CreateSession {
+            idle_timeout_seconds: Some(10),
+            memory_mb: Some(64),
+            ..Default::default()
+        };
+        let short = admin.create_session(&short).await.unwrap();
+        let idle = admin.create_session(&idling).await.unwrap();
+        let active = admin.create_session(&idling).await.unwrap();
         // Agents report `idle` as idle for a minute; `active` as just used.
-        let idle_id = idle["id"].as_str().unwrap().to_string();
-        let active_id = active["id"].as_str().unwrap().to_string();
         for a in &agents {
-            a.idle_ms.lock().unwrap().insert(idle_id.clone(), 60_000);
+            a.idle_ms.lock().unwrap().insert(idle.id.clone(), 60_000);
         }
-        let short_id = short["id"].as_str().unwrap().to_string();
-        eventually("ttl expiry", || async {
-            c.call("GET", &format!("/v1/sessions/{short_id}"), ADMIN, None)
-                .await
-                .1["status"]
-                == "stopped"
-        })
-        .await;
-        eventually("idle expiry", || async {
-            c.call("GET", &format!("/v1/sessions/{idle_id}"), ADMIN, None)
-                .await
-                .1["status"]
-                == "stopped"
-        })
-        .await;
-        let (_, a) = c
-            .call("GET", &format!("/v1/sessions/{active_id}"), ADMIN, None)
-            .await;
-        assert_eq!(a["status"], "running", "an active session must stay: {a}");
+        until_status(&admin, "ttl expiry", &short.id, SessionStatus::Stopped).await;
+        until_status(&admin, "idle expiry", &idle.id, SessionStatus::Stopped).await;
+        let a = admin.session(&active.id).await.unwrap();
+        assert_eq!(
+            a.status,
+            SessionStatus::Running,
+            "an active session must stay: {a:?}"
+        );
     }
 }
 
@@ -368,53 +333,27 @@ async fn restart_loses_nothing_and_jwks_stays() {
         let cfg = config(&url, Strategy::Spread);
         let c = TestControl::start(cfg.clone()).await;
         let _agents = three_nodes(&c, "r").await;
-        let (_, v) = create(&c, ADMIN, 100).await;
-        let id = v["id"].as_str().unwrap().to_string();
+        let id = create(&c, ADMIN, 100).await.unwrap().id;
         let (_, jwks1) = c.call("GET", "/.well-known/jwks.json", ADMIN, None).await;
         drop(c);
         let c = TestControl::start(cfg).await;
-        let (s, v) = c
-            .call("GET", &format!("/v1/sessions/{id}"), ADMIN, None)
-            .await;
-        assert_eq!(s, 200);
-        assert_eq!(v["status"], "running");
+        let admin = c.client(ADMIN);
+        let v = admin.session(&id).await.unwrap();
+        assert_eq!(v.status, SessionStatus::Running);
         let (_, jwks2) = c.call("GET", "/.well-known/jwks.json", ADMIN, None).await;
         assert_eq!(jwks1, jwks2, "signing key must survive a restart");
-        let (s, t) = c
-            .call("POST", &format!("/v1/sessions/{id}/token"), ADMIN, None)
-            .await;
-        assert_eq!(s, 200, "{t}");
-        assert_eq!(scope_of(t["token"].as_str().unwrap()), "terminal preview");
+        let t = admin.token(&id, None).await.unwrap();
+        assert_eq!(scope_of(&t.token), "terminal preview");
         // Scoped tokens: a preview token carries only `preview`.
-        for (want, body) in [
-            ("preview", json!({"scope": "preview"})),
-            ("terminal", json!({"scope": "terminal"})),
-        ] {
-            let (s, t) = c
-                .call(
-                    "POST",
-                    &format!("/v1/sessions/{id}/token"),
-                    ADMIN,
-                    Some(body),
-                )
-                .await;
-            assert_eq!(s, 200, "{t}");
-            assert_eq!(t["scope"], want);
-            assert_eq!(scope_of(t["token"].as_str().unwrap()), want);
+        for want in ["preview", "terminal"] {
+            let t = admin.token(&id, Some(want)).await.unwrap();
+            assert_eq!(t.scope, want);
+            assert_eq!(scope_of(&t.token), want);
         }
-        let (s, t) = c
-            .call(
-                "POST",
-                &format!("/v1/sessions/{id}/token"),
-                ADMIN,
-                Some(json!({"scope": "root"})),
-            )
-            .await;
-        assert_eq!(s, 422, "{t}");
-        assert!(
-            t["error"]["message"].as_str().unwrap().contains("root"),
-            "{t}"
-        );
+        let (s, e) = refused(admin.token(&id, Some("root")).await);
+        assert_eq!(s, 422, "{e:?}");
+        assert!(e.message.contains("root"), "{e:?}");
+        // (Raw: no typed body has an unknown field.)
         let (s, t) = c
             .call(
                 "POST",
@@ -425,17 +364,6 @@ async fn restart_loses_nothing_and_jwks_stays() {
             .await;
         assert_eq!(s, 400, "{t}");
     }
-}
-
-/// The `scope` claim of a JWT (its payload, unverified: control signed it).
-fn scope_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    v["scope"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -455,17 +383,17 @@ async fn two_replicas_on_postgres_never_overcommit() {
     let mut js = tokio::task::JoinSet::new();
     for i in 0..50 {
         let c = if i % 2 == 0 { a.clone() } else { b.clone() };
-        js.spawn(async move { create(&c, ADMIN, 300).await.0 });
+        js.spawn(async move { create(&c, ADMIN, 300).await });
     }
     let mut ok = 0;
     while let Some(r) = js.join_next().await {
-        let s = r.unwrap();
-        assert!(s == 201 || s == 503, "unexpected {s}");
-        ok += (s == 201) as i32;
+        match r.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.status(), Some(503), "unexpected {e}"),
+        }
     }
     assert_eq!(ok, 19);
-    let (_, n) = b.call("GET", "/v1/nodes", ADMIN, None).await;
-    for node in n["nodes"].as_array().unwrap() {
+    for node in b.listed_nodes().await {
         assert!(
             node["reserved_mb"].as_i64().unwrap() <= node["allocatable_mb"].as_i64().unwrap(),
             "over-committed {node}"
@@ -479,19 +407,16 @@ async fn two_replicas_on_postgres_never_overcommit() {
 async fn guessing_addresses_are_rate_limited() {
     let url = database(Db::Sqlite, "limits").await;
     let c = TestControl::start(config(&url, Strategy::Spread)).await;
+    let wrong = c.client("wa_wrong_key");
     let mut statuses = Vec::new();
     for _ in 0..32 {
-        let (s, _) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
-        statuses.push(s);
+        statuses.push(refused(wrong.sessions().await).0);
     }
     assert!(statuses[..30].iter().all(|s| *s == 401), "{statuses:?}");
-    let (s, v) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
-    assert_eq!(s, 429, "{v}");
-    assert_eq!(v["error"]["code"], "rate_limited");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("sign-ins"),
-        "{v}"
-    );
+    let (s, e) = refused(wrong.sessions().await);
+    assert_eq!(s, 429, "{e:?}");
+    assert_eq!(e.code, "rate_limited");
+    assert!(e.message.contains("sign-ins"), "{e:?}");
 
     let c = TestControl::start(config(
         &database(Db::Sqlite, "limits2").await,
@@ -515,24 +440,25 @@ async fn guessing_addresses_are_rate_limited() {
 async fn images_from_unlisted_registries_are_refused() {
     let url = database(Db::Sqlite, "images").await;
     let c = TestControl::start(config(&url, Strategy::Spread)).await;
+    let admin = c.client(ADMIN);
+    let with_image = |image: &str| CreateSession {
+        image: Some(image.into()),
+        ..Default::default()
+    };
     for image in [
         "10.0.0.5:5000/x",
         "localhost/x",
         "registry.internal.example/team/app:1",
         "169.254.169.254/latest",
     ] {
-        let (s, v) = c
-            .call("POST", "/v1/sessions", ADMIN, Some(json!({"image": image})))
-            .await;
-        assert_eq!(s, 422, "{image}: {v}");
-        assert_eq!(v["error"]["code"], "registry_not_allowed", "{image}: {v}");
+        let (s, e) = refused(admin.create_session(&with_image(image)).await);
+        assert_eq!(s, 422, "{image}: {e:?}");
+        assert_eq!(e.code, "registry_not_allowed", "{image}: {e:?}");
     }
     for image in ["a b", "x\\ny", "img$(id)", ""] {
-        let (s, v) = c
-            .call("POST", "/v1/sessions", ADMIN, Some(json!({"image": image})))
-            .await;
-        assert_eq!(s, 422, "{image:?}: {v}");
-        assert_eq!(v["error"]["code"], "invalid", "{image:?}: {v}");
+        let (s, e) = refused(admin.create_session(&with_image(image)).await);
+        assert_eq!(s, 422, "{image:?}: {e:?}");
+        assert_eq!(e.code, "invalid", "{image:?}: {e:?}");
     }
     assert_eq!(
         warren_control::api::image_registry("warren/session:mini"),
@@ -563,8 +489,7 @@ async fn slow_and_silent_clients_are_cut_off() {
         .await
         .unwrap();
     // A whole request is answered while those two hang.
-    let (s, _) = c.call("GET", "/v1/sessions", "wa_wrong_key", None).await;
-    assert_eq!(s, 401);
+    assert_eq!(refused(c.client("wa_wrong_key").sessions().await).0, 401);
     let deadline = warren_control::tls::HEADER_READ_TIMEOUT * 3;
     for (what, conn) in [("silent", &mut silent), ("slow", &mut slow)] {
         let mut buf = Vec::new();

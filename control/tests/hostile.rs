@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use base64::Engine;
 use common::*;
 use serde_json::{Value, json};
 use warren_config::Strategy;
+use warren_proto::api::CreateSession;
+use warren_proto::internal::{GrantRequest, GrantResponse, RefreshRequest, RefreshResponse};
 
 const RELAY: &str = "test-relay-secret-0123456789";
 
@@ -27,25 +28,6 @@ async fn raw(c: &TestControl, path: &str, key: &str, ctype: &str, body: &str) ->
     let v = serde_json::from_str(&text)
         .unwrap_or_else(|_| panic!("not the JSON error shape ({status}): {text:?}"));
     (status, v)
-}
-
-/// The error's code and message, checked to be the API's shape.
-fn error(v: &Value) -> (&str, &str) {
-    let (code, message) = (v["error"]["code"].as_str(), v["error"]["message"].as_str());
-    (
-        code.unwrap_or_else(|| panic!("no error code: {v}")),
-        message.unwrap_or_else(|| panic!("no error message: {v}")),
-    )
-}
-
-/// The `scope` claim of a JWT (unverified: the relay checks signatures).
-fn scope_of(token: &str) -> String {
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let v: Value = serde_json::from_slice(&bytes).unwrap();
-    v["scope"].as_str().unwrap().to_string()
 }
 
 fn token_in(url: &str) -> &str {
@@ -104,7 +86,7 @@ async fn malformed_bodies_get_4xx_in_the_json_shape() {
     for (what, body, want, says) in cases {
         let (s, v) = raw(&c, "/v1/sessions", ADMIN, "application/json", body).await;
         assert_eq!(s, *want, "{what}: {v}");
-        let (_, message) = error(&v);
+        let message = api_error(&v).message;
         assert!(message.contains(says), "{what}: {message}");
         assert!(
             !message.contains(" at line ") && !message.contains("Failed to deserialize"),
@@ -123,7 +105,7 @@ async fn malformed_bodies_get_4xx_in_the_json_shape() {
             .call("POST", "/v1/tenants", ADMIN, Some(json!({ "name": name })))
             .await;
         assert_eq!(s, 422, "{name:?}: {v}");
-        error(&v);
+        api_error(&v);
     }
     let (s, v) = c
         .call(
@@ -141,21 +123,20 @@ async fn links_are_scoped_and_grants_end() {
     let url = database(Db::Sqlite, "hostile-links").await;
     let c = TestControl::start(config(&url, Strategy::Spread)).await;
     let _agents = c.nodes("hl", &[4000]).await;
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/sessions",
-            ADMIN,
-            Some(json!({"memory_mb": 256})),
-        )
-        .await;
-    assert_eq!(s, 201, "{v}");
-    let id = v["id"].as_str().unwrap().to_string();
+    let admin = c.client(ADMIN);
+    let v = admin
+        .create_session(&CreateSession {
+            memory_mb: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = v.id.clone();
 
     // Separate links: the preview link can never open a terminal.
-    let terminal = v["links"]["terminal"].as_str().unwrap();
-    let preview = v["links"]["preview"].as_str().unwrap();
-    assert_eq!(v["url"].as_str().unwrap(), terminal);
+    let links = v.links.as_ref().expect("a create answers with links");
+    let (terminal, preview) = (links.terminal.as_str(), links.preview.as_str());
+    assert_eq!(v.url, terminal);
     assert!(terminal.starts_with(&format!("https://{id}.warren.localhost:8443/?token=")));
     assert!(preview.starts_with(&format!(
         "https://{{port}}-{id}.warren.localhost:8443/?token="
@@ -181,20 +162,33 @@ async fn links_are_scoped_and_grants_end() {
             )
         }
     };
-    let grant = |t: &str| relay("/internal/v1/tokens/grant", json!({ "token": t }));
+    let grant = |t: &str| {
+        let body = GrantRequest { token: t.into() };
+        relay(
+            "/internal/v1/tokens/grant",
+            serde_json::to_value(body).unwrap(),
+        )
+    };
+    let granted = |s: u16, g: Value| -> GrantResponse {
+        assert_eq!(s, 200, "{g}");
+        serde_json::from_value(g).unwrap()
+    };
     let (s, g) = grant(token_in(terminal)).await;
-    assert_eq!(s, 200, "{g}");
-    let secret = g["refresh_token"].as_str().unwrap().to_string();
+    let secret = granted(s, g).refresh_token;
     let refresh = |g: String| {
-        let id = id.clone();
+        let body = RefreshRequest {
+            session: id.clone(),
+            refresh_token: g,
+        };
         relay(
             "/internal/v1/tokens/refresh",
-            json!({ "session": id, "refresh_token": g }),
+            serde_json::to_value(body).unwrap(),
         )
     };
     let (s, r) = refresh(secret.clone()).await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!(scope_of(r["token"].as_str().unwrap()), "terminal");
+    let r: RefreshResponse = serde_json::from_value(r).unwrap();
+    assert_eq!(scope_of(&r.token), "terminal");
 
     // Revoked: every grant of the session renews nothing.
     let (s, _) = c
@@ -206,11 +200,7 @@ async fn links_are_scoped_and_grants_end() {
     // The token the link carried (still valid for minutes) mints no new
     // grant either: revoking ends what the link was exchanged for.
     let (s, g) = grant(token_in(terminal)).await;
-    assert_eq!(
-        (s, g["error"]["code"].as_str()),
-        (401, Some("revoked")),
-        "{g}"
-    );
+    assert_eq!((s, api_error(&g).code.as_str()), (401, "revoked"), "{g}");
     let (_, audit) = c.call("GET", "/v1/audit", ADMIN, None).await;
     assert!(
         audit.to_string().contains("session.grants_revoke"),
@@ -221,17 +211,10 @@ async fn links_are_scoped_and_grants_end() {
     // (in a later second than it) gets a grant again.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let g = loop {
-        let (_, t) = c
-            .call(
-                "POST",
-                &format!("/v1/sessions/{id}/token"),
-                ADMIN,
-                Some(json!({"scope": "terminal"})),
-            )
-            .await;
-        let (s, g) = grant(t["token"].as_str().unwrap()).await;
+        let t = admin.token(&id, Some("terminal")).await.unwrap();
+        let (s, g) = grant(&t.token).await;
         if s == 200 {
-            break g;
+            break granted(s, g);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -239,7 +222,7 @@ async fn links_are_scoped_and_grants_end() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let secret = g["refresh_token"].as_str().unwrap().to_string();
+    let secret = g.refresh_token;
     let (s, _) = c
         .call("DELETE", &format!("/v1/sessions/{id}"), ADMIN, None)
         .await;
@@ -274,8 +257,8 @@ async fn a_node_cannot_claim_without_end() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    let (_, n) = c.call("GET", "/v1/nodes", ADMIN, None).await;
-    let node = &n["nodes"].as_array().unwrap()[0];
+    let nodes = c.listed_nodes().await;
+    let node = &nodes[0];
     assert!(
         node["allocatable_mb"].as_i64().unwrap() <= 1 << 30,
         "unclamped: {node}"

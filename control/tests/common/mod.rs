@@ -11,9 +11,21 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use warren_client::Client;
 use warren_config::{ControlConfig, Strategy, from_toml_str};
+use warren_proto::api::SessionStatus;
+use warren_proto::internal::{
+    ErrorBody, ErrorDetail, HeartbeatRequest, JoinRequest, JoinResponse, NodeIsolation,
+    ReportedState, SessionReport, WatchResponse,
+};
+use warren_proto::token::Claims;
+use warren_testkit::{until, until_ok};
 
 pub const ADMIN: &str = "wa_test_admin_key_0123456789abcdefghijklmnop";
+
+/// How long tests wait on a condition, and how often they look.
+pub const WAIT: Duration = Duration::from_secs(30);
+pub const EVERY: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Db {
@@ -124,6 +136,13 @@ impl TestControl {
         }
     }
 
+    /// The typed public API, called with `key`.
+    pub fn client(&self, key: &str) -> Client {
+        Client::new(&self.url, key, Duration::from_secs(60)).unwrap()
+    }
+
+    /// A raw call (for what has no type in `warren_proto::api`, malformed
+    /// input and exact statuses): `(status, JSON body or null)`.
     pub async fn call(
         &self,
         method: &str,
@@ -143,6 +162,17 @@ impl TestControl {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `GET /v1/nodes` as the operator: the nodes (no type in
+    /// `warren_proto::api`: raw JSON).
+    pub async fn listed_nodes(&self) -> Vec<Value> {
+        let (s, mut v) = self.call("GET", "/v1/nodes", ADMIN, None).await;
+        assert_eq!(s, 200, "{v}");
+        match v["nodes"].take() {
+            Value::Array(nodes) => nodes,
+            other => panic!("no node list: {other}"),
+        }
     }
 
     pub async fn join_token(&self) -> String {
@@ -199,16 +229,19 @@ impl FakeAgent {
         let http = reqwest::Client::new();
         let r = http
             .post(format!("{ctl_url}/internal/v1/join"))
-            .json(&json!({"token": token, "node_id": node, "allocatable_mb": memory_mb}))
+            .json(&JoinRequest {
+                token: token.into(),
+                node_id: node.into(),
+                allocatable_mb: memory_mb,
+            })
             .send()
             .await
             .unwrap();
         let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
         if status != 200 {
-            return Err((status, v));
+            return Err((status, r.json().await.unwrap_or(Value::Null)));
         }
-        let credential = v["credential"].as_str().unwrap().to_string();
+        let JoinResponse { credential, .. } = r.json().await.unwrap();
         let a = FakeAgent {
             node: node.into(),
             credential: credential.clone(),
@@ -260,16 +293,13 @@ impl FakeAgent {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
-                    let Ok(v) = r.json::<Value>().await else {
+                    let Ok(w) = r.json::<WatchResponse>().await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
-                    index = v["index"].as_i64().unwrap_or(0);
-                    *reporter.running.lock().unwrap() = v["sessions"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|s| s["id"].as_str().unwrap().to_string())
-                        .collect();
+                    index = w.index;
+                    *reporter.running.lock().unwrap() =
+                        w.sessions.into_iter().map(|s| s.id).collect();
                     // A watch answered after the agent "died" must not
                     // bring its node back (the test then saw the node
                     // ready again and placed a session on it).
@@ -296,37 +326,78 @@ struct Reporter {
 
 impl Reporter {
     async fn heartbeat(&self) {
-        let reports: Vec<Value> = {
+        let sessions = {
             let (running, idle) = (self.running.lock().unwrap(), self.idle.lock().unwrap());
             running
                 .iter()
-                .map(|id| json!({"id": id, "state": "running", "idle_ms": idle.get(id).copied().unwrap_or(0)}))
+                .map(|id| SessionReport {
+                    id: id.clone(),
+                    state: ReportedState::Running,
+                    reason: String::new(),
+                    idle_ms: Some(idle.get(id).copied().unwrap_or(0)),
+                })
                 .collect()
         };
         let _ = self
             .http
             .post(format!("{}/internal/v1/heartbeat", self.url))
             .bearer_auth(&self.auth)
-            .json(&json!({"allocatable_mb": self.memory_mb, "free_mb": self.memory_mb, "sessions": reports}))
+            .json(&HeartbeatRequest {
+                allocatable_mb: self.memory_mb,
+                free_mb: self.memory_mb,
+                isolation: NodeIsolation::default(),
+                metrics_addr: None,
+                sessions,
+                disk: None,
+            })
             .send()
             .await;
     }
 }
 
-/// Waits for `cond` with a deadline, checking every 50 ms.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The API's error shape (`{"error": {"code", "message"}}`) of a raw
+/// answer; fails the test when the body is not that shape.
+pub fn api_error(v: &Value) -> ErrorDetail {
+    serde_json::from_value::<ErrorBody>(v.clone())
+        .unwrap_or_else(|e| panic!("not the API's error shape ({e}): {v}"))
+        .error
+}
+
+/// The status, code and message a typed call was refused with; fails the
+/// test when it succeeded or failed otherwise.
+pub fn refused<T: std::fmt::Debug>(r: warren_client::Result<T>) -> (u16, ErrorDetail) {
+    match r {
+        Err(warren_client::Error::Api {
+            status,
+            code,
+            message,
+        }) => (status, ErrorDetail { code, message }),
+        other => panic!("expected the API to refuse, got {other:?}"),
     }
+}
+
+/// Waits until session `id` has status `want`; on time-out, says what it
+/// had instead.
+pub async fn until_status(client: &Client, what: &str, id: &str, want: SessionStatus) {
+    until_ok(what, WAIT, EVERY, || async move {
+        match client.session(id).await {
+            Ok(s) if s.status == want => Ok(()),
+            Ok(s) => Err(format!("session {id} is {}", s.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// The `scope` claim of a session token (its payload, unverified: control
+/// signed it, relays check signatures).
+pub fn scope_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice::<Claims>(&bytes).unwrap().scope
 }
 
 impl TestControl {
@@ -342,11 +413,9 @@ impl TestControl {
                     .unwrap(),
             );
         }
-        eventually("ready nodes", || async {
-            let (_, n) = self.call("GET", "/v1/nodes", ADMIN, None).await;
-            n["nodes"]
-                .as_array()
-                .unwrap()
+        until("ready nodes", WAIT, EVERY, || async {
+            self.listed_nodes()
+                .await
                 .iter()
                 .filter(|n| n["state"] == "ready")
                 .count()
