@@ -270,22 +270,21 @@ impl Report {
     }
 
     fn svg_timeline(&self) -> String {
-        let pts50: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|p| p.count > 0)
-            .map(|p| (p.t_s as f64, p.p50_us as f64 / 1000.0))
-            .collect();
-        let pts99: Vec<(f64, f64)> = self
-            .timeline
-            .iter()
-            .filter(|p| p.count > 0)
-            .map(|p| (p.t_s as f64, p.p99_us as f64 / 1000.0))
-            .collect();
+        // One quantile's points (seconds, ms), over the seconds with samples.
+        let points = |us: fn(&Point) -> u64| -> Vec<(f64, f64)> {
+            self.timeline
+                .iter()
+                .filter(|p| p.count > 0)
+                .map(|p| (p.t_s as f64, us(p) as f64 / 1000.0))
+                .collect()
+        };
         svg_chart(
             "Latency over time (ms, per second)",
             "seconds since start",
-            &[("p50", "#2b6cb0", pts50), ("p99", "#c53030", pts99)],
+            &[
+                ("p50", "#2b6cb0", points(|p| p.p50_us)),
+                ("p99", "#c53030", points(|p| p.p99_us)),
+            ],
         )
     }
 

@@ -5,36 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren_tunnel::client::{Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler};
+use warren_tunnel::client::Backoff;
+use warren_tunnel::loopback::{LoopbackRelay, Source};
 use warren_tunnel::proto::{StreamHeader, StreamKind};
-use warren_tunnel::server::{self, Registry, SharedSecretAuth};
 
 use crate::{Args, Stats};
 
 const SECRET: &str = "loadtest-tunnel-secret";
-
-/// Port 19: an endless source; anything else: accept and close.
-struct Source;
-
-#[async_trait]
-impl StreamHandler for Source {
-    async fn handle(&self, header: StreamHeader, stream: PendingStream) {
-        let Ok(mut s) = stream.accept().await else {
-            return;
-        };
-        if header.kind == StreamKind::Port(19) {
-            let buf = vec![b'x'; 64 * 1024];
-            while s.write_all(&buf).await.is_ok() {}
-        } else {
-            let _ = s.shutdown().await;
-        }
-    }
-}
 
 async fn drain_for(mut r: impl tokio::io::AsyncRead + Unpin, until: tokio::time::Instant) -> u64 {
     let mut buf = vec![0u8; 256 * 1024];
@@ -49,39 +30,15 @@ async fn drain_for(mut r: impl tokio::io::AsyncRead + Unpin, until: tokio::time:
 }
 
 pub async fn run(args: &Args, stats: &Arc<Stats>) -> anyhow::Result<Value> {
-    let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"])?;
-    let ep = server::bind(
-        "127.0.0.1:0".parse()?,
-        cert.as_bytes(),
-        key.as_bytes(),
-        Duration::from_secs(30),
-    )?;
-    let addr = ep.local_addr()?;
-    let registry = Arc::new(Registry::default());
+    let relay = LoopbackRelay::start(SECRET)?;
+    let registry = relay.registry.clone();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
-    tokio::spawn(server::serve(
-        ep,
-        registry.clone(),
-        Arc::new(SharedSecretAuth::new(SECRET)),
-        stop.clone(),
-    ));
     let tracker = TaskTracker::new();
-    warren_tunnel::client::spawn(
-        ClientOptions {
-            node_id: "loadtest".into(),
-            credential: SECRET.into(),
-            relays: vec![RelayDial {
-                addr: addr.to_string(),
-                server_name: "warren.localhost".into(),
-                client_config: warren_tunnel::tls::client_config(
-                    Some(cert.as_bytes()),
-                    Duration::from_secs(30),
-                )?,
-            }],
-            backoff: Backoff::default(),
-        },
+    relay.connect(
+        "loadtest",
         Arc::new(Source),
+        Backoff::default(),
         stop.clone(),
         &tracker,
     )?;

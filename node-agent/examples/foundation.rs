@@ -22,7 +22,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,11 +31,13 @@ use tokio_util::task::TaskTracker;
 use warren_agent::testing::spawn_on_pty;
 use warren_agent::{Agent, AgentOptions, SessionSpec};
 use warren_config::{AgentConfig, DockerConfig, RelayTarget, Secret, SecurityMode, TerminalConfig};
-use warren_tunnel::client::{Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler};
+use warren_testkit::TestTunnel;
+use warren_testkit::tunnel::{NODE_SECRET, SERVER_NAME};
+use warren_tunnel::client::Backoff;
+use warren_tunnel::loopback::Source;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
-use warren_tunnel::server::{self, Registry, SharedSecretAuth};
+use warren_tunnel::server::Registry;
 
-const SECRET: &str = "bench-node-secret-0123456789";
 const KEYSTROKES: usize = 2000;
 const OUTPUT_BYTES: u64 = 100 * 1024 * 1024;
 
@@ -46,63 +47,6 @@ fn ms(us: u64) -> String {
 
 fn pct(h: &Histogram<u64>) -> (u64, u64) {
     (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
-}
-
-struct Relay {
-    registry: Arc<Registry>,
-    dial: RelayTarget,
-    stop: CancellationToken,
-    ca_pem: String,
-}
-
-fn relay(dir: &std::path::Path) -> Relay {
-    let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"]).unwrap();
-    let ep = server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        cert.as_bytes(),
-        key.as_bytes(),
-        Duration::from_secs(30),
-    )
-    .unwrap();
-    let addr = ep.local_addr().unwrap();
-    let registry = Arc::new(Registry::default());
-    let stop = CancellationToken::new();
-    tokio::spawn(server::serve(
-        ep,
-        registry.clone(),
-        Arc::new(SharedSecretAuth::new(SECRET)),
-        stop.clone(),
-    ));
-    let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &cert).unwrap();
-    Relay {
-        registry,
-        dial: RelayTarget {
-            addr: addr.to_string(),
-            server_name: "warren.localhost".into(),
-            ca_file: Some(ca),
-        },
-        stop,
-        ca_pem: cert,
-    }
-}
-
-/// Port 19: an endless source; port 7: accept and close (open latency).
-struct Source;
-
-#[async_trait]
-impl StreamHandler for Source {
-    async fn handle(&self, header: StreamHeader, stream: PendingStream) {
-        let Ok(mut s) = stream.accept().await else {
-            return;
-        };
-        if header.kind == StreamKind::Port(19) {
-            let buf = vec![b'x'; 64 * 1024];
-            while s.write_all(&buf).await.is_ok() {}
-        } else {
-            let _ = s.shutdown().await;
-        }
-    }
 }
 
 async fn read_n(mut r: impl tokio::io::AsyncRead + Unpin, n: u64) {
@@ -115,35 +59,9 @@ async fn read_n(mut r: impl tokio::io::AsyncRead + Unpin, n: u64) {
     }
 }
 
-async fn bench_tunnel(dir: &std::path::Path) {
-    let r = relay(dir);
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    warren_tunnel::client::spawn(
-        ClientOptions {
-            node_id: "bench".into(),
-            credential: SECRET.into(),
-            relays: vec![RelayDial {
-                addr: r.dial.addr.clone(),
-                server_name: "warren.localhost".into(),
-                client_config: warren_tunnel::tls::client_config(
-                    Some(r.ca_pem.as_bytes()),
-                    Duration::from_secs(30),
-                )
-                .unwrap(),
-            }],
-            backoff: Backoff::default(),
-        },
-        Arc::new(Source),
-        stop.clone(),
-        &tracker,
-    )
-    .unwrap();
-    assert!(
-        r.registry
-            .wait_until(Duration::from_secs(10), |n| n.contains("bench"))
-            .await
-    );
+async fn bench_tunnel() {
+    let r = TestTunnel::start();
+    let node = r.connect("bench", Arc::new(Source)).await;
 
     // Plain TCP: an endless source on loopback.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -186,7 +104,7 @@ async fn bench_tunnel(dir: &std::path::Path) {
         let tcp = (streams as u64 * per) as f64 / t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..streams {
-            let reg = r.registry.clone();
+            let reg = r.registry().clone();
             let h = hdr(StreamKind::Port(19));
             js.spawn(async move {
                 let s = reg.open_stream("bench", &h).await.unwrap();
@@ -213,7 +131,7 @@ async fn bench_tunnel(dir: &std::path::Path) {
         ht.record(t.elapsed().as_micros() as u64).unwrap();
         let t = Instant::now();
         let s = r
-            .registry
+            .registry()
             .open_stream("bench", &hdr(StreamKind::Port(7)))
             .await
             .unwrap();
@@ -233,8 +151,8 @@ async fn bench_tunnel(dir: &std::path::Path) {
         ms(q99),
         q99 as f64 / t99 as f64
     );
-    stop.cancel();
-    r.stop.cancel();
+    drop(node);
+    r.stop().await;
 }
 
 const CAT: &str = "stty raw -echo; exec cat";
@@ -288,7 +206,7 @@ async fn ws_wait(
 }
 
 struct Stack {
-    relay: Relay,
+    relay: TestTunnel,
     agent: Arc<Agent>,
     stop: CancellationToken,
     label: String,
@@ -300,7 +218,7 @@ async fn stack(dir: &std::path::Path) -> Stack {
 }
 
 async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
-    let relay = relay(dir);
+    let relay = TestTunnel::start();
     let label = format!("{}", std::process::id());
     let network = format!("warren-bench-{label}");
     let cfg = AgentConfig {
@@ -310,8 +228,12 @@ async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
         memory_mb: None,
         node_id: "bench-agent".into(),
         data_dir: dir.join("agent"),
-        credential: Secret::new(SECRET),
-        relays: vec![relay.dial.clone()],
+        credential: Secret::new(NODE_SECRET),
+        relays: vec![RelayTarget {
+            addr: relay.addr().to_string(),
+            server_name: SERVER_NAME.into(),
+            ca_file: Some(relay.write_ca(dir)),
+        }],
         docker: DockerConfig {
             network: network.clone(),
             security: SecurityMode::Auto,
@@ -337,12 +259,7 @@ async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
     agent
         .connect_relays(&cfg, Backoff::default(), &TaskTracker::new())
         .unwrap();
-    assert!(
-        relay
-            .registry
-            .wait_until(Duration::from_secs(10), |n| n.contains("bench-agent"))
-            .await
-    );
+    relay.registered("bench-agent").await;
     Stack {
         relay,
         agent,
@@ -354,8 +271,8 @@ async fn stack_with(dir: &std::path::Path, default_disk_mb: u64) -> Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // The tunnel stops when its field drops, after this.
         self.stop.cancel();
-        self.relay.stop.cancel();
         warren_testkit::remove_labelled(&format!("warren.bench={}", self.label), &[&self.network]);
     }
 }
@@ -371,7 +288,7 @@ async fn bench_terminal(st: &Stack) {
         .unwrap();
 
     // Warren: tunnel + agent + warren-init.
-    let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+    let mut ws = ws_terminal(st.relay.registry(), &s.id).await;
     ws.send(Message::Binary(format!("{CAT}\n").into_bytes().into()))
         .await
         .unwrap();
@@ -381,7 +298,7 @@ async fn bench_terminal(st: &Stack) {
     ws_wait(&mut ws, b"S").await;
     let hw = echo_hist(&mut ws, KEYSTROKES).await;
     drop(ws);
-    let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+    let mut ws = ws_terminal(st.relay.registry(), &s.id).await;
     ws.send(Message::Binary(
         format!("{}\n", output_cmd()).into_bytes().into(),
     ))
@@ -495,13 +412,13 @@ async fn bench_neighbours(st: &Stack) {
         })
         .await
         .unwrap();
-    let mut q = ws_terminal(&st.relay.registry, &quiet.id).await;
+    let mut q = ws_terminal(st.relay.registry(), &quiet.id).await;
     q.send(Message::Binary(format!("{CAT}\n").into_bytes().into()))
         .await
         .unwrap();
     q.send(Message::Binary(b"S".to_vec().into())).await.unwrap();
     ws_wait(&mut q, b"S").await;
-    let mut n = ws_terminal(&st.relay.registry, &noisy.id).await;
+    let mut n = ws_terminal(st.relay.registry(), &noisy.id).await;
     println!(
         "\n## Neighbours\n\nEcho in a quiet session while another session misbehaves \
          ({ROUNDS} rounds of {n_keys} keystrokes idle, then {n_keys} busy, pooled; noisy session: 128 MB, 128 pids, 1 CPU, 256 MB disk; ratio to the idle run just before it)\n"
@@ -571,7 +488,7 @@ async fn bench_neighbours(st: &Stack) {
             drop(n);
             st.agent.remove_session(&noisy.id).await.unwrap();
             st.agent.create_session(&noisy_spec).await.unwrap();
-            n = ws_terminal(&st.relay.registry, &noisy.id).await;
+            n = ws_terminal(st.relay.registry(), &noisy.id).await;
         }
         let (ip50, ip99) = pct(&idle);
         let (b50, b99) = pct(&busy);
@@ -603,7 +520,7 @@ async fn warren_starts(st: &Stack, n: usize) -> Histogram<u64> {
             })
             .await
             .unwrap();
-        let mut ws = ws_terminal(&st.relay.registry, &s.id).await;
+        let mut ws = ws_terminal(st.relay.registry(), &s.id).await;
         ws.send(Message::Binary(b"echo $((6*7))\n".to_vec().into()))
             .await
             .unwrap();
@@ -698,7 +615,7 @@ async fn main() {
         chrono_free_date()
     );
     if what == "all" || what == "tunnel" {
-        bench_tunnel(&dir).await;
+        bench_tunnel().await;
     }
     if what == "all" || what == "terminal" || what == "start" {
         let st = stack(&dir).await;

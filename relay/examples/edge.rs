@@ -109,12 +109,7 @@ async fn env() -> (Env, Arc<Agent>) {
     agent
         .connect_relays(&acfg, Default::default(), &TaskTracker::new())
         .unwrap();
-    assert!(
-        relay
-            .registry
-            .wait_until(Duration::from_secs(20), |n| n.contains("bench-node"))
-            .await
-    );
+    warren_testkit::tunnel::registered(&relay.registry, "bench-node").await;
     let s = agent
         .create_session(&SessionSpec {
             id: "relaybench".into(),

@@ -1,6 +1,7 @@
 //! One test's run: its id, the label and network its containers carry, its
 //! data directory; all of it removed when the run is dropped.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::docker::remove_labelled;
 
@@ -8,6 +9,31 @@ use crate::docker::remove_labelled;
 pub const TEST_LABEL: &str = "warren.test";
 
 type Action = Box<dyn FnOnce() + Send>;
+
+/// Calls so far in this test binary, for [`run_id`] and [`unique_suffix`].
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// `<name>-<pid>-<n>`: distinct per test binary and per call.
+pub fn run_id(name: &str) -> String {
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    format!("{name}-{}-{n}", std::process::id())
+}
+
+/// A short suffix that does not repeat across calls, processes and runs
+/// (the time, the process id and a counter, in hex and decimal): for ids
+/// such as sessions'.
+pub fn unique_suffix() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    format!(
+        "{:x}{:x}{}",
+        t & 0xffff_ffff,
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// A test's resources, cleaned up on drop (also when the test fails):
 /// containers and networks labelled `warren.test=<id>`, the network

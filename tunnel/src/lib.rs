@@ -15,9 +15,11 @@
 //! - [`server`]: relay side: accept loop, authentication, registry.
 //! - [`client`]: agent side: one connection per relay, full-jitter backoff.
 //! - [`tls`]: rustls/quinn configuration and development certificates.
+//! - [`loopback`]: both ends in one process (load test, test harness).
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod loopback;
 pub mod proto;
 pub mod reset;
 pub mod server;

@@ -343,31 +343,24 @@ async fn handle_connection(
         "no registration in time".to_string()
     })?;
     let (mut send, hello) = hello?;
-    if let Err(e) = hello.validate() {
-        let msg = format!("bad registration: {e}");
-        refuse(
-            &conn,
-            &mut send,
+    // A malformed registration, then a node not admitted: refused with
+    // (reply code, close code, message).
+    let admitted = match hello.validate() {
+        Err(e) => Err((
             ReplyCode::BadHeader,
             close_code::PROTOCOL_ERROR,
-            &msg,
-        )
-        .await;
-        return Err(msg);
-    }
-    let identity = match auth.authenticate(&hello).await {
-        Ok(id) => id,
-        Err(e) => {
+            format!("bad registration: {e}"),
+        )),
+        Ok(()) => auth.authenticate(&hello).await.map_err(|e| {
             let msg = format!("node {} not admitted: {e}", hello.node_id);
             warn!("{msg}");
-            refuse(
-                &conn,
-                &mut send,
-                ReplyCode::AuthFailed,
-                close_code::AUTH_FAILED,
-                &msg,
-            )
-            .await;
+            (ReplyCode::AuthFailed, close_code::AUTH_FAILED, msg)
+        }),
+    };
+    let identity = match admitted {
+        Ok(id) => id,
+        Err((reply_code, close, msg)) => {
+            refuse(&conn, &mut send, reply_code, close, &msg).await;
             return Err(msg);
         }
     };

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use warren_tunnel::client::{
     self, Backoff, ClientOptions, PendingStream, RelayDial, StreamHandler,
 };
+use warren_tunnel::loopback::{LoopbackRelay, SERVER_NAME};
 use warren_tunnel::proto::{self, Hello, StreamHeader, StreamKind, StreamReply};
 use warren_tunnel::server::{self, OpenError, Registry, SharedSecretAuth};
 use warren_tunnel::tls;
@@ -49,50 +50,14 @@ impl StreamHandler for Echo {
     }
 }
 
-struct Relay {
-    registry: Arc<Registry>,
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+/// A relay side on loopback with a fresh certificate.
+fn relay() -> LoopbackRelay {
+    LoopbackRelay::start(SECRET).unwrap()
 }
 
-impl Relay {
-    fn start(addr: SocketAddr, cert: &str, key: &str) -> Relay {
-        let ep = server::bind(
-            addr,
-            cert.as_bytes(),
-            key.as_bytes(),
-            Duration::from_secs(30),
-        )
-        .unwrap();
-        let addr = ep.local_addr().unwrap();
-        let registry = Arc::new(Registry::default());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(server::serve(
-            ep,
-            registry.clone(),
-            Arc::new(SharedSecretAuth::new(SECRET)),
-            stop.clone(),
-        ));
-        Relay {
-            registry,
-            addr,
-            stop,
-            task,
-        }
-    }
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-    }
-}
-
-fn dial(addr: SocketAddr, cert: &str) -> RelayDial {
-    RelayDial {
-        addr: addr.to_string(),
-        server_name: "warren.localhost".into(),
-        client_config: tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap(),
-    }
+/// Stops a relay side and waits until it has.
+async fn stop_relay(relay: LoopbackRelay) {
+    relay.stop().await.unwrap();
 }
 
 fn agent(
@@ -147,10 +112,9 @@ async fn echo_once(registry: &Registry, node: &str, msg: &[u8]) {
 
 #[tokio::test]
 async fn streams_flow_and_agent_reconnects_after_relay_restart() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let addr = relay.addr;
-    let (stop, _status) = agent("node-a", SECRET, vec![dial(addr, &cert)]);
+    let relay = relay();
+    let (addr, cert, key) = (relay.addr, relay.cert_pem.clone(), relay.key_pem.clone());
+    let (stop, _status) = agent("node-a", SECRET, vec![relay.dial().unwrap()]);
     assert!(
         relay
             .registry
@@ -187,8 +151,8 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
     ));
 
     // Kill the listener; start a new one on the same port; the agent comes back.
-    relay.stop().await;
-    let relay = Relay::start(addr, &cert, &key);
+    stop_relay(relay).await;
+    let relay = LoopbackRelay::start_at(addr, cert, key, SECRET).unwrap();
     assert!(
         relay
             .registry
@@ -198,7 +162,7 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
     );
     echo_once(&relay.registry, "node-a", b"after restart").await;
     stop.cancel();
-    relay.stop().await;
+    stop_relay(relay).await;
 }
 
 /// A relay told to stop first tells its agents it is draining: the agent
@@ -206,9 +170,8 @@ async fn streams_flow_and_agent_reconnects_after_relay_restart() {
 /// no stream is open.
 #[tokio::test]
 async fn a_stopping_relay_drains_its_streams_first() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let (stop, _status) = agent("node-d", SECRET, vec![dial(relay.addr, &cert)]);
+    let relay = relay();
+    let (stop, _status) = agent("node-d", SECRET, vec![relay.dial().unwrap()]);
     assert!(
         relay
             .registry
@@ -222,7 +185,7 @@ async fn a_stopping_relay_drains_its_streams_first() {
         .unwrap();
     assert_eq!(relay.registry.open_streams(), 1);
     let registry = relay.registry.clone();
-    let stopping = tokio::spawn(relay.stop());
+    let stopping = tokio::spawn(stop_relay(relay));
     let mut got = Vec::new();
     tokio::time::timeout(WAIT, held.read_to_end(&mut got))
         .await
@@ -237,13 +200,11 @@ async fn a_stopping_relay_drains_its_streams_first() {
 
 #[tokio::test]
 async fn agent_keeps_a_connection_to_every_relay() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let r1 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let r2 = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let (r1, r2) = (relay(), relay());
     let (stop, mut status) = agent(
         "node-ha",
         SECRET,
-        vec![dial(r1.addr, &cert), dial(r2.addr, &cert)],
+        vec![r1.dial().unwrap(), r2.dial().unwrap()],
     );
     assert!(
         r1.registry
@@ -262,10 +223,10 @@ async fn agent_keeps_a_connection_to_every_relay() {
     echo_once(&r1.registry, "node-ha", b"one").await;
     echo_once(&r2.registry, "node-ha", b"two").await;
     // Losing one relay leaves the other serving.
-    r1.stop().await;
+    stop_relay(r1).await;
     echo_once(&r2.registry, "node-ha", b"still here").await;
     stop.cancel();
-    r2.stop().await;
+    stop_relay(r2).await;
 }
 
 /// A raw QUIC client speaking the registration by hand.
@@ -274,15 +235,14 @@ async fn raw_connect(addr: SocketAddr, cert: &str) -> quinn::Connection {
     ep.set_default_client_config(
         tls::client_config(Some(cert.as_bytes()), Duration::from_secs(30)).unwrap(),
     );
-    ep.connect(addr, "warren.localhost").unwrap().await.unwrap()
+    ep.connect(addr, SERVER_NAME).unwrap().await.unwrap()
 }
 
 #[tokio::test]
 async fn bad_credential_and_wrong_version_are_refused_with_reason() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
+    let relay = relay();
 
-    let conn = raw_connect(relay.addr, &cert).await;
+    let conn = raw_connect(relay.addr, &relay.cert_pem).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let hello = Hello {
         node_id: "intruder".into(),
@@ -300,7 +260,7 @@ async fn bad_credential_and_wrong_version_are_refused_with_reason() {
     assert!(reason.contains("not admitted"), "{reason}");
     assert!(!relay.registry.is_connected("intruder"));
 
-    let conn = raw_connect(relay.addr, &cert).await;
+    let conn = raw_connect(relay.addr, &relay.cert_pem).await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[2, 0, 2, b'{', b'}']).await.unwrap();
     let reply: StreamReply = proto::read_frame(&mut recv).await.unwrap();
@@ -310,14 +270,13 @@ async fn bad_credential_and_wrong_version_are_refused_with_reason() {
     );
     let reason = conn.closed().await.to_string();
     assert!(reason.contains("v2") && reason.contains("v1"), "{reason}");
-    relay.stop().await;
+    stop_relay(relay).await;
 }
 
 #[tokio::test]
 async fn hostile_stream_headers_fail_alone() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let (stop, _status) = agent("node-h", SECRET, vec![dial(relay.addr, &cert)]);
+    let relay = relay();
+    let (stop, _status) = agent("node-h", SECRET, vec![relay.dial().unwrap()]);
     assert!(
         relay
             .registry
@@ -380,7 +339,7 @@ async fn hostile_stream_headers_fail_alone() {
     echo_once(&relay.registry, "node-h", b"still serving").await;
     assert!(conn.close_reason().is_none());
     stop.cancel();
-    relay.stop().await;
+    stop_relay(relay).await;
 }
 
 /// Before registering, a peer may open one stream and park at most the
@@ -388,9 +347,8 @@ async fn hostile_stream_headers_fail_alone() {
 /// never fits; the relay closes the connection at the registration deadline.
 #[tokio::test]
 async fn unauthenticated_peers_get_one_stream_and_a_small_window() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
-    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &cert, &key);
-    let conn = raw_connect(relay.addr, &cert).await;
+    let relay = relay();
+    let conn = raw_connect(relay.addr, &relay.cert_pem).await;
     // The registration stream: one byte, then silence (the relay waits for
     // the rest of the Hello until its registration deadline).
     let (mut first, _r1) = conn.open_bi().await.unwrap();
@@ -409,7 +367,7 @@ async fn unauthenticated_peers_get_one_stream_and_a_small_window() {
     let reason = conn.closed().await.to_string();
     assert!(reason.contains("no registration in time"), "{reason}");
     // A real agent still registers afterwards.
-    let (stop, _status) = agent("node-after", SECRET, vec![dial(relay.addr, &cert)]);
+    let (stop, _status) = agent("node-after", SECRET, vec![relay.dial().unwrap()]);
     assert!(
         relay
             .registry
@@ -417,7 +375,7 @@ async fn unauthenticated_peers_get_one_stream_and_a_small_window() {
             .await
     );
     stop.cancel();
-    relay.stop().await;
+    stop_relay(relay).await;
 }
 
 /// A relay on a runtime of its own, so the test can make it vanish the way
@@ -452,7 +410,7 @@ fn crashable_relay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_relay_that_restarts_resets_its_agents_at_once() {
-    let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+    let (cert, key) = tls::self_signed(&[SERVER_NAME]).unwrap();
     let dir = std::env::temp_dir().join(format!("wt-reset-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let reset =
@@ -468,7 +426,7 @@ async fn a_crashed_relay_that_restarts_resets_its_agents_at_once() {
         SECRET,
         vec![RelayDial {
             addr: addr.to_string(),
-            server_name: "warren.localhost".into(),
+            server_name: SERVER_NAME.into(),
             client_config: tls::client_config(Some(cert.as_bytes()), idle).unwrap(),
         }],
     );

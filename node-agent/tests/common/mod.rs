@@ -6,20 +6,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
 use warren_config::{AgentConfig, DockerConfig, RelayTarget, Secret, SecurityMode, TerminalConfig};
+use warren_testkit::tunnel::{NODE_SECRET, SERVER_NAME, fast_backoff};
+use warren_testkit::{TestTunnel, run_id};
 use warren_tunnel::TunnelStream;
-use warren_tunnel::client::Backoff;
 use warren_tunnel::proto::{StreamHeader, StreamKind};
-use warren_tunnel::server::{self, Registry, SharedSecretAuth};
+use warren_tunnel::server::Registry;
 
 pub const WAIT: Duration = warren_testkit::WAIT;
-const SECRET: &str = "test-node-secret-0123456789";
 pub const TEST_LABEL: &str = "warren.test";
 
 /// True when Docker answers. Under CI (`CI=true`) a missing Docker fails
@@ -40,18 +39,12 @@ pub async fn docker_or_skip() -> bool {
 pub struct Stack {
     pub run: String,
     pub registry: Arc<Registry>,
-    relay_stop: CancellationToken,
+    tunnel: TestTunnel,
     pub cfg: AgentConfig,
     pub agent: Option<Arc<Agent>>,
     agent_stop: CancellationToken,
     agent_tasks: TaskTracker,
     data_dir: PathBuf,
-}
-
-fn run_id(name: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("{name}-{}-{n}", std::process::id())
 }
 
 impl Stack {
@@ -82,27 +75,10 @@ impl Stack {
             .with_test_writer()
             .try_init();
         let run = run_id(name);
-        let (cert, key) = warren_tunnel::tls::self_signed(&["warren.localhost"]).unwrap();
         let data_dir = std::env::temp_dir().join(format!("warren-test-{run}"));
         std::fs::create_dir_all(&data_dir).unwrap();
-        let ca = data_dir.join("ca.pem");
-        std::fs::write(&ca, &cert).unwrap();
-        let ep = server::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            cert.as_bytes(),
-            key.as_bytes(),
-            Duration::from_secs(30),
-        )
-        .unwrap();
-        let addr = ep.local_addr().unwrap();
-        let registry = Arc::new(Registry::default());
-        let relay_stop = CancellationToken::new();
-        tokio::spawn(server::serve(
-            ep,
-            registry.clone(),
-            Arc::new(SharedSecretAuth::new(SECRET)),
-            relay_stop.clone(),
-        ));
+        let tunnel = TestTunnel::start();
+        let ca = tunnel.write_ca(&data_dir);
         let cfg = AgentConfig {
             admin: Default::default(),
             control_url: None,
@@ -113,10 +89,10 @@ impl Stack {
                 .take(63)
                 .collect(),
             data_dir: data_dir.join("agent"),
-            credential: Secret::new(SECRET),
+            credential: Secret::new(NODE_SECRET),
             relays: vec![RelayTarget {
-                addr: addr.to_string(),
-                server_name: "warren.localhost".into(),
+                addr: tunnel.addr().to_string(),
+                server_name: SERVER_NAME.into(),
                 ca_file: Some(ca),
             }],
             docker: {
@@ -137,8 +113,8 @@ impl Stack {
         };
         let mut s = Stack {
             run,
-            registry,
-            relay_stop,
+            registry: tunnel.registry().clone(),
+            tunnel,
             cfg,
             agent: None,
             agent_stop: CancellationToken::new(),
@@ -180,17 +156,10 @@ impl Stack {
         .await
         .unwrap();
         let tasks = TaskTracker::new();
-        let backoff = Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-            ..Default::default()
-        };
-        agent.connect_relays(&self.cfg, backoff, &tasks).unwrap();
-        let node = self.cfg.node_id.clone();
-        assert!(
-            self.registry.wait_until(WAIT, |n| n.contains(&node)).await,
-            "agent never registered"
-        );
+        agent
+            .connect_relays(&self.cfg, fast_backoff(), &tasks)
+            .unwrap();
+        self.tunnel.registered(&self.cfg.node_id).await;
         self.agent = Some(agent);
         self.agent_stop = stop;
         self.agent_tasks = tasks;
@@ -288,8 +257,8 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // The tunnel stops when its field drops, after this.
         self.agent_stop.cancel();
-        self.relay_stop.cancel();
         warren_testkit::remove_labelled(
             &format!("{TEST_LABEL}={}", self.run),
             &[&self.cfg.docker.network],
@@ -313,18 +282,7 @@ pub fn docker(args: &[&str]) -> String {
 }
 
 pub fn random_suffix() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    format!(
-        "{:x}{:x}{}",
-        t & 0xffff_ffff,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    warren_testkit::unique_suffix()
 }
 
 pub type Term = warren_testkit::Term<TunnelStream>;

@@ -1,13 +1,13 @@
 //! A real relay (Pingora + TLS) on 127.0.0.1:0, a real agent that dialed
-//! its tunnel, real session containers; HTTPS and WebSocket clients that
-//! connect to 127.0.0.1 with SNI and Host set, as a browser would.
+//! its tunnel, real session containers (or, without Docker, a fake agent:
+//! [`Stack::start_fake`]); HTTPS and WebSocket clients that connect to
+//! 127.0.0.1 with SNI and Host set, as a browser would.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +18,9 @@ use warren_agent::{Agent, AgentOptions, SessionInfo, SessionSpec};
 use warren_config::*;
 use warren_relay::auth::testing::Signer;
 use warren_relay::routes::StaticRoutes;
-use warren_tunnel::client::Backoff;
+use warren_testkit::tunnel::{fast_backoff, registered};
+use warren_testkit::{FakeAgent, TestNode, run_id};
+use warren_tunnel::client::RelayDial;
 
 pub const WAIT: Duration = warren_testkit::WAIT;
 pub const DOMAIN: &str = "warren.localhost";
@@ -44,27 +46,8 @@ pub fn browser_dirs(name: &str) -> (PathBuf, PathBuf) {
     (root.join("web"), artifacts.join(name))
 }
 
-fn run_id(name: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 pub fn suffix() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    format!(
-        "{:x}{:x}{}",
-        t & 0xffff_ffff,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    warren_testkit::unique_suffix()
 }
 
 pub struct Stack {
@@ -74,7 +57,11 @@ pub struct Stack {
     pub signer: Signer,
     pub routes: Arc<StaticRoutes>,
     pub relay: warren_relay::Relay,
-    pub agent: Arc<Agent>,
+    /// The real agent (`None` with the fake one).
+    pub agent: Option<Arc<Agent>>,
+    /// The fake agent of [`Stack::start_fake`].
+    pub fake: Option<Arc<FakeAgent>>,
+    fake_node: Option<TestNode>,
     pub node: String,
     pub ca_pem: Vec<u8>,
     relay_stop: CancellationToken,
@@ -98,6 +85,21 @@ impl Stack {
         name: &str,
         api: Option<SocketAddr>,
         preview_domain: Option<&str>,
+    ) -> Stack {
+        Self::start_node(name, api, preview_domain, false).await
+    }
+
+    /// The real relay and tunnel with a [`FakeAgent`] behind them: no
+    /// Docker. Sessions are routes only ([`Stack::fake_session`]).
+    pub async fn start_fake(name: &str) -> Stack {
+        Self::start_node(name, None, None, true).await
+    }
+
+    async fn start_node(
+        name: &str,
+        api: Option<SocketAddr>,
+        preview_domain: Option<&str>,
+        fake: bool,
     ) -> Stack {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warren=debug,info")
@@ -165,52 +167,55 @@ jwks_file = "{}"
             .take(63)
             .collect::<String>();
         let network = format!("warren-rtest-{run}");
-        let agent_cfg = AgentConfig {
-            admin: Default::default(),
-            control_url: None,
-            control_ca_file: None,
-            memory_mb: None,
-            node_id: node.clone(),
-            data_dir: dir.join("agent"),
-            credential: Secret::new(SECRET),
-            relays: vec![RelayTarget {
-                addr: tunnel_addr.to_string(),
-                server_name: DOMAIN.into(),
-                ca_file: Some(ca),
-            }],
-            docker: DockerConfig {
-                network: network.clone(),
-                default_image: "warren/session:mini".into(),
-                default_memory_mb: 128,
-                ..Default::default()
-            },
-            terminal: TerminalConfig::default(),
-        };
         let agent_stop = CancellationToken::new();
-        let mut labels = BTreeMap::new();
-        labels.insert("warren.test".to_string(), run.clone());
-        let agent = Agent::start(
-            &agent_cfg,
-            AgentOptions {
-                extra_labels: labels,
-            },
-            agent_stop.clone(),
-        )
-        .await
-        .unwrap();
-        let backoff = Backoff {
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-            ..Default::default()
-        };
-        agent
-            .connect_relays(&agent_cfg, backoff, &TaskTracker::new())
+        let (agent, fake, fake_node) = if fake {
+            let agent = FakeAgent::new();
+            let dial = RelayDial {
+                server_name: DOMAIN.into(),
+                ..warren_testkit::tunnel::dial(tunnel_addr, &String::from_utf8_lossy(&ca_pem))
+                    .unwrap()
+            };
+            let n = TestNode::connect(&node, SECRET, vec![dial], agent.clone());
+            (None, Some(agent), Some(n))
+        } else {
+            let agent_cfg = AgentConfig {
+                admin: Default::default(),
+                control_url: None,
+                control_ca_file: None,
+                memory_mb: None,
+                node_id: node.clone(),
+                data_dir: dir.join("agent"),
+                credential: Secret::new(SECRET),
+                relays: vec![RelayTarget {
+                    addr: tunnel_addr.to_string(),
+                    server_name: DOMAIN.into(),
+                    ca_file: Some(ca),
+                }],
+                docker: DockerConfig {
+                    network: network.clone(),
+                    default_image: "warren/session:mini".into(),
+                    default_memory_mb: 128,
+                    ..Default::default()
+                },
+                terminal: TerminalConfig::default(),
+            };
+            let mut labels = BTreeMap::new();
+            labels.insert("warren.test".to_string(), run.clone());
+            let agent = Agent::start(
+                &agent_cfg,
+                AgentOptions {
+                    extra_labels: labels,
+                },
+                agent_stop.clone(),
+            )
+            .await
             .unwrap();
-        let n2 = node.clone();
-        assert!(
-            relay.registry.wait_until(WAIT, |n| n.contains(&n2)).await,
-            "agent never connected to the relay"
-        );
+            agent
+                .connect_relays(&agent_cfg, fast_backoff(), &TaskTracker::new())
+                .unwrap();
+            (Some(agent), None, None)
+        };
+        registered(&relay.registry, &node).await;
         Stack {
             run,
             https: https_addr,
@@ -219,6 +224,8 @@ jwks_file = "{}"
             routes,
             relay,
             agent,
+            fake,
+            fake_node,
             node,
             ca_pem,
             relay_stop,
@@ -233,6 +240,8 @@ jwks_file = "{}"
         let id = format!("s{}", suffix());
         let s = self
             .agent
+            .as_ref()
+            .expect("a real agent (not start_fake)")
             .create_session(&SessionSpec {
                 id: id.clone(),
                 ..Default::default()
@@ -241,6 +250,18 @@ jwks_file = "{}"
             .unwrap();
         self.routes.insert(&id, &self.node, TENANT);
         s
+    }
+
+    /// A session of the fake agent: its route, owned by tenant `acme`.
+    pub fn fake_session(&self) -> String {
+        let id = format!("s{}", suffix());
+        self.routes.insert(&id, &self.node, TENANT);
+        id
+    }
+
+    /// Streams the relay opened to the fake agent so far.
+    pub fn fake_streams(&self) -> usize {
+        self.fake.as_ref().expect("start_fake").streams()
     }
 
     pub fn token(&self, sid: &str) -> String {
@@ -342,6 +363,9 @@ jwks_file = "{}"
 
     pub fn stop_agent(&self) {
         self.agent_stop.cancel();
+        if let Some(n) = &self.fake_node {
+            n.stop();
+        }
     }
 }
 
@@ -349,7 +373,9 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.agent_stop.cancel();
         self.relay_stop.cancel();
-        warren_testkit::remove_labelled(&format!("warren.test={}", self.run), &[&self.network]);
+        if self.agent.is_some() {
+            warren_testkit::remove_labelled(&format!("warren.test={}", self.run), &[&self.network]);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
