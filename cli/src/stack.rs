@@ -162,6 +162,9 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         sessions: SessionDefaults {
             image: o.image.clone(),
             memory_mb: o.session_memory_mb,
+            // One machine, its free space shared by every local session:
+            // 1 GiB each unless asked (control counts it against the node).
+            disk_mb: 1024,
             ..Default::default()
         },
         tls: None,
