@@ -103,6 +103,40 @@ impl Drop for LocalPty {
     }
 }
 
+/// Builds image `name` from a Dockerfile given as text (no context), with
+/// the docker CLI; panics if the build fails.
+pub fn build_image(name: &str, dockerfile: &str) {
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", name, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "docker build {name} failed"
+    );
+}
+
+/// Free MiB on the filesystem that holds the engine's data.
+pub fn worker_free_mb() -> i64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1M", "/var/lib/docker"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap()
+}
+
 /// An image whose command keeps running (busybox `sleep`), so its stdout,
 /// the pipe init drains into the container log, stays open: built once from
 /// `warren/session:mini`, offline. For log-flood tests and benchmarks.
@@ -113,21 +147,9 @@ pub fn long_command_image() -> String {
         .output()
         .unwrap();
     if !have.status.success() {
-        let mut child = Command::new("docker")
-            .args(["build", "-q", "-t", name, "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"FROM warren/session:mini\nCMD [\"sleep\", \"1000000\"]\n")
-            .unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "docker build {name} failed"
+        build_image(
+            name,
+            "FROM warren/session:mini\nCMD [\"sleep\", \"1000000\"]\n",
         );
     }
     name.to_string()

@@ -387,17 +387,7 @@ async fn disk_limits_are_enforced_or_refused() {
     }
     let a = stack.agent().create_session(&spec(100)).await.unwrap();
     let b = stack.session("warren/session:mini", 64).await;
-    let host_free = || {
-        let out = std::process::Command::new("df")
-            .args(["--output=avail", "-B1M", "/var/lib/docker"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse::<i64>().ok())
-            .unwrap()
-    };
+    let host_free = warren_agent::testing::worker_free_mb;
     let before = host_free();
     let mut t = stack.terminal(&a.id, "").await;
     // The session sees its own size.

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Stack, docker, docker_or_skip, random_suffix};
+use warren_agent::testing::worker_free_mb;
 
 /// Removes the test's image, also when the test fails.
 struct Image(String);
@@ -21,39 +22,15 @@ impl Drop for Image {
 /// Builds an image from `warren/session:mini` that declares a volume, a
 /// healthcheck every second and labels with the agent's names.
 fn hostile_image() -> Image {
-    use std::io::Write;
     let tag = format!("warren-test/hostile:{}", random_suffix());
-    let dockerfile = "FROM warren/session:mini\n\
-        VOLUME /data\n\
-        LABEL warren.cpuset=0 warren.cpus=64 warren.disk=loop warren.memory_mb=999999\n\
-        HEALTHCHECK --interval=1s CMD touch /tmp/healthcheck-ran\n";
-    let mut child = std::process::Command::new("docker")
-        .args(["build", "-q", "-t", &tag, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dockerfile.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "docker build failed");
+    warren_agent::testing::build_image(
+        &tag,
+        "FROM warren/session:mini\n\
+         VOLUME /data\n\
+         LABEL warren.cpuset=0 warren.cpus=64 warren.disk=loop warren.memory_mb=999999\n\
+         HEALTHCHECK --interval=1s CMD touch /tmp/healthcheck-ran\n",
+    );
     Image(tag)
-}
-
-/// Free MiB on the filesystem that holds the engine's data.
-fn worker_free_mb() -> i64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1M", "/var/lib/docker"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
