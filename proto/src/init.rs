@@ -24,6 +24,23 @@ pub enum ErrorCode {
     BadCommand,
     /// The PTY or the process could not be made.
     SpawnFailed,
+    /// A file path that is not absolute, too long, or holds a NUL.
+    BadPath,
+    /// A path component that must be a directory is not one.
+    NotADirectory,
+    /// A file operation named a directory.
+    IsADirectory,
+    /// Not a regular file or directory, or on a kernel filesystem
+    /// (`/proc`, `/sys`): files there are not served.
+    NotAFile,
+    /// The session's disk is full (or its quota is used).
+    DiskFull,
+    /// The session's own permissions refuse it (read-only mount, mode).
+    PermissionDenied,
+    /// A directory that is not empty, without `recursive`.
+    NotEmpty,
+    /// Any other I/O error.
+    Io,
     /// A code this build does not know (a newer init).
     #[serde(other)]
     Unknown,
@@ -41,6 +58,14 @@ impl ErrorCode {
             ErrorCode::BadEnv => "bad_env",
             ErrorCode::BadCommand => "bad_command",
             ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::NotAFile => "not_a_file",
+            ErrorCode::DiskFull => "disk_full",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::NotEmpty => "not_empty",
+            ErrorCode::Io => "io",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -68,6 +93,14 @@ mod tests {
             ErrorCode::BadEnv,
             ErrorCode::BadCommand,
             ErrorCode::SpawnFailed,
+            ErrorCode::BadPath,
+            ErrorCode::NotADirectory,
+            ErrorCode::IsADirectory,
+            ErrorCode::NotAFile,
+            ErrorCode::DiskFull,
+            ErrorCode::PermissionDenied,
+            ErrorCode::NotEmpty,
+            ErrorCode::Io,
         ] {
             let json = serde_json::to_string(&c).expect("serializes");
             assert_eq!(json, format!("\"{}\"", c.as_str()));

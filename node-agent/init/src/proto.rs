@@ -14,6 +14,14 @@
 //! and subsystems), `Data` carries stdin to init and stdout back, `Stderr`
 //! carries stderr, and `Eof` (empty) from the agent closes the command's
 //! stdin.
+//!
+//! Files (the sandbox API), each path resolved from the container's root by
+//! init itself, so symlinks resolve inside the session: `read_file` answers
+//! with the size, then `Data` frames and `Exit(0)`; `write_file` answers,
+//! takes `Data` frames and `Eof`, then answers again (the file is renamed
+//! into place only then: a cut upload leaves nothing); `list_dir` answers,
+//! then sends one JSON [`DirEntry`] per `Data` frame and `Exit(0)`;
+//! `make_dir` and `remove` answer once.
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,8 +77,34 @@ pub enum Op {
     /// when its client goes (then it is killed).
     Exec {
         command: Vec<String>,
+        /// Checked against the variables a terminal client may set.
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// The working directory (default: the user's home).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// Any variables (the sandbox API's exec, on the tenant's behalf):
+        /// only their names and sizes are checked.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        vars: BTreeMap<String, String>,
+    },
+    /// A regular file's bytes.
+    ReadFile { path: String },
+    /// Replaces (or creates) a regular file, making its parents.
+    WriteFile {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+    },
+    /// A directory's entries.
+    ListDir { path: String },
+    /// A directory and its parents.
+    MakeDir { path: String },
+    /// A file, or a directory (with its contents when `recursive`).
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
     },
     /// The terminals held.
     List,
@@ -93,6 +127,9 @@ pub struct Response {
     pub end: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminals: Option<Vec<TerminalInfo>>,
+    /// After `read_file`: its size; after `write_file`'s end: bytes written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<ErrorCode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +145,19 @@ impl Response {
             ..Default::default()
         }
     }
+}
+
+/// One entry of a `list_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DirEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    /// Unix seconds.
+    pub mtime: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -266,6 +316,15 @@ mod tests {
             op: Op::Exec {
                 command: vec!["sh".into(), "-c".into(), "exit 7".into()],
                 env: BTreeMap::new(),
+                cwd: Some("/tmp".into()),
+                vars: BTreeMap::from([("A".into(), "b".into())]),
+            },
+        }));
+        roundtrip(Frame::Request(Request {
+            version: 1,
+            op: Op::WriteFile {
+                path: "/tmp/x".into(),
+                mode: Some(0o600),
             },
         }));
         roundtrip(Frame::Request(Request {

@@ -3,89 +3,16 @@
 #![allow(clippy::unwrap_used, clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use warren_init::client::{self, InitConn};
 use warren_init::proto::{ErrorCode, Frame, Op};
-use warren_init::reaper::Reaper;
-use warren_init::server::{Options, Server};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Fixture {
-    socket: PathBuf,
-    stop: CancellationToken,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start(detached: Duration) -> Fixture {
-    start_with(detached, false).await
-}
-
-async fn start_with(detached: Duration, agent_only: bool) -> Fixture {
-    start_full(detached, agent_only, warren_init::server::REPLAY_BYTES).await
-}
-
-async fn start_full(detached: Duration, agent_only: bool, replay_bytes: usize) -> Fixture {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "wi-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("init.sock");
-    // One reaper per process: two would steal each other's exit statuses.
-    static REAPER: std::sync::OnceLock<Arc<Reaper>> = std::sync::OnceLock::new();
-    let reaper = REAPER
-        .get_or_init(|| {
-            let r = Arc::new(Reaper::default());
-            let r2 = r.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move { r2.run().await })
-            });
-            r
-        })
-        .clone();
-    let stop = CancellationToken::new();
-    let server = Server::new(
-        Options {
-            socket: socket.clone(),
-            detached_timeout: detached,
-            agent_only,
-            replay_bytes,
-        },
-        reaper,
-    );
-    tokio::spawn(server.serve(stop.clone()));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !socket.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "socket never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Fixture { socket, stop, dir }
-}
+mod common;
+use common::*;
 
 fn open_op() -> Op {
     Op::Open {
@@ -284,6 +211,8 @@ fn exec_op(script: &str) -> Op {
     Op::Exec {
         command: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: BTreeMap::new(),
+        cwd: None,
+        vars: Default::default(),
     }
 }
 
@@ -321,6 +250,8 @@ async fn exec_keeps_stdout_stderr_apart_and_returns_the_exit_code() {
         Op::Exec {
             command: vec![],
             env: BTreeMap::new(),
+            cwd: None,
+            vars: Default::default(),
         },
     )
     .await
@@ -332,6 +263,8 @@ async fn exec_keeps_stdout_stderr_apart_and_returns_the_exit_code() {
         Op::Exec {
             command: vec!["/no/such/binary".into()],
             env: BTreeMap::new(),
+            cwd: None,
+            vars: Default::default(),
         },
     )
     .await

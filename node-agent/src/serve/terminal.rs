@@ -152,6 +152,8 @@ where
         (Some(c), _) if exec => Op::Exec {
             command: sh(c),
             env: params.env.clone(),
+            cwd: None,
+            vars: Default::default(),
         },
         (None, _) if exec => {
             close_with(ws, closing(close::BAD_REQUEST, "mode=exec needs a command")).await;

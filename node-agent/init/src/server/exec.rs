@@ -1,6 +1,41 @@
 //! `exec`: a command on pipes for one client (SSH `exec`, subsystems).
 use super::*;
 
+/// How an `exec` runs, besides its argv.
+pub(super) struct How {
+    /// Variables a terminal client may set (checked as for shells).
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// Any variables, on the tenant's own behalf (the sandbox API).
+    pub vars: std::collections::BTreeMap<String, String>,
+}
+
+/// Checks the sandbox API's variables: shell-safe names, bounded sizes.
+fn check_vars(
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<(), (ErrorCode, String)> {
+    let name_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 128
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let total: usize = vars.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if vars.len() > 128 || total > 8 * 1024 {
+        return Err((
+            ErrorCode::BadEnv,
+            "at most 128 variables, 8 KiB in all".into(),
+        ));
+    }
+    if let Some((k, _)) = vars.iter().find(|(k, v)| !name_ok(k) || v.contains('\0')) {
+        return Err((
+            ErrorCode::BadEnv,
+            format!("variable name {k:?} is not [A-Za-z_][A-Za-z0-9_]* (or its value holds NUL)"),
+        ));
+    }
+    Ok(())
+}
+
 impl Server {
     /// Runs a command on pipes for one client: stdin from its `Data` frames,
     /// stdout and stderr back apart, then its exit code. The command's
@@ -9,23 +44,34 @@ impl Server {
         &self,
         mut framed: Framed<UnixStream, InitCodec>,
         command: Vec<String>,
-        env: std::collections::BTreeMap<String, String>,
+        how: How,
     ) -> io::Result<()> {
         use std::os::unix::process::CommandExt;
         use std::process::Stdio;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let prepared = check_env(&env).and_then(|()| {
-            if command.is_empty() {
-                return Err((ErrorCode::BadCommand, "exec needs a command".into()));
-            }
-            command_of(&command)
-        });
+        let How { env, cwd, vars } = how;
+        let prepared = check_env(&env)
+            .and_then(|()| check_vars(&vars))
+            .and_then(|()| {
+                if command.is_empty() {
+                    return Err((ErrorCode::BadCommand, "exec needs a command".into()));
+                }
+                command_of(&command)
+            });
         let mut cmd = match prepared {
             Ok(c) => c,
             Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
         };
-        in_home(&mut cmd)
+        in_home(&mut cmd);
+        if let Some(dir) = &cwd {
+            if !Path::new(dir).is_dir() {
+                let msg = format!("working directory {dir} does not exist in the session");
+                return reply(&mut framed, Response::error(ErrorCode::NotADirectory, msg)).await;
+            }
+            cmd.current_dir(dir);
+        }
+        cmd.envs(&vars)
             .envs(&env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

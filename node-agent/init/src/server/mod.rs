@@ -6,6 +6,7 @@
 //! - `terminal`: a PTY's offset-addressed output buffer and its attached
 //!   clients (each at its own pace).
 //! - `exec`: commands on pipes (SSH `exec`, subsystems).
+//! - `files`: the sandbox API's files, resolved inside the container.
 //! - `spawn`: which environment a client may set, argv checks, the login shell.
 //! - here: the socket, peer checks, request dispatch, the detached sweeper.
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,7 @@ use crate::pty;
 use crate::reaper::Reaper;
 
 mod exec;
+mod files;
 mod spawn;
 mod terminal;
 
@@ -210,7 +212,20 @@ impl Server {
                 Ok(t) => (t, cols, rows, Some(0)),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
-            Op::Exec { command, env } => return self.exec(framed, command, env).await,
+            Op::Exec {
+                command,
+                env,
+                cwd,
+                vars,
+            } => {
+                let how = exec::How { env, cwd, vars };
+                return self.exec(framed, command, how).await;
+            }
+            Op::ReadFile { path } => return files::read(framed, path).await,
+            Op::WriteFile { path, mode } => return files::write(framed, path, mode).await,
+            Op::ListDir { path } => return files::list(framed, path).await,
+            Op::MakeDir { path } => return files::make_dir(framed, path).await,
+            Op::Remove { path, recursive } => return files::remove(framed, path, recursive).await,
             Op::Attach {
                 terminal,
                 cols,
