@@ -43,6 +43,9 @@ pub struct Control {
     /// Placement latency: a create's answer, from the request to the
     /// session running (or failing).
     pub placement: prometheus::Histogram,
+    /// Cancelled when the API stops: long-lived answers (event streams)
+    /// end then instead of holding the shutdown up.
+    pub stopping: CancellationToken,
 }
 
 /// A running control plane.
@@ -122,6 +125,7 @@ pub async fn start(
             ]),
         )
         .context("placement histogram")?,
+        stopping: shutdown.clone(),
     });
     info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
 
@@ -174,6 +178,10 @@ async fn follow(c: Arc<Control>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// How long session events are kept for `Last-Event-ID`, and how many.
+const EVENTS_MAX_AGE_MS: i64 = 24 * 3600 * 1000;
+const EVENTS_KEPT: i64 = 100_000;
 
 /// Marks silent nodes lost and stops expired or idle sessions, every second.
 async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
@@ -237,6 +245,12 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
             && let Err(e) = c.store.purge_grants(grant_idle_ms).await
         {
             warn!("grant purge failed: {e}");
+        }
+        // Session events are for streams to catch up, not an archive.
+        if tick.is_multiple_of(60)
+            && let Err(e) = c.store.prune_events(EVENTS_MAX_AGE_MS, EVENTS_KEPT).await
+        {
+            warn!("event prune failed: {e}");
         }
         tick = tick.wrapping_add(1);
     }

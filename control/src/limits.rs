@@ -52,6 +52,54 @@ impl Limiter {
     }
 }
 
+/// At most `limit` things held at once per key (long-lived streams); a
+/// [`Slot`] gives its place back when dropped, however its holder ends.
+pub struct Slots {
+    limit: usize,
+    held: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One place taken in [`Slots`].
+pub struct Slot {
+    key: String,
+    held: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Slots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            held: Default::default(),
+        }
+    }
+
+    /// A place for `key`, or `None` when it holds `limit` already.
+    pub fn take(&self, key: &str) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let n = held.entry(key.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            key: key.to_string(),
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The key for a client address: IPv4 as is, IPv6 by its /64.
 pub fn address_key(ip: IpAddr) -> String {
     match ip {
@@ -102,6 +150,8 @@ pub struct Limits {
     pub joins: Limiter,
     /// Session creates per tenant.
     pub creates: Limiter,
+    /// Open `GET /v1/events` streams per tenant (each polls the database).
+    pub event_streams: Slots,
 }
 
 impl Default for Limits {
@@ -110,6 +160,7 @@ impl Default for Limits {
             auth_failures: Limiter::new(30),
             joins: Limiter::new(20),
             creates: Limiter::new(600),
+            event_streams: Slots::new(16),
         }
     }
 }
@@ -130,6 +181,17 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, address_key("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(address_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+    }
+
+    #[test]
+    fn slots_come_back_when_dropped() {
+        let s = Slots::new(2);
+        let (a, b) = (s.take("t"), s.take("t"));
+        assert!(a.is_some() && b.is_some());
+        assert!(s.take("t").is_none(), "a third is over the limit");
+        assert!(s.take("u").is_some(), "another key has its own");
+        drop(a);
+        assert!(s.take("t").is_some());
     }
 
     #[test]

@@ -137,6 +137,23 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// `GET /v1/events`: the `data` of one `event: session` (its `id:` line
+/// is the event's number, to resume from with `Last-Event-ID`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// The session's id.
+    pub id: String,
+    pub tenant: String,
+    /// The status it moved to.
+    pub status: SessionStatus,
+    pub node: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// Why (a stop, a failure, a lost node); absent when there is none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
 /// `.warren/up.json`: what `warren up` started, for the CLI and the
 /// load-test harness run in the same directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

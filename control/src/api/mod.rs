@@ -4,11 +4,13 @@
 //! - [`auth`]: callers as extractors (API key, admin, node, relay).
 //! - [`body`]: request bodies (one JSON object, errors in the API's shape).
 //! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource;
-//!   [`grants`]: revoking a session's refresh grants.
+//!   [`grants`]: revoking a session's refresh grants; [`events`]: the
+//!   session lifecycle stream.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
 //! - here: errors as answers, the router, per-address rate limits.
 mod auth;
 mod body;
+mod events;
 mod grants;
 mod internal;
 mod nodes;
@@ -17,6 +19,7 @@ mod tenants;
 
 use auth::{Admin, Caller, NodeCaller, RelayCaller};
 use body::{Body, OptionalBody};
+use events::*;
 use grants::*;
 use internal::*;
 use nodes::*;
@@ -138,6 +141,7 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/token", post(session_token))
         .route("/v1/sessions/{id}/grants", delete(revoke_grants))
+        .route("/v1/events", get(event_stream))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/join-tokens", post(join_token))
         .route("/v1/nodes/{id}/{action}", post(node_action))

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 mod audit;
+mod events;
 mod grants;
 mod nodes;
 mod sessions;
@@ -23,6 +24,7 @@ mod ssh;
 mod tenants;
 
 pub use audit::{AuditEntry, NewAudit};
+pub use events::{Change, Event};
 pub use nodes::Node;
 pub use sessions::{Candidate, NewSession, pick_node};
 pub use ssh::SshKey;
@@ -227,6 +229,8 @@ pub struct Store {
     /// Last activity written per session, so an idle session's heartbeat
     /// report (the same time again) costs no write.
     activity: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Moves after this replica commits session events (wakes its streams).
+    appended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Default)]
@@ -295,6 +299,7 @@ impl Store {
             changed: Arc::new(Notify::new()),
             follow: Arc::default(),
             activity: Arc::default(),
+            appended: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -351,6 +356,7 @@ impl Store {
     async fn commit_change(&self, tx: sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
         tx.commit().await?;
         self.changed.notify_waiters();
+        self.events_committed();
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! marking silent nodes unreachable, then lost.
 use sqlx::Row;
 
+use super::events::{self, Change, RETURNING};
 use super::{
     ACTIVE, HeartbeatRequest, LIVE, NodeDisk, NodeState, ReportedState, Result, SessionReport,
     SessionStatus, Store, StoreError, bump_version, constant_time_eq, hash, now_ms, random_secret,
@@ -139,7 +140,7 @@ impl Store {
         .bind(disk.max_session_mb)
         .execute(&mut *tx)
         .await?;
-        let mut changed = false;
+        let mut changes = Vec::new();
         let present: Vec<&str> = reports.iter().map(|r| r.id.as_str()).collect();
         let running: Vec<&SessionReport> = reports
             .iter()
@@ -151,7 +152,7 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(",");
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE sessions SET status = {}, updated_at = $1 WHERE node_id = $2 AND status = {} AND id IN ({list})",
+                "UPDATE sessions SET status = {}, updated_at = $1 WHERE node_id = $2 AND status = {} AND id IN ({list}) {RETURNING}",
                 sql(SessionStatus::Running),
                 sql(SessionStatus::Pending)
             )))
@@ -160,7 +161,8 @@ impl Store {
             for r in &running {
                 q = q.bind(&r.id);
             }
-            changed |= q.execute(&mut *tx).await?.rows_affected() > 0;
+            let rows = q.fetch_all(&mut *tx).await?;
+            changes.extend(Change::from_rows(&rows, SessionStatus::Running)?);
         }
         // Activity: only what moved by a second or more since this replica
         // last wrote it (an idle session reports the same time again).
@@ -192,21 +194,20 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         let fail = format!(
-            "UPDATE sessions SET status = {}, reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = {}",
+            "UPDATE sessions SET status = {}, reason = $1, updated_at = $2 WHERE id = $3 AND node_id = $4 AND status = {} {RETURNING}",
             sql(SessionStatus::Failed),
             sql(SessionStatus::Pending)
         );
         for r in reports {
             if let ReportedState::Failed = r.state {
-                changed |= sqlx::query(sqlx::AssertSqlSafe(fail.as_str()))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(fail.as_str()))
                     .bind(r.reason.chars().take(500).collect::<String>())
                     .bind(now)
                     .bind(&r.id)
                     .bind(node_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    > 0;
+                    .fetch_all(&mut *tx)
+                    .await?;
+                changes.extend(Change::from_rows(&rows, SessionStatus::Failed)?);
             }
         }
         // Sessions being stopped that the agent no longer runs are stopped.
@@ -220,18 +221,23 @@ impl Store {
         for row in stopping {
             let id: String = row.try_get("id")?;
             if !present.contains(&id.as_str()) {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE sessions SET status = {}, updated_at = $1 WHERE id = $2",
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE sessions SET status = {}, updated_at = $1 WHERE id = $2 {RETURNING}",
                     sql(SessionStatus::Stopped)
                 )))
                 .bind(now)
                 .bind(&id)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                changed = true;
+                changes.extend(Change::from_rows(&rows, SessionStatus::Stopped)?);
             }
         }
+        let changed = !changes.is_empty();
+        events::append(&mut tx, &changes).await?;
         tx.commit().await?;
+        if changed {
+            self.events_committed();
+        }
         if !moved.is_empty() {
             let mut known = self.activity.lock().unwrap_or_else(|e| e.into_inner());
             // Bounded: forgotten entries only cost one write each.
@@ -284,24 +290,27 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
         touch_node(&mut tx, node_id).await?;
+        let mut changes = Vec::new();
         let n = match action {
             "cordon" => sqlx::query("UPDATE nodes SET cordoned = 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?,
             "uncordon" => sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE nodes SET cordoned = 0, state = CASE WHEN state = {} THEN {} ELSE state END WHERE id = $1", sql(NodeState::Draining), sql(NodeState::Ready)))).bind(node_id).execute(&mut *tx).await?,
             "drain" => {
                 let n = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE nodes SET cordoned = 1, state = {} WHERE id = $1", sql(NodeState::Draining)))).bind(node_id).execute(&mut *tx).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'node drained', updated_at = $1 WHERE node_id = $2 AND status IN {}", sql(SessionStatus::Stopping), sql_in(&LIVE))))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'node drained', updated_at = $1 WHERE node_id = $2 AND status IN {} {RETURNING}", sql(SessionStatus::Stopping), sql_in(&LIVE))))
                     .bind(now_ms())
                     .bind(node_id)
-                    .execute(&mut *tx)
+                    .fetch_all(&mut *tx)
                     .await?;
+                changes = Change::from_rows(&rows, SessionStatus::Stopping)?;
                 n
             }
             "remove" => {
-                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'node removed', updated_at = $1 WHERE node_id = $2 AND status IN {}", sql(SessionStatus::Lost), sql_in(&ACTIVE))))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'node removed', updated_at = $1 WHERE node_id = $2 AND status IN {} {RETURNING}", sql(SessionStatus::Lost), sql_in(&ACTIVE))))
                     .bind(now_ms())
                     .bind(node_id)
-                    .execute(&mut *tx)
+                    .fetch_all(&mut *tx)
                     .await?;
+                changes = Change::from_rows(&rows, SessionStatus::Lost)?;
                 sqlx::query("DELETE FROM nodes WHERE id = $1").bind(node_id).execute(&mut *tx).await?
             }
             other => return Err(StoreError::Invalid(format!("unknown node action {other}"))),
@@ -311,6 +320,7 @@ impl Store {
                 "node {node_id} does not exist"
             )));
         }
+        events::append(&mut tx, &changes).await?;
         self.commit_change(tx).await?;
         Ok(())
     }
@@ -367,6 +377,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut lost = Vec::new();
+        let mut changes = Vec::new();
         for r in rows {
             let id: String = r.try_get("id")?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -376,14 +387,16 @@ impl Store {
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'its node stopped answering', updated_at = $1 WHERE node_id = $2 AND status IN {}", sql(SessionStatus::Lost), sql_in(&ACTIVE))))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = 'its node stopped answering', updated_at = $1 WHERE node_id = $2 AND status IN {} {RETURNING}", sql(SessionStatus::Lost), sql_in(&ACTIVE))))
                 .bind(now_ms())
                 .bind(&id)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+            changes.extend(Change::from_rows(&rows, SessionStatus::Lost)?);
             touch_node(&mut tx, &id).await?;
             lost.push(id);
         }
+        events::append(&mut tx, &changes).await?;
         self.commit_change(tx).await?;
         Ok((unreachable, lost))
     }

@@ -4,6 +4,7 @@ use sqlx::Row;
 use std::collections::HashMap;
 use warren_config::Strategy;
 
+use super::events::{self, Change};
 use super::{
     ACTIVE, LIVE, NodeState, Result, SESSION_COLS, Session, SessionStatus, Store, StoreError,
     bump_version, now_ms, random_id, session_from, sql, sql_in, touch_node,
@@ -209,6 +210,14 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         touch_node(&mut tx, &node).await?;
+        let created = Change {
+            session: id.clone(),
+            tenant: tenant.to_string(),
+            node: node.clone(),
+            status: SessionStatus::Pending,
+            reason: String::new(),
+        };
+        events::append(&mut tx, &[created]).await?;
         self.commit_change(tx).await?;
         self.session(&id).await
     }
@@ -237,11 +246,11 @@ impl Store {
     pub async fn stop_session(&self, id: &str, reason: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = $1, updated_at = $2 WHERE id = $3 AND status IN {}", sql(SessionStatus::Stopping), sql_in(&LIVE))))
+        let stopped = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE sessions SET status = {}, reason = $1, updated_at = $2 WHERE id = $3 AND status IN {} {}", sql(SessionStatus::Stopping), sql_in(&LIVE), events::RETURNING)))
             .bind(reason)
             .bind(now_ms())
             .bind(id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         sqlx::query(
             "UPDATE nodes SET desired_version = (SELECT version FROM sched_lock WHERE id = 1) \
@@ -250,6 +259,8 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        let changes = Change::from_rows(&stopped, SessionStatus::Stopping)?;
+        events::append(&mut tx, &changes).await?;
         self.commit_change(tx).await?;
         Ok(())
     }
