@@ -134,6 +134,10 @@ pub struct SessionDefaults {
     /// any address the worker reaches. Names without a registry (local
     /// images, Docker Hub) are always allowed.
     pub allowed_registries: Vec<String>,
+    /// Name patterns session images must match (`warren/session:*`,
+    /// `docker.io/library/*`; `*` is any characters); empty: any name the
+    /// registries above allow.
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for SessionDefaults {
@@ -152,6 +156,7 @@ impl Default for SessionDefaults {
             disk_mb: 4096,
             max_disk_mb: 65_536,
             allowed_registries: vec!["docker.io".into()],
+            allowed_images: Vec::new(),
         }
     }
 }
@@ -234,6 +239,17 @@ impl Validate for ControlConfig {
                 "sessions.disk_mb",
                 "must be 0 (the worker's default) or between 64 and sessions.max_disk_mb",
             ));
+        }
+        for (i, p) in s.allowed_images.iter().enumerate() {
+            if p.is_empty()
+                || p.len() > 255
+                || p.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    format!("sessions.allowed_images[{i}]"),
+                    "must be an image name pattern (1 to 255 characters, no spaces; `*` is any characters)",
+                ));
+            }
         }
         if !(60..=30 * 86_400).contains(&self.auth.grant_idle_secs) {
             return Err(ConfigError::invalid(

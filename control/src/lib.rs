@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod images;
 pub mod issuer;
 pub mod limits;
 pub mod sshkeys;

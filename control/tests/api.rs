@@ -522,3 +522,41 @@ async fn slow_and_silent_clients_are_cut_off() {
         assert!(!text.contains("200 OK"), "{what}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_must_match_the_operators_patterns() {
+    let url = database(Db::Sqlite, "images").await;
+    let mut cfg = config(&url, Strategy::Spread);
+    cfg.sessions.allowed_images = vec!["warren/session:*".into(), "docker.io/library/*".into()];
+    let c = TestControl::start(cfg).await;
+    let _agents = c.nodes("i", &[2000]).await;
+    let with = |image: &str| CreateSession {
+        image: Some(image.into()),
+        memory_mb: Some(128),
+        ..Default::default()
+    };
+    let admin = c.client(ADMIN);
+    let (s, e) = refused(admin.create_session(&with("evil/miner:1")).await);
+    assert_eq!((s, e.code.as_str()), (422, "image_not_allowed"), "{e:?}");
+    assert!(
+        e.message
+            .contains("sessions.allowed_images (warren/session:*, docker.io/library/*)"),
+        "{e:?}"
+    );
+    // The registry rule still comes first.
+    let (s, e) = refused(admin.create_session(&with("ghcr.io/acme/x:1")).await);
+    assert_eq!((s, e.code.as_str()), (422, "registry_not_allowed"), "{e:?}");
+    // As written or as pulled: `ubuntu:24.04` is docker.io/library/ubuntu.
+    for ok in ["ubuntu:24.04", "warren/session:dind"] {
+        let s = admin.create_session(&with(ok)).await.unwrap();
+        assert_eq!(s.image, ok);
+    }
+    // The default image (warren/session:mini) is checked like any other.
+    admin
+        .create_session(&CreateSession {
+            memory_mb: Some(128),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}

@@ -99,6 +99,8 @@ pub(super) async fn create_session(
             ),
         ));
     }
+    crate::images::image_allowed(&image, &p.tenant, &d.allowed_images)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_allowed", m))?;
     let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);
     if !(16..=1_048_576).contains(&memory_mb) {
         return Err(ApiError::invalid(
