@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a session is in its life.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
@@ -56,6 +57,7 @@ impl std::fmt::Display for SessionStatus {
 }
 
 /// `POST /v1/sessions`; every field is optional.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
@@ -74,6 +76,7 @@ pub struct CreateSession {
 }
 
 /// A session as the API shows it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     pub id: String,
@@ -107,6 +110,7 @@ pub struct Session {
 }
 
 /// A session's links; with tokens only in the answer that minted them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Links {
     pub terminal: String,
@@ -115,12 +119,14 @@ pub struct Links {
 }
 
 /// `GET /v1/sessions`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionList {
     pub sessions: Vec<Session>,
 }
 
 /// `POST /v1/sessions/{id}/token` (the body is optional).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
@@ -130,6 +136,7 @@ pub struct TokenRequest {
 }
 
 /// A fresh session token.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub token: String,
@@ -139,6 +146,7 @@ pub struct TokenResponse {
 
 /// `GET /v1/events`: the `data` of one `event: session` (its `id:` line
 /// is the event's number, to resume from with `Last-Event-ID`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
     /// The session's id.
@@ -152,6 +160,26 @@ pub struct SessionEvent {
     /// Why (a stop, a failure, a lost node); absent when there is none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+}
+
+/// The OpenAPI schema of a session's egress policy (`crate::egress`,
+/// which serialises by hand): `"none"`, `"internet"` or a list of CIDRs.
+#[cfg(feature = "openapi")]
+pub fn egress_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["none", "internet"])),
+        )
+        .item(
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .description(Some("IPv4 CIDRs, e.g. 10.0.0.0/8")),
+        )
+        .build()
+        .into()
 }
 
 /// `.warren/up.json`: what `warren up` started, for the CLI and the

@@ -22,11 +22,20 @@ const POLL: Duration = Duration::from_millis(500);
 /// A comment this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Replay the stored events after this id first (as `Last-Event-ID`).
     since: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event id")),
+    responses((status = 200, content_type = "text/event-stream",
+            description = "`event: session` frames: `id:` the event id, `data:` a SessionEvent", body = SessionEvent),
+        (status = 400, description = "a resume point that is not an integer", body = ErrorBody),
+        (status = 401, description = "unauthorized: no valid API key", body = ErrorBody),
+        (status = 429, description = "too_many_streams: the tenant's streams on this replica", body = ErrorBody)))]
 pub(super) async fn event_stream(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,

@@ -4,6 +4,8 @@
 //! expires; pages must then sign in again with a fresh link.
 use super::*;
 
+#[utoipa::path(delete, path = "/v1/sessions/{id}/grants", tag = "sessions", params(("id" = String, Path, description = "session id")),
+    responses((status = 204, description = "every refresh grant of the session ended"), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 404, description = "no such session (or another tenant's)", body = ErrorBody)))]
 pub(super) async fn revoke_grants(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,

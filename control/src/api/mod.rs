@@ -7,6 +7,7 @@
 //!   [`grants`]: revoking a session's refresh grants; [`events`]: the
 //!   session lifecycle stream.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
+//! - [`openapi`]: `GET /openapi.json`, from the handlers' annotations.
 //! - here: errors as answers, the router, per-address rate limits.
 mod auth;
 mod body;
@@ -14,6 +15,7 @@ mod events;
 mod grants;
 mod internal;
 mod nodes;
+mod openapi;
 mod sessions;
 mod tenants;
 
@@ -23,6 +25,7 @@ use events::*;
 use grants::*;
 use internal::*;
 use nodes::*;
+use openapi::*;
 use sessions::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,10 +34,14 @@ use tenants::*;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use warren_proto::internal::ErrorBody;
 
 use crate::Control;
 use crate::store::{
@@ -135,40 +142,64 @@ impl From<crate::issuer::SignError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(c: Arc<Control>) -> Router {
+/// The public API, every route of it in `GET /openapi.json`.
+///
+/// To add a public route: give its handler a `#[utoipa::path(method, path
+/// = "/v1/…", tag = "…", params(…), request_body = …, responses(…))]`
+/// naming every status it answers (errors as `body = ErrorBody`), and
+/// register it here with `.routes(routes!(handler))`, one `routes!` per
+/// path (`routes!(get_x, delete_x)` for two methods of one path). Bodies
+/// and answers need `utoipa::ToSchema`. A route added with plain `.route()`
+/// would be served but left out of the document; tests/openapi.rs checks
+/// the document against the router and docs/api.md.
+fn public() -> OpenApiRouter<Arc<Control>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(create_session, list_sessions))
+        .routes(routes!(get_session, delete_session))
+        .routes(routes!(session_token))
+        .routes(routes!(revoke_grants))
+        .routes(routes!(event_stream))
+        .routes(routes!(list_nodes))
+        .routes(routes!(join_token))
+        .routes(routes!(node_action))
+        .routes(routes!(remove_node))
+        .routes(routes!(create_tenant))
+        .routes(routes!(create_key))
+        .routes(routes!(audit))
+        .routes(routes!(add_ssh_key, list_ssh_keys))
+        .routes(routes!(delete_ssh_key))
+        .routes(routes!(host_keys))
+        .routes(routes!(jwks))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// Agents and relays (`/internal/v1/…`): not public, not in the document.
+fn internal() -> Router<Arc<Control>> {
     Router::new()
-        .route("/v1/sessions", post(create_session).get(list_sessions))
-        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
-        .route("/v1/sessions/{id}/token", post(session_token))
-        .route("/v1/sessions/{id}/grants", delete(revoke_grants))
-        .route("/v1/events", get(event_stream))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/join-tokens", post(join_token))
-        .route("/v1/nodes/{id}/{action}", post(node_action))
-        .route("/v1/nodes/{id}", delete(remove_node))
-        .route("/v1/tenants", post(create_tenant))
-        .route("/v1/tenants/{id}/api-keys", post(create_key))
-        .route("/v1/audit", get(audit))
-        .route(
-            "/v1/users/me/ssh-keys",
-            post(add_ssh_key).get(list_ssh_keys),
-        )
-        .route("/v1/users/me/ssh-keys/{id}", delete(delete_ssh_key))
-        .route("/v1/ssh/host-keys", get(host_keys))
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/internal/v1/join", post(join))
-        .route("/internal/v1/heartbeat", post(heartbeat))
-        .route("/internal/v1/watch", get(watch))
-        .route("/internal/v1/routes/{id}", get(route))
-        .route("/internal/v1/nodes/verify", post(verify_node))
-        .route("/internal/v1/ssh/authorize", post(ssh_authorize))
-        .route("/internal/v1/ssh/audit", post(ssh_audit))
-        .route("/internal/v1/ssh/host-key", post(ssh_host_key))
-        .route("/internal/v1/tokens/grant", post(grant))
-        .route("/internal/v1/tokens/refresh", post(refresh))
+        .route("/join", post(join))
+        .route("/heartbeat", post(heartbeat))
+        .route("/watch", get(watch))
+        .route("/routes/{id}", get(route))
+        .route("/nodes/verify", post(verify_node))
+        .route("/ssh/authorize", post(ssh_authorize))
+        .route("/ssh/audit", post(ssh_audit))
+        .route("/ssh/host-key", post(ssh_host_key))
+        .route("/tokens/grant", post(grant))
+        .route("/tokens/refresh", post(refresh))
+}
+
+/// The public API's OpenAPI 3.1 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    public().into_openapi()
+}
+
+pub fn router(c: Arc<Control>) -> Router {
+    let (public, _) = public().split_for_parts();
+    public
+        .nest("/internal/v1", internal())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::from_fn_with_state(c.clone(), rate_limit))

@@ -70,6 +70,12 @@ impl Control {
     }
 }
 
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = CreateSession,
+    responses((status = 201, description = "the session runs; the answer carries its tokens and links", body = ApiSession),
+        (status = 400, description = "bad_request: the body or query does not parse", body = ErrorBody), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody),
+        (status = 422, description = "invalid, registry_not_allowed, image_not_allowed", body = ErrorBody),
+        (status = 429, description = "quota_exceeded, rate_limited", body = ErrorBody),
+        (status = 503, description = "no_capacity, session_failed, start_timeout", body = ErrorBody)))]
 pub(super) async fn create_session(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
@@ -220,6 +226,9 @@ struct Minted {
     preview: (String, i64),
 }
 
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions",
+    responses((status = 200, description = "the caller's tenant's sessions (admin: all)", body = SessionList),
+        (status = 401, description = "unauthorized: no valid API key", body = ErrorBody)))]
 pub(super) async fn list_sessions(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
@@ -233,6 +242,8 @@ pub(super) async fn list_sessions(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "session id")),
+    responses((status = 200, description = "OK", body = ApiSession), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 404, description = "no such session (or another tenant's)", body = ErrorBody)))]
 pub(super) async fn get_session(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
@@ -242,6 +253,8 @@ pub(super) async fn get_session(
     Ok(Json(c.view(&s, None)))
 }
 
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "session id")),
+    responses((status = 204, description = "stopping; stopped once its container is gone"), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 404, description = "no such session (or another tenant's)", body = ErrorBody)))]
 pub(super) async fn delete_session(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
@@ -261,6 +274,11 @@ pub(super) async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/sessions/{id}/token", tag = "sessions", params(("id" = String, Path, description = "session id")),
+    request_body(content = Option<TokenRequest>, description = "optional: no body is both scopes"),
+    responses((status = 200, description = "OK", body = TokenResponse), (status = 400, description = "bad_request: the body or query does not parse", body = ErrorBody), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 404, description = "no such session (or another tenant's)", body = ErrorBody),
+        (status = 409, description = "session_ended", body = ErrorBody),
+        (status = 422, description = "an unknown scope", body = ErrorBody)))]
 pub(super) async fn session_token(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,

@@ -1,7 +1,9 @@
 //! Tenants, API keys, SSH keys, the audit log, and the public keys and health endpoints.
 use super::*;
+use crate::store::{AuditEntry, SshKey, Tenant};
 
-#[derive(Deserialize)]
+/// `POST /v1/tenants`; absent quotas are the operator's defaults.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TenantReq {
     name: String,
@@ -9,11 +11,14 @@ pub(super) struct TenantReq {
     max_memory_mb: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantReq,
+    responses((status = 201, description = "created", body = Tenant), (status = 400, description = "bad_request: the body or query does not parse", body = ErrorBody), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody),
+        (status = 403, description = "forbidden: this needs the admin key", body = ErrorBody), (status = 422, description = "bad name or quotas", body = ErrorBody)))]
 pub(super) async fn create_tenant(
     State(c): State<Arc<Control>>,
     Admin(p): Admin,
     Body(req): Body<TenantReq>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<Tenant>)> {
     // Names are shown in lists, logs and terminals: no control or
     // direction-changing characters.
     warren_proto::validate::display_name("name", &req.name).map_err(ApiError::invalid)?;
@@ -37,14 +42,26 @@ pub(super) async fn create_tenant(
             ..NewAudit::OK
         })
         .await;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    Ok((StatusCode::CREATED, Json(t)))
 }
 
+/// A new API key: shown once, stored hashed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ApiKeyCreated {
+    id: String,
+    tenant: String,
+    key: String,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/api-keys", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id")),
+    responses((status = 201, description = "created", body = ApiKeyCreated), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 403, description = "forbidden: this needs the admin key", body = ErrorBody),
+        (status = 404, description = "no such tenant", body = ErrorBody)))]
 pub(super) async fn create_key(
     State(c): State<Arc<Control>>,
     Admin(p): Admin,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<ApiKeyCreated>)> {
     c.store.tenant(&id).await?;
     let key = crate::store::random_secret("wk");
     let key_id = c.store.add_api_key(&id, &key, false).await?;
@@ -60,23 +77,33 @@ pub(super) async fn create_key(
     // Shown once; only its hash is kept.
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": key_id, "tenant": id, "key": key})),
+        Json(ApiKeyCreated {
+            id: key_id,
+            tenant: id,
+            key,
+        }),
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/users/me/ssh-keys`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SshKeyReq {
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
     public_key: String,
 }
 
 /// Registers a public key for the caller's tenant: it then opens every
 /// session of that tenant over SSH.
+#[utoipa::path(post, path = "/v1/users/me/ssh-keys", tag = "ssh", request_body = SshKeyReq,
+    responses((status = 201, description = "created", body = SshKey), (status = 400, description = "bad_request: the body or query does not parse", body = ErrorBody), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody),
+        (status = 409, description = "already registered", body = ErrorBody),
+        (status = 422, description = "not one OpenSSH public key line", body = ErrorBody)))]
 pub(super) async fn add_ssh_key(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
     Body(req): Body<SshKeyReq>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<SshKey>)> {
     let key = crate::sshkeys::parse(&req.public_key).map_err(ApiError::invalid)?;
     let k = c.store.add_ssh_key(&p.tenant, &p.key_id, &key).await?;
     c.store
@@ -89,16 +116,29 @@ pub(super) async fn add_ssh_key(
             ..NewAudit::OK
         })
         .await;
-    Ok((StatusCode::CREATED, Json(json!(k))))
+    Ok((StatusCode::CREATED, Json(k)))
 }
 
+/// The caller's tenant's SSH keys.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct SshKeyList {
+    keys: Vec<SshKey>,
+}
+
+#[utoipa::path(get, path = "/v1/users/me/ssh-keys", tag = "ssh",
+    responses((status = 200, description = "OK", body = SshKeyList), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody)))]
 pub(super) async fn list_ssh_keys(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
-) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(json!({"keys": c.store.ssh_keys(&p.tenant).await?})))
+) -> ApiResult<Json<SshKeyList>> {
+    Ok(Json(SshKeyList {
+        keys: c.store.ssh_keys(&p.tenant).await?,
+    }))
 }
 
+#[utoipa::path(delete, path = "/v1/users/me/ssh-keys/{id}", tag = "ssh",
+    params(("id" = String, Path, description = "SSH key id")),
+    responses((status = 204, description = "deleted"), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody), (status = 404, description = "not_found", body = ErrorBody)))]
 pub(super) async fn delete_ssh_key(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
@@ -120,54 +160,124 @@ pub(super) async fn delete_ssh_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The relays' SSH host keys and where they listen.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct HostKeys {
+    host_keys: Vec<HostKey>,
+    /// `host:port` of the relays' SSH listener, when configured.
+    endpoint: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct HostKey {
+    public_key: String,
+    fingerprint: String,
+}
+
 /// The relays' SSH host keys, for users to pin (public, no key needed).
-pub(super) async fn host_keys(State(c): State<Arc<Control>>) -> ApiResult<Json<serde_json::Value>> {
-    let keys: Vec<_> = c
+#[utoipa::path(get, path = "/v1/ssh/host-keys", tag = "ssh", security(()),
+    responses((status = 200, description = "OK", body = HostKeys), (status = 503, description = "unavailable: the database is not answering", body = ErrorBody)))]
+pub(super) async fn host_keys(State(c): State<Arc<Control>>) -> ApiResult<Json<HostKeys>> {
+    let host_keys = c
         .store
         .host_keys()
         .await?
         .into_iter()
-        .map(|(k, fp)| json!({"public_key": k, "fingerprint": fp}))
+        .map(|(public_key, fingerprint)| HostKey {
+            public_key,
+            fingerprint,
+        })
         .collect();
-    Ok(Json(
-        json!({"host_keys": keys, "endpoint": c.cfg.ssh_endpoint}),
-    ))
+    Ok(Json(HostKeys {
+        host_keys,
+        endpoint: c.cfg.ssh_endpoint.clone(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// 1..=1000, default 100: the newest first.
     limit: Option<i64>,
 }
 
+/// `GET /v1/audit`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AuditLog {
+    entries: Vec<AuditEntry>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "the caller's tenant's entries (admin: all)", body = AuditLog),
+        (status = 400, description = "bad_request: the body or query does not parse", body = ErrorBody), (status = 401, description = "unauthorized: no valid API key", body = ErrorBody)))]
 pub(super) async fn audit(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
     Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AuditLog>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let entries = c
         .store
         .audit_log(if p.admin { None } else { Some(&p.tenant) }, limit)
         .await?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(AuditLog { entries }))
 }
 
-pub(super) async fn jwks(State(c): State<Arc<Control>>) -> ApiResult<Json<serde_json::Value>> {
-    let keys: Vec<_> = c
+/// The session-token signing keys (RFC 7517).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+/// An Ed25519 public key.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Jwk {
+    kty: &'static str,
+    crv: &'static str,
+    alg: &'static str,
+    #[serde(rename = "use")]
+    use_: &'static str,
+    kid: String,
+    x: String,
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "health", security(()),
+    responses((status = 200, description = "OK", body = Jwks), (status = 503, description = "unavailable: the database is not answering", body = ErrorBody)))]
+pub(super) async fn jwks(State(c): State<Arc<Control>>) -> ApiResult<Json<Jwks>> {
+    let keys = c
         .store
         .public_keys()
         .await?
         .into_iter()
-        .map(|(kid, x)| json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": x}))
+        .map(|(kid, x)| Jwk {
+            kty: "OKP",
+            crv: "Ed25519",
+            alg: "EdDSA",
+            use_: "sig",
+            kid,
+            x,
+        })
         .collect();
-    Ok(Json(json!({"keys": keys})))
+    Ok(Json(Jwks { keys }))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "the process answers", content_type = "text/plain", body = String)))]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, description = "the database answers", content_type = "text/plain", body = String),
+        (status = 503, description = "unavailable: the database is not answering", body = ErrorBody)))]
 pub(super) async fn readyz(State(c): State<Arc<Control>>) -> ApiResult<&'static str> {
     c.store.version().await?;
     Ok("ready\n")
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "unavailable: the database is not answering", body = ErrorBody)))]
 pub(super) async fn metrics(State(c): State<Arc<Control>>) -> ApiResult<String> {
     let nodes = c.store.nodes().await?;
     let mut out = String::from("# TYPE warren_control_nodes gauge\n");

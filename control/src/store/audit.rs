@@ -36,7 +36,7 @@ impl NewAudit<'static> {
 }
 
 /// One record as read back (`GET /v1/audit`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub at: i64,
     pub actor: String,

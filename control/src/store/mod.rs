@@ -92,7 +92,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub use warren_proto::api::SessionStatus;
 
 /// A node's state (the `state` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Joining,

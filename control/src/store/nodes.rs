@@ -10,7 +10,7 @@ use super::{
     sql, sql_in, touch_node,
 };
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Node {
     pub id: String,
     pub allocatable_mb: i64,

@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use super::{Result, Session, Store, StoreError, now_ms, random_id};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SshKey {
     pub id: String,
     pub tenant: String,

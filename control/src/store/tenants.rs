@@ -3,7 +3,7 @@ use sqlx::Row;
 
 use super::{Result, Store, StoreError, hash, now_ms, random_id};
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
