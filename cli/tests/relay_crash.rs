@@ -327,6 +327,7 @@ impl Setup {
                 cpus: None,
                 pids_limit: None,
                 disk_mb: None,
+                egress: Default::default(),
             })
             .await
             .unwrap();

@@ -138,6 +138,10 @@ pub struct DockerConfig {
     pub disk_write_iops: u64,
     /// Read requests per second from a session's loop disk (0: no limit).
     pub disk_read_iops: u64,
+    /// IPv4 range (`a.b.c.d/n`, n at most 28) the agent carves sessions'
+    /// own networks from (a /28 each) when they have an egress policy.
+    /// Addresses in it are this worker's: no session reaches them.
+    pub egress_pool: String,
 }
 
 impl Default for DockerConfig {
@@ -161,6 +165,7 @@ impl Default for DockerConfig {
             disk_read_mbps: 0,
             disk_write_iops: 1000,
             disk_read_iops: 0,
+            egress_pool: "10.254.0.0/16".into(),
         }
     }
 }
@@ -187,6 +192,18 @@ impl Default for TerminalConfig {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/warren/agent")
+}
+
+/// `a.b.c.d/n`, 8 <= n <= 28, host bits clear: room for /28 networks.
+fn is_pool(s: &str) -> bool {
+    let Some((a, p)) = s.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(prefix)) = (a.parse::<std::net::Ipv4Addr>(), p.parse::<u32>()) else {
+        return false;
+    };
+    let host_bits = u32::MAX.checked_shr(prefix).unwrap_or(0);
+    (8..=28).contains(&prefix) && u32::from(addr) & host_bits == 0
 }
 
 impl Validate for AgentConfig {
@@ -269,6 +286,12 @@ impl Validate for AgentConfig {
                     "must be at most 1000000 per second (0: no limit)",
                 ));
             }
+        }
+        if !is_pool(&d.egress_pool) {
+            return Err(ConfigError::invalid(
+                "docker.egress_pool",
+                "must be an IPv4 network a.b.c.d/n with n from 8 to 28 and no host bits set",
+            ));
         }
         if d.network.is_empty() || d.network.len() > 64 {
             return Err(ConfigError::invalid(

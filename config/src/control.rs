@@ -138,6 +138,12 @@ pub struct SessionDefaults {
     /// `docker.io/library/*`; `*` is any characters); empty: any name the
     /// registries above allow.
     pub allowed_images: Vec<String>,
+    /// Lets sessions ask for `"egress": "internet"` and list CIDRs outside
+    /// the private ranges (`0.0.0.0/0` included).
+    pub allow_internet_egress: bool,
+    /// Largest file one upload (`PUT /v1/sessions/{id}/files`) may carry,
+    /// in MB; the session's disk bounds it too.
+    pub max_upload_mb: u64,
 }
 
 impl Default for SessionDefaults {
@@ -157,6 +163,8 @@ impl Default for SessionDefaults {
             max_disk_mb: 65_536,
             allowed_registries: vec!["docker.io".into()],
             allowed_images: Vec::new(),
+            allow_internet_egress: false,
+            max_upload_mb: 1024,
         }
     }
 }

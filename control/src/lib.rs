@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod edge;
 pub mod images;
 pub mod issuer;
 pub mod limits;
@@ -47,6 +48,8 @@ pub struct Control {
     /// Cancelled when the API stops: long-lived answers (event streams)
     /// end then instead of holding the shutdown up.
     pub stopping: CancellationToken,
+    /// The way to sessions for exec and files (`None`: no relay known).
+    pub edge: Option<edge::Edge>,
 }
 
 /// A running control plane.
@@ -110,6 +113,7 @@ pub async fn start(
         .map(|(_, x)| x)
         .context("the signing key has no public half")?;
     let issuer = Issuer::new(kid, &pem, &x, cfg.sessions.token_ttl_secs).context("signing key")?;
+    let edge = edge::Edge::new(&cfg)?;
     let control = Arc::new(Control {
         cfg,
         store,
@@ -127,6 +131,7 @@ pub async fn start(
         )
         .context("placement histogram")?,
         stopping: shutdown.clone(),
+        edge,
     });
     info!(addr = %listener.local_addr()?, db = %redact(&database_url(&control.cfg)), "control plane listening");
 

@@ -402,6 +402,7 @@ async fn bench_neighbours(st: &Stack) {
         pids_limit: Some(128),
         cpus: Some(1.0),
         disk_mb: Some(256),
+        egress: Default::default(),
     };
     let noisy = st.agent.create_session(&noisy_spec).await.unwrap();
     let quiet = st

@@ -449,6 +449,7 @@ impl StreamHandler for Agent {
         let kind = match header.kind {
             StreamKind::Terminal => "terminal",
             StreamKind::Port(_) => "port",
+            StreamKind::Api => "api",
         };
         let Some(session) = self.session(&header.session) else {
             self.metrics
@@ -483,6 +484,17 @@ impl StreamHandler for Agent {
                 if let Err(e) = r {
                     self.metrics.errors.with_label_values(&["terminal"]).inc();
                     warn!("terminal stream ended with an error: {e}");
+                }
+            }
+            StreamKind::Api => {
+                let Ok(s) = stream.accept().await else { return };
+                self.metrics.streams.with_label_values(&[kind, "ok"]).inc();
+                // A command run through the API is activity, as typing is.
+                self.activity(&session.id)
+                    .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {}
+                    _ = serve::api::serve(s, session.init.clone()) => {}
                 }
             }
             StreamKind::Port(port) => {

@@ -149,23 +149,24 @@ async fn sessions_are_isolated_and_ports_reachable() {
         other => panic!("expected a rejection, got {:?}", other.map(|_| ())),
     }
 
-    // Session A cannot open a TCP connection to session B.
+    // Session A cannot open a TCP connection to session B. (An HTTP probe
+    // with nc: busybox's `wget -T` crashes, which read as "blocked" for
+    // every target; the probe is checked on B's own server first.)
+    let probe = |target: &str, n: u32| {
+        let (host, port) = target.split_once(':').unwrap();
+        format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc {host} {port} 2>/dev/null | grep -q '^HTTP/' && echo REACH-$(({n}+0)) || echo BLOCK-$(({n}+0))"
+        )
+    };
+    let out = tb.run(&probe("127.0.0.1:8080", 9), "-9").await;
+    assert!(out.contains("REACH-9"), "the probe works: {out}");
     let mut ta = stack.terminal(&a.id, "").await;
-    let out = ta
-        .run(&format!("wget -q -T 3 -O - http://{b_ip}:8080/ && echo REACH-$((1+0)) || echo BLOCK-$((1+0))"), "-1")
-        .await;
+    let out = ta.run(&probe(&format!("{b_ip}:8080"), 1), "-1").await;
     assert!(out.contains("BLOCK-1") && !out.contains("REACH-1"), "{out}");
     // Nor anything outside its network: a server on another Docker network
     // (made by this test), which the host itself reaches, is out of reach.
     let outside = stack.outside_server().await;
-    let out = ta
-        .run(
-            &format!(
-                "wget -q -T 3 -O - http://{outside}/ && echo REACH-$((2+0)) || echo BLOCK-$((2+0))"
-            ),
-            "-2",
-        )
-        .await;
+    let out = ta.run(&probe(&outside, 2), "-2").await;
     assert!(out.contains("BLOCK-2") && !out.contains("REACH-2"), "{out}");
 }
 

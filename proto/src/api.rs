@@ -69,6 +69,10 @@ pub struct CreateSession {
     pub cpus: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<i64>,
+    /// `"none"` (the default), `"internet"` or a list of IPv4 CIDRs.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::api::egress_schema))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::Egress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +94,11 @@ pub struct Session {
     pub cpus: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<i64>,
+    /// What the session may reach beyond Warren: `"none"`, `"internet"`
+    /// or its CIDRs.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::api::egress_schema))]
+    #[serde(default)]
+    pub egress: crate::egress::Egress,
     /// The terminal page (with `?token=` when the answer carries a token):
     /// the same as `links.terminal`, kept for older clients.
     pub url: String,

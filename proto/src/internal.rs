@@ -137,6 +137,9 @@ pub struct DesiredSession {
     /// 0: the agent's default.
     #[serde(default)]
     pub disk_mb: u64,
+    /// What the session may reach (checked by control); absent: nothing.
+    #[serde(default, skip_serializing_if = "crate::egress::Egress::is_none")]
+    pub egress: crate::egress::Egress,
 }
 
 // ---- relays -----------------------------------------------------------------

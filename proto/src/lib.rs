@@ -8,7 +8,9 @@
 //! - [`token`]: session-token claims and scopes (control mints, the relay checks).
 //! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent).
 //! - [`internal`]: the internal HTTP API (agents and relays ↔ control).
+//! - [`sandbox`]: the sandbox API's exec and files bodies and limits.
 //! - [`validate`]: image references and display names, checked at control's edge.
+//! - [`egress`]: a session's egress policy (`none`, `internet`, CIDRs) and its checks.
 //! - [`init`]: reply codes of `warren-init` (its framing lives in `warren-init`).
 //!
 //! Serde only: no I/O, no async, so every part (and the fuzz targets) can
@@ -16,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod egress;
 pub mod id;
 pub mod init;
 pub mod internal;
+pub mod sandbox;
 pub mod terminal;
 pub mod token;
 pub mod validate;

@@ -13,20 +13,28 @@ pub enum Scope {
     Terminal,
     /// Open the session's ports (`<port>-<id>.<domain>`).
     Preview,
+    /// The sandbox API on the session's host (exec, files), with a Bearer
+    /// header only. Never in a default token: links and cookies cannot
+    /// carry it.
+    Exec,
 }
 
 impl Scope {
+    /// What a token gets when no scope is asked for.
     pub const ALL: [Scope; 2] = [Scope::Terminal, Scope::Preview];
+    /// Every scope there is.
+    pub const KNOWN: [Scope; 3] = [Scope::Terminal, Scope::Preview, Scope::Exec];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Terminal => "terminal",
             Scope::Preview => "preview",
+            Scope::Exec => "exec",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
+        Self::KNOWN.into_iter().find(|x| x.as_str() == s)
     }
 
     /// The `scope` claim for a set of scopes.

@@ -55,6 +55,11 @@ impl StreamHandler for FakeAgent {
             StreamKind::Port(port) => {
                 let _ = answer_http(s, &header.session, port).await;
             }
+            // The sandbox API answers like a port: a plain HTTP answer
+            // naming what was asked for.
+            StreamKind::Api => {
+                let _ = answer_http(s, &header.session, 0).await;
+            }
         }
     }
 }

@@ -50,6 +50,8 @@ pub enum StreamKind {
     Terminal,
     /// Raw bytes to a TCP port of the session container.
     Port(u16),
+    /// HTTP/1.1 to the agent's sandbox API (`/_warren/api/…`: exec, files).
+    Api,
 }
 
 /// The header that opens every relay-initiated stream.

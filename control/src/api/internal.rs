@@ -129,6 +129,7 @@ pub(super) async fn watch(
             memory_mb: s.memory_mb.max(0) as u64,
             cpus: s.millicpus as f64 / 1000.0,
             disk_mb: s.disk_mb.max(0) as u64,
+            egress: s.egress.clone(),
         })
         .collect();
     Ok(Json(WatchResponse { index, sessions }))

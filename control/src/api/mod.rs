@@ -5,7 +5,7 @@
 //! - [`body`]: request bodies (one JSON object, errors in the API's shape).
 //! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource;
 //!   [`grants`]: revoking a session's refresh grants; [`events`]: the
-//!   session lifecycle stream.
+//!   session lifecycle stream; [`sandbox`]: exec and files in a session.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
 //! - [`openapi`]: `GET /openapi.json`, from the handlers' annotations.
 //! - here: errors as answers, the router, per-address rate limits.
@@ -16,6 +16,7 @@ mod grants;
 mod internal;
 mod nodes;
 mod openapi;
+mod sandbox;
 mod sessions;
 mod tenants;
 
@@ -26,6 +27,7 @@ use grants::*;
 use internal::*;
 use nodes::*;
 use openapi::*;
+use sandbox::*;
 use sessions::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +159,8 @@ fn public() -> OpenApiRouter<Arc<Control>> {
         .routes(routes!(create_session, list_sessions))
         .routes(routes!(get_session, delete_session))
         .routes(routes!(session_token))
+        .routes(routes!(exec))
+        .routes(routes!(get_file, put_file, post_file, delete_file))
         .routes(routes!(revoke_grants))
         .routes(routes!(event_stream))
         .routes(routes!(list_nodes))

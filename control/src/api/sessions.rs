@@ -1,5 +1,6 @@
 //! `/v1/sessions`: create (placed and started before the answer), list, get, delete, and session tokens.
 use super::*;
+use warren_proto::egress::Egress;
 
 impl Control {
     /// The session as the API shows it; `tokens` when this answer hands
@@ -47,6 +48,7 @@ impl Control {
             memory_mb: s.memory_mb,
             cpus: s.millicpus as f64 / 1000.0,
             disk_mb: (s.disk_mb > 0).then_some(s.disk_mb),
+            egress: s.egress.clone(),
             url,
             links: Some(links),
             ssh: format!("ssh -p {sport} {}@{host}", s.id),
@@ -131,6 +133,7 @@ pub(super) async fn create_session(
         Some(asked) => asked,
         None => d.disk_mb as i64,
     };
+    let egress = checked_egress(req.egress.unwrap_or_default(), d.allow_internet_egress)?;
     let ttl = req.ttl_seconds.unwrap_or(d.ttl_secs as i64);
     let idle = req
         .idle_timeout_seconds
@@ -146,6 +149,7 @@ pub(super) async fn create_session(
         millicpus: (cpus * 1000.0) as i64,
         disk_mb,
         disk_asked: req.disk_mb.is_some(),
+        egress,
         ttl_ms: ttl * 1000,
         idle_timeout_ms: idle * 1000,
     };
@@ -217,6 +221,17 @@ pub(super) async fn create_session(
         preview: c.issuer.mint(&s, &p.key_id, Scope::Preview.as_str())?,
     };
     Ok((StatusCode::CREATED, Json(c.view(&s, Some(&minted)))).into_response())
+}
+
+/// A session's egress policy in its one spelling: a malformed one is
+/// `422 invalid`, one the operator does not allow (the internet, public
+/// addresses without `sessions.allow_internet_egress`) `422
+/// egress_not_allowed`, each naming what is wrong.
+fn checked_egress(egress: Egress, allow_internet: bool) -> ApiResult<Egress> {
+    egress.checked(true).map_err(ApiError::invalid)?;
+    egress
+        .checked(allow_internet)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "egress_not_allowed", m))
 }
 
 /// Tokens minted for one answer: `(token, expires_at)`.
@@ -292,9 +307,12 @@ pub(super) async fn session_token(
         Some(name) => match Scope::parse(name) {
             Some(Scope::Terminal) => &[Scope::Terminal],
             Some(Scope::Preview) => &[Scope::Preview],
+            // The sandbox API on the session host (Bearer only), and the
+            // terminal with its exec mode: exec runs anything a shell can.
+            Some(Scope::Exec) => &[Scope::Exec, Scope::Terminal],
             None => {
                 return Err(ApiError::invalid(format!(
-                    "scope {name:?} is not one of \"terminal\", \"preview\""
+                    "scope {name:?} is not one of \"terminal\", \"preview\", \"exec\""
                 )));
             }
         },

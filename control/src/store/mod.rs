@@ -181,6 +181,8 @@ pub struct Session {
     pub millicpus: i64,
     /// Disk limit in MB; 0: the node's default.
     pub disk_mb: i64,
+    /// What the session may reach beyond Warren (checked when created).
+    pub egress: warren_proto::egress::Egress,
     pub created_at: i64,
     pub expires_at: i64,
     pub idle_timeout_ms: i64,
@@ -207,6 +209,7 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
         memory_mb: r.try_get("memory_mb")?,
         millicpus: r.try_get("millicpus")?,
         disk_mb: r.try_get("disk_mb")?,
+        egress: warren_proto::egress::Egress::from_text(r.try_get("egress")?),
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         idle_timeout_ms: r.try_get("idle_timeout_ms")?,
@@ -214,7 +217,7 @@ fn session_from(r: &AnyRow) -> std::result::Result<Session, sqlx::Error> {
     })
 }
 
-const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, disk_mb, created_at, expires_at, idle_timeout_ms, last_activity";
+const SESSION_COLS: &str = "id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, disk_mb, egress, created_at, expires_at, idle_timeout_ms, last_activity";
 
 #[derive(Clone)]
 pub struct Store {

@@ -19,6 +19,8 @@ pub struct NewSession {
     /// The caller asked for this disk (not the default): only nodes that
     /// limit session disks may take it.
     pub disk_asked: bool,
+    /// Checked against the operator's settings already.
+    pub egress: warren_proto::egress::Egress,
     pub ttl_ms: i64,
     pub idle_timeout_ms: i64,
 }
@@ -193,8 +195,8 @@ impl Store {
         };
         let id = random_id(16);
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at, disk_mb) \
-             VALUES ($1, $2, $3, {}, '', $4, $5, $6, $7, $8, $9, $7, $7, $10)",
+            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at, disk_mb, egress) \
+             VALUES ($1, $2, $3, {}, '', $4, $5, $6, $7, $8, $9, $7, $7, $10, $11)",
             sql(SessionStatus::Pending)
         )))
         .bind(&id)
@@ -207,6 +209,7 @@ impl Store {
         .bind(now + spec.ttl_ms)
         .bind(spec.idle_timeout_ms)
         .bind(spec.disk_mb)
+        .bind(spec.egress.to_text())
         .execute(&mut *tx)
         .await?;
         touch_node(&mut tx, &node).await?;

@@ -4,7 +4,8 @@
 //! - [`runtime`]: the containers on Docker (bollard): engine, network,
 //!   create, adoption, removal.
 //! - [`security`]: the isolation profiles; [`firewall`]: the host rule
-//!   that keeps sessions off the worker.
+//!   that keeps sessions off the worker; [`egress`]: the host rules of a
+//!   session with an egress policy, on a network of its own.
 //! - [`tenant_paths`]: the engine's default paths out of a session
 //!   (bound files, image volumes, healthchecks, DNS, IPv6), closed.
 //! - [`images`]: images the agent pulled, pruned under a budget.
@@ -13,6 +14,7 @@
 pub mod blkio;
 pub mod cpus;
 pub mod disk;
+pub mod egress;
 pub mod firewall;
 pub mod images;
 pub mod runtime;

@@ -18,6 +18,7 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use warren_config::{DockerConfig, TerminalConfig};
+use warren_proto::egress::Egress;
 
 use crate::sandbox::security::SecurityProfile;
 
@@ -30,6 +31,9 @@ pub const LABEL_DISK: &str = "warren.disk";
 /// The cores a session is pinned to ("0,1") and its CPU limit.
 pub const LABEL_CPUSET: &str = "warren.cpuset";
 pub const LABEL_CPUS: &str = "warren.cpus";
+/// The session's egress policy ([`Egress::to_text`]: `none`, `internet`
+/// or its CIDRs), read back on adoption to set its rules up again.
+pub const LABEL_EGRESS: &str = "warren.egress";
 /// Where init's socket directory (a tmpfs) is mounted in every session.
 const SOCKET_DIR_IN_CONTAINER: &str = "/run/warren";
 /// Bound on a session's container log (init's and the image command's output).
@@ -55,6 +59,8 @@ pub struct SessionSpec {
     pub pids_limit: Option<i64>,
     /// Writable disk (image layer changes, inner images) in MB.
     pub disk_mb: Option<u64>,
+    /// What the session may reach beyond Warren (default: nothing).
+    pub egress: Egress,
 }
 
 /// A [`SessionSpec`] with the agent's defaults filled in, checked.
@@ -70,6 +76,9 @@ pub struct Resolved {
     /// The spec asked for its disk limit (not the agent's default): the
     /// session is refused rather than run without it.
     pub disk_asked: bool,
+    /// Its egress policy, checked: `None` runs on the sessions network,
+    /// anything else on a network of its own ([`crate::sandbox::egress`]).
+    pub egress: Egress,
 }
 
 impl SessionSpec {
@@ -107,6 +116,9 @@ impl SessionSpec {
         {
             return Err("memory_mb, cpus or pids_limit out of range".into());
         }
+        // Control decided what the operator allows; the agent checks the
+        // shape again (and refuses what no session may reach).
+        let egress = self.egress.checked(true)?;
         Ok(Resolved {
             id: self.id.clone(),
             image,
@@ -115,6 +127,7 @@ impl SessionSpec {
             pids_limit,
             disk_mb,
             disk_asked: self.disk_mb.is_some(),
+            egress,
         })
     }
 }
@@ -132,7 +145,8 @@ pub struct ContainerInputs<'a> {
     pub lxcfs_binds: &'a [String],
     /// The agent's labels on everything it creates (managed, node, extra).
     pub labels: &'a BTreeMap<String, String>,
-    /// The sessions network.
+    /// The session's network: the sessions network, or its own when it
+    /// has an egress policy.
     pub network: &'a str,
     /// The OCI runtime (`docker.runtime`); the engine's default if unset.
     pub oci_runtime: Option<&'a str>,
@@ -179,6 +193,7 @@ pub fn container_config(
         LABEL_DISK.into(),
         inputs.disk_label.unwrap_or_default().into(),
     );
+    labels.insert(LABEL_EGRESS.into(), s.egress.to_text());
     let cpuset = inputs.cpuset.map(crate::sandbox::cpus::format_list);
     labels.insert(LABEL_CPUSET.into(), cpuset.clone().unwrap_or_default());
     labels.insert(
@@ -306,6 +321,7 @@ mod tests {
             pids_limit: 256,
             disk_mb: 0,
             disk_asked: false,
+            egress: Egress::None,
         }
     }
 
@@ -392,6 +408,7 @@ mod tests {
         assert_eq!(labels[LABEL_DISK], "");
         assert_eq!(labels[LABEL_CPUSET], "");
         assert_eq!(labels[LABEL_CPUS], "");
+        assert_eq!(labels[LABEL_EGRESS], "none");
         assert_eq!(
             body.healthcheck.as_ref().and_then(|h| h.test.clone()),
             strings(&["NONE"]),
@@ -580,6 +597,19 @@ mod tests {
         );
         let asked = with(|s| s.disk_mb = Some(64)).resolve(&cfg, true);
         assert_eq!(asked.map(|r| (r.disk_mb, r.disk_asked)), Ok((64, true)));
+        let egress =
+            with(|s| s.egress = Egress::Cidrs(vec!["10.0.0.0/8".into()])).resolve(&cfg, true);
+        assert_eq!(
+            egress.map(|r| r.egress),
+            Ok(Egress::Cidrs(vec!["10.0.0.0/8".into()]))
+        );
+        assert!(
+            bad(
+                with(|s| s.egress = Egress::Cidrs(vec!["169.254.169.254".into()])),
+                true
+            )
+            .contains("never reachable")
+        );
         for s in [
             with(|s| s.memory_mb = Some(15)),
             with(|s| s.cpus = Some(0.0)),

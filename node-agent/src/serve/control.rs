@@ -374,6 +374,7 @@ pub fn spawn_sync(
                             // without a limit rather than refuse it.
                             disk_mb: (d.disk_mb > 0 && agent.runtime().disk_limits())
                                 .then_some(d.disk_mb),
+                            egress: d.egress,
                         };
                         if let Err(e) = agent.create_session(&spec).await {
                             warn!(session = %d.id, "session failed to start: {e}");

@@ -1,8 +1,10 @@
 //! What the agent serves: terminals to relays, and its node to control.
 //!
 //! - [`terminal`]: the WebSocket terminal endpoint on a tunnel stream.
+//! - [`api`]: the sandbox API (exec, files) on a tunnel stream.
 //! - [`initsock`]: reaching a session's init without trusting the session.
 //! - [`control`]: join, heartbeats and the watch that drives reconciliation.
+pub mod api;
 pub mod control;
 pub mod initsock;
 pub mod terminal;

@@ -18,6 +18,7 @@ use crate::pages::Answer;
 
 /// The page renews its token here (POST, from its own origin).
 pub const REFRESH_PATH: &str = "/_warren/refresh";
+use warren_proto::sandbox::API_PREFIX;
 pub use warren_proto::terminal::PATH as TERMINAL_PATH;
 /// The terminal page's embedded files.
 pub const ASSET_PREFIX: &str = "/_warren/assets/";
@@ -337,6 +338,31 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
         return Decision::new("refresh", Action::Refresh { session });
     }
     let (cred, tokens) = credentials(f);
+    if f.path.starts_with(API_PREFIX) {
+        // Exec and files: a page, a link or a cookie never reaches them,
+        // so no other site can drive them through a signed-in browser.
+        if cred != Cred::Bearer {
+            return Decision::answer(
+                "api",
+                Answer::new(
+                    401,
+                    "bearer_required",
+                    "Sign-in required",
+                    "The sandbox API takes an Authorization: Bearer token of the exec scope.",
+                ),
+            );
+        }
+        return Decision::new(
+            "api",
+            Action::Open {
+                session,
+                kind: StreamKind::Api,
+                scope: Scope::Exec,
+                tokens,
+                refusal: Refusal::Status,
+            },
+        );
+    }
     if f.path == TERMINAL_PATH {
         // A browser can put a command in a link (or a page's WebSocket URL)
         // but cannot set an Authorization header on a WebSocket: commands

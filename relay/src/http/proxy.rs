@@ -160,7 +160,8 @@ impl RelayProxy {
                 refusal,
             } => match self.authorize(&tokens, &sid, scope).await {
                 Ok(grant) => {
-                    if ctx.upgrade {
+                    // Exec waits on its command (up to its time limit).
+                    if ctx.upgrade || kind == StreamKind::Api {
                         // Idle terminals stay open for hours; QUIC and
                         // WebSocket keepalives watch the connection.
                         session.set_read_timeout(None);
@@ -179,6 +180,8 @@ impl RelayProxy {
                 },
             },
             Action::Control(addr) => {
+                // API keys are control's to check: the header goes on.
+                ctx.strip_authorization = false;
                 ctx.upstream = Some(Upstream::Control(addr));
                 Ok(false)
             }

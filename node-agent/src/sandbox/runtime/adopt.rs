@@ -7,8 +7,8 @@ use tracing::warn;
 use crate::sandbox::tenant_paths;
 
 use super::{
-    DockerRuntime, LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_MEMORY, LABEL_NODE, LABEL_SESSION,
-    RuntimeError, SessionInfo, wait_for_init,
+    DockerRuntime, LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_EGRESS, LABEL_MEMORY, LABEL_NODE,
+    LABEL_SESSION, RuntimeError, SessionInfo, wait_for_init,
 };
 
 impl DockerRuntime {
@@ -53,6 +53,24 @@ impl DockerRuntime {
                 c.state,
                 Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             );
+            // Its egress rules again (a reboot loses them) before it runs
+            // again; a policy that cannot be read or set removes it.
+            let policy = warren_proto::egress::Egress::from_text(
+                labels.get(LABEL_EGRESS).map(String::as_str).unwrap_or(""),
+            )
+            .checked(true);
+            let restored = match &policy {
+                Ok(p) if p.is_none() => Ok(()),
+                Ok(p) => self.restore_egress(&sid, p).await,
+                Err(e) => Err(RuntimeError::Invalid(e.clone())),
+            };
+            if let Err(e) = restored {
+                warn!(session = %sid, "cannot set the session's egress policy up again, removing it: {e}");
+                if self.remove_container_and_disk(&cid, &sid).await.is_ok() {
+                    self.remove_egress_network(&sid).await;
+                }
+                continue;
+            }
             // A loop disk is mounted again (after a reboot) before its
             // container starts, or the session would find its files gone and
             // run without a limit.
@@ -127,6 +145,8 @@ impl DockerRuntime {
         if let Some(disks) = &self.loop_disks {
             disks.sweep(&out.iter().map(|s| s.id.clone()).collect());
         }
+        self.sweep_egress(&out.iter().map(|s| s.id.clone()).collect())
+            .await;
         Ok(out)
     }
 

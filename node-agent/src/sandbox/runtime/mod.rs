@@ -1,6 +1,7 @@
 //! Session containers on Docker (bollard): create here; the engine and its
-//! limits in `engine.rs`, the sessions network in `network.rs`, adoption
-//! after a restart in `adopt.rs`, removal in `remove.rs`. What a container
+//! limits in `engine.rs`, the sessions network in `network.rs`, sessions'
+//! own networks (egress) in `egress.rs`, adoption after a restart in
+//! `adopt.rs`, removal in `remove.rs`. What a container
 //! is made of is [`crate::sandbox::spec`]'s pure function; this module runs
 //! the sequence around it.
 use std::collections::BTreeMap;
@@ -20,14 +21,16 @@ use crate::sandbox::tenant_paths::{self, BoundFiles};
 use crate::serve::initsock::InitTarget;
 
 mod adopt;
+mod egress;
 mod engine;
 mod network;
 mod remove;
 
 pub use crate::sandbox::spec::{
-    LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_MANAGED, LABEL_MEMORY, LABEL_NODE, LABEL_SESSION,
-    SessionSpec,
+    LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_EGRESS, LABEL_MANAGED, LABEL_MEMORY, LABEL_NODE,
+    LABEL_SESSION, SessionSpec,
 };
+pub use egress::network_name as egress_network_name;
 
 /// Free space (MiB) the worker keeps for itself: below it, no new sessions
 /// with loop disks.
@@ -44,7 +47,7 @@ pub struct SessionInfo {
     pub container_id: String,
     pub image: String,
     pub memory_mb: u64,
-    /// Address on the sessions network, where its ports are reached.
+    /// Address on the session's network, where its ports are reached.
     pub ip: Option<IpAddr>,
     /// The session's init, as the agent reaches it.
     pub init: InitTarget,
@@ -67,6 +70,9 @@ pub enum RuntimeError {
     /// Details (paths, mount errors) stay in the agent's log.
     #[error("session {0}: its disk limit could not be set up on this worker")]
     Disk(String),
+    /// Details (the engine's and iptables' words) stay in the agent's log.
+    #[error("session {0}: its egress policy could not be set up on this worker")]
+    Egress(String),
 }
 
 impl RuntimeError {
@@ -164,10 +170,30 @@ impl DockerRuntime {
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&session.id));
         let bound = BoundFiles::new(&self.sessions_dir);
         let bound_files = bound.prepare(&session.id)?;
-        let container = match self.create_container(&session, &image, &bound_files).await {
+        // A session with egress gets a network of its own, its rules in
+        // place before the container exists.
+        let network = if session.egress.is_none() {
+            self.cfg.network.clone()
+        } else {
+            match self
+                .create_egress_network(&session.id, &session.egress)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    bound.remove(&session.id);
+                    return Err(e);
+                }
+            }
+        };
+        let container = match self
+            .create_container(&session, &image, &bound_files, &network)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 bound.remove(&session.id);
+                self.remove_egress_network(&session.id).await;
                 return Err(e);
             }
         };
@@ -184,9 +210,13 @@ impl DockerRuntime {
         };
         if result.is_err() {
             // Leave nothing half-made behind.
-            let _ = self
+            if self
                 .remove_container_and_disk(&container, &session.id)
-                .await;
+                .await
+                .is_ok()
+            {
+                self.remove_egress_network(&session.id).await;
+            }
             bound.remove(&session.id);
         }
         result
@@ -200,6 +230,7 @@ impl DockerRuntime {
         session: &Resolved,
         image: &ImageFacts,
         bound_files: &[String],
+        network: &str,
     ) -> Result<String, RuntimeError> {
         // The session's own resource view where lxcfs runs on the worker.
         let lxcfs_binds = spec::lxcfs_binds(Path::new(spec::LXCFS_DIR));
@@ -224,7 +255,7 @@ impl DockerRuntime {
                     init_binary: &self.init_binary,
                     lxcfs_binds: &lxcfs_binds,
                     labels: &self.labels,
-                    network: &self.cfg.network,
+                    network,
                     oci_runtime: self.cfg.runtime.as_deref(),
                     terminal: &self.terminal,
                     cpuset: pinned.as_deref(),
@@ -404,10 +435,11 @@ impl DockerRuntime {
         let c = self.docker.inspect_container(container, None).await?;
         let init_pid = c.state.as_ref().and_then(|s| s.pid).unwrap_or(0) as i32;
         let container_id = c.id.clone().unwrap_or_else(|| container.into());
+        let own = egress::network_name(&self.node_id, id);
         let ip = c
             .network_settings
             .and_then(|n| n.networks)
-            .and_then(|n| n.get(&self.cfg.network).cloned())
+            .and_then(|n| n.get(&self.cfg.network).or_else(|| n.get(&own)).cloned())
             .and_then(|e| e.ip_address)
             .and_then(|ip| ip.parse().ok());
         Ok(SessionInfo {

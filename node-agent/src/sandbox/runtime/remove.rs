@@ -1,4 +1,5 @@
-//! Removing a session: its container, its loop disk, its pin.
+//! Removing a session: its container, its loop disk, its pin, its own
+//! network and egress rules.
 use bollard::query_parameters::RemoveContainerOptions;
 
 use super::{DockerRuntime, RuntimeError, SessionInfo};
@@ -7,6 +8,8 @@ impl DockerRuntime {
     pub async fn remove(&self, info: &SessionInfo) -> Result<(), RuntimeError> {
         self.remove_container_and_disk(&info.container_id, &info.id)
             .await?;
+        // Once the container is gone: its rules never lapse while it runs.
+        self.remove_egress_network(&info.id).await;
         let _ = std::fs::remove_dir_all(self.sessions_dir.join(&info.id));
         Ok(())
     }

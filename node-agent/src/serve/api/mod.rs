@@ -1,0 +1,124 @@
+//! The sandbox API on a tunnel stream (`/_warren/api/…`): exec and files,
+//! served through the session's `warren-init`, never by the agent touching
+//! a container path itself. The relay lets a request through only with a
+//! Bearer token of the `exec` scope for this session; one request per
+//! stream.
+//!
+//! - `exec`: a command on pipes with a time limit, its output bounded.
+//! - `files`: read, write, list, mkdir, remove.
+use std::sync::Arc;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::ServiceExt;
+use warren_init::client::ClientError;
+use warren_init::proto::ErrorCode;
+use warren_proto::sandbox::{EXEC_PATH, FILES_PATH};
+
+use super::initsock::InitTarget;
+
+mod exec;
+mod files;
+
+/// An answer in the API's error shape.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// What init's refusal means to an API client.
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        let ClientError::Refused { code, message } = e else {
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "session_unreachable",
+                format!("the session's init did not serve the request: {e}"),
+            );
+        };
+        let (status, name) = match code {
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorCode::NotADirectory => (StatusCode::CONFLICT, "not_a_directory"),
+            ErrorCode::IsADirectory => (StatusCode::CONFLICT, "is_a_directory"),
+            ErrorCode::NotAFile => (StatusCode::CONFLICT, "not_a_file"),
+            ErrorCode::NotEmpty => (StatusCode::CONFLICT, "not_empty"),
+            ErrorCode::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+            ErrorCode::BadPath | ErrorCode::BadEnv | ErrorCode::BadCommand => {
+                (StatusCode::BAD_REQUEST, "invalid")
+            }
+            ErrorCode::SpawnFailed => (StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed"),
+            // An older init does not know the request.
+            ErrorCode::BadFrame | ErrorCode::VersionMismatch | ErrorCode::Unknown => {
+                (StatusCode::NOT_IMPLEMENTED, "session_too_old")
+            }
+            _ => (StatusCode::BAD_GATEWAY, "session_error"),
+        };
+        let message = if name == "session_too_old" {
+            format!(
+                "this session's init cannot serve the sandbox API (restart the session): {message}"
+            )
+        } else {
+            message
+        };
+        ApiError::new(status, name, message)
+    }
+}
+
+/// Serves one HTTP/1.1 request of the sandbox API on `stream`.
+pub async fn serve<S>(stream: S, init: InitTarget)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let init = Arc::new(init);
+    let app = axum::Router::new()
+        .route(EXEC_PATH, axum::routing::post(exec::run))
+        .route(
+            FILES_PATH,
+            axum::routing::get(files::get)
+                .put(files::put)
+                .post(files::post)
+                .delete(files::delete),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        // Uploads stream through; exec bodies are bounded by its handler.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(init);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        app.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!("sandbox API stream: {e}");
+    }
+}
