@@ -55,6 +55,12 @@ enum Cmd {
     },
     /// The bundled load-test harness (docs/loadtest.md).
     Loadtest(cmd::loadtest::LoadtestArgs),
+    /// Run a command in a session: `warren exec ID -- CMD…` (its exit code
+    /// is warren's; 124 when the time limit killed it).
+    Exec(cmd::sandbox::ExecArgs),
+    /// Copy a file into or out of a session: `warren cp FILE ID:/path`,
+    /// `warren cp ID:/path FILE` (`-`: standard input or output).
+    Cp(cmd::sandbox::CpArgs),
     /// Your SSH public keys: a registered key opens your tenant's sessions.
     #[command(name = "ssh-key")]
     SshKey {
@@ -74,7 +80,7 @@ async fn main() {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.cmd,
-        Cmd::Session { .. } | Cmd::Node { .. } | Cmd::SshKey { .. }
+        Cmd::Session { .. } | Cmd::Node { .. } | Cmd::SshKey { .. } | Cmd::Exec(_) | Cmd::Cp(_)
     );
     let filter = std::env::var("RUST_LOG")
         .unwrap_or_else(|_| if quiet { "warn".into() } else { "info".into() });
@@ -103,5 +109,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Node { cmd } => cmd::node::run(cmd, &ctx).await,
         Cmd::SshKey { cmd } => cmd::ssh_key::run(cmd, &ctx).await,
         Cmd::Loadtest(args) => cmd::loadtest::run(args, &ctx).await,
+        Cmd::Exec(args) => {
+            let code = cmd::sandbox::exec(args, &ctx).await?;
+            std::process::exit(code)
+        }
+        Cmd::Cp(args) => cmd::sandbox::cp(args, &ctx).await,
     }
 }

@@ -1,10 +1,12 @@
 //! `warren-client`: Warren's public API as a Rust client. The CLI and the
 //! load-test harness share it; bodies are `warren_proto::api` types.
 //! [`internal`]: control's internal API, for relays and agents (replica
-//! failover, bearer auth, control's private CA).
+//! failover, bearer auth, control's private CA). [`sandbox`]: exec and
+//! files in a session.
 #![forbid(unsafe_code)]
 
 pub mod internal;
+pub mod sandbox;
 
 use std::path::Path;
 use std::time::Duration;

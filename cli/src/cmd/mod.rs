@@ -2,6 +2,7 @@
 //! command line and hands each subcommand to its module.
 pub mod loadtest;
 pub mod node;
+pub mod sandbox;
 pub mod serve;
 pub mod session;
 pub mod ssh_key;

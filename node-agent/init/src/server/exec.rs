@@ -65,9 +65,20 @@ impl Server {
         };
         in_home(&mut cmd);
         if let Some(dir) = &cwd {
-            if !Path::new(dir).is_dir() {
-                let msg = format!("working directory {dir} does not exist in the session");
-                return reply(&mut framed, Response::error(ErrorCode::NotADirectory, msg)).await;
+            let p = Path::new(dir);
+            if !p.is_dir() {
+                let (code, msg) = if p.exists() {
+                    (
+                        ErrorCode::NotADirectory,
+                        format!("working directory {dir} is not a directory"),
+                    )
+                } else {
+                    (
+                        ErrorCode::NotFound,
+                        format!("working directory {dir} does not exist in the session"),
+                    )
+                };
+                return reply(&mut framed, Response::error(code, msg)).await;
             }
             cmd.current_dir(dir);
         }
