@@ -144,6 +144,9 @@ pub struct SessionDefaults {
     /// Largest file one upload (`PUT /v1/sessions/{id}/files`) may carry,
     /// in MB; the session's disk bounds it too.
     pub max_upload_mb: u64,
+    /// Snapshots one tenant may keep (each is an image on a worker's disk,
+    /// as large as its session's disk at most).
+    pub tenant_max_snapshots: u64,
 }
 
 impl Default for SessionDefaults {
@@ -165,6 +168,7 @@ impl Default for SessionDefaults {
             allowed_images: Vec::new(),
             allow_internet_egress: false,
             max_upload_mb: 1024,
+            tenant_max_snapshots: 10,
         }
     }
 }

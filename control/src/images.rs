@@ -1,7 +1,8 @@
 //! Which images a session may start from: the operator's name patterns
-//! (`sessions.allowed_images`). One function decides, [`image_allowed`],
-//! so that every rule about image names (a tenant's own snapshots, later)
-//! lands in one place.
+//! (`sessions.allowed_images`), decided by [`image_allowed`]; and a
+//! tenant's own snapshots (`warren-snapshot/<name>`), recognised by
+//! [`snapshot_name`] and resolved in the tenant alone (another tenant's
+//! name is one that does not exist).
 use crate::api::image_registry;
 
 /// Whether `tenant` may start a session from `image` under `patterns`
@@ -23,6 +24,18 @@ pub fn image_allowed(image: &str, _tenant: &str, patterns: &[String]) -> Result<
         "image {image} matches none of the operator's sessions.allowed_images ({})",
         patterns.join(", ")
     ))
+}
+
+/// The snapshot name in `image` when it names one (`warren-snapshot/<name>`,
+/// optionally `:latest` or under `docker.io/`): such an image is never
+/// pulled, only resolved among the caller's snapshots.
+pub fn snapshot_name(image: &str) -> Option<&str> {
+    if !warren_proto::sandbox::is_snapshot_name(image) {
+        return None;
+    }
+    let bare = image.strip_prefix("docker.io/").unwrap_or(image);
+    let name = &bare[warren_proto::sandbox::SNAPSHOT_REPO.len() + 1..];
+    Some(name.strip_suffix(":latest").unwrap_or(name))
 }
 
 /// `image` with the tag the engine pulls (`latest`) unless it names a tag
@@ -76,6 +89,17 @@ fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_are_recognised() {
+        assert_eq!(snapshot_name("warren-snapshot/env"), Some("env"));
+        assert_eq!(
+            snapshot_name("docker.io/warren-snapshot/env:latest"),
+            Some("env")
+        );
+        assert_eq!(snapshot_name("warren-snapshots/env"), None);
+        assert_eq!(snapshot_name("ubuntu"), None);
+    }
 
     fn allowed(image: &str, patterns: &[&str]) -> bool {
         let p: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();

@@ -492,9 +492,31 @@ impl StreamHandler for Agent {
                 // A command run through the API is activity, as typing is.
                 self.activity(&session.id)
                     .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {}
-                    _ = serve::api::serve(s, session.init.clone()) => {}
+                // Commits need the engine, which the request's server does
+                // not hold: it hands them here and waits.
+                let (jobs, mut commits) = tokio::sync::mpsc::channel(1);
+                let api = serve::api::serve(s, session.init.clone(), jobs);
+                tokio::pin!(api);
+                loop {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = &mut api => break,
+                        Some(job) = commits.recv() => {
+                            let job: serve::api::SnapshotJob = job;
+                            let r = self
+                                .runtime
+                                .commit_snapshot(&session, &job.image, job.version)
+                                .await
+                                .map_err(|e| match e {
+                                    RuntimeError::Invalid(m) => serve::api::SnapshotError::Refused(m),
+                                    other => {
+                                        warn!(session = %session.id, "snapshot failed: {other}");
+                                        serve::api::SnapshotError::Failed
+                                    }
+                                });
+                            let _ = job.reply.send(r);
+                        }
+                    }
                 }
             }
             StreamKind::Port(port) => {

@@ -127,6 +127,41 @@ pub struct Links {
     pub preview: String,
 }
 
+/// `POST /v1/sessions/{id}/snapshot`; the body is optional.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Unique in the tenant: 1 to 63 of `a-z 0-9 . _ -` (default: made up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A saved session filesystem, owned by one tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub name: String,
+    /// What `POST /v1/sessions` takes as `image` to start from it
+    /// (`warren-snapshot/<name>`; the caller's tenant only).
+    pub image: String,
+    pub tenant: String,
+    /// The session it was taken from.
+    pub session: String,
+    /// The worker that holds it (sessions from it start there).
+    pub node: String,
+    pub size_bytes: i64,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// `GET /v1/snapshots`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<Snapshot>,
+}
+
 /// `GET /v1/sessions`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -125,6 +125,11 @@ pub struct WatchQuery {
 pub struct WatchResponse {
     pub index: i64,
     pub sessions: Vec<DesiredSession>,
+    /// Snapshot images this node keeps (engine names); the agent removes
+    /// its other snapshot images. Absent from an older control: none are
+    /// removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<String>>,
 }
 
 /// One session a node should run.

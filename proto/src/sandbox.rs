@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 pub const EXEC_PATH: &str = "/_warren/api/exec";
 /// Where the agent serves files on every session host.
 pub const FILES_PATH: &str = "/_warren/api/files";
+/// Where the agent commits the session as a snapshot (control only, with
+/// a token of the `snapshot` scope).
+pub const SNAPSHOT_PATH: &str = "/_warren/api/snapshot";
+/// Every snapshot image on a worker is named `<SNAPSHOT_REPO>/<id>`; the
+/// agent never pulls such a name, and control starts one only for the
+/// tenant that owns it.
+pub const SNAPSHOT_REPO: &str = "warren-snapshot";
 /// Every path of the session-host API starts with this.
 pub const API_PREFIX: &str = "/_warren/api/";
 /// Output kept per stream (stdout, stderr), in bytes; the rest is counted
@@ -212,9 +219,87 @@ pub struct FileList {
     pub truncated: bool,
 }
 
+/// Control → agent: commit the session as `image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub image: String,
+    /// Control's desired-state version once the snapshot was recorded:
+    /// the agent keeps the image against any older desired state.
+    pub version: i64,
+}
+
+/// Agent → control: the committed image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotDone {
+    pub image: String,
+    pub size_bytes: u64,
+}
+
+/// A snapshot's engine name for its id: `warren-snapshot/<id>`.
+pub fn snapshot_image(id: &str) -> String {
+    format!("{SNAPSHOT_REPO}/{id}")
+}
+
+/// The id in an engine name that [`snapshot_image`] made (16 lowercase
+/// letters and digits), or `None`.
+pub fn snapshot_id(image: &str) -> Option<&str> {
+    let id = image.strip_prefix(SNAPSHOT_REPO)?.strip_prefix('/')?;
+    let id = id.strip_suffix(":latest").unwrap_or(id);
+    (id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    .then_some(id)
+}
+
+/// Whether `image` names a snapshot (well formed or not): such names are
+/// never pulled, and never started unless control resolved them.
+pub fn is_snapshot_name(image: &str) -> bool {
+    let bare = image.strip_prefix("docker.io/").unwrap_or(image);
+    bare.starts_with(SNAPSHOT_REPO) && bare[SNAPSHOT_REPO.len()..].starts_with('/')
+}
+
+/// A snapshot's name as a tenant gives it: 1 to 63 of `a-z 0-9 . _ -`,
+/// starting with a letter or digit.
+pub fn check_snapshot_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "snapshot name {name:?}: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_names() {
+        assert_eq!(
+            snapshot_id(&snapshot_image("abcdefgh12345678")),
+            Some("abcdefgh12345678")
+        );
+        assert_eq!(snapshot_id("warren-snapshot/abc"), None);
+        assert_eq!(snapshot_id("warren-snapshot/ABCDEFGH12345678"), None);
+        assert!(
+            is_snapshot_name("warren-snapshot/x")
+                && is_snapshot_name("docker.io/warren-snapshot/x")
+        );
+        assert!(!is_snapshot_name("warren-snapshotx/y") && !is_snapshot_name("ubuntu"));
+        assert!(check_snapshot_name("my-env.v2").is_ok());
+        for bad in ["", "-x", "A", "a/b", "a:b", &"x".repeat(64)] {
+            assert!(check_snapshot_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn exec_requests_are_checked() {

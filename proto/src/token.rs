@@ -17,19 +17,28 @@ pub enum Scope {
     /// header only. Never in a default token: links and cookies cannot
     /// carry it.
     Exec,
+    /// Commit the session's filesystem as a snapshot image. Control mints
+    /// it for itself only: no API caller can ask for it.
+    Snapshot,
 }
 
 impl Scope {
     /// What a token gets when no scope is asked for.
     pub const ALL: [Scope; 2] = [Scope::Terminal, Scope::Preview];
     /// Every scope there is.
-    pub const KNOWN: [Scope; 3] = [Scope::Terminal, Scope::Preview, Scope::Exec];
+    pub const KNOWN: [Scope; 4] = [
+        Scope::Terminal,
+        Scope::Preview,
+        Scope::Exec,
+        Scope::Snapshot,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Terminal => "terminal",
             Scope::Preview => "preview",
             Scope::Exec => "exec",
+            Scope::Snapshot => "snapshot",
         }
     }
 

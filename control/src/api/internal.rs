@@ -132,7 +132,18 @@ pub(super) async fn watch(
             egress: s.egress.clone(),
         })
         .collect();
-    Ok(Json(WatchResponse { index, sessions }))
+    let snapshots = c
+        .store
+        .node_snapshots(&node)
+        .await?
+        .iter()
+        .map(|id| warren_proto::sandbox::snapshot_image(id))
+        .collect();
+    Ok(Json(WatchResponse {
+        index,
+        sessions,
+        snapshots: Some(snapshots),
+    }))
 }
 
 pub(super) async fn route(

@@ -5,7 +5,8 @@
 //! - [`body`]: request bodies (one JSON object, errors in the API's shape).
 //! - [`sessions`], [`nodes`], [`tenants`]: the public API by resource;
 //!   [`grants`]: revoking a session's refresh grants; [`events`]: the
-//!   session lifecycle stream; [`sandbox`]: exec and files in a session.
+//!   session lifecycle stream; [`sandbox`]: exec and files in a session;
+//!   [`snapshots`]: sessions saved as images.
 //! - [`internal`]: agents and relays (`/internal/v1/`).
 //! - [`openapi`]: `GET /openapi.json`, from the handlers' annotations.
 //! - here: errors as answers, the router, per-address rate limits.
@@ -18,6 +19,7 @@ mod nodes;
 mod openapi;
 mod sandbox;
 mod sessions;
+mod snapshots;
 mod tenants;
 
 use auth::{Admin, Caller, NodeCaller, RelayCaller};
@@ -29,6 +31,7 @@ use nodes::*;
 use openapi::*;
 use sandbox::*;
 use sessions::*;
+use snapshots::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tenants::*;
@@ -161,6 +164,9 @@ fn public() -> OpenApiRouter<Arc<Control>> {
         .routes(routes!(session_token))
         .routes(routes!(exec))
         .routes(routes!(get_file, put_file, post_file, delete_file))
+        .routes(routes!(create_snapshot))
+        .routes(routes!(list_snapshots))
+        .routes(routes!(delete_snapshot))
         .routes(routes!(revoke_grants))
         .routes(routes!(event_stream))
         .routes(routes!(list_nodes))

@@ -27,14 +27,20 @@ const SLACK: Duration = Duration::from_secs(30);
 const FILES_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The session, the edge and a token to reach it with.
-struct Reach<'a> {
-    session: Session,
-    edge: &'a Edge,
-    token: String,
+pub(super) struct Reach<'a> {
+    pub(super) session: Session,
+    pub(super) edge: &'a Edge,
+    pub(super) token: String,
 }
 
 impl Control {
-    async fn reach(&self, p: &Principal, id: &str) -> ApiResult<Reach<'_>> {
+    /// The running session `id` of the caller, with a token of `scope`.
+    pub(super) async fn reach(
+        &self,
+        p: &Principal,
+        id: &str,
+        scope: Scope,
+    ) -> ApiResult<Reach<'_>> {
         let s = self.owned(p, id).await?;
         if s.status != SessionStatus::Running {
             return Err(ApiError::new(
@@ -51,7 +57,7 @@ impl Control {
             )
         })?;
         // Only the sandbox API: this token never opens a terminal or a port.
-        let (token, _) = self.issuer.mint(&s, &p.key_id, Scope::Exec.as_str())?;
+        let (token, _) = self.issuer.mint(&s, &p.key_id, scope.as_str())?;
         Ok(Reach {
             session: s,
             edge,
@@ -60,7 +66,7 @@ impl Control {
     }
 }
 
-fn unreachable(e: &reqwest::Error) -> ApiError {
+pub(super) fn unreachable(e: &reqwest::Error) -> ApiError {
     tracing::warn!("sandbox API: the session's edge did not answer: {e}");
     if e.is_timeout() {
         return ApiError::new(
@@ -78,7 +84,7 @@ fn unreachable(e: &reqwest::Error) -> ApiError {
 
 /// The agent's answer as the API's: its JSON (answers and errors) passes;
 /// anything else that is an error (a relay's page) becomes one of ours.
-fn relay(resp: reqwest::Response) -> Response {
+pub(super) fn relay(resp: reqwest::Response) -> Response {
     let status = resp.status();
     let json = resp
         .headers()
@@ -141,7 +147,7 @@ pub(super) async fn exec(
     let req: ExecRequest = body::parse(&bytes)?;
     let argv = req.to_argv().map_err(ApiError::invalid)?;
     let timeout = Duration::from_secs(req.timeout().map_err(ApiError::invalid)?);
-    let r = c.reach(&p, &id).await?;
+    let r = c.reach(&p, &id, Scope::Exec).await?;
     // The program, not its arguments: command lines carry secrets.
     let program = argv.first().map(String::as_str).unwrap_or("");
     let program = if req.command.is_some() {
@@ -231,7 +237,7 @@ pub(super) async fn get_file(
     q: FilesParams,
 ) -> ApiResult<Response> {
     let q = files_query(q)?;
-    let r = c.reach(&p, &id).await?;
+    let r = c.reach(&p, &id, Scope::Exec).await?;
     let mut req = files_request(&r, reqwest::Method::GET, &q);
     if q.list {
         req = req.timeout(FILES_TIMEOUT);
@@ -281,7 +287,7 @@ pub(super) async fn put_file(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let r = c.reach(&p, &id).await?;
+    let r = c.reach(&p, &id, Scope::Exec).await?;
     // Counted as it passes: a body without a length (chunked) that grows
     // past the bound is cut, and the agent drops the half-written file.
     let seen = Arc::new(AtomicU64::new(0));
@@ -335,7 +341,7 @@ pub(super) async fn post_file(
             "POST on files makes a directory: add mkdir=true",
         ));
     }
-    let r = c.reach(&p, &id).await?;
+    let r = c.reach(&p, &id, Scope::Exec).await?;
     let resp = files_request(&r, reqwest::Method::POST, &q)
         .timeout(FILES_TIMEOUT)
         .send()
@@ -370,7 +376,7 @@ pub(super) async fn delete_file(
     q: FilesParams,
 ) -> ApiResult<Response> {
     let q = files_query(q)?;
-    let r = c.reach(&p, &id).await?;
+    let r = c.reach(&p, &id, Scope::Exec).await?;
     let resp = files_request(&r, reqwest::Method::DELETE, &q)
         .timeout(FILES_TIMEOUT)
         .send()

@@ -96,7 +96,22 @@ pub(super) async fn create_session(
     // The engine's grammar: anything else (`--privileged`) never reaches
     // a worker.
     warren_proto::validate::image_reference(&image).map_err(ApiError::invalid)?;
-    if let Some(registry) = image_registry(&image)
+    // A tenant's own snapshot: resolved in its tenant alone (another
+    // tenant's is a 404, as a name that does not exist), started on the
+    // worker that holds it; the image it was taken from passed the rules
+    // below when that session was created.
+    let (image, node) = match crate::images::snapshot_name(&image) {
+        Some(name) => {
+            let snap = c.store.snapshot(&p.tenant, name).await?;
+            (
+                warren_proto::sandbox::snapshot_image(&snap.id),
+                Some(snap.node),
+            )
+        }
+        None => (image, None),
+    };
+    if node.is_none()
+        && let Some(registry) = image_registry(&image)
         && !d.allowed_registries.iter().any(|r| r == registry)
     {
         return Err(ApiError::new(
@@ -107,8 +122,10 @@ pub(super) async fn create_session(
             ),
         ));
     }
-    crate::images::image_allowed(&image, &p.tenant, &d.allowed_images)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_allowed", m))?;
+    if node.is_none() {
+        crate::images::image_allowed(&image, &p.tenant, &d.allowed_images)
+            .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_allowed", m))?;
+    }
     let memory_mb = req.memory_mb.unwrap_or(d.memory_mb as i64);
     if !(16..=1_048_576).contains(&memory_mb) {
         return Err(ApiError::invalid(
@@ -150,6 +167,7 @@ pub(super) async fn create_session(
         disk_mb,
         disk_asked: req.disk_mb.is_some(),
         egress,
+        node,
         ttl_ms: ttl * 1000,
         idle_timeout_ms: idle * 1000,
     };
@@ -310,7 +328,8 @@ pub(super) async fn session_token(
             // The sandbox API on the session host (Bearer only), and the
             // terminal with its exec mode: exec runs anything a shell can.
             Some(Scope::Exec) => &[Scope::Exec, Scope::Terminal],
-            None => {
+            // Control's own, for committing snapshots: never handed out.
+            Some(Scope::Snapshot) | None => {
                 return Err(ApiError::invalid(format!(
                     "scope {name:?} is not one of \"terminal\", \"preview\", \"exec\""
                 )));

@@ -20,6 +20,7 @@ mod grants;
 mod nodes;
 mod sessions;
 mod signing;
+mod snapshots;
 mod ssh;
 mod tenants;
 
@@ -27,6 +28,7 @@ pub use audit::{AuditEntry, NewAudit};
 pub use events::{Change, Event};
 pub use nodes::Node;
 pub use sessions::{Candidate, NewSession, pick_node};
+pub use snapshots::SnapshotRow;
 pub use ssh::SshKey;
 pub use tenants::{Principal, Tenant};
 

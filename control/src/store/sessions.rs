@@ -21,6 +21,8 @@ pub struct NewSession {
     pub disk_asked: bool,
     /// Checked against the operator's settings already.
     pub egress: warren_proto::egress::Egress,
+    /// Only this node may take it (a snapshot lives on one worker).
+    pub node: Option<String>,
     pub ttl_ms: i64,
     pub idle_timeout_ms: i64,
 }
@@ -158,6 +160,11 @@ impl Store {
                 })
             })
             .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+        // A session from a snapshot starts where its image is, or not at all.
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|c| spec.node.as_ref().is_none_or(|n| &c.id == n))
+            .collect();
         let Some(node) = pick_node(
             &candidates,
             spec.memory_mb,
@@ -184,6 +191,12 @@ impl Store {
                 return Err(StoreError::Invalid(format!(
                     "disk_mb {} is more than any node allows a session ({most} MB)",
                     spec.disk_mb
+                )));
+            }
+            if let Some(n) = &spec.node {
+                return Err(StoreError::NoCapacity(format!(
+                    "node {n}, which holds the snapshot, is not ready or has no room for {} MB of memory and {} MB of disk",
+                    spec.memory_mb, spec.disk_mb
                 )));
             }
             return Err(StoreError::NoCapacity(format!(

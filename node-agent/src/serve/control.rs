@@ -339,6 +339,14 @@ pub fn spawn_sync(
                     }
                 };
                 index = answer.index;
+                // Snapshots control no longer lists (an older control
+                // lists none: then nothing is removed).
+                if let Some(keep) = answer.snapshots {
+                    let agent = agent.clone();
+                    tracker2.spawn(async move {
+                        agent.runtime().prune_snapshots(&keep, index).await;
+                    });
+                }
                 let desired = answer.sessions;
                 let want: HashSet<String> = desired.iter().map(|d| d.id.clone()).collect();
                 for d in desired {

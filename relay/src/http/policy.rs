@@ -18,7 +18,7 @@ use crate::pages::Answer;
 
 /// The page renews its token here (POST, from its own origin).
 pub const REFRESH_PATH: &str = "/_warren/refresh";
-use warren_proto::sandbox::API_PREFIX;
+use warren_proto::sandbox::{API_PREFIX, EXEC_PATH, FILES_PATH, SNAPSHOT_PATH};
 pub use warren_proto::terminal::PATH as TERMINAL_PATH;
 /// The terminal page's embedded files.
 pub const ASSET_PREFIX: &str = "/_warren/assets/";
@@ -352,12 +352,25 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
                 ),
             );
         }
+        // Each path its own scope, exactly: a path spelled another way
+        // (`//`, `%2F`, `..`) never reaches the agent under a weaker one.
+        let scope = match f.path.as_str() {
+            EXEC_PATH | FILES_PATH => Scope::Exec,
+            // Control commits snapshots with a token no caller can get.
+            SNAPSHOT_PATH => Scope::Snapshot,
+            _ => {
+                return Decision::answer(
+                    "api",
+                    Answer::new(404, "not_found", "Not found", "No such API path."),
+                );
+            }
+        };
         return Decision::new(
             "api",
             Action::Open {
                 session,
                 kind: StreamKind::Api,
-                scope: Scope::Exec,
+                scope,
                 tokens,
                 refusal: Refusal::Status,
             },

@@ -134,6 +134,7 @@ impl DockerRuntime {
             disk_capacity_mb,
             images,
             ipv6: Path::new("/proc/sys/net/ipv6").exists(),
+            committed: Default::default(),
         };
         rt.ensure_network().await?;
         Ok(rt)

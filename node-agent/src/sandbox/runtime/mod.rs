@@ -25,12 +25,14 @@ mod egress;
 mod engine;
 mod network;
 mod remove;
+mod snapshot;
 
 pub use crate::sandbox::spec::{
     LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_EGRESS, LABEL_MANAGED, LABEL_MEMORY, LABEL_NODE,
     LABEL_SESSION, SessionSpec,
 };
 pub use egress::network_name as egress_network_name;
+pub use snapshot::LABEL_SNAPSHOT_COMMAND;
 
 /// Free space (MiB) the worker keeps for itself: below it, no new sessions
 /// with loop disks.
@@ -113,6 +115,10 @@ pub struct DockerRuntime {
     images: crate::sandbox::images::Images,
     /// The worker's kernel has IPv6 (sessions get it turned off).
     ipv6: bool,
+    /// Snapshots this agent committed, with the desired-state version at
+    /// which control recorded each: an older desired state does not list
+    /// them yet, and must not remove them.
+    committed: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl DockerRuntime {
@@ -344,6 +350,14 @@ impl DockerRuntime {
     async fn image_facts(&self, image: &str) -> Result<ImageFacts, RuntimeError> {
         let inspect = match self.docker.inspect_image(image).await {
             Ok(i) => i,
+            // A snapshot lives on the worker that made it; a registry
+            // never supplies one.
+            Err(_) if warren_proto::sandbox::is_snapshot_name(image) => {
+                return Err(RuntimeError::Image(
+                    image.into(),
+                    "snapshot images are never pulled".into(),
+                ));
+            }
             Err(_) => {
                 self.pull(image).await?;
                 self.docker
@@ -353,8 +367,13 @@ impl DockerRuntime {
             }
         };
         let config = inspect.config.unwrap_or_default();
-        let mut command = config.entrypoint.unwrap_or_default();
-        command.extend(config.cmd.unwrap_or_default());
+        let command = if warren_proto::sandbox::is_snapshot_name(image) {
+            Self::snapshot_command(config.labels.as_ref())?
+        } else {
+            let mut c = config.entrypoint.unwrap_or_default();
+            c.extend(config.cmd.unwrap_or_default());
+            c
+        };
         let volumes = config
             .volumes
             .map(|v| v.into_iter().collect())

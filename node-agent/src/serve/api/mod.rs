@@ -6,6 +6,7 @@
 //!
 //! - `exec`: a command on pipes with a time limit, its output bounded.
 //! - `files`: read, write, list, mkdir, remove.
+//! - `snapshot`: commit the container (control only; the agent runs it).
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,12 +18,29 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 use warren_init::client::ClientError;
 use warren_init::proto::ErrorCode;
-use warren_proto::sandbox::{EXEC_PATH, FILES_PATH};
+use warren_proto::sandbox::{EXEC_PATH, FILES_PATH, SNAPSHOT_PATH};
 
 use super::initsock::InitTarget;
 
 mod exec;
 mod files;
+mod snapshot;
+
+pub use snapshot::{SnapshotError, SnapshotJob, SnapshotJobs};
+
+/// What the handlers share: the session's init, and the way to the agent
+/// for commits.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    init: Arc<InitTarget>,
+    snapshots: SnapshotJobs,
+}
+
+impl axum::extract::FromRef<ApiState> for Arc<InitTarget> {
+    fn from_ref(s: &ApiState) -> Self {
+        s.init.clone()
+    }
+}
 
 /// An answer in the API's error shape.
 pub(crate) struct ApiError {
@@ -92,11 +110,14 @@ impl From<ClientError> for ApiError {
 }
 
 /// Serves one HTTP/1.1 request of the sandbox API on `stream`.
-pub async fn serve<S>(stream: S, init: InitTarget)
+pub async fn serve<S>(stream: S, init: InitTarget, snapshots: SnapshotJobs)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let init = Arc::new(init);
+    let state = ApiState {
+        init: Arc::new(init),
+        snapshots,
+    };
     let app = axum::Router::new()
         .route(EXEC_PATH, axum::routing::post(exec::run))
         .route(
@@ -106,12 +127,13 @@ where
                 .post(files::post)
                 .delete(files::delete),
         )
+        .route(SNAPSHOT_PATH, axum::routing::post(snapshot::commit))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         // Uploads stream through; exec bodies are bounded by its handler.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(init);
+        .with_state(state);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         app.clone().oneshot(req.map(axum::body::Body::new))
     });

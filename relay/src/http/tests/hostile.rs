@@ -458,3 +458,69 @@ fn the_page_its_assets_and_renewal() {
         ],
     );
 }
+
+#[test]
+fn the_sandbox_api_takes_a_bearer_token_of_its_scope() {
+    let host = format!("{S}.{DOMAIN}");
+    let api = Proxied(StreamKind::Api);
+    let bearer = |path: &str, t: &str| {
+        req(&host, "POST", path).with("authorization", &format!("Bearer {t}"))
+    };
+    let mut cases = Vec::new();
+    for path in ["/_warren/api/exec", "/_warren/api/files?path=/x"] {
+        cases.push((format!("{path}, exec token"), bearer(path, "exec"), api));
+        cases.push((
+            format!("{path}, default token"),
+            bearer(path, "good"),
+            Status(403),
+        ));
+        cases.push((
+            format!("{path}, another session's exec token"),
+            bearer(path, "exec-theirs"),
+            Status(403),
+        ));
+        cases.push((
+            format!("{path}, snapshot token"),
+            bearer(path, "snapshot"),
+            Status(403),
+        ));
+        // A link or a cookie never drives the API (no cross-site use).
+        let q = if path.contains('?') { "&" } else { "?" };
+        cases.push((
+            format!("{path}, exec token in the query"),
+            req(&host, "POST", &format!("{path}{q}token=exec")),
+            Status(401),
+        ));
+        cases.push((
+            format!("{path}, exec token as a cookie"),
+            req(&host, "POST", path).with("cookie", "__Host-warren_token=exec"),
+            Status(401),
+        ));
+    }
+    // The snapshot path takes control's own scope only.
+    cases.push((
+        "snapshot, exec token".into(),
+        bearer("/_warren/api/snapshot", "exec"),
+        Status(403),
+    ));
+    cases.push((
+        "snapshot, snapshot token".into(),
+        bearer("/_warren/api/snapshot", "snapshot"),
+        api,
+    ));
+    // Other spellings are not found, never passed on under a weaker scope.
+    for path in [
+        "/_warren/api/%73napshot",
+        "/_warren/api//snapshot",
+        "/_warren/api/exec/../snapshot",
+        "/_warren/api/exec/",
+        "/_warren/api/",
+    ] {
+        cases.push((
+            format!("{path}, exec token"),
+            bearer(path, "exec"),
+            Status(404),
+        ));
+    }
+    table("the sandbox API", cases);
+}
