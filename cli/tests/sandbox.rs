@@ -202,6 +202,13 @@ async fn exec_and_files_through_the_edge() {
         );
     }
 
+    // Parents are made for an upload.
+    c.upload(&id, "/root/deep/er/f.txt", None, None, "nested".into())
+        .await
+        .unwrap();
+    let got = download(&c, &id, "/root/deep/er/f.txt").await.unwrap();
+    assert_eq!(got, b"nested");
+
     // mkdir, delete (a non-empty directory only with recursive).
     c.mkdir(&id, "/root/a/b/c").await.unwrap();
     let e = c.remove(&id, "/root/a", false).await.unwrap_err();
@@ -444,6 +451,25 @@ async fn readme_curl_works_direct_and_through_the_relay() {
         (Some("running"), Some(512)),
         "{v}"
     );
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // Every curl example of docs/api.md, as written, on that session.
+    let api_md =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).unwrap();
+    let examples: Vec<&str> = api_md.lines().filter(|l| l.starts_with("curl ")).collect();
+    assert!(!examples.is_empty(), "docs/api.md has curl examples");
+    for line in examples {
+        let cmd = line.replace("127.0.0.1:7000", &format!("127.0.0.1:{port}"));
+        let o = std::process::Command::new("sh")
+            .args(["-c", &format!("{cmd} -w '\\n%{{http_code}}'")])
+            .env("KEY", &st.admin_key)
+            .env("ID", &id)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        let code = out.rsplit('\n').next().unwrap_or("");
+        assert!(code.starts_with('2'), "docs/api.md: {line}\n{out} {o:?}");
+    }
 
     // The same through the relay's public API address.
     let https = st.https.port();

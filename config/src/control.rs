@@ -147,6 +147,9 @@ pub struct SessionDefaults {
     /// Snapshots one tenant may keep (each is an image on a worker's disk,
     /// as large as its session's disk at most).
     pub tenant_max_snapshots: u64,
+    /// Snapshot bytes one tenant may hold in all, in MB (a new snapshot is
+    /// refused once they are reached).
+    pub tenant_max_snapshot_mb: u64,
 }
 
 impl Default for SessionDefaults {
@@ -169,6 +172,7 @@ impl Default for SessionDefaults {
             allow_internet_egress: false,
             max_upload_mb: 1024,
             tenant_max_snapshots: 10,
+            tenant_max_snapshot_mb: 20_480,
         }
     }
 }

@@ -33,7 +33,7 @@ pub fn snapshot_name(image: &str) -> Option<&str> {
     if !warren_proto::sandbox::is_snapshot_name(image) {
         return None;
     }
-    let bare = image.strip_prefix("docker.io/").unwrap_or(image);
+    let bare = warren_proto::sandbox::strip_hub(image);
     let name = &bare[warren_proto::sandbox::SNAPSHOT_REPO.len() + 1..];
     Some(name.strip_suffix(":latest").unwrap_or(name))
 }

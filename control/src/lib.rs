@@ -252,6 +252,16 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
         {
             warn!("grant purge failed: {e}");
         }
+        // Snapshots whose commit never finished (control restarted
+        // mid-commit): forgotten, and their workers remove the images.
+        if tick.is_multiple_of(60)
+            && let Err(e) = c
+                .store
+                .purge_unfinished_snapshots(api::SNAPSHOT_COMMIT_LIMIT_MS)
+                .await
+        {
+            warn!("snapshot purge failed: {e}");
+        }
         // Session events are for streams to catch up, not an archive.
         if tick.is_multiple_of(60)
             && let Err(e) = c.store.prune_events(EVENTS_MAX_AGE_MS, EVENTS_KEPT).await

@@ -282,6 +282,8 @@ pub struct Agent {
     activity: DashMap<String, Arc<std::sync::atomic::AtomicI64>>,
     /// Per session, cancelled when it is deleted.
     gone: DashMap<String, CancellationToken>,
+    /// Per session, the sandbox API requests it may have at once.
+    api_slots: DashMap<String, Arc<tokio::sync::Semaphore>>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
@@ -317,6 +319,7 @@ impl Agent {
             sessions: DashMap::new(),
             activity: DashMap::new(),
             gone: DashMap::new(),
+            api_slots: DashMap::new(),
             metrics: metrics::Metrics::new(),
             shutdown,
         });
@@ -391,6 +394,7 @@ impl Agent {
     /// Stops and removes a session's container. Unknown ids are a no-op.
     pub async fn remove_session(&self, id: &str) -> Result<(), RuntimeError> {
         self.activity.remove(id);
+        self.api_slots.remove(id);
         // Its terminals are told before the container goes (else they see
         // init vanish, an internal error).
         if let Some((_, gone)) = self.gone.remove(id) {
@@ -450,6 +454,7 @@ impl StreamHandler for Agent {
             StreamKind::Terminal => "terminal",
             StreamKind::Port(_) => "port",
             StreamKind::Api => "api",
+            StreamKind::Snapshot => "snapshot",
         };
         let Some(session) = self.session(&header.session) else {
             self.metrics
@@ -486,38 +491,8 @@ impl StreamHandler for Agent {
                     warn!("terminal stream ended with an error: {e}");
                 }
             }
-            StreamKind::Api => {
-                let Ok(s) = stream.accept().await else { return };
-                self.metrics.streams.with_label_values(&[kind, "ok"]).inc();
-                // A command run through the API is activity, as typing is.
-                self.activity(&session.id)
-                    .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-                // Commits need the engine, which the request's server does
-                // not hold: it hands them here and waits.
-                let (jobs, mut commits) = tokio::sync::mpsc::channel(1);
-                let api = serve::api::serve(s, session.init.clone(), jobs);
-                tokio::pin!(api);
-                loop {
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break,
-                        _ = &mut api => break,
-                        Some(job) = commits.recv() => {
-                            let job: serve::api::SnapshotJob = job;
-                            let r = self
-                                .runtime
-                                .commit_snapshot(&session, &job.image, job.version)
-                                .await
-                                .map_err(|e| match e {
-                                    RuntimeError::Invalid(m) => serve::api::SnapshotError::Refused(m),
-                                    other => {
-                                        warn!(session = %session.id, "snapshot failed: {other}");
-                                        serve::api::SnapshotError::Failed
-                                    }
-                                });
-                            let _ = job.reply.send(r);
-                        }
-                    }
-                }
+            StreamKind::Api | StreamKind::Snapshot => {
+                self.serve_api_stream(stream, session, header.kind).await
             }
             StreamKind::Port(port) => {
                 let Some(ip) = session.ip else {

@@ -18,6 +18,10 @@ pub const SNAPSHOT_PATH: &str = "/_warren/api/snapshot";
 /// agent never pulls such a name, and control starts one only for the
 /// tenant that owns it.
 pub const SNAPSHOT_REPO: &str = "warren-snapshot";
+/// Every answer of the agent's sandbox API carries this header: control
+/// passes on the agent's errors, and turns anything else (a relay's own
+/// refusal) into an error of its own.
+pub const AGENT_HEADER: &str = "x-warren-agent";
 /// Every path of the session-host API starts with this.
 pub const API_PREFIX: &str = "/_warren/api/";
 /// Output kept per stream (stdout, stderr), in bytes; the rest is counted
@@ -256,14 +260,24 @@ pub fn snapshot_id(image: &str) -> Option<&str> {
 /// Whether `image` names a snapshot (well formed or not): such names are
 /// never pulled, and never started unless control resolved them.
 pub fn is_snapshot_name(image: &str) -> bool {
-    let bare = image.strip_prefix("docker.io/").unwrap_or(image);
+    let bare = strip_hub(image);
     bare.starts_with(SNAPSHOT_REPO) && bare[SNAPSHOT_REPO.len()..].starts_with('/')
+}
+
+/// `image` without the spellings the engine reads as Docker Hub's.
+pub fn strip_hub(image: &str) -> &str {
+    ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|p| image.strip_prefix(p))
+        .unwrap_or(image)
 }
 
 /// A snapshot's name as a tenant gives it: 1 to 63 of `a-z 0-9 . _ -`,
 /// starting with a letter or digit.
 pub fn check_snapshot_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+    // As an image path component too (no `--`, `..`, trailing `-`).
+    let ok = crate::validate::image_reference(&format!("{SNAPSHOT_REPO}/{name}")).is_ok()
+        && !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && name
@@ -296,7 +310,7 @@ mod tests {
         );
         assert!(!is_snapshot_name("warren-snapshotx/y") && !is_snapshot_name("ubuntu"));
         assert!(check_snapshot_name("my-env.v2").is_ok());
-        for bad in ["", "-x", "A", "a/b", "a:b", &"x".repeat(64)] {
+        for bad in ["", "-x", "A", "a/b", "a:b", "env-", "a..b", &"x".repeat(64)] {
             assert!(check_snapshot_name(bad).is_err(), "{bad}");
         }
     }

@@ -57,7 +57,7 @@ impl StreamHandler for FakeAgent {
             }
             // The sandbox API answers like a port: a plain HTTP answer
             // naming what was asked for.
-            StreamKind::Api => {
+            StreamKind::Api | StreamKind::Snapshot => {
                 let _ = answer_http(s, &header.session, 0).await;
             }
         }

@@ -52,6 +52,10 @@ pub enum StreamKind {
     Port(u16),
     /// HTTP/1.1 to the agent's sandbox API (`/_warren/api/…`: exec, files).
     Api,
+    /// HTTP/1.1 to the agent's snapshot commit (`/_warren/api/snapshot`),
+    /// opened by the relay only for control's own `snapshot` scope; the
+    /// agent serves the commit on no other kind of stream.
+    Snapshot,
 }
 
 /// The header that opens every relay-initiated stream.

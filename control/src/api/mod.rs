@@ -31,6 +31,7 @@ use nodes::*;
 use openapi::*;
 use sandbox::*;
 use sessions::*;
+pub use snapshots::SNAPSHOT_COMMIT_LIMIT_MS;
 use snapshots::*;
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,7 +15,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::http::header;
 use futures_util::StreamExt;
 use warren_proto::sandbox::{
-    EXEC_PATH, ExecRequest, ExecResult, FILES_PATH, FileList, FilesQuery, MAX_EXEC_BODY, check_path,
+    AGENT_HEADER, EXEC_PATH, ExecRequest, ExecResult, FILES_PATH, FileList, FilesQuery,
+    MAX_EXEC_BODY, check_path,
 };
 
 use super::*;
@@ -86,16 +87,17 @@ pub(super) fn unreachable(e: &reqwest::Error) -> ApiError {
 /// anything else that is an error (a relay's page) becomes one of ours.
 pub(super) fn relay(resp: reqwest::Response) -> Response {
     let status = resp.status();
-    let json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/json"));
-    if !status.is_success() && !json {
+    // The agent's answers say so; anything else is a relay's refusal (its
+    // words are its own, never passed on).
+    if !resp.headers().contains_key(AGENT_HEADER) {
+        tracing::warn!(%status, "sandbox API: the relay refused control's request");
         return ApiError::new(
             StatusCode::BAD_GATEWAY,
             "session_unreachable",
-            format!("the session's relay answered {status}"),
+            format!(
+                "the session's relay refused the request ({})",
+                status.as_u16()
+            ),
         )
         .into_response();
     }
@@ -148,24 +150,7 @@ pub(super) async fn exec(
     let argv = req.to_argv().map_err(ApiError::invalid)?;
     let timeout = Duration::from_secs(req.timeout().map_err(ApiError::invalid)?);
     let r = c.reach(&p, &id, Scope::Exec).await?;
-    // The program, not its arguments: command lines carry secrets.
-    let program = argv.first().map(String::as_str).unwrap_or("");
-    let program = if req.command.is_some() {
-        "sh -c"
-    } else {
-        program
-    };
-    c.store
-        .audit(NewAudit {
-            actor: &p.key_id,
-            tenant: &r.session.tenant,
-            action: "session.exec",
-            target: &r.session.id,
-            detail: &program.chars().take(200).collect::<String>(),
-            ..NewAudit::OK
-        })
-        .await;
-    let resp = r
+    let sent = r
         .edge
         .client()
         .post(r.edge.url(&r.session.id, EXEC_PATH))
@@ -173,14 +158,33 @@ pub(super) async fn exec(
         .json(&req)
         .timeout(timeout + SLACK)
         .send()
-        .await
-        .map_err(|e| unreachable(&e))?;
-    Ok(relay(resp))
+        .await;
+    // The program, not its arguments: command lines carry secrets.
+    let program = argv.first().map(String::as_str).unwrap_or("");
+    let program = if req.command.is_some() {
+        "sh -c"
+    } else {
+        program
+    };
+    let ran = sent.as_ref().is_ok_and(|r| r.status().is_success());
+    c.store
+        .audit(NewAudit {
+            actor: &p.key_id,
+            tenant: &r.session.tenant,
+            action: "session.exec",
+            target: &r.session.id,
+            detail: &program.chars().take(200).collect::<String>(),
+            outcome: if ran { "ok" } else { "failed" },
+        })
+        .await;
+    Ok(relay(sent.map_err(|e| unreachable(&e))?))
 }
 
 type FilesParams = Result<Query<FilesQuery>, QueryRejection>;
 
-fn files_query(q: FilesParams) -> ApiResult<FilesQuery> {
+/// The query, checked for the method: a flag another method takes is
+/// refused rather than ignored.
+fn files_query(q: FilesParams, method: &str) -> ApiResult<FilesQuery> {
     let Query(q) = q.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -190,6 +194,19 @@ fn files_query(q: FilesParams) -> ApiResult<FilesQuery> {
     })?;
     check_path(&q.path).map_err(ApiError::invalid)?;
     q.mode_bits().map_err(ApiError::invalid)?;
+    let stray = [
+        ("list", q.list, "GET"),
+        ("mkdir", q.mkdir, "POST"),
+        ("recursive", q.recursive, "DELETE"),
+        ("mode", q.mode.is_some(), "PUT"),
+    ]
+    .into_iter()
+    .find(|(_, set, takes)| *set && *takes != method);
+    if let Some((flag, _, takes)) = stray {
+        return Err(ApiError::invalid(format!(
+            "`{flag}` goes with {takes}, not {method}"
+        )));
+    }
     Ok(q)
 }
 
@@ -236,7 +253,7 @@ pub(super) async fn get_file(
     Path(id): Path<String>,
     q: FilesParams,
 ) -> ApiResult<Response> {
-    let q = files_query(q)?;
+    let q = files_query(q, "GET")?;
     let r = c.reach(&p, &id, Scope::Exec).await?;
     let mut req = files_request(&r, reqwest::Method::GET, &q);
     if q.list {
@@ -268,7 +285,7 @@ pub(super) async fn put_file(
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<Response> {
-    let q = files_query(q)?;
+    let q = files_query(q, "PUT")?;
     let max = c.cfg.sessions.max_upload_mb.saturating_mul(1 << 20);
     let too_large = || {
         ApiError::new(
@@ -335,7 +352,7 @@ pub(super) async fn post_file(
     Path(id): Path<String>,
     q: FilesParams,
 ) -> ApiResult<Response> {
-    let q = files_query(q)?;
+    let q = files_query(q, "POST")?;
     if !q.mkdir {
         return Err(ApiError::invalid(
             "POST on files makes a directory: add mkdir=true",
@@ -375,7 +392,7 @@ pub(super) async fn delete_file(
     Path(id): Path<String>,
     q: FilesParams,
 ) -> ApiResult<Response> {
-    let q = files_query(q)?;
+    let q = files_query(q, "DELETE")?;
     let r = c.reach(&p, &id, Scope::Exec).await?;
     let resp = files_request(&r, reqwest::Method::DELETE, &q)
         .timeout(FILES_TIMEOUT)

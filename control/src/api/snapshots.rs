@@ -21,6 +21,9 @@ use crate::store::SnapshotRow;
 
 /// A commit copies the session's writable layer: up to its whole disk.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A snapshot still not ready this long after it began was cut off
+/// (control restarted mid-commit): the reaper forgets it.
+pub const SNAPSHOT_COMMIT_LIMIT_MS: i64 = 2 * COMMIT_TIMEOUT.as_millis() as i64;
 
 fn view(s: &SnapshotRow) -> Snapshot {
     Snapshot {
@@ -60,7 +63,7 @@ pub(super) async fn create_snapshot(
         None => format!("snap-{}", crate::store::random_id(8)),
     };
     let r = c.reach(&p, &id, Scope::Snapshot).await?;
-    let s = &r.session;
+    let s = r.session.clone();
     let (row, version) = c
         .store
         .begin_snapshot(
@@ -69,69 +72,91 @@ pub(super) async fn create_snapshot(
             &s.id,
             &s.node,
             c.cfg.sessions.tenant_max_snapshots as i64,
+            (c.cfg.sessions.tenant_max_snapshot_mb as i64).saturating_mul(1 << 20),
         )
         .await?;
-    let done = async {
-        let resp = r
-            .edge
-            .client()
-            .post(r.edge.url(&s.id, SNAPSHOT_PATH))
-            .bearer_auth(&r.token)
-            .json(&SnapshotRequest {
-                image: snapshot_image(&row.id),
-                version,
+    // Its own task: a caller that goes away mid-commit leaves a snapshot
+    // made or forgotten, never half-recorded.
+    let url = r.edge.url(&s.id, SNAPSHOT_PATH);
+    let req = r
+        .edge
+        .client()
+        .post(url)
+        .bearer_auth(&r.token)
+        .json(&SnapshotRequest {
+            image: snapshot_image(&row.id),
+            version,
+        })
+        .timeout(COMMIT_TIMEOUT);
+    let (c2, row2, actor) = (c.clone(), row.clone(), p.key_id.clone());
+    let task = tokio::spawn(async move {
+        let (c, row) = (c2, row2);
+        let done = async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| unreachable(&e).into_response())?;
+            if !resp.status().is_success() {
+                return Err(relay(resp));
+            }
+            resp.json::<SnapshotDone>().await.map_err(|e| {
+                tracing::warn!("snapshot answer: {e}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "snapshot_failed",
+                    "the worker's answer to the snapshot was not understood",
+                )
+                .into_response()
             })
-            .timeout(COMMIT_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unreachable(&e).into_response())?;
-        if !resp.status().is_success() {
-            return Err(relay(resp));
         }
-        resp.json::<SnapshotDone>().await.map_err(|e| {
-            tracing::warn!("snapshot answer: {e}");
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "snapshot_failed",
-                "the worker's answer to the snapshot was not understood",
-            )
-            .into_response()
-        })
-    }
-    .await;
-    let outcome = match done {
-        Ok(d) => {
-            c.store
-                .finish_snapshot(&row.id, d.size_bytes.min(i64::MAX as u64) as i64)
-                .await?;
-            Ok(d.size_bytes)
-        }
-        Err(answer) => {
-            // Forgotten: its worker removes whatever the commit left.
-            c.store.delete_snapshot(&row.id, &row.node).await?;
-            Err(answer)
-        }
-    };
-    c.store
-        .audit(NewAudit {
-            actor: &p.key_id,
-            tenant: &s.tenant,
-            action: "snapshot.create",
-            target: &s.id,
-            detail: &name,
-            outcome: if outcome.is_ok() { "ok" } else { "failed" },
-        })
         .await;
-    match outcome {
-        Ok(size) => {
+        let outcome: Result<i64, Response> = match done {
+            Ok(d) => {
+                let size = d.size_bytes.min(i64::MAX as u64) as i64;
+                match c.store.finish_snapshot(&row.id, size).await {
+                    Ok(()) => Ok(size),
+                    Err(e) => Err(ApiError::from(e).into_response()),
+                }
+            }
+            Err(answer) => {
+                // Forgotten: its worker removes whatever the commit left
+                // (and the reaper does, should this fail).
+                if let Err(e) = c.store.delete_snapshot(&row.id, &row.node).await {
+                    tracing::warn!("forgetting a failed snapshot: {e}");
+                }
+                Err(answer)
+            }
+        };
+        c.store
+            .audit(NewAudit {
+                actor: &actor,
+                tenant: &row.tenant,
+                action: "snapshot.create",
+                target: &row.session,
+                detail: &row.name,
+                outcome: if outcome.is_ok() { "ok" } else { "failed" },
+            })
+            .await;
+        outcome
+    });
+    match task.await {
+        Ok(Ok(size)) => {
             let row = SnapshotRow {
                 ready: true,
-                size_bytes: size.min(i64::MAX as u64) as i64,
+                size_bytes: size,
                 ..row
             };
             Ok((StatusCode::CREATED, Json(view(&row))).into_response())
         }
-        Err(answer) => Ok(answer),
+        Ok(Err(answer)) => Ok(answer),
+        Err(e) => {
+            tracing::error!("snapshot task: {e}");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "snapshot_failed",
+                "the snapshot could not be saved",
+            ))
+        }
     }
 }
 

@@ -45,6 +45,7 @@ impl Store {
         session: &str,
         node: &str,
         max: i64,
+        max_bytes: i64,
     ) -> Result<(SnapshotRow, i64)> {
         let mut tx = self.pool.begin().await?;
         // Serialises with other reservations (and placements) on the lock row.
@@ -53,6 +54,18 @@ impl Store {
             .bind(tenant)
             .fetch_one(&mut *tx)
             .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM snapshots WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        if held >= max_bytes {
+            return Err(StoreError::QuotaExceeded(format!(
+                "tenant {tenant} holds {} MB of snapshots, its limit (sessions.tenant_max_snapshot_mb): delete one first",
+                held >> 20
+            )));
+        }
         if n >= max {
             return Err(StoreError::QuotaExceeded(format!(
                 "tenant {tenant} may keep {max} snapshots (sessions.tenant_max_snapshots) and has {n}: delete one first"
@@ -157,5 +170,23 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    /// Forgets snapshots still not ready `older_than_ms` after they began
+    /// (their commit was cut off); their workers then remove the images.
+    pub async fn purge_unfinished_snapshots(&self, older_than_ms: i64) -> Result<u64> {
+        let cutoff = now_ms() - older_than_ms;
+        let rows =
+            sqlx::query("SELECT id, node_id FROM snapshots WHERE ready = 0 AND created_at < $1")
+                .bind(cutoff)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut n = 0;
+        for r in rows {
+            let (id, node): (String, String) = (r.try_get("id")?, r.try_get("node_id")?);
+            self.delete_snapshot(&id, &node).await?;
+            n += 1;
+        }
+        Ok(n)
     }
 }

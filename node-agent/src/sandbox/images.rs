@@ -97,7 +97,18 @@ impl Images {
                 ..Default::default()
             }))
             .await?;
-        let mut total: u64 = images.iter().map(|i| i.size.max(0) as u64).sum();
+        // Snapshots are tenants' data, bounded by control's quotas, never
+        // pruned here: they do not count against the budget either (else
+        // they would evict everyone's pulled images).
+        let mut total: u64 = images
+            .iter()
+            .filter(|i| {
+                !i.repo_tags
+                    .iter()
+                    .any(|t| warren_proto::sandbox::is_snapshot_name(t))
+            })
+            .map(|i| i.size.max(0) as u64)
+            .sum();
         let containers = docker
             .list_containers(Some(ListContainersOptions {
                 all: true,

@@ -354,10 +354,11 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
         }
         // Each path its own scope, exactly: a path spelled another way
         // (`//`, `%2F`, `..`) never reaches the agent under a weaker one.
-        let scope = match f.path.as_str() {
-            EXEC_PATH | FILES_PATH => Scope::Exec,
-            // Control commits snapshots with a token no caller can get.
-            SNAPSHOT_PATH => Scope::Snapshot,
+        let (kind, scope) = match f.path.as_str() {
+            EXEC_PATH | FILES_PATH => (StreamKind::Api, Scope::Exec),
+            // Control commits snapshots with a token no caller can get, on
+            // a stream kind of their own that the agent checks too.
+            SNAPSHOT_PATH => (StreamKind::Snapshot, Scope::Snapshot),
             _ => {
                 return Decision::answer(
                     "api",
@@ -369,7 +370,7 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
             "api",
             Action::Open {
                 session,
-                kind: StreamKind::Api,
+                kind,
                 scope,
                 tokens,
                 refusal: Refusal::Status,

@@ -161,7 +161,7 @@ impl RelayProxy {
             } => match self.authorize(&tokens, &sid, scope).await {
                 Ok(grant) => {
                     // Exec waits on its command (up to its time limit).
-                    if ctx.upgrade || kind == StreamKind::Api {
+                    if ctx.upgrade || matches!(kind, StreamKind::Api | StreamKind::Snapshot) {
                         // Idle terminals stay open for hours; QUIC and
                         // WebSocket keepalives watch the connection.
                         session.set_read_timeout(None);

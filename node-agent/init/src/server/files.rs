@@ -139,6 +139,8 @@ fn open_dir(path: &str, create: bool) -> Result<OwnedFd, Fail> {
     for part in path.split('/').filter(|p| !p.is_empty()) {
         let next = match open_at(fd.as_fd(), part, flags, Mode::empty()) {
             Err(Errno::NOENT) if create => {
+                // Nothing is made on a kernel filesystem (`/proc/…/x`).
+                check_fs(fd.as_fd(), path)?;
                 match rustix::fs::mkdirat(&fd, part, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(errno_fail(e, path)),

@@ -135,6 +135,7 @@ impl DockerRuntime {
             images,
             ipv6: Path::new("/proc/sys/net/ipv6").exists(),
             committed: Default::default(),
+            snapshot_prune: Default::default(),
         };
         rt.ensure_network().await?;
         Ok(rt)

@@ -119,6 +119,8 @@ pub struct DockerRuntime {
     /// which control recorded each: an older desired state does not list
     /// them yet, and must not remove them.
     committed: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Held by a snapshot pruning pass.
+    snapshot_prune: tokio::sync::Mutex<()>,
 }
 
 impl DockerRuntime {

@@ -9,7 +9,9 @@
 use std::collections::{HashMap, HashSet};
 
 use bollard::models::ContainerConfig;
-use bollard::query_parameters::{CommitContainerOptions, ListImagesOptions, RemoveImageOptions};
+use bollard::query_parameters::{
+    CommitContainerOptions, InspectContainerOptions, ListImagesOptions, RemoveImageOptions,
+};
 use tracing::{info, warn};
 use warren_proto::sandbox::{SNAPSHOT_REPO, snapshot_id};
 
@@ -33,14 +35,31 @@ impl DockerRuntime {
                 "{image:?} is not a snapshot name"
             )));
         };
-        // A commit copies the session's writable layer onto the worker's
-        // disk: refused when that disk is nearly full.
-        if let Some(disks) = &self.loop_disks
-            && disks.free_mb().is_some_and(|f| f < MIN_FREE_DISK_MB)
-        {
-            warn!(session = %info.id, "refusing a snapshot: the agent's data dir has under {MIN_FREE_DISK_MB} MiB free");
+        // The name is new: a commit never replaces an image.
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Err(RuntimeError::Invalid(format!("{image} exists already")));
+        }
+        // A commit copies the session's writable layer into the engine's
+        // storage on the worker's disk: it must fit there with room to
+        // spare.
+        let layer_mb = self
+            .docker
+            .inspect_container(
+                &info.container_id,
+                Some(InspectContainerOptions { size: true }),
+            )
+            .await?
+            .size_rw
+            .unwrap_or(0)
+            .max(0) as u64
+            / (1024 * 1024);
+        let free_mb = rustix::fs::statvfs(&self.docker_root)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024))
+            .unwrap_or(0);
+        if free_mb < layer_mb + MIN_FREE_DISK_MB {
+            warn!(session = %info.id, free_mb, layer_mb, "refusing a snapshot: the engine's storage has too little room");
             return Err(RuntimeError::Invalid(
-                "this worker's disk is nearly full".into(),
+                "this worker's disk has no room for the snapshot".into(),
             ));
         }
         let command = self.image_facts(&info.image).await?.command;
@@ -93,6 +112,8 @@ impl DockerRuntime {
     /// a later version; one a container still runs from is left for a
     /// later turn. The names removed.
     pub async fn prune_snapshots(&self, keep: &[String], index: i64) -> Vec<String> {
+        // One pass at a time, newest state last.
+        let _one = self.snapshot_prune.lock().await;
         let mut keep: HashSet<String> = keep
             .iter()
             .filter_map(|k| snapshot_id(k))

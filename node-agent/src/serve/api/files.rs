@@ -19,6 +19,11 @@ use crate::serve::initsock::{self, InitTarget};
 
 type Q = Result<Query<FilesQuery>, axum::extract::rejection::QueryRejection>;
 
+/// Entries one listing returns at most.
+const MAX_ENTRIES: usize = 10_000;
+/// Time one listing may take.
+const LIST_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn query(q: Q) -> Result<FilesQuery, ApiError> {
     let Query(q) = q.map_err(|_| {
         ApiError::bad(
@@ -75,8 +80,20 @@ pub(super) async fn get(State(init): State<Arc<InitTarget>>, q: Q) -> Result<Res
 async fn list(init: &InitTarget, path: String) -> Result<Json<FileList>, ApiError> {
     let (mut conn, _) = initsock::request(init, Op::ListDir { path: path.clone() }).await?;
     let mut entries = Vec::new();
+    let deadline = tokio::time::Instant::now() + LIST_TIME;
     loop {
-        match conn.next().await {
+        // Init caps a listing itself; the agent does not rely on that.
+        if entries.len() >= MAX_ENTRIES {
+            return Ok(Json(FileList {
+                path,
+                entries,
+                truncated: true,
+            }));
+        }
+        let next = tokio::time::timeout_at(deadline, conn.next())
+            .await
+            .map_err(|_| cut_short())?;
+        match next {
             Some(Ok(Frame::Data(b))) => {
                 let e: DirEntry = serde_json::from_slice(&b).map_err(|_| cut_short())?;
                 entries.push(FileEntry {

@@ -25,15 +25,32 @@ use super::initsock::InitTarget;
 mod exec;
 mod files;
 mod snapshot;
+mod stream;
 
 pub use snapshot::{SnapshotError, SnapshotJob, SnapshotJobs};
+
+use warren_proto::sandbox::AGENT_HEADER;
+
+/// The answer when a session has [`stream::MAX_PER_SESSION`] requests in
+/// flight already.
+fn busy_answer() -> String {
+    let body = json!({"error": {"code": "busy", "message": format!(
+        "this session has {} sandbox API requests running; try again when one ends",
+        stream::MAX_PER_SESSION
+    )}})
+    .to_string();
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n{AGENT_HEADER}: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// What the handlers share: the session's init, and the way to the agent
 /// for commits.
 #[derive(Clone)]
 pub(crate) struct ApiState {
     init: Arc<InitTarget>,
-    snapshots: SnapshotJobs,
+    snapshots: Option<SnapshotJobs>,
 }
 
 impl axum::extract::FromRef<ApiState> for Arc<InitTarget> {
@@ -59,7 +76,7 @@ impl ApiError {
     }
 
     pub(crate) fn bad(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 }
 
@@ -74,10 +91,12 @@ impl IntoResponse for ApiError {
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         let ClientError::Refused { code, message } = e else {
+            // Its words name worker pids and paths: the log keeps them.
+            tracing::warn!("sandbox API: the session's init did not serve the request: {e}");
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "session_unreachable",
-                format!("the session's init did not serve the request: {e}"),
+                "the session's init did not serve the request",
             );
         };
         let (status, name) = match code {
@@ -89,7 +108,7 @@ impl From<ClientError> for ApiError {
             ErrorCode::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             ErrorCode::BadPath | ErrorCode::BadEnv | ErrorCode::BadCommand => {
-                (StatusCode::BAD_REQUEST, "invalid")
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
             }
             ErrorCode::SpawnFailed => (StatusCode::UNPROCESSABLE_ENTITY, "spawn_failed"),
             // An older init does not know the request.
@@ -110,10 +129,11 @@ impl From<ClientError> for ApiError {
 }
 
 /// Serves one HTTP/1.1 request of the sandbox API on `stream`.
-pub async fn serve<S>(stream: S, init: InitTarget, snapshots: SnapshotJobs)
+pub async fn serve<S>(stream: S, init: InitTarget, snapshots: Option<SnapshotJobs>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let commits = snapshots.is_some();
     let state = ApiState {
         init: Arc::new(init),
         snapshots,
@@ -127,12 +147,28 @@ where
                 .post(files::post)
                 .delete(files::delete),
         )
-        .route(SNAPSHOT_PATH, axum::routing::post(snapshot::commit))
+        .route(
+            SNAPSHOT_PATH,
+            if commits {
+                axum::routing::post(snapshot::commit)
+            } else {
+                axum::routing::post(|| async {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+                })
+            },
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         // Uploads stream through; exec bodies are bounded by its handler.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                r.headers_mut()
+                    .insert(AGENT_HEADER, axum::http::HeaderValue::from_static("1"));
+                r
+            },
+        ))
         .with_state(state);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         app.clone().oneshot(req.map(axum::body::Body::new))

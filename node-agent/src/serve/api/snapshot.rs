@@ -48,14 +48,20 @@ pub(super) async fn commit(
             "the worker's agent is stopping",
         )
     };
-    st.snapshots
-        .send(SnapshotJob {
-            image: req.image.clone(),
-            version: req.version,
-            reply,
-        })
-        .await
-        .map_err(|_| gone())?;
+    let Some(jobs) = &st.snapshots else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        ));
+    };
+    jobs.send(SnapshotJob {
+        image: req.image.clone(),
+        version: req.version,
+        reply,
+    })
+    .await
+    .map_err(|_| gone())?;
     match answer.await.map_err(|_| gone())? {
         Ok(size_bytes) => Ok((
             StatusCode::CREATED,

@@ -506,7 +506,7 @@ fn the_sandbox_api_takes_a_bearer_token_of_its_scope() {
     cases.push((
         "snapshot, snapshot token".into(),
         bearer("/_warren/api/snapshot", "snapshot"),
-        api,
+        Proxied(StreamKind::Snapshot),
     ));
     // Other spellings are not found, never passed on under a weaker scope.
     for path in [
