@@ -221,7 +221,11 @@ async fn main() {
                 docker(&["cp", &cp_dest, back.to_str().unwrap()]);
                 cp_out.push(mbs(t));
                 let _ = std::fs::remove_file(&back);
-                c.remove(&id, &format!("{dest}.cp"), false).await.unwrap();
+                // (`docker cp` into a tmpfs mount writes beneath it, where
+                // the session does not see it: removed the engine's way.)
+                let _ = Command::new("docker")
+                    .args(["exec", &container, "rm", "-f", &format!("{dest}.cp")])
+                    .output();
             }
         }
         println!(
@@ -242,6 +246,10 @@ async fn main() {
 
     c.delete_session(&id).await.unwrap();
     st.stop.cancel();
+    // The agent stops with the stack before it gets to the container.
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
     let _ = Command::new("docker")
         .args(["network", "rm", &network])
         .output();

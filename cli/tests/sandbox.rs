@@ -321,6 +321,46 @@ async fn edge_rules(st: &warren::stack::Stack, base: &str, id: &str) {
         .unwrap();
     assert_eq!(r.status(), 403);
 
+    // The streaming form: the terminal WebSocket's exec mode, with the
+    // exec token as a Bearer header (stdout and the exit status apart).
+    {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tls =
+            warren_testkit::tls_connect(st.https, &host, &std::fs::read(&st.ca_file).unwrap())
+                .await;
+        let mut req = format!(
+            "wss://{host}:{}/_warren/terminal?v=1&mode=exec&command=echo%20streamed%3B%20exit%205",
+            st.https.port()
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {exec}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
+        ws.send(Message::text(r#"{"type":"eof"}"#)).await.unwrap();
+        let (mut out, mut code) = (Vec::new(), None);
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "exit" {
+                        code = v["code"].as_i64();
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (String::from_utf8_lossy(&out).as_ref(), code),
+            ("streamed\n", Some(5))
+        );
+    }
+
     // Another tenant: the session does not exist for it.
     let (_, t) = call(
         base,
