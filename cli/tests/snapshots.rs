@@ -31,6 +31,11 @@ fn engine_has(image: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_start_sessions_for_their_tenant_only() {
+    // The agent's warnings (a failed commit says why) in the test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
     let Some((_run, st)) = common::stack("snapshots", "warren/session:mini", 128).await else {
         return;
     };

@@ -14,10 +14,15 @@ use anyhow::Context;
 use warren_config::ControlConfig;
 
 /// A client for `https://<id>.<domain>[:port]/…` through the relays.
+///
+/// Made at first use, not at start: the relays' CA files may not exist
+/// before the relays have run once (a new cluster starts control first).
 pub struct Edge {
-    client: reqwest::Client,
+    hosts: Vec<String>,
+    cas: Vec<std::path::PathBuf>,
     domain: String,
     port: u16,
+    client: std::sync::Mutex<Option<reqwest::Client>>,
 }
 
 /// Resolves every name to the relays' HTTPS addresses, in order.
@@ -50,9 +55,9 @@ fn host_of(addr: &str) -> &str {
 
 impl Edge {
     /// `None` when control knows no relay (nothing to reach sessions by).
-    pub fn new(cfg: &ControlConfig) -> anyhow::Result<Option<Edge>> {
+    pub fn new(cfg: &ControlConfig) -> Option<Edge> {
         if cfg.relays.is_empty() {
-            return Ok(None);
+            return None;
         }
         let port = cfg.https_port.unwrap_or(443);
         let hosts = cfg
@@ -67,30 +72,34 @@ impl Edge {
                 }
             })
             .collect();
-        let mut b = reqwest::Client::builder()
-            .dns_resolver(Arc::new(Relays(hosts)))
-            .connect_timeout(Duration::from_secs(5))
-            // Long commands send nothing until they end; their own time
-            // limit bounds the wait.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .https_only(true);
         let mut cas: Vec<_> = cfg
             .relays
             .iter()
             .filter_map(|r| r.ca_file.clone())
             .collect();
         cas.dedup();
-        for ca in cas {
-            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+        Some(Edge {
+            hosts,
+            cas,
+            domain: cfg.domain.clone(),
+            port,
+            client: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn build(&self) -> anyhow::Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .dns_resolver(Arc::new(Relays(self.hosts.clone())))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .https_only(true);
+        for ca in &self.cas {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
             b = b.add_root_certificate(cert);
         }
-        Ok(Some(Edge {
-            client: b.build().context("the edge client")?,
-            domain: cfg.domain.clone(),
-            port,
-        }))
+        b.build().context("the edge client")
     }
 
     /// `https://<sid>.<domain>[:port]<path_and_query>`.
@@ -105,8 +114,16 @@ impl Edge {
         }
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    /// The client (made on first success; a CA that cannot be read yet is
+    /// tried again next time).
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut c = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = c.as_ref() {
+            return Ok(c.clone());
+        }
+        let made = self.build()?;
+        *c = Some(made.clone());
+        Ok(made)
     }
 }
 

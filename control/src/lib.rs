@@ -113,7 +113,7 @@ pub async fn start(
         .map(|(_, x)| x)
         .context("the signing key has no public half")?;
     let issuer = Issuer::new(kid, &pem, &x, cfg.sessions.token_ttl_secs).context("signing key")?;
-    let edge = edge::Edge::new(&cfg)?;
+    let edge = edge::Edge::new(&cfg);
     let control = Arc::new(Control {
         cfg,
         store,

@@ -31,6 +31,7 @@ const FILES_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) struct Reach<'a> {
     pub(super) session: Session,
     pub(super) edge: &'a Edge,
+    pub(super) client: reqwest::Client,
     pub(super) token: String,
 }
 
@@ -57,11 +58,20 @@ impl Control {
                 "control knows no relay to reach sessions through (set `relays`)",
             )
         })?;
+        let client = edge.client().map_err(|e| {
+            tracing::warn!("the edge client: {e:#}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_edge",
+                "control cannot reach the relays yet (their CA is not readable); try again",
+            )
+        })?;
         // Only the sandbox API: this token never opens a terminal or a port.
         let (token, _) = self.issuer.mint(&s, &p.key_id, scope.as_str())?;
         Ok(Reach {
             session: s,
             edge,
+            client,
             token,
         })
     }
@@ -151,8 +161,7 @@ pub(super) async fn exec(
     let timeout = Duration::from_secs(req.timeout().map_err(ApiError::invalid)?);
     let r = c.reach(&p, &id, Scope::Exec).await?;
     let sent = r
-        .edge
-        .client()
+        .client
         .post(r.edge.url(&r.session.id, EXEC_PATH))
         .bearer_auth(&r.token)
         .json(&req)
@@ -216,8 +225,7 @@ fn files_request(
     method: reqwest::Method,
     q: &FilesQuery,
 ) -> reqwest::RequestBuilder {
-    r.edge
-        .client()
+    r.client
         .request(method, r.edge.url(&r.session.id, FILES_PATH))
         .bearer_auth(&r.token)
         .query(q)

@@ -79,8 +79,7 @@ pub(super) async fn create_snapshot(
     // made or forgotten, never half-recorded.
     let url = r.edge.url(&s.id, SNAPSHOT_PATH);
     let req = r
-        .edge
-        .client()
+        .client
         .post(url)
         .bearer_auth(&r.token)
         .json(&SnapshotRequest {

@@ -85,7 +85,22 @@ impl DockerRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), version);
-        self.docker.commit_container(opts, config).await?;
+        // Paused, the layer is copied at rest. The cgroup freezer can fail
+        // on a loaded worker (a task stuck in disk I/O under the session's
+        // throttle): then the copy is taken live, as `docker commit
+        // --pause=false` does, rather than refused.
+        if let Err(e) = self
+            .docker
+            .commit_container(opts.clone(), config.clone())
+            .await
+        {
+            warn!(session = %info.id, "paused commit failed ({e}); committing without pausing");
+            let live = CommitContainerOptions {
+                pause: false,
+                ..opts
+            };
+            self.docker.commit_container(live, config).await?;
+        }
         let size = self
             .docker
             .inspect_image(image)
