@@ -55,6 +55,11 @@ enum Cmd {
     },
     /// The bundled load-test harness (docs/loadtest.md).
     Loadtest(cmd::loadtest::LoadtestArgs),
+    /// Snapshots: a session's files saved as an image of your tenant.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: cmd::snapshot::SnapshotCmd,
+    },
     /// Run a command in a session: `warren exec ID -- CMD…` (its exit code
     /// is warren's; 124 when the time limit killed it).
     Exec(cmd::sandbox::ExecArgs),
@@ -114,5 +119,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code)
         }
         Cmd::Cp(args) => cmd::sandbox::cp(args, &ctx).await,
+        Cmd::Snapshot { cmd } => cmd::snapshot::run(cmd, &ctx).await,
     }
 }

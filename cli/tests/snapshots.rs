@@ -84,6 +84,25 @@ async fn snapshots_start_sessions_for_their_tenant_only() {
     assert_eq!(s, 200);
     assert_eq!(l["snapshots"].as_array().unwrap().len(), 1, "{l}");
 
+    // The CLI: create, list, remove.
+    let warren = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--control-url", &base, "--api-key", &admin])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = warren(&["snapshot", "create", &a, "--name", "env2"]);
+    assert!(o.status.success(), "{o:?}");
+    let o = warren(&["snapshot", "ls"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("warren-snapshot/env1") && out.contains("warren-snapshot/env2"),
+        "{out}"
+    );
+    let o = warren(&["snapshot", "rm", "env2"]);
+    assert!(o.status.success(), "{o:?}");
+
     // A new session from it has the file, and its shell works as before.
     let (s, b) = create(json!({"image": "warren-snapshot/env1"})).await;
     assert_eq!(s, 201, "{b}");

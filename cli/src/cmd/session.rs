@@ -20,9 +20,19 @@ pub enum SessionCmd {
         /// Lifetime, like 90s, 30m, 2h (default: the control plane's).
         #[arg(long, value_parser = warren::parse_duration)]
         ttl: Option<u64>,
+        /// Writable disk in MB (default: the control plane's).
+        #[arg(long)]
+        disk_mb: Option<u64>,
+        /// What it may reach beyond Warren: `none` (default), `internet`
+        /// (where the operator allows it) or CIDRs, comma-separated.
+        #[arg(long)]
+        egress: Option<String>,
     },
-    /// Your sessions.
-    Ls,
+    /// Your live sessions (`--all`: ended ones too).
+    Ls {
+        #[arg(long)]
+        all: bool,
+    },
     /// One session, in full.
     Show { id: String },
     /// Stop and remove a session.
@@ -45,6 +55,8 @@ pub async fn run(cmd: SessionCmd, ctx: &Ctx) -> anyhow::Result<()> {
             image,
             memory_mb,
             ttl,
+            disk_mb,
+            egress,
         } => {
             let mut body = json!({});
             if let Some(i) = image {
@@ -55,6 +67,15 @@ pub async fn run(cmd: SessionCmd, ctx: &Ctx) -> anyhow::Result<()> {
             }
             if let Some(t) = ttl {
                 body["ttl_seconds"] = json!(t);
+            }
+            if let Some(d) = disk_mb {
+                body["disk_mb"] = json!(d);
+            }
+            if let Some(e) = egress {
+                body["egress"] = match e.as_str() {
+                    "none" | "internet" => json!(e),
+                    list => json!(list.split(',').map(str::trim).collect::<Vec<_>>()),
+                };
             }
             let v = c.call("POST", "/v1/sessions", Some(body)).await?;
             let browser =
@@ -71,8 +92,16 @@ pub async fn run(cmd: SessionCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 )
             });
         }
-        SessionCmd::Ls => {
-            let v = c.call("GET", "/v1/sessions", None).await?;
+        SessionCmd::Ls { all } => {
+            let mut v = c.call("GET", "/v1/sessions", None).await?;
+            if !all && let Some(list) = v["sessions"].as_array_mut() {
+                list.retain(|s| {
+                    matches!(
+                        s["status"].as_str(),
+                        Some("pending" | "running" | "stopping")
+                    )
+                });
+            }
             print(ctx.json, &v, |v| {
                 v["sessions"]
                     .as_array()
