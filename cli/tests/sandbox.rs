@@ -98,6 +98,12 @@ async fn exec_and_files_through_the_edge() {
     let r = c.exec(&id, &req).await.unwrap();
     assert_eq!(r.stdout, "/tmp\nbar baz\nfrom stdin", "{r:?}");
     assert_eq!(r.exit_code, Some(0));
+    // A command that never reads its (1 MiB) stdin still ends at once.
+    let mut unread = sh("true");
+    unread.stdin = Some("x".repeat(1 << 20));
+    unread.timeout_seconds = Some(30);
+    let r = c.exec(&id, &unread).await.unwrap();
+    assert_eq!((r.exit_code, r.timed_out), (Some(0), false), "{r:?}");
     // Output past 1 MiB is cut and says so.
     let r = c
         .exec(&id, &sh("head -c 3000000 /dev/zero | tr '\\0' x"))

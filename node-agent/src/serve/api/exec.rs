@@ -39,9 +39,14 @@ pub(super) async fn run(
     State(init): State<Arc<InitTarget>>,
     body: axum::body::Body,
 ) -> Result<Json<ExecResult>, ApiError> {
-    let body = axum::body::to_bytes(body, MAX_EXEC_BODY)
-        .await
-        .map_err(|_| ApiError::bad(format!("an exec request is at most {MAX_EXEC_BODY} bytes")))?;
+    // A request trickled in slowly would hold a tunnel stream: 30 s for it.
+    let body = tokio::time::timeout(
+        Duration::from_secs(30),
+        axum::body::to_bytes(body, MAX_EXEC_BODY),
+    )
+    .await
+    .map_err(|_| ApiError::bad("the exec request did not arrive within 30 s"))?
+    .map_err(|_| ApiError::bad(format!("an exec request is at most {MAX_EXEC_BODY} bytes")))?;
     let req: ExecRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("not an exec request: {e}")))?;
     let argv = req.to_argv().map_err(ApiError::bad)?;
@@ -79,8 +84,16 @@ pub(super) async fn run(
             }
             None
         };
-        let (_, code) = tokio::join!(feed, collect);
-        code
+        // The command's end ends the feeding too: one that exits without
+        // reading its stdin must not leave the request waiting on it.
+        tokio::pin!(feed, collect);
+        let mut fed = false;
+        loop {
+            tokio::select! {
+                _ = &mut feed, if !fed => fed = true,
+                code = &mut collect => break code,
+            }
+        }
     })
     .await;
     let (exit_code, timed_out) = match ran {

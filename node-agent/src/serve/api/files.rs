@@ -21,6 +21,8 @@ type Q = Result<Query<FilesQuery>, axum::extract::rejection::QueryRejection>;
 
 /// Entries one listing returns at most.
 const MAX_ENTRIES: usize = 10_000;
+/// Time an upload may go without a byte.
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Time one listing may take.
 const LIST_TIME: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -129,8 +131,12 @@ pub(super) async fn put(
     let mut body = body.into_data_stream();
     loop {
         tokio::select! {
-            chunk = body.next() => match chunk {
-                Some(Ok(b)) => {
+            chunk = tokio::time::timeout(UPLOAD_IDLE, body.next()) => match chunk {
+                // A stalled client would hold the stream (and init's file).
+                Err(_) => {
+                    return Err(ApiError::bad("the upload stalled for 60 s; nothing was written"));
+                }
+                Ok(Some(Ok(b))) => {
                     for piece in b.chunks(MAX_PAYLOAD) {
                         if sink.send(Frame::Data(Bytes::copy_from_slice(piece))).await.is_err() {
                             // Init stopped taking data: its answer says why.
@@ -140,10 +146,10 @@ pub(super) async fn put(
                 }
                 // The client went away mid-upload: dropping the connection
                 // makes init discard the partial file.
-                Some(Err(_)) => {
+                Ok(Some(Err(_))) => {
                     return Err(ApiError::bad("the upload was cut short; nothing was written"));
                 }
-                None => break,
+                Ok(None) => break,
             },
             // An answer before the end is a refusal (the disk is full).
             early = answers.next() => {

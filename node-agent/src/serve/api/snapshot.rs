@@ -32,9 +32,13 @@ pub(super) async fn commit(
     State(st): State<ApiState>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<SnapshotDone>), ApiError> {
-    let body = axum::body::to_bytes(body, 4096)
-        .await
-        .map_err(|_| ApiError::bad("a snapshot request is at most 4 KiB"))?;
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        axum::body::to_bytes(body, 4096),
+    )
+    .await
+    .map_err(|_| ApiError::bad("the snapshot request did not arrive within 30 s"))?
+    .map_err(|_| ApiError::bad("a snapshot request is at most 4 KiB"))?;
     let req: SnapshotRequest = serde_json::from_slice(&body)
         .map_err(|_| ApiError::bad("not a snapshot request: {\"image\"}"))?;
     if snapshot_id(&req.image).is_none() {
