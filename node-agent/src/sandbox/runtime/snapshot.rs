@@ -101,13 +101,16 @@ impl DockerRuntime {
             };
             self.docker.commit_container(live, config).await?;
         }
-        let size = self
+        // What it adds on the worker: its own layer, not the image below.
+        let size_of = |i: bollard::models::ImageInspect| i.size.unwrap_or(0).max(0) as u64;
+        let total = size_of(self.docker.inspect_image(image).await?);
+        let base = self
             .docker
-            .inspect_image(image)
-            .await?
-            .size
-            .unwrap_or(0)
-            .max(0) as u64;
+            .inspect_image(&info.image)
+            .await
+            .map(size_of)
+            .unwrap_or(0);
+        let size = total.saturating_sub(base);
         info!(session = %info.id, %image, size, "snapshot committed");
         Ok(size)
     }
