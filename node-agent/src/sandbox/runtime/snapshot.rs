@@ -42,17 +42,22 @@ impl DockerRuntime {
         // A commit copies the session's writable layer into the engine's
         // storage on the worker's disk: it must fit there with room to
         // spare.
-        let layer_mb = self
+        // (Sizing walks the layer; should the engine fail at it, the
+        // reserve alone is required.)
+        let layer_mb = match self
             .docker
             .inspect_container(
                 &info.container_id,
                 Some(InspectContainerOptions { size: true }),
             )
-            .await?
-            .size_rw
-            .unwrap_or(0)
-            .max(0) as u64
-            / (1024 * 1024);
+            .await
+        {
+            Ok(c) => c.size_rw.unwrap_or(0).max(0) as u64 / (1024 * 1024),
+            Err(e) => {
+                warn!(session = %info.id, "cannot size the session's layer: {e}");
+                0
+            }
+        };
         let free_mb = rustix::fs::statvfs(&self.docker_root)
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024))
             .unwrap_or(0);
@@ -103,7 +108,13 @@ impl DockerRuntime {
         }
         // What it adds on the worker: its own layer, not the image below.
         let size_of = |i: bollard::models::ImageInspect| i.size.unwrap_or(0).max(0) as u64;
-        let total = size_of(self.docker.inspect_image(image).await?);
+        let total = match self.docker.inspect_image(image).await {
+            Ok(i) => size_of(i),
+            Err(e) => {
+                warn!(%image, "cannot size the snapshot just made: {e}");
+                0
+            }
+        };
         let base = self
             .docker
             .inspect_image(&info.image)
