@@ -78,7 +78,7 @@ async fn every_scenario_adds_up_and_cleans_up() {
     run.also_remove("warren.loadtest=baseline", &[]);
     let dir = run.dir.clone();
     let target = relay_target(&st, st.http.unwrap());
-    let brief = "--sessions 2 --terminals 2 --rate 5 --duration 2 --ramp-up 1 --warmup 1";
+    let brief = "--sessions 2 --terminals 2 --rate 5 --duration 2s --ramp-up 1s --warmup 1";
 
     // terminals, through the relay and straight into docker exec.
     let out = dir.join("terminals");

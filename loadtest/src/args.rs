@@ -41,17 +41,18 @@ pub struct Args {
     /// sessions: new sessions per second.
     #[arg(long, default_value_t = 1.0)]
     pub session_rate: f64,
-    /// Seconds measured (after ramp-up and warm-up).
-    #[arg(long, default_value_t = 20)]
+    /// Time measured (after ramp-up and warm-up), like 20s, 2m (a bare
+    /// number is seconds).
+    #[arg(long, default_value = "20s", value_parser = warren_proto::duration::parse_secs)]
     pub duration: u64,
-    /// Seconds over which terminals are opened.
-    #[arg(long, default_value_t = 5)]
+    /// Time over which terminals are opened.
+    #[arg(long, default_value = "5s", value_parser = warren_proto::duration::parse_secs)]
     pub ramp_up: u64,
-    /// Seconds run but not measured, after ramp-up.
-    #[arg(long, default_value_t = 3)]
+    /// Time run but not measured, after ramp-up.
+    #[arg(long, default_value = "3s", value_parser = warren_proto::duration::parse_secs)]
     pub warmup: u64,
     /// The run ends here whatever happens (default: everything above + 120 s).
-    #[arg(long)]
+    #[arg(long, value_parser = warren_proto::duration::parse_secs)]
     pub hard_stop: Option<u64>,
     #[arg(long, default_value = "warren/session:mini")]
     pub image: String,

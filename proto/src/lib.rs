@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod duration;
 pub mod egress;
 pub mod id;
 pub mod init;
