@@ -368,23 +368,7 @@ async fn edge_rules(st: &warren::stack::Stack, base: &str, id: &str) {
     }
 
     // Another tenant: the session does not exist for it.
-    let (_, t) = call(
-        base,
-        "POST",
-        "/v1/tenants",
-        &st.admin_key,
-        Some(json!({"name": "rival"})),
-    )
-    .await;
-    let (_, k) = call(
-        base,
-        "POST",
-        &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
-        &st.admin_key,
-        None,
-    )
-    .await;
-    let rival = k["key"].as_str().unwrap();
+    let rival = &common::tenant_key(base, &st.admin_key, "rival").await;
     let (s, _) = call(
         base,
         "POST",

@@ -116,23 +116,7 @@ async fn snapshots_start_sessions_for_their_tenant_only() {
     assert!(engine_has(&engine_image));
 
     // Another tenant: neither the name nor the engine's name starts it.
-    let (_, t) = call(
-        &base,
-        "POST",
-        "/v1/tenants",
-        &admin,
-        Some(json!({"name": "rival"})),
-    )
-    .await;
-    let (_, k) = call(
-        &base,
-        "POST",
-        &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
-        &admin,
-        None,
-    )
-    .await;
-    let rival = k["key"].as_str().unwrap();
+    let rival = &common::tenant_key(&base, &admin, "rival").await;
     for image in [
         "warren-snapshot/env1",
         engine_image.as_str(),

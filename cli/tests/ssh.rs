@@ -169,23 +169,7 @@ async fn openssh_through_the_relay() {
     // Two tenants, each with a registered key; a third key nobody registered.
     let mut tenant_keys = Vec::new();
     for name in ["acme", "globex"] {
-        let (_, t) = call(
-            &base,
-            "POST",
-            "/v1/tenants",
-            &admin,
-            Some(json!({"name": name})),
-        )
-        .await;
-        let (_, k) = call(
-            &base,
-            "POST",
-            &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
-            &admin,
-            None,
-        )
-        .await;
-        tenant_keys.push(k["key"].as_str().unwrap().to_string());
+        tenant_keys.push(common::tenant_key(&base, &admin, name).await);
     }
     let (ka, kb) = (&tenant_keys[0], &tenant_keys[1]);
     let (key_a, pub_a) = keygen(&data, "alice");

@@ -122,23 +122,7 @@ async fn api_to_shell_and_back() {
     let short_id = short["id"].as_str().unwrap().to_string();
 
     // Another tenant: 404 through the API, 403 with its token on A's host.
-    let (_, t) = call(
-        &base,
-        "POST",
-        "/v1/tenants",
-        &st.admin_key,
-        Some(json!({"name": "globex"})),
-    )
-    .await;
-    let (_, k) = call(
-        &base,
-        "POST",
-        &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
-        &st.admin_key,
-        None,
-    )
-    .await;
-    let kb = k["key"].as_str().unwrap();
+    let kb = &common::tenant_key(&base, &st.admin_key, "globex").await;
     assert_eq!(
         call(&base, "GET", &format!("/v1/sessions/{id}"), kb, None)
             .await

@@ -70,7 +70,7 @@ pub struct CreateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<i64>,
     /// `"none"` (the default), `"internet"` or a list of IPv4 CIDRs.
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::api::egress_schema))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::egress::schema))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::Egress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +96,7 @@ pub struct Session {
     pub disk_mb: Option<i64>,
     /// What the session may reach beyond Warren: `"none"`, `"internet"`
     /// or its CIDRs.
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::api::egress_schema))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::egress::schema))]
     #[serde(default)]
     pub egress: crate::egress::Egress,
     /// The terminal page (with `?token=` when the answer carries a token):
@@ -204,26 +204,6 @@ pub struct SessionEvent {
     /// Why (a stop, a failure, a lost node); absent when there is none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-}
-
-/// The OpenAPI schema of a session's egress policy (`crate::egress`,
-/// which serialises by hand): `"none"`, `"internet"` or a list of CIDRs.
-#[cfg(feature = "openapi")]
-pub fn egress_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["none", "internet"])),
-        )
-        .item(
-            ArrayBuilder::new()
-                .items(ObjectBuilder::new().schema_type(Type::String))
-                .description(Some("IPv4 CIDRs, e.g. 10.0.0.0/8")),
-        )
-        .build()
-        .into()
 }
 
 /// `.warren/up.json`: what `warren up` started, for the CLI and the

@@ -301,33 +301,38 @@ impl<'de> Deserialize<'de> for Egress {
     }
 }
 
-/// Its OpenAPI schema: one of `"none"` / `"internet"`, or a list of CIDRs.
+/// Its OpenAPI schema: one of `"none"` / `"internet"`, or a list of CIDRs
+/// (the API's fields name it with `schema_with`, as it serialises by hand).
+#[cfg(feature = "openapi")]
+pub fn schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["none", "internet"])),
+        )
+        .item(
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some("an IPv4 CIDR (a.b.c.d/n) or address")),
+                )
+                .max_items(Some(MAX_CIDRS)),
+        )
+        .description(Some(
+            "What the session may reach beyond Warren: \"none\" (the default), \"internet\" \
+             (where the operator allows it) or a list of IPv4 CIDRs",
+        ))
+        .build()
+        .into()
+}
+
 #[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Egress {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::RefOr;
-        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
-        let one_of = OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["none", "internet"])),
-            )
-            .item(
-                ArrayBuilder::new()
-                    .items(
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .description(Some("an IPv4 CIDR (a.b.c.d/n) or address")),
-                    )
-                    .max_items(Some(MAX_CIDRS)),
-            )
-            .description(Some(
-                "What the session may reach beyond Warren: \"none\" (the default), \"internet\" \
-                 (where the operator allows it) or a list of IPv4 CIDRs",
-            ))
-            .build();
-        RefOr::T(Schema::OneOf(one_of))
+        utoipa::openapi::RefOr::T(schema())
     }
 }
 

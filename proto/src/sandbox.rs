@@ -39,6 +39,9 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 60;
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
 /// Longest file path, in bytes.
 pub const MAX_PATH: usize = 4096;
+/// Entries one directory listing returns at most (init cuts it there,
+/// and the agent does not rely on that).
+pub const MAX_LIST_ENTRIES: usize = 10_000;
 
 /// `POST /v1/sessions/{id}/exec`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -91,19 +94,7 @@ impl ExecRequest {
         if let Some(cwd) = &self.cwd {
             check_path(cwd).map_err(|e| format!("`cwd`: {e}"))?;
         }
-        if let Some((k, _)) = self
-            .env
-            .iter()
-            .find(|(k, v)| !env_name_ok(k) || v.contains('\0'))
-        {
-            return Err(format!(
-                "environment variable {k:?}: names are [A-Za-z_][A-Za-z0-9_]*, values without NUL"
-            ));
-        }
-        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if self.env.len() > 128 || env_bytes > 8 * 1024 {
-            return Err("`env`: at most 128 variables, 8 KiB in all".into());
-        }
+        check_env(&self.env).map_err(|e| format!("`env`: {e}"))?;
         if self.stdin.as_ref().is_some_and(|s| s.len() > MAX_STDIN) {
             return Err(format!("`stdin` is over {MAX_STDIN} bytes"));
         }
@@ -121,11 +112,26 @@ impl ExecRequest {
     }
 }
 
-fn env_name_ok(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 128
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+/// Variables a command may be given (the API's `env`, checked again by
+/// init): names `[A-Za-z_][A-Za-z0-9_]*` of at most 128 bytes, values
+/// without NUL, at most 128 of them and 8 KiB in all.
+pub fn check_env(vars: &BTreeMap<String, String>) -> Result<(), String> {
+    let name_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 128
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    if let Some((k, _)) = vars.iter().find(|(k, v)| !name_ok(k) || v.contains('\0')) {
+        return Err(format!(
+            "variable {k:?}: names are [A-Za-z_][A-Za-z0-9_]*, values without NUL"
+        ));
+    }
+    let total: usize = vars.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if vars.len() > 128 || total > 8 * 1024 {
+        return Err("at most 128 variables, 8 KiB in all".into());
+    }
+    Ok(())
 }
 
 /// An absolute path inside the session, without NUL, within [`MAX_PATH`].

@@ -59,6 +59,30 @@ pub async fn call(
     call_with(&reqwest::Client::new(), base, method, path, key, body).await
 }
 
+/// A new tenant called `name` and an API key of it, made with the admin key.
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn tenant_key(base: &str, admin: &str, name: &str) -> String {
+    let (s, t) = call(
+        base,
+        "POST",
+        "/v1/tenants",
+        admin,
+        Some(serde_json::json!({ "name": name })),
+    )
+    .await;
+    assert_eq!(s, 201, "tenant {name}: {t}");
+    let (s, k) = call(
+        base,
+        "POST",
+        &format!("/v1/tenants/{}/api-keys", t["id"].as_str().unwrap()),
+        admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "key of {name}: {k}");
+    k["key"].as_str().unwrap().to_string()
+}
+
 /// [`call`] with a client of the test's own (one that trusts a private CA).
 pub async fn call_with(
     c: &reqwest::Client,

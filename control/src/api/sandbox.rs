@@ -244,6 +244,26 @@ async fn audit_file(c: &Control, p: &Principal, r: &Reach<'_>, action: &str, pat
         .await;
 }
 
+/// mkdir and delete: one short request to the session, audited as
+/// `action` with its outcome.
+async fn change(
+    c: &Control,
+    p: &Principal,
+    id: &str,
+    q: &FilesQuery,
+    method: reqwest::Method,
+    action: &str,
+) -> ApiResult<Response> {
+    let r = c.reach(p, id, Scope::Exec).await?;
+    let resp = files_request(&r, method, q)
+        .timeout(FILES_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    audit_file(c, p, &r, action, &q.path, resp.status().is_success()).await;
+    Ok(relay(resp))
+}
+
 #[utoipa::path(get, path = "/v1/sessions/{id}/files", tag = "sandbox",
     params(("id" = String, Path, description = "session id"), FilesQuery),
     responses((status = 200, description = "the file's bytes (application/octet-stream), or with `list=true` the directory", body = FileList),
@@ -366,22 +386,7 @@ pub(super) async fn post_file(
             "POST on files makes a directory: add mkdir=true",
         ));
     }
-    let r = c.reach(&p, &id, Scope::Exec).await?;
-    let resp = files_request(&r, reqwest::Method::POST, &q)
-        .timeout(FILES_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable(&e))?;
-    audit_file(
-        &c,
-        &p,
-        &r,
-        "files.mkdir",
-        &q.path,
-        resp.status().is_success(),
-    )
-    .await;
-    Ok(relay(resp))
+    change(&c, &p, &id, &q, reqwest::Method::POST, "files.mkdir").await
 }
 
 #[utoipa::path(delete, path = "/v1/sessions/{id}/files", tag = "sandbox",
@@ -401,20 +406,5 @@ pub(super) async fn delete_file(
     q: FilesParams,
 ) -> ApiResult<Response> {
     let q = files_query(q, "DELETE")?;
-    let r = c.reach(&p, &id, Scope::Exec).await?;
-    let resp = files_request(&r, reqwest::Method::DELETE, &q)
-        .timeout(FILES_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable(&e))?;
-    audit_file(
-        &c,
-        &p,
-        &r,
-        "files.delete",
-        &q.path,
-        resp.status().is_success(),
-    )
-    .await;
-    Ok(relay(resp))
+    change(&c, &p, &id, &q, reqwest::Method::DELETE, "files.delete").await
 }

@@ -10,30 +10,11 @@ pub(super) struct How {
     pub vars: std::collections::BTreeMap<String, String>,
 }
 
-/// Checks the sandbox API's variables: shell-safe names, bounded sizes.
+/// Checks the sandbox API's variables by the API's own rule.
 fn check_vars(
     vars: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), (ErrorCode, String)> {
-    let name_ok = |k: &str| {
-        !k.is_empty()
-            && k.len() <= 128
-            && !k.starts_with(|c: char| c.is_ascii_digit())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    let total: usize = vars.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if vars.len() > 128 || total > 8 * 1024 {
-        return Err((
-            ErrorCode::BadEnv,
-            "at most 128 variables, 8 KiB in all".into(),
-        ));
-    }
-    if let Some((k, _)) = vars.iter().find(|(k, v)| !name_ok(k) || v.contains('\0')) {
-        return Err((
-            ErrorCode::BadEnv,
-            format!("variable name {k:?} is not [A-Za-z_][A-Za-z0-9_]* (or its value holds NUL)"),
-        ));
-    }
-    Ok(())
+    warren_proto::sandbox::check_env(vars).map_err(|m| (ErrorCode::BadEnv, m))
 }
 
 impl Server {

@@ -22,10 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::*;
 use crate::proto::DirEntry;
 
-/// Longest path accepted, in bytes.
-pub const MAX_PATH: usize = 4096;
 /// Entries one listing returns; a larger directory is cut (`Exit(1)`).
-pub const MAX_ENTRIES: usize = 10_000;
+pub use warren_proto::sandbox::MAX_LIST_ENTRIES as MAX_ENTRIES;
 /// Time an upload may sit with no data before it is dropped.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -88,15 +86,10 @@ fn io_fail(e: &io::Error, path: &str) -> Fail {
     }
 }
 
-/// An absolute path without NUL, within [`MAX_PATH`].
+/// An absolute path without NUL, within
+/// [`warren_proto::sandbox::MAX_PATH`] (the API's own rule).
 pub fn check_path(p: &str) -> Result<(), Fail> {
-    if !p.starts_with('/') || p.len() > MAX_PATH || p.contains('\0') {
-        return Err((
-            ErrorCode::BadPath,
-            format!("a path must be absolute, at most {MAX_PATH} bytes, without NUL"),
-        ));
-    }
-    Ok(())
+    warren_proto::sandbox::check_path(p).map_err(|m| (ErrorCode::BadPath, m))
 }
 
 /// Splits `/a/b/c` into `/a/b` and `c`; `None` for `/` (or a last part
@@ -469,7 +462,7 @@ mod tests {
         assert_eq!(split("/a/.."), None);
         assert!(check_path("relative").is_err());
         assert!(check_path("/x\0y").is_err());
-        assert!(check_path(&format!("/{}", "a".repeat(MAX_PATH))).is_err());
+        assert!(check_path(&format!("/{}", "a".repeat(warren_proto::sandbox::MAX_PATH))).is_err());
         assert!(check_path("/tmp/x").is_ok());
     }
 

@@ -12,15 +12,13 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use warren_init::client::ClientError;
 use warren_init::proto::{DirEntry, ErrorCode, Frame, MAX_PAYLOAD, Op};
-use warren_proto::sandbox::{FileEntry, FileList, FilesQuery, check_path};
+use warren_proto::sandbox::{FileEntry, FileList, FilesQuery, MAX_LIST_ENTRIES, check_path};
 
 use super::ApiError;
 use crate::serve::initsock::{self, InitTarget};
 
 type Q = Result<Query<FilesQuery>, axum::extract::rejection::QueryRejection>;
 
-/// Entries one listing returns at most.
-const MAX_ENTRIES: usize = 10_000;
 /// Time an upload may go without a byte.
 const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Time one listing may take.
@@ -85,7 +83,7 @@ async fn list(init: &InitTarget, path: String) -> Result<Json<FileList>, ApiErro
     let deadline = tokio::time::Instant::now() + LIST_TIME;
     loop {
         // Init caps a listing itself; the agent does not rely on that.
-        if entries.len() >= MAX_ENTRIES {
+        if entries.len() >= MAX_LIST_ENTRIES {
             return Ok(Json(FileList {
                 path,
                 entries,
