@@ -68,6 +68,7 @@ impl Issuer {
             exp,
             nbf: Some(now.saturating_sub(5)),
             iat: Some(now),
+            share: None,
         };
         let t =
             jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| SignError(e.to_string()))?;

@@ -145,6 +145,13 @@ pub struct DesiredSession {
     /// What the session may reach (checked by control); absent: nothing.
     #[serde(default, skip_serializing_if = "crate::egress::Egress::is_none")]
     pub egress: crate::egress::Egress,
+    /// The session's live share links: the agent refuses any other and
+    /// cuts a link's connections when it leaves this list or expires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<crate::share::ShareGrant>,
+    /// Record the session's terminals (asciicast v2, sent to control).
+    #[serde(default)]
+    pub record: bool,
 }
 
 // ---- relays -----------------------------------------------------------------

@@ -10,6 +10,7 @@
 //! - [`internal`]: the internal HTTP API (agents and relays ↔ control).
 //! - [`sandbox`]: the sandbox API's exec and files bodies and limits.
 //! - [`validate`]: image references and display names, checked at control's edge.
+//! - [`share`]: share links and recordings (API bodies, what workers are told).
 //! - [`egress`]: a session's egress policy (`none`, `internet`, CIDRs) and its checks.
 //! - [`init`]: reply codes of `warren-init` (its framing lives in `warren-init`).
 //!
@@ -24,6 +25,7 @@ pub mod id;
 pub mod init;
 pub mod internal;
 pub mod sandbox;
+pub mod share;
 pub mod terminal;
 pub mod token;
 pub mod validate;

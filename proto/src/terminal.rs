@@ -253,6 +253,12 @@ pub enum ServerMsg {
     /// (`end`): it continues at the hello's offset. After a session's init
     /// restarted (a reboot), offsets start again from 0.
     Rewound { asked: u64, end: u64 },
+    /// Who is attached to this terminal: `count` connections, with the
+    /// names of those whose link carries one. Sent on attach and on change.
+    Viewers { count: usize, names: Vec<String> },
+    /// Sent after the hello to a share link's holder: `"read"` (output
+    /// only; input is dropped) or `"write"`.
+    Access { mode: String },
     /// A type this build does not know: ignored.
     #[serde(other)]
     Unknown,

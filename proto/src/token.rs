@@ -20,17 +20,21 @@ pub enum Scope {
     /// Commit the session's filesystem as a snapshot image. Control mints
     /// it for itself only: no API caller can ask for it.
     Snapshot,
+    /// Watch the session's terminal (a read-only share link): output only;
+    /// the agent drops the holder's input and resizes.
+    View,
 }
 
 impl Scope {
     /// What a token gets when no scope is asked for.
     pub const ALL: [Scope; 2] = [Scope::Terminal, Scope::Preview];
     /// Every scope there is.
-    pub const KNOWN: [Scope; 4] = [
+    pub const KNOWN: [Scope; 5] = [
         Scope::Terminal,
         Scope::Preview,
         Scope::Exec,
         Scope::Snapshot,
+        Scope::View,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl Scope {
             Scope::Preview => "preview",
             Scope::Exec => "exec",
             Scope::Snapshot => "snapshot",
+            Scope::View => "view",
         }
     }
 
@@ -74,6 +79,11 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default)]
     pub iat: Option<u64>,
+    /// The share link this token is (`POST /v1/sessions/{id}/share`):
+    /// such a token only attaches to a running terminal, never opens a
+    /// shell, and stops working the moment its share is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
 }
 
 impl Claims {
@@ -99,6 +109,7 @@ mod tests {
             exp: 0,
             nbf: None,
             iat: None,
+            share: None,
         };
         assert!(c.has_scope(Scope::Preview) && !c.has_scope(Scope::Terminal));
         assert_eq!(Scope::parse("terminal"), Some(Scope::Terminal));

@@ -150,6 +150,7 @@ mod tests {
             exp: u64::MAX,
             nbf: None,
             iat: None,
+            share: None,
         }
     }
 

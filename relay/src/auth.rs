@@ -293,6 +293,7 @@ pub mod testing {
                 exp: (now + ttl_secs).max(0) as u64,
                 nbf: Some((now - 1).max(0) as u64),
                 iat: Some(now as u64),
+                share: None,
             })
         }
     }

@@ -93,6 +93,7 @@ fn claims(sid: &str, tenant: &str, scope: &str, aud: &str, exp_in: i64, nbf_in: 
         exp: (now + exp_in).max(0) as u64,
         nbf: Some((now + nbf_in).max(0) as u64),
         iat: Some(now as u64),
+        share: None,
     }
 }
 

@@ -53,6 +53,7 @@ async fn print_everywhere(
                 cols: 80,
                 rows: 24,
                 offset: None,
+                watch: false,
             },
         )
         .await

@@ -103,6 +103,7 @@ async fn main() {
             cols: 80,
             rows: 24,
             offset: None,
+            watch: false,
         },
     )
     .await

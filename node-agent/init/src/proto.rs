@@ -72,6 +72,11 @@ pub enum Op {
         rows: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// Watch only (a read-only viewer, a recorder): the terminal is not
+        /// resized, this client's input is dropped, and it does not count
+        /// as attached (a shell only watched still hangs up when detached).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        watch: bool,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).
@@ -345,6 +350,7 @@ mod tests {
                 cols: 80,
                 rows: 24,
                 offset: Some(77),
+                watch: false,
             },
         }));
     }

@@ -83,6 +83,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             cols: 80,
             rows: 24,
             offset: None,
+            watch: false,
         },
     )
     .await
@@ -97,6 +98,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             cols: 80,
             rows: 24,
             offset: None,
+            watch: false,
         },
     )
     .await
@@ -113,11 +115,49 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             cols: 80,
             rows: 24,
             offset: None,
+            watch: false,
         },
     )
     .await
     .unwrap_err();
     assert!(e.to_string().contains("not_found"), "{e}");
+}
+
+#[tokio::test]
+async fn a_watcher_sees_output_but_never_types_or_resizes() {
+    let f = start(Duration::from_secs(60)).await;
+    let (mut owner, resp) = client::request(&f.socket, open_op()).await.unwrap();
+    let id = resp.terminal.unwrap();
+    type_line(&mut owner, "stty size").await;
+    read_until(&mut owner, "24 80").await;
+    let (mut watcher, _) = client::request(
+        &f.socket,
+        Op::Attach {
+            terminal: id,
+            cols: 10,
+            rows: 5,
+            offset: Some(0),
+            watch: true,
+        },
+    )
+    .await
+    .unwrap();
+    // The watcher's keys and resize go nowhere; the owner's size holds.
+    watcher
+        .send(Frame::Data("echo typed-by-$((6*7))\n".into()))
+        .await
+        .unwrap();
+    watcher
+        .send(Frame::Resize { cols: 11, rows: 6 })
+        .await
+        .unwrap();
+    type_line(&mut owner, "echo owner-$((1+1)); stty size").await;
+    let seen = read_until(&mut watcher, "owner-2").await;
+    let out = read_until(&mut owner, "24 80").await;
+    assert!(!seen.contains("typed-by-42") && !out.contains("typed-by-42"), "{out}");
+    // A watcher is not counted as attached.
+    let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
+    assert_eq!(list.terminals.unwrap()[0].clients, 1);
 }
 
 #[tokio::test]
@@ -353,6 +393,7 @@ fn attach(terminal: u32, offset: Option<u64>) -> Op {
         cols: 80,
         rows: 24,
         offset,
+        watch: false,
     }
 }
 

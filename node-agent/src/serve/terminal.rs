@@ -167,6 +167,7 @@ where
             cols: params.cols,
             rows: params.rows,
             offset: params.offset,
+            watch: false,
         },
         _ => open.clone(),
     };

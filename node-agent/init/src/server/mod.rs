@@ -185,7 +185,7 @@ impl Server {
             )
             .await;
         }
-        let (term, cols, rows, offset) = match op {
+        let (term, cols, rows, offset, watch) = match op {
             Op::List => {
                 let list = self
                     .terminals()
@@ -209,7 +209,7 @@ impl Server {
                 env,
                 command,
             } => match self.open(cols, rows, &env, command) {
-                Ok(t) => (t, cols, rows, Some(0)),
+                Ok(t) => (t, cols, rows, Some(0), false),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
             Op::Exec {
@@ -231,17 +231,21 @@ impl Server {
                 cols,
                 rows,
                 offset,
+                watch,
             } => match self.find(terminal) {
-                Some(t) => (t, cols, rows, offset),
+                Some(t) => (t, cols, rows, offset, watch),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
                     return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
                 }
             },
         };
-        let (cols, rows) = proto::clamp_size(cols, rows);
-        let _ = pty::resize(term.master.get_ref(), cols, rows);
-        self.attached(framed, term, offset).await
+        // A watcher never changes the size the people typing see.
+        if !watch {
+            let (cols, rows) = proto::clamp_size(cols, rows);
+            let _ = pty::resize(term.master.get_ref(), cols, rows);
+        }
+        self.attached(framed, term, offset, watch).await
     }
 
     /// Hangs up shells nobody has been attached to for the detached timeout.

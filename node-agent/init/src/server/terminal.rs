@@ -280,9 +280,12 @@ impl Server {
         framed: Framed<UnixStream, InitCodec>,
         term: Arc<Terminal>,
         offset: Option<u64>,
+        watch: bool,
     ) -> io::Result<()> {
         let mut wake = term.wake.subscribe();
-        term.attach_client();
+        if !watch {
+            term.attach_client();
+        }
         let first = term.attach_at(offset);
         let resp = Response {
             ok: true,
@@ -297,7 +300,9 @@ impl Server {
             sink.send(Frame::Response(resp))
                 .await
                 .map_err(io::Error::other)?;
-            if offset.is_some_and(|o| o != first) {
+            // Only someone typing asks the shell to redraw: a watcher
+            // reconnecting must not make the owner's screen flicker.
+            if offset.is_some_and(|o| o != first) && !watch {
                 term.redraw();
             }
             let mut pos = first;
@@ -309,7 +314,9 @@ impl Server {
                 if let Some(to) = c.skipped_to {
                     sink.send(Frame::Skip(to)).await.map_err(io::Error::other)?;
                     pos = to;
-                    term.redraw();
+                    if !watch {
+                        term.redraw();
+                    }
                 }
                 if !c.data.is_empty() {
                     pos += c.data.len() as u64;
@@ -334,6 +341,8 @@ impl Server {
                 match f {
                     // Input racing the shell's exit fails (EIO); the exit
                     // is on its way to this client, so keep going.
+                    // A watcher's input and resizes go nowhere.
+                    Ok(Frame::Data(_) | Frame::Resize { .. }) if watch => {}
                     Ok(Frame::Data(b)) => {
                         let _ = term.write_all(&b).await;
                     }
@@ -351,7 +360,9 @@ impl Server {
             r = output => r,
             r = input => r,
         };
-        term.detach_client();
+        if !watch {
+            term.detach_client();
+        }
         result
     }
 }

@@ -53,6 +53,7 @@ fn claims(sid: &str, tenant: &str, scope: &str) -> Claims {
         exp: u64::MAX,
         nbf: None,
         iat: None,
+        share: None,
     }
 }
 
