@@ -150,6 +150,14 @@ pub struct SessionDefaults {
     /// Snapshot bytes one tenant may hold in all, in MB (a new snapshot is
     /// refused once they are reached).
     pub tenant_max_snapshot_mb: u64,
+    /// Record every terminal of every session (asciicast v2, output and
+    /// resizes), listed at `GET /v1/sessions/{id}/recordings`.
+    pub record_terminals: bool,
+    /// Recording bytes one session may hold in all, in MB; past it the
+    /// recordings stop (marked truncated).
+    pub max_recording_mb: u64,
+    /// Hours recordings are kept after their session ends.
+    pub recording_keep_hours: u64,
 }
 
 impl Default for SessionDefaults {
@@ -173,6 +181,9 @@ impl Default for SessionDefaults {
             max_upload_mb: 1024,
             tenant_max_snapshots: 10,
             tenant_max_snapshot_mb: 20_480,
+            record_terminals: true,
+            max_recording_mb: 16,
+            recording_keep_hours: 168,
         }
     }
 }

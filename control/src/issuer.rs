@@ -54,9 +54,33 @@ impl Issuer {
         scope: &str,
     ) -> Result<(String, i64), SignError> {
         let now = (now_ms() / 1000) as u64;
-        let exp = (now + self.ttl_secs)
-            .min((s.expires_at / 1000) as u64)
-            .max(now + 1);
+        self.sign(s, subject, scope, now + self.ttl_secs, None)
+    }
+
+    /// A share link's token: it lives as long as its link (never past the
+    /// session) and names the link, so the session's worker can cut it.
+    pub fn mint_share(
+        &self,
+        s: &Session,
+        subject: &str,
+        scope: &str,
+        share: &str,
+        expires_ms: i64,
+    ) -> Result<(String, i64), SignError> {
+        let exp = (expires_ms.max(0) / 1000) as u64;
+        self.sign(s, subject, scope, exp, Some(share.to_string()))
+    }
+
+    fn sign(
+        &self,
+        s: &Session,
+        subject: &str,
+        scope: &str,
+        exp: u64,
+        share: Option<String>,
+    ) -> Result<(String, i64), SignError> {
+        let now = (now_ms() / 1000) as u64;
+        let exp = exp.min((s.expires_at / 1000) as u64).max(now + 1);
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some(self.kid.clone());
         let claims = Claims {
@@ -68,7 +92,7 @@ impl Issuer {
             exp,
             nbf: Some(now.saturating_sub(5)),
             iat: Some(now),
-            share: None,
+            share,
         };
         let t =
             jsonwebtoken::encode(&h, &claims, &self.key).map_err(|e| SignError(e.to_string()))?;

@@ -262,6 +262,17 @@ async fn reap(c: Arc<Control>, shutdown: CancellationToken) {
         {
             warn!("snapshot purge failed: {e}");
         }
+        // Ended share links, and recordings past their keeping time.
+        if tick.is_multiple_of(60) {
+            let now = crate::store::now_ms();
+            if let Err(e) = c.store.purge_shares(now - 3600 * 1000).await {
+                warn!("share purge failed: {e}");
+            }
+            let keep = c.cfg.sessions.recording_keep_hours as i64 * 3600 * 1000;
+            if let Err(e) = c.store.purge_recordings(now - keep).await {
+                warn!("recording purge failed: {e}");
+            }
+        }
         // Session events are for streams to catch up, not an archive.
         if tick.is_multiple_of(60)
             && let Err(e) = c.store.prune_events(EVENTS_MAX_AGE_MS, EVENTS_KEPT).await

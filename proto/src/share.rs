@@ -126,7 +126,8 @@ pub struct Recording {
     /// The recording stopped at the session's bound.
     #[serde(default)]
     pub truncated: bool,
-    /// `GET` it with the API key: asciicast v2.
+    /// Its path on the API (`/v1/sessions/{id}/recordings/{terminal}`):
+    /// `GET` it with the API key for asciicast v2.
     pub url: String,
 }
 
@@ -137,19 +138,12 @@ pub struct RecordingList {
     pub recordings: Vec<Recording>,
 }
 
-/// `POST /internal/v1/recordings/{session}/{terminal}`: the next piece of
-/// a terminal's asciicast, from its worker. `seq` starts at 0 (the piece
-/// holding the header line); a piece sent twice is stored once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecordingChunk {
-    pub seq: i64,
-    /// Whole asciicast lines, each ending in `\n`.
-    pub data: String,
-}
-
-/// Largest [`RecordingChunk::data`] accepted, in bytes.
-pub const MAX_RECORDING_CHUNK: usize = 512 * 1024;
+/// `POST /internal/v1/recordings/{session}/{terminal}?seq=N`: the next
+/// piece of a terminal's asciicast from its worker, as the body (whole
+/// lines). `seq` starts at 0 (the piece holding the header line); a piece
+/// sent twice is stored once. Answers `413` once the session's recordings
+/// are full: the worker stops sending.
+pub const RECORDING_PIECE_MAX: usize = 60 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -121,9 +121,13 @@ pub(super) async fn watch(
         }
     }
     let (index, sessions) = c.store.desired(&node).await?;
+    let mut shares = c.store.node_shares(&node).await?;
+    let record = c.cfg.sessions.record_terminals;
     let sessions = sessions
         .iter()
         .map(|s| DesiredSession {
+            shares: shares.remove(&s.id).unwrap_or_default(),
+            record,
             id: s.id.clone(),
             image: s.image.clone(),
             memory_mb: s.memory_mb.max(0) as u64,
@@ -272,6 +276,11 @@ pub(super) async fn grant(
     })?;
     if !is_session_id(&claims.sid) {
         return Err(ApiError::not_found("no such session"));
+    }
+    // A share link's token ends with its link: a grant would outlive it
+    // (and mint tokens no longer tied to the link).
+    if claims.share.is_some() {
+        return Err(ApiError::forbidden("share links get no refresh grant"));
     }
     let (secret, exp) = c
         .store

@@ -17,8 +17,10 @@ mod grants;
 mod internal;
 mod nodes;
 mod openapi;
+mod recordings;
 mod sandbox;
 mod sessions;
+mod shares;
 mod snapshots;
 mod tenants;
 
@@ -29,8 +31,10 @@ use grants::*;
 use internal::*;
 use nodes::*;
 use openapi::*;
+use recordings::*;
 use sandbox::*;
 use sessions::*;
+use shares::*;
 pub use snapshots::SNAPSHOT_COMMIT_LIMIT_MS;
 use snapshots::*;
 use std::sync::Arc;
@@ -169,6 +173,11 @@ fn public() -> OpenApiRouter<Arc<Control>> {
         .routes(routes!(list_snapshots))
         .routes(routes!(delete_snapshot))
         .routes(routes!(revoke_grants))
+        .routes(routes!(create_share))
+        .routes(routes!(list_shares))
+        .routes(routes!(revoke_share))
+        .routes(routes!(list_recordings))
+        .routes(routes!(get_recording))
         .routes(routes!(event_stream))
         .routes(routes!(list_nodes))
         .routes(routes!(join_token))
@@ -200,6 +209,8 @@ fn internal() -> Router<Arc<Control>> {
         .route("/ssh/host-key", post(ssh_host_key))
         .route("/tokens/grant", post(grant))
         .route("/tokens/refresh", post(refresh))
+        .route("/recordings/{id}/{terminal}", post(append_recording))
+        .route("/sessions/{id}/shares/{share}/joined", post(share_joined))
 }
 
 /// The public API's OpenAPI 3.1 document.

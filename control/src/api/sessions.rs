@@ -5,14 +5,23 @@ use warren_proto::egress::Egress;
 impl Control {
     /// The session as the API shows it; `tokens` when this answer hands
     /// out links (each with a token of its own scope).
-    fn view(&self, s: &Session, tokens: Option<&Minted>) -> ApiSession {
-        let port = self
-            .cfg
+    /// `:port` when the edge's HTTPS port is not 443, else nothing.
+    fn port_suffix(&self) -> String {
+        self.cfg
             .https_port
             .filter(|p| *p != 443)
             .map(|p| format!(":{p}"))
-            .unwrap_or_default();
-        let base = format!("https://{}.{}{port}/", s.id, self.cfg.domain);
+            .unwrap_or_default()
+    }
+
+    /// The session's terminal page, without a token.
+    pub(super) fn terminal_page(&self, id: &str) -> String {
+        format!("https://{id}.{}{}/", self.cfg.domain, self.port_suffix())
+    }
+
+    fn view(&self, s: &Session, tokens: Option<&Minted>) -> ApiSession {
+        let port = self.port_suffix();
+        let base = self.terminal_page(&s.id);
         let preview_domain = self
             .cfg
             .preview_domain
@@ -329,7 +338,8 @@ pub(super) async fn session_token(
             // terminal with its exec mode: exec runs anything a shell can.
             Some(Scope::Exec) => &[Scope::Exec, Scope::Terminal],
             // Control's own, for committing snapshots: never handed out.
-            Some(Scope::Snapshot) | None => {
+            // Watching is what a read share link is for (it can be revoked).
+            Some(Scope::Snapshot | Scope::View) | None => {
                 return Err(ApiError::invalid(format!(
                     "scope {name:?} is not one of \"terminal\", \"preview\", \"exec\""
                 )));

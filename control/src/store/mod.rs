@@ -18,7 +18,9 @@ mod audit;
 mod events;
 mod grants;
 mod nodes;
+mod recordings;
 mod sessions;
+mod shares;
 mod signing;
 mod snapshots;
 mod ssh;
@@ -29,6 +31,8 @@ pub use events::{Change, Event};
 pub use nodes::Node;
 pub use sessions::{Candidate, NewSession, pick_node};
 pub use snapshots::SnapshotRow;
+pub use recordings::{Appended, RecordingRow};
+pub use shares::{NewShare, ShareRow};
 pub use ssh::SshKey;
 pub use tenants::{Principal, Tenant};
 

@@ -1,0 +1,171 @@
+//! Recordings: each terminal's asciicast v2 in pieces, appended by the
+//! session's worker, bounded per session, kept past the session's end for
+//! a configured time.
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, now_ms};
+
+/// One terminal's recording as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingRow {
+    pub session: String,
+    pub terminal: u32,
+    pub started_at: i64,
+    pub bytes: i64,
+    pub truncated: bool,
+}
+
+/// What [`Store::append_recording`] did with a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// This piece was stored before (a retry): nothing changed.
+    Duplicate,
+    /// The session's recordings reached their bound: the piece was
+    /// dropped and the recording marked truncated.
+    Full,
+}
+
+impl Store {
+    /// Appends piece `seq` of `terminal`'s recording in `session` (of
+    /// `tenant`), when the session's recordings stay within `max_bytes`.
+    pub async fn append_recording(
+        &self,
+        session: &str,
+        tenant: &str,
+        terminal: u32,
+        seq: i64,
+        data: &str,
+        max_bytes: i64,
+    ) -> Result<Appended> {
+        if seq < 0 {
+            return Err(StoreError::Invalid("seq must be 0 or more".into()));
+        }
+        let mut tx = self.pool.begin().await?;
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if seen.is_some() {
+            return Ok(Appended::Duplicate);
+        }
+        let held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM recordings WHERE session_id = $1",
+        )
+        .bind(session)
+        .fetch_one(&mut *tx)
+        .await?;
+        let len = data.len() as i64;
+        // A recording's first piece always gets its row (so it is listed).
+        sqlx::query(
+            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
+             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (session_id, terminal) DO NOTHING",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .bind(tenant)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if held + len > max_bytes {
+            sqlx::query(
+                "UPDATE recordings SET truncated = 1 WHERE session_id = $1 AND terminal = $2",
+            )
+            .bind(session)
+            .bind(i64::from(terminal))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Appended::Full);
+        }
+        sqlx::query(
+            "INSERT INTO recording_chunks (session_id, terminal, seq, data) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .bind(seq)
+        .bind(data)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE recordings SET bytes = bytes + $3 WHERE session_id = $1 AND terminal = $2",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .bind(len)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Appended::Stored)
+    }
+
+    /// A session's recordings, by terminal.
+    pub async fn recordings(&self, session: &str) -> Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(
+            "SELECT session_id, terminal, started_at, bytes, truncated FROM recordings \
+             WHERE session_id = $1 ORDER BY terminal",
+        )
+        .bind(session)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecordingRow {
+                    session: r.try_get("session_id")?,
+                    terminal: u32::try_from(r.try_get::<i64, _>("terminal")?).unwrap_or(0),
+                    started_at: r.try_get("started_at")?,
+                    bytes: r.try_get("bytes")?,
+                    truncated: r.try_get::<i32, _>("truncated")? != 0,
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The pieces of one recording in order; `None` when there is none.
+    /// Pieces after a missing one are left out: what is returned always
+    /// parses as one asciicast.
+    pub async fn recording(&self, session: &str, terminal: u32) -> Result<Option<Vec<String>>> {
+        let rows = sqlx::query(
+            "SELECT seq, data FROM recording_chunks WHERE session_id = $1 AND terminal = $2 ORDER BY seq",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            if r.try_get::<i64, _>("seq")? != i as i64 {
+                break;
+            }
+            out.push(r.try_get("data")?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Forgets the recordings of sessions that ended before `before` (ms).
+    pub async fn purge_recordings(&self, before: i64) -> Result<u64> {
+        let ended = "SELECT id FROM sessions WHERE status IN ('stopped', 'failed', 'lost') AND updated_at < $1";
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM recording_chunks WHERE session_id IN ({ended})"
+        )))
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM recordings WHERE session_id IN ({ended})"
+        )))
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(n)
+    }
+}
