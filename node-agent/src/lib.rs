@@ -284,6 +284,11 @@ pub struct Agent {
     gone: DashMap<String, CancellationToken>,
     /// Per session, the sandbox API requests it may have at once.
     api_slots: DashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// The live share links of this node's sessions (from the watch).
+    shares: Arc<serve::shares::ShareBook>,
+    /// Who is attached to each terminal.
+    viewers: Arc<serve::viewers::Viewers>,
+    recorders: Arc<serve::recorder::Recorders>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
 }
@@ -320,6 +325,9 @@ impl Agent {
             activity: DashMap::new(),
             gone: DashMap::new(),
             api_slots: DashMap::new(),
+            shares: Arc::default(),
+            viewers: Arc::default(),
+            recorders: Arc::default(),
             metrics: metrics::Metrics::new(),
             shutdown,
         });
@@ -346,6 +354,40 @@ impl Agent {
 
     pub fn runtime(&self) -> &DockerRuntime {
         &self.runtime
+    }
+
+    pub fn shares(&self) -> &Arc<serve::shares::ShareBook> {
+        &self.shares
+    }
+
+    pub fn recorders(&self) -> &Arc<serve::recorder::Recorders> {
+        &self.recorders
+    }
+
+    /// What a terminal connection of `session` sees of the node.
+    fn node_view(&self, session: &str) -> terminal::NodeView {
+        let joined = self.recorders.control().map(|control| {
+            let session = session.to_string();
+            let f: terminal::Joined = Arc::new(move |share: &str, _name: &str| {
+                let (control, path) = (
+                    control.clone(),
+                    format!("/internal/v1/sessions/{session}/shares/{share}/joined"),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = control.current().post(&path).send().await {
+                        warn!("share join not audited: {e}");
+                    }
+                });
+            });
+            f
+        });
+        terminal::NodeView {
+            session: session.to_string(),
+            shares: self.shares.clone(),
+            viewers: self.viewers.clone(),
+            recorders: self.recorders.clone(),
+            joined,
+        }
     }
 
     pub fn session(&self, id: &str) -> Option<SessionInfo> {
@@ -483,6 +525,7 @@ impl StreamHandler for Agent {
                     self.gone_token(&session.id),
                     Some(activity),
                     Some(self.metrics.clone()),
+                    Some(self.node_view(&session.id)),
                 )
                 .await;
                 self.metrics.terminals_open.dec();

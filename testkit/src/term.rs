@@ -22,6 +22,10 @@ pub struct Term<S> {
     pub gaps: Vec<(u64, u64)>,
     /// `(asked, end)` of each resume asked past the end of the output.
     pub rewound: Vec<(u64, u64)>,
+    /// The latest `viewers` message: count and names.
+    pub viewers: Option<(usize, Vec<String>)>,
+    /// The `access` message a share link gets: `read` or `write`.
+    pub access: Option<String>,
     /// The close frame's code, once the server closed.
     pub close_code: Option<u16>,
 }
@@ -37,6 +41,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
             cursor: Cursor::default(),
             gaps: Vec::new(),
             rewound: Vec::new(),
+            viewers: None,
+            access: None,
             close_code: None,
         };
         tokio::time::timeout(WAIT, async {
@@ -67,6 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
                     ServerMsg::Exit { code } => self.exit = Some(code),
                     ServerMsg::Gap { from, to } => self.gaps.push((from, to)),
                     ServerMsg::Rewound { asked, end } => self.rewound.push((asked, end)),
+                    ServerMsg::Viewers { count, names } => self.viewers = Some((count, names)),
+                    ServerMsg::Access { mode } => self.access = Some(mode),
                     ServerMsg::Unknown => {}
                 }
             }

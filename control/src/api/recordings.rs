@@ -104,7 +104,9 @@ pub(super) async fn append_recording(
         return Err(ApiError::forbidden("the session is not on this node"));
     }
     if !c.cfg.sessions.record_terminals {
-        return Err(ApiError::forbidden("recording is off (sessions.record_terminals)"));
+        return Err(ApiError::forbidden(
+            "recording is off (sessions.record_terminals)",
+        ));
     }
     let max = (c.cfg.sessions.max_recording_mb as i64).saturating_mul(1 << 20);
     match c

@@ -84,9 +84,9 @@ pub(super) async fn create_share(
     };
     // The subject is what others watching are shown.
     let subject = row.name.clone().unwrap_or_default();
-    let (token, _) =
-        c.issuer
-            .mint_share(&s, &subject, scope.as_str(), &row.id, row.expires_at)?;
+    let (token, _) = c
+        .issuer
+        .mint_share(&s, &subject, scope.as_str(), &row.id, row.expires_at)?;
     let url = format!("{}?token={token}", c.terminal_page(&s.id));
     c.store
         .audit(NewAudit {
@@ -94,7 +94,12 @@ pub(super) async fn create_share(
             tenant: &s.tenant,
             action: "share.create",
             target: &s.id,
-            detail: &format!("{} {} until {}", row.id, row.mode.as_str(), row.expires_at / 1000),
+            detail: &format!(
+                "{} {} until {}",
+                row.id,
+                row.mode.as_str(),
+                row.expires_at / 1000
+            ),
             ..NewAudit::OK
         })
         .await;

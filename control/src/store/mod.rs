@@ -29,10 +29,10 @@ mod tenants;
 pub use audit::{AuditEntry, NewAudit};
 pub use events::{Change, Event};
 pub use nodes::Node;
-pub use sessions::{Candidate, NewSession, pick_node};
-pub use snapshots::SnapshotRow;
 pub use recordings::{Appended, RecordingRow};
+pub use sessions::{Candidate, NewSession, pick_node};
 pub use shares::{NewShare, ShareRow};
+pub use snapshots::SnapshotRow;
 pub use ssh::SshKey;
 pub use tenants::{Principal, Tenant};
 

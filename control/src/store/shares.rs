@@ -34,7 +34,8 @@ pub struct NewShare<'a> {
     pub max: i64,
 }
 
-const COLS: &str = "id, session_id, tenant_id, mode, terminal, name, created_by, created_at, expires_at";
+const COLS: &str =
+    "id, session_id, tenant_id, mode, terminal, name, created_by, created_at, expires_at";
 
 fn row(r: &sqlx::any::AnyRow) -> std::result::Result<ShareRow, sqlx::Error> {
     let mode: String = r.try_get("mode")?;
@@ -112,7 +113,10 @@ impl Store {
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(row).collect::<std::result::Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(row)
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// The live share links of every session placed on `node`, as its

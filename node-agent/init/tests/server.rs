@@ -154,7 +154,10 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
     type_line(&mut owner, "echo owner-$((1+1)); stty size").await;
     let seen = read_until(&mut watcher, "owner-2").await;
     let out = read_until(&mut owner, "24 80").await;
-    assert!(!seen.contains("typed-by-42") && !out.contains("typed-by-42"), "{out}");
+    assert!(
+        !seen.contains("typed-by-42") && !out.contains("typed-by-42"),
+        "{out}"
+    );
     // A watcher is not counted as attached.
     let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
     assert_eq!(list.terminals.unwrap()[0].clients, 1);

@@ -221,6 +221,7 @@ pub fn spawn_sync(
     };
     let auth = format!("{}:{}", e.node_id, e.credential);
     let control = Arc::new(InternalClient::new(e.urls(), Some(auth), http));
+    agent.recorders().set_control(control.clone());
     let failed: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let starting: Arc<Mutex<HashSet<String>>> = Arc::default();
     let report_now = Arc::new(Notify::new());
@@ -347,8 +348,24 @@ pub fn spawn_sync(
                         agent.runtime().prune_snapshots(&keep, index).await;
                     });
                 }
-                let desired = answer.sessions;
+                let mut desired = answer.sessions;
                 let want: HashSet<String> = desired.iter().map(|d| d.id.clone()).collect();
+                // Share links and recording first: a session started below
+                // is recorded from its first terminal.
+                agent.recorders().set_enabled(
+                    desired
+                        .iter()
+                        .filter(|d| d.record)
+                        .map(|d| d.id.clone())
+                        .collect(),
+                );
+                agent.shares().replace(
+                    desired
+                        .iter_mut()
+                        .filter(|d| !d.shares.is_empty())
+                        .map(|d| (d.id.clone(), std::mem::take(&mut d.shares)))
+                        .collect(),
+                );
                 for d in desired {
                     let known = agent.session(&d.id).is_some()
                         || failed

@@ -4,7 +4,13 @@
 //! - [`api`]: the sandbox API (exec, files) on a tunnel stream.
 //! - [`initsock`]: reaching a session's init without trusting the session.
 //! - [`control`]: join, heartbeats and the watch that drives reconciliation.
+//! - [`shares`]: the live share links and what their holders may do;
+//!   [`viewers`]: who is attached to each terminal; [`recorder`]: each
+//!   terminal's asciicast, sent to control.
 pub mod api;
 pub mod control;
 pub mod initsock;
+pub mod recorder;
+pub mod shares;
 pub mod terminal;
+pub mod viewers;

@@ -18,9 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warren_init::client::{ClientError, InitConn};
 use warren_init::proto::{ErrorCode, Frame, MAX_PAYLOAD, Op};
+use warren_proto::share::{ShareGrant, ShareMode};
 pub use warren_proto::terminal::{
     ClientMsg, MAX_COMMAND, PATH, ServerMsg, TerminalQuery, close, stream_byte,
 };
+
+use super::recorder::Recorders;
+use super::shares::{Caller, Ending, ShareBook};
+use super::viewers::Viewers;
 
 fn ws_config() -> WebSocketConfig {
     // tungstenite fills its whole read buffer (128 KiB by default) on every
@@ -46,6 +51,7 @@ fn closing(code: u16, reason: &str) -> Message {
 /// the client leaves, the agent shuts down (`shutdown`) or the relay the
 /// stream came through drains (`relay_draining`); the last two close with
 /// 1001 so the client reconnects at once.
+#[allow(clippy::too_many_arguments)] // each end and hook is its own
 pub async fn serve<S>(
     stream: S,
     init: &crate::serve::initsock::InitTarget,
@@ -54,23 +60,49 @@ pub async fn serve<S>(
     session_gone: CancellationToken,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    node: Option<NodeView>,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((mut ws, params)) = handshake(stream).await? else {
+    let Some((mut ws, params, caller)) = handshake(stream).await? else {
         return Ok(());
     };
-    let Some(attached) = attach(&mut ws, init, &params).await? else {
+    let Some(attached) = attach(&mut ws, init, &params, &caller, node.as_ref()).await? else {
         return Ok(());
     };
+    if let (Some(n), Some(t), true) = (&node, attached.terminal, attached.opened) {
+        n.recorders.start(
+            &n.session,
+            init,
+            t,
+            attached.offset.unwrap_or(0),
+            (params.cols, params.rows),
+            shutdown.clone(),
+        );
+    }
     let ends = Ends {
         shutdown,
         relay_draining,
         session_gone,
     };
-    pump(ws, attached, ends, activity, metrics).await
+    pump(ws, attached, ends, activity, metrics, node, caller).await
 }
+
+/// What this node knows beyond one connection: the session's share links,
+/// who else is attached, and its recorders.
+#[derive(Clone)]
+pub struct NodeView {
+    pub session: String,
+    pub shares: Arc<ShareBook>,
+    pub viewers: Arc<Viewers>,
+    pub recorders: Arc<Recorders>,
+    /// Says that a share link's holder attached (audited by control).
+    pub joined: Option<Joined>,
+}
+
+/// Told a share link's id and its holder's name when the holder attaches.
+pub type Joined = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What ends a terminal connection from outside it.
 struct Ends {
@@ -85,12 +117,16 @@ struct Ends {
 /// Accepts the WebSocket at [`PATH`] and reads the client's query. `None`
 /// when the client was refused (its protocol version), with the socket
 /// closed.
-async fn handshake<S>(stream: S) -> anyhow::Result<Option<(WebSocketStream<S>, TerminalQuery)>>
+async fn handshake<S>(
+    stream: S,
+) -> anyhow::Result<Option<(WebSocketStream<S>, TerminalQuery, Caller)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let params = Arc::new(Mutex::new(None::<TerminalQuery>));
     let p2 = params.clone();
+    let caller = Arc::new(Mutex::new(Caller::default()));
+    let c2 = caller.clone();
     #[allow(clippy::result_large_err)] // the signature tungstenite asks for
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != PATH {
@@ -102,6 +138,7 @@ where
         }
         *p2.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(TerminalQuery::parse(req.uri().query()));
+        *c2.lock().unwrap_or_else(|e| e.into_inner()) = Caller::from_headers(req.headers());
         Ok(resp)
     };
     let mut ws =
@@ -117,7 +154,8 @@ where
         close_with(&mut ws, closing(close::UNSUPPORTED_VERSION, &msg)).await;
         return Ok(None);
     }
-    Ok(Some((ws, params)))
+    let caller = caller.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(Some((ws, params, caller)))
 }
 
 /// A terminal (or command) the client is attached to.
@@ -127,6 +165,12 @@ struct Attached {
     exec: bool,
     /// Offset of the next output byte, for a terminal.
     offset: Option<u64>,
+    /// The terminal, when it is one.
+    terminal: Option<u32>,
+    /// It was opened by this connection (not re-attached).
+    opened: bool,
+    /// The share link it came through.
+    share: Option<ShareGrant>,
 }
 
 /// Opens, re-attaches or execs what the client asked for at the session's
@@ -136,10 +180,15 @@ async fn attach<S>(
     ws: &mut WebSocketStream<S>,
     init: &crate::serve::initsock::InitTarget,
     params: &TerminalQuery,
+    caller: &Caller,
+    node: Option<&NodeView>,
 ) -> anyhow::Result<Option<Attached>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(id) = &caller.share {
+        return attach_shared(ws, init, params, caller, id, node).await;
+    }
     let sh = |c: &String| vec!["/bin/sh".to_string(), "-c".to_string(), c.clone()];
     let open = Op::Open {
         cols: params.cols,
@@ -172,6 +221,11 @@ where
         _ => open.clone(),
     };
     let mut replaced = false;
+    let op_kind = if matches!(op, Op::Attach { .. }) {
+        OpKind::Attach
+    } else {
+        OpKind::Other
+    };
     let attempt = match crate::serve::initsock::request(init, op).await {
         // The shell asked for ended while the client was away: start a new
         // one (the hello names it) rather than leave the user with nothing.
@@ -207,6 +261,7 @@ where
         offset,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
+    let opened = !matches!(op_kind, OpKind::Attach) || replaced;
     // The client asked to resume at an offset that is no longer held: say
     // what is lost. (A replaced shell is told by the hello's new terminal.)
     if let (Some(asked), Some(got)) = (params.offset, offset)
@@ -225,7 +280,124 @@ where
         };
         ws.send(Message::Text(notice.to_text().into())).await?;
     }
-    Ok(Some(Attached { init, exec, offset }))
+    Ok(Some(Attached {
+        init,
+        exec,
+        offset,
+        terminal: (!exec).then_some(resp.terminal).flatten(),
+        opened: opened && !exec,
+        share: None,
+    }))
+}
+
+#[derive(PartialEq)]
+enum OpKind {
+    Attach,
+    Other,
+}
+
+/// A share link's holder: attaches to a terminal already open (the link's
+/// own, the one asked for, or the oldest), as a watcher when the link is
+/// read-only; never opens a shell or runs a command. An unknown, revoked
+/// or expired link is refused.
+async fn attach_shared<S>(
+    ws: &mut WebSocketStream<S>,
+    init: &crate::serve::initsock::InitTarget,
+    params: &TerminalQuery,
+    caller: &Caller,
+    id: &str,
+    node: Option<&NodeView>,
+) -> anyhow::Result<Option<Attached>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let grant = match node {
+        Some(n) => n.shares.lookup(&n.session, id).await,
+        None => None,
+    };
+    let Some(grant) = grant else {
+        let why = "this share link was revoked or has expired";
+        close_with(ws, closing(close::FORBIDDEN, why)).await;
+        return Ok(None);
+    };
+    if params.exec || params.command.is_some() {
+        let why = "a share link attaches to open terminals; it runs no command";
+        close_with(ws, closing(close::FORBIDDEN, why)).await;
+        return Ok(None);
+    }
+    let terminal = match (grant.terminal, params.terminal) {
+        (Some(pinned), Some(asked)) if pinned != asked => {
+            let why = format!("this share link shows terminal {pinned} only");
+            close_with(ws, closing(close::FORBIDDEN, &why)).await;
+            return Ok(None);
+        }
+        (Some(t), _) | (None, Some(t)) => Some(t),
+        (None, None) => oldest_terminal(init).await,
+    };
+    let Some(terminal) = terminal else {
+        let why = "nothing to show yet: the session has no open terminal";
+        close_with(ws, closing(close::SESSION_GONE, why)).await;
+        return Ok(None);
+    };
+    let read_only = grant.mode == ShareMode::Read;
+    let op = Op::Attach {
+        terminal,
+        cols: params.cols,
+        rows: params.rows,
+        offset: params.offset,
+        watch: read_only,
+    };
+    let (init, resp) = match crate::serve::initsock::request(init, op).await {
+        Ok(x) => x,
+        Err(e) => {
+            let code = match &e {
+                ClientError::Refused {
+                    code: ErrorCode::NotFound,
+                    ..
+                } => close::SESSION_GONE,
+                _ => close::INTERNAL,
+            };
+            close_with(ws, closing(code, &truncate(&e.to_string()))).await;
+            return Ok(None);
+        }
+    };
+    let hello = ServerMsg::Hello {
+        v: warren_proto::terminal::VERSION,
+        terminal: resp.terminal,
+        pid: None,
+        offset: resp.offset,
+    };
+    ws.send(Message::Text(hello.to_text().into())).await?;
+    let access = ServerMsg::Access {
+        mode: grant.mode.as_str().into(),
+    };
+    ws.send(Message::Text(access.to_text().into())).await?;
+    if let (Some(asked), Some(got)) = (params.offset, resp.offset)
+        && asked != got
+    {
+        let gap = ServerMsg::Gap {
+            from: asked,
+            to: got,
+        };
+        ws.send(Message::Text(gap.to_text().into())).await?;
+    }
+    if let Some(joined) = node.and_then(|n| n.joined.as_ref()) {
+        joined(&grant.id, caller.name.as_deref().unwrap_or(""));
+    }
+    Ok(Some(Attached {
+        init,
+        exec: false,
+        offset: resp.offset,
+        terminal: resp.terminal,
+        opened: false,
+        share: Some(grant),
+    }))
+}
+
+/// The session's oldest open terminal, if any.
+async fn oldest_terminal(init: &crate::serve::initsock::InitTarget) -> Option<u32> {
+    let (_, r) = crate::serve::initsock::request(init, Op::List).await.ok()?;
+    r.terminals?.iter().map(|t| t.terminal).min()
 }
 
 /// Carries bytes both ways between the client and init until one side
@@ -236,6 +408,8 @@ async fn pump<S>(
     ends: Ends,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    node: Option<NodeView>,
+    caller: Caller,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -244,7 +418,32 @@ where
         mut init,
         exec,
         offset,
+        terminal,
+        share,
+        ..
     } = attached;
+    let read_only = share.as_ref().is_some_and(|g| g.mode == ShareMode::Read);
+    // Everyone on this terminal is told who is attached, now and on change.
+    let mut seat = match (&node, terminal) {
+        (Some(n), Some(t)) => Some(n.viewers.join(&n.session, t, caller.name.clone())),
+        _ => None,
+    };
+    if let Some(seat) = &mut seat {
+        let w = seat.rx.borrow_and_update().clone();
+        let msg = ServerMsg::Viewers {
+            count: w.count,
+            names: w.names,
+        };
+        ws.send(Message::Text(msg.to_text().into())).await?;
+    }
+    // A share link's connection ends with its link.
+    let link_ended = async {
+        match (&node, &share) {
+            (Some(n), Some(g)) => n.shares.ended(&n.session, &g.id).await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(link_ended);
     let touch = || {
         if let Some(a) = &activity {
             let now = std::time::SystemTime::now()
@@ -280,7 +479,32 @@ where
                 close_with(&mut ws, closing(close::GOING_AWAY, "relay draining")).await;
                 return Ok(());
             }
+            ending = &mut link_ended => {
+                let code = match ending {
+                    Ending::Revoked => close::FORBIDDEN,
+                    Ending::Expired => close::AUTH,
+                };
+                close_with(&mut ws, closing(code, ending.reason())).await;
+                return Ok(());
+            }
+            changed = async {
+                match &mut seat {
+                    Some(s) => s.rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_ok()
+                    && let Some(s) = &mut seat
+                {
+                    let w = s.rx.borrow_and_update().clone();
+                    let msg = ServerMsg::Viewers { count: w.count, names: w.names };
+                    ws.send(Message::Text(msg.to_text().into())).await?;
+                }
+            }
             msg = ws.next() => match msg {
+                // A read-only link's keys go nowhere (init drops a
+                // watcher's input too).
+                Some(Ok(Message::Binary(_))) if read_only => {}
                 Some(Ok(Message::Binary(b))) => {
                     if let Some((bytes_in, _)) = &byte_counters {
                         bytes_in.inc_by(b.len() as u64);
@@ -299,8 +523,12 @@ where
                     }
                 }
                 Some(Ok(Message::Text(t))) => match ClientMsg::parse(&t) {
-                    ClientMsg::Resize { cols, rows } if !exec => {
+                    ClientMsg::Resize { cols, rows } if !exec && !read_only => {
                         let _ = init.send(Frame::Resize { cols, rows }).await;
+                        if let (Some(n), Some(t)) = (&node, terminal) {
+                            let (c, r) = warren_proto::terminal::clamp_size(cols, rows);
+                            n.recorders.resized(&n.session, t, c, r);
+                        }
                     }
                     ClientMsg::Eof if exec => {
                         let _ = init.send(Frame::Eof).await;

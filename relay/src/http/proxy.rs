@@ -97,7 +97,41 @@ enum Upstream {
     Control(SocketAddr),
 }
 
+/// What a share link's holder may do, told to the agent in headers that
+/// only the relay sets (a client's own are removed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareAccess {
+    pub share: String,
+    /// `read` or `write`.
+    pub mode: &'static str,
+    /// The link's label, shown to the others watching.
+    pub name: String,
+}
+
+impl ShareAccess {
+    pub fn of(claims: &crate::auth::Claims) -> Option<ShareAccess> {
+        let share = claims.share.clone()?;
+        let mode = if claims.has_scope(Scope::Terminal) {
+            "write"
+        } else {
+            "read"
+        };
+        Some(ShareAccess {
+            share,
+            mode,
+            name: claims.sub.clone(),
+        })
+    }
+}
+
+/// Headers the relay alone sets on a terminal stream.
+pub const SHARE_HEADER: &str = "x-warren-share";
+pub const ACCESS_HEADER: &str = "x-warren-access";
+pub const VIEWER_HEADER: &str = "x-warren-viewer";
+
 pub struct Ctx {
+    /// A share link's holder (terminal streams).
+    share: Option<ShareAccess>,
     route: &'static str,
     /// A preview: upstream `Set-Cookie` is filtered.
     preview: bool,
@@ -114,13 +148,23 @@ pub struct Ctx {
 impl RelayProxy {
     /// The access check for the web's doors: a grant, on a node connected
     /// to this relay now.
+    /// A token of the `view` scope (a read share link) opens what the
+    /// terminal scope does, as a watcher: the agent drops its input.
     pub(super) async fn authorize(
         &self,
         tokens: &[String],
         session: &str,
         scope: Scope,
     ) -> Result<Grant, Denial> {
-        let grant = self.access.check_any(tokens, session, scope).await;
+        let mut grant = self.access.check_any(tokens, session, scope).await;
+        if scope == Scope::Terminal
+            && matches!(
+                grant,
+                Err(Denial::Token(crate::auth::AuthError::MissingScope(_)))
+            )
+        {
+            grant = self.access.check_any(tokens, session, Scope::View).await;
+        }
         Access::reachable(grant, |node| self.registry.is_connected(node))
     }
 
@@ -159,7 +203,22 @@ impl RelayProxy {
                 tokens,
                 refusal,
             } => match self.authorize(&tokens, &sid, scope).await {
+                // A share link attaches to what is open; it never names a
+                // command (the agent refuses it too).
+                Ok(grant)
+                    if grant.claims.share.is_some()
+                        && super::cookies::names_command(session.req_header().uri.query()) =>
+                {
+                    let a = Answer::new(
+                        403,
+                        "forbidden",
+                        "Not allowed",
+                        "A share link attaches to the session's terminals; it runs no command.",
+                    );
+                    answer(session, a).await
+                }
                 Ok(grant) => {
+                    ctx.share = ShareAccess::of(&grant.claims);
                     // Exec waits on its command (up to its time limit).
                     if ctx.upgrade || matches!(kind, StreamKind::Api | StreamKind::Snapshot) {
                         // Idle terminals stay open for hours; QUIC and
@@ -195,6 +254,7 @@ impl ProxyHttp for RelayProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            share: None,
             route: "none",
             preview: false,
             upstream: None,
@@ -330,7 +390,17 @@ impl ProxyHttp for RelayProxy {
                 }
             }
         }
-        // Only the relay says who the client is.
+        // Only the relay says who the client is, and what a share link may do.
+        for h in [SHARE_HEADER, ACCESS_HEADER, VIEWER_HEADER] {
+            while req.remove_header(h).is_some() {}
+        }
+        if let Some(s) = &ctx.share {
+            req.insert_header(SHARE_HEADER, s.share.clone())?;
+            req.insert_header(ACCESS_HEADER, s.mode)?;
+            if !s.name.is_empty() {
+                req.insert_header(VIEWER_HEADER, s.name.clone())?;
+            }
+        }
         req.remove_header("forwarded");
         req.remove_header("x-real-ip");
         if req.headers.get("host").is_none_or(|v| v.to_str().is_err()) {

@@ -163,7 +163,8 @@ impl RelayProxy {
         ];
         // The terminal page gets a refresh grant too, so the tab outlives
         // its token (for the session's lifetime).
-        if scope == Scope::Terminal {
+        // Never for a share link: its token ends with the link.
+        if scope == Scope::Terminal && claims.share.is_none() {
             match self.control.grant(token).await {
                 Ok(Some((grant, exp))) => {
                     headers.push(("set-cookie", refresh_cookie(&grant, exp, tls)))

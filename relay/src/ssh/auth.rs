@@ -110,6 +110,14 @@ impl Conn {
             .check(Some(password.trim()), user, Scope::Terminal)
             .await;
         match checked {
+            // A share link attaches to a terminal in the browser; over SSH
+            // it would open a shell of its own, which no link may.
+            Ok(grant) if grant.claims.share.is_some() => self.refuse(
+                user,
+                "password",
+                None,
+                "share links open the browser page only".into(),
+            ),
             Ok(grant) => self.accept(user, grant.route, "password", None),
             Err(Denial::Lookup(e)) => {
                 warn!("ssh: route lookup failed: {e}");

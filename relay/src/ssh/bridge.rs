@@ -326,7 +326,10 @@ pub(super) async fn session_channel(
                         let _ = err.write_all(format!("\r\nwarren: {lost} bytes of output were skipped\r\n").as_bytes()).await;
                     }
                     // The hello set where output continues.
-                    ServerMsg::Rewound { .. } | ServerMsg::Unknown => {}
+                    ServerMsg::Rewound { .. }
+                    | ServerMsg::Viewers { .. }
+                    | ServerMsg::Access { .. }
+                    | ServerMsg::Unknown => {}
                 },
                 Some(Ok(Message::Close(frame))) => {
                     if code.is_none() {
