@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what Warren needs on a Debian 12 host: Docker engine,
 # cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
-# chromium (the browser test), the OpenSSH client (the SSH tests), PostgreSQL (the control plane's scale path).
+# chromium (the browser test), the OpenSSH client (the SSH tests), PostgreSQL (the control plane's scale path),
+# asciinema (recordings are checked with it).
 #
 # The Docker engine is set up the way a Warren worker runs it
 # (docs/security.md): with user-namespace remapping, so a session's root is
@@ -25,6 +26,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+# The recording test plays what it recorded with asciinema.
+command -v asciinema >/dev/null || need+=(asciinema)
 # The cluster test scrapes every part with a real Prometheus.
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

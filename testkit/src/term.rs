@@ -55,6 +55,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
         t
     }
 
+    /// Like [`Self::new`], but a server that closes before its hello is
+    /// `Err` with its close code.
+    pub async fn try_new(ws: WebSocketStream<S>) -> Result<Self, Option<u16>> {
+        let mut t = Term {
+            ws,
+            out: String::new(),
+            terminal: None,
+            exit: None,
+            cursor: Cursor::default(),
+            gaps: Vec::new(),
+            rewound: Vec::new(),
+            viewers: None,
+            access: None,
+            close_code: None,
+        };
+        let r = tokio::time::timeout(WAIT, async {
+            while t.terminal.is_none() {
+                if t.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        match r {
+            Ok(true) => Ok(t),
+            _ => Err(t.close_code),
+        }
+    }
+
     /// Handles one message; `None` once the socket closed.
     async fn step(&mut self) -> Option<()> {
         match self.ws.next().await? {
@@ -79,6 +109,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
                 }
             }
             Ok(Message::Close(f)) => {
+                if let Some(f) = &f {
+                    eprintln!("terminal closed: {} {}", u16::from(f.code), f.reason);
+                }
                 self.close_code = f.map(|f| u16::from(f.code));
                 return None;
             }
@@ -86,6 +119,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
             Ok(_) => {}
         }
         Some(())
+    }
+
+    /// Reads until the server closes the connection (within `wait`); its
+    /// close code, if it sent one.
+    pub async fn wait_close(&mut self, wait: Duration) -> Option<u16> {
+        let closed =
+            tokio::time::timeout(wait, async { while self.step().await.is_some() {} }).await;
+        assert!(
+            closed.is_ok(),
+            "the connection was not closed within {wait:?}"
+        );
+        self.close_code
+    }
+
+    /// Reads until the latest `viewers` message counts `count`.
+    pub async fn wait_viewers(&mut self, count: usize) -> Vec<String> {
+        let r = tokio::time::timeout(WAIT, async {
+            while self.viewers.as_ref().is_none_or(|v| v.0 != count) {
+                if self.step().await.is_none() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(
+            matches!(r, Ok(true)),
+            "viewers never counted {count}: {:?}",
+            self.viewers
+        );
+        self.viewers.clone().map(|v| v.1).unwrap_or_default()
     }
 
     pub async fn send(&mut self, line: &str) {

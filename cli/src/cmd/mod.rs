@@ -5,6 +5,7 @@ pub mod node;
 pub mod sandbox;
 pub mod serve;
 pub mod session;
+pub mod share;
 pub mod snapshot;
 pub mod ssh_key;
 pub mod up;

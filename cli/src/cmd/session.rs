@@ -1,4 +1,5 @@
-//! `warren session`: create, list, show, remove, token, ssh.
+//! `warren session`: create, list, show, remove, token, ssh; sharing and
+//! recordings live in [`super::share`].
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{Value, json};
@@ -46,11 +47,14 @@ pub enum SessionCmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    #[command(flatten)]
+    Sharing(super::share::ShareCmd),
 }
 
 pub async fn run(cmd: SessionCmd, ctx: &Ctx) -> anyhow::Result<()> {
     let c = ctx.api()?;
     match cmd {
+        SessionCmd::Sharing(cmd) => return super::share::run(cmd, ctx).await,
         SessionCmd::Create {
             image,
             memory_mb,
