@@ -47,9 +47,12 @@ pub(super) async fn list_recordings(
 pub(super) async fn get_recording(
     State(c): State<Arc<Control>>,
     Caller(p): Caller,
-    Path((id, terminal)): Path<(String, u32)>,
+    Path((id, terminal)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let s = c.owned(&p, &id).await?;
+    let terminal: u32 = terminal.parse().map_err(|_| {
+        ApiError::not_found(format!("no recording {terminal}: terminals are numbered"))
+    })?;
     let Some(pieces) = c.store.recording(&s.id, terminal).await? else {
         return Err(ApiError::not_found(format!(
             "session {id} has no recording of terminal {terminal}"

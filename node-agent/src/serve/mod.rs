@@ -6,11 +6,13 @@
 //! - [`control`]: join, heartbeats and the watch that drives reconciliation.
 //! - [`shares`]: the live share links and what their holders may do;
 //!   [`viewers`]: who is attached to each terminal; [`recorder`]: each
-//!   terminal's asciicast, sent to control.
+//!   terminal's asciicast, sent to control; [`shared`]: attaching
+//!   through a share link.
 pub mod api;
 pub mod control;
 pub mod initsock;
 pub mod recorder;
+pub mod shared;
 pub mod shares;
 pub mod terminal;
 pub mod viewers;

@@ -40,7 +40,7 @@ fn ws_config() -> WebSocketConfig {
 /// WebSocket read buffer per terminal, in bytes.
 pub const READ_BUFFER: usize = 8 * 1024;
 
-fn closing(code: u16, reason: &str) -> Message {
+pub(super) fn closing(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
         reason: reason.to_string().into(),
@@ -159,18 +159,18 @@ where
 }
 
 /// A terminal (or command) the client is attached to.
-struct Attached {
-    init: InitConn,
+pub(super) struct Attached {
+    pub(super) init: InitConn,
     /// A command run with separate streams (`mode=exec`), not a terminal.
-    exec: bool,
+    pub(super) exec: bool,
     /// Offset of the next output byte, for a terminal.
-    offset: Option<u64>,
+    pub(super) offset: Option<u64>,
     /// The terminal, when it is one.
-    terminal: Option<u32>,
+    pub(super) terminal: Option<u32>,
     /// It was opened by this connection (not re-attached).
-    opened: bool,
+    pub(super) opened: bool,
     /// The share link it came through.
-    share: Option<ShareGrant>,
+    pub(super) share: Option<ShareGrant>,
 }
 
 /// Opens, re-attaches or execs what the client asked for at the session's
@@ -187,7 +187,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if let Some(id) = &caller.share {
-        return attach_shared(ws, init, params, caller, id, node).await;
+        return super::shared::attach(ws, init, params, caller, id, node).await;
     }
     let sh = |c: &String| vec!["/bin/sh".to_string(), "-c".to_string(), c.clone()];
     let open = Op::Open {
@@ -294,110 +294,6 @@ where
 enum OpKind {
     Attach,
     Other,
-}
-
-/// A share link's holder: attaches to a terminal already open (the link's
-/// own, the one asked for, or the oldest), as a watcher when the link is
-/// read-only; never opens a shell or runs a command. An unknown, revoked
-/// or expired link is refused.
-async fn attach_shared<S>(
-    ws: &mut WebSocketStream<S>,
-    init: &crate::serve::initsock::InitTarget,
-    params: &TerminalQuery,
-    caller: &Caller,
-    id: &str,
-    node: Option<&NodeView>,
-) -> anyhow::Result<Option<Attached>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let grant = match node {
-        Some(n) => n.shares.lookup(&n.session, id).await,
-        None => None,
-    };
-    let Some(grant) = grant else {
-        let why = "this share link was revoked or has expired";
-        close_with(ws, closing(close::FORBIDDEN, why)).await;
-        return Ok(None);
-    };
-    if params.exec || params.command.is_some() {
-        let why = "a share link attaches to open terminals; it runs no command";
-        close_with(ws, closing(close::FORBIDDEN, why)).await;
-        return Ok(None);
-    }
-    let terminal = match (grant.terminal, params.terminal) {
-        (Some(pinned), Some(asked)) if pinned != asked => {
-            let why = format!("this share link shows terminal {pinned} only");
-            close_with(ws, closing(close::FORBIDDEN, &why)).await;
-            return Ok(None);
-        }
-        (Some(t), _) | (None, Some(t)) => Some(t),
-        (None, None) => oldest_terminal(init).await,
-    };
-    let Some(terminal) = terminal else {
-        let why = "nothing to show yet: the session has no open terminal";
-        close_with(ws, closing(close::SESSION_GONE, why)).await;
-        return Ok(None);
-    };
-    let read_only = grant.mode == ShareMode::Read;
-    let op = Op::Attach {
-        terminal,
-        cols: params.cols,
-        rows: params.rows,
-        offset: params.offset,
-        watch: read_only,
-    };
-    let (init, resp) = match crate::serve::initsock::request(init, op).await {
-        Ok(x) => x,
-        Err(e) => {
-            let code = match &e {
-                ClientError::Refused {
-                    code: ErrorCode::NotFound,
-                    ..
-                } => close::SESSION_GONE,
-                _ => close::INTERNAL,
-            };
-            close_with(ws, closing(code, &truncate(&e.to_string()))).await;
-            return Ok(None);
-        }
-    };
-    let hello = ServerMsg::Hello {
-        v: warren_proto::terminal::VERSION,
-        terminal: resp.terminal,
-        pid: None,
-        offset: resp.offset,
-    };
-    ws.send(Message::Text(hello.to_text().into())).await?;
-    let access = ServerMsg::Access {
-        mode: grant.mode.as_str().into(),
-    };
-    ws.send(Message::Text(access.to_text().into())).await?;
-    if let (Some(asked), Some(got)) = (params.offset, resp.offset)
-        && asked != got
-    {
-        let gap = ServerMsg::Gap {
-            from: asked,
-            to: got,
-        };
-        ws.send(Message::Text(gap.to_text().into())).await?;
-    }
-    if let Some(joined) = node.and_then(|n| n.joined.as_ref()) {
-        joined(&grant.id, caller.name.as_deref().unwrap_or(""));
-    }
-    Ok(Some(Attached {
-        init,
-        exec: false,
-        offset: resp.offset,
-        terminal: resp.terminal,
-        opened: false,
-        share: Some(grant),
-    }))
-}
-
-/// The session's oldest open terminal, if any.
-async fn oldest_terminal(init: &crate::serve::initsock::InitTarget) -> Option<u32> {
-    let (_, r) = crate::serve::initsock::request(init, Op::List).await.ok()?;
-    r.terminals?.iter().map(|t| t.terminal).min()
 }
 
 /// Carries bytes both ways between the client and init until one side
@@ -608,7 +504,7 @@ where
 /// Sends a close frame and waits briefly for the client's, so the stream
 /// is not torn down while the client still writes (its reads would fail
 /// before it saw our last messages).
-async fn close_with<S>(ws: &mut WebSocketStream<S>, msg: Message)
+pub(super) async fn close_with<S>(ws: &mut WebSocketStream<S>, msg: Message)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -626,7 +522,7 @@ fn tagged(stream: u8, data: &[u8]) -> Bytes {
     v.into()
 }
 
-fn truncate(s: &str) -> String {
+pub(super) fn truncate(s: &str) -> String {
     // Close reasons are limited to 123 bytes.
     let mut end = s.len().min(120);
     while !s.is_char_boundary(end) {
