@@ -21,6 +21,9 @@ fn main() {
         ("index.html", "text/html; charset=utf-8"),
         ("app.js", "text/javascript; charset=utf-8"),
         ("app.css", "text/css; charset=utf-8"),
+        ("dashboard.html", "text/html; charset=utf-8"),
+        ("dashboard.js", "text/javascript; charset=utf-8"),
+        ("dashboard.css", "text/css; charset=utf-8"),
     ] {
         let path = dist.join(name);
         assert!(

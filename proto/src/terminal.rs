@@ -202,6 +202,9 @@ pub enum ClientMsg {
     Resize { cols: u16, rows: u16 },
     /// End of the command's stdin (exec mode).
     Eof,
+    /// The page measures its round trip: answered at once with a
+    /// [`ServerMsg::Pong`] carrying the same `t`.
+    Ping { t: u64 },
     /// A type this build does not know: ignored.
     #[serde(other)]
     Unknown,
@@ -256,6 +259,8 @@ pub enum ServerMsg {
     /// Who is attached to this terminal: `count` connections, with the
     /// names of those whose link carries one. Sent on attach and on change.
     Viewers { count: usize, names: Vec<String> },
+    /// The answer to a [`ClientMsg::Ping`].
+    Pong { t: u64 },
     /// Sent after the hello to a share link's holder: `"read"` (output
     /// only; input is dropped) or `"write"`.
     Access { mode: String },

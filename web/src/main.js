@@ -7,6 +7,7 @@ import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import { WebLinksAddon } from "@xterm/addon-web-links";
 import { WebglAddon } from "@xterm/addon-webgl";
+import { SearchAddon } from "@xterm/addon-search";
 import "@xterm/xterm/css/xterm.css";
 
 const $ = (id) => document.getElementById(id);
@@ -24,6 +25,8 @@ const term = new Terminal({
 const fit = new FitAddon();
 term.loadAddon(fit);
 term.loadAddon(new WebLinksAddon());
+const search = new SearchAddon();
+term.loadAddon(search);
 term.open($("term"));
 try {
   const gl = new WebglAddon();
@@ -62,6 +65,76 @@ function hideBanner() { banner.className = ""; }
 
 function send(obj) {
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
+}
+
+// A read share link: output only (the server drops input too).
+let readOnly = false;
+function typed(bytes) {
+  if (!readOnly && ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
+}
+
+// Round trip, measured every 5 s over the terminal socket itself.
+setInterval(() => send({ type: "ping", t: Date.now() }), 5000);
+function showRtt(ms) {
+  const el = $("rtt");
+  el.textContent = `${ms} ms`;
+  el.className = ms > 300 ? "slow" : "";
+}
+
+// Who else is attached to this terminal.
+function showViewers(count, names) {
+  const el = $("viewers");
+  el.hidden = count < 2;
+  el.textContent = `\u{1F441} ${count}`;
+  el.title = `${count} attached${names.length ? ": " + names.join(", ") : ""}`;
+}
+
+// Search over scrollback: Ctrl/Cmd-F opens it, Enter/Shift-Enter step, Esc closes.
+const searchBox = $("search");
+function openSearch() { searchBox.hidden = false; searchBox.focus(); searchBox.select(); }
+searchBox.addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.shiftKey ? search.findPrevious(searchBox.value) : search.findNext(searchBox.value); e.preventDefault(); }
+  if (e.key === "Escape") { searchBox.hidden = true; search.clearDecorations?.(); term.focus(); }
+});
+term.attachCustomKeyEventHandler((e) => {
+  if (e.type === "keydown" && (e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === "f") {
+    openSearch();
+    return false;
+  }
+  return true;
+});
+
+// Copy on select, and OSC 52 (a program setting the clipboard) for the
+// people typing, never for a read-only viewer.
+term.onSelectionChange(() => {
+  const text = term.getSelection();
+  if (text && navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).catch(() => {});
+});
+term.parser.registerOscHandler(52, (data) => {
+  const b64 = data.split(";").pop();
+  if (readOnly || !navigator.clipboard || !b64 || b64 === "?") return true;
+  try { navigator.clipboard.writeText(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)))).catch(() => {}); } catch (_) {}
+  return true;
+});
+
+// The key bar (phones): keys a touch keyboard lacks; Ctrl applies to the next key.
+let ctrlNext = false;
+const KEYS = { esc: "\x1b", tab: "\t", up: "\x1b[A", down: "\x1b[B", right: "\x1b[C", left: "\x1b[D" };
+for (const b of document.querySelectorAll("#keys button")) {
+  b.addEventListener("click", () => {
+    const k = b.dataset.key;
+    if (k === "ctrl") { ctrlNext = !ctrlNext; b.classList.toggle("on", ctrlNext); }
+    else typed(enc.encode(KEYS[k]));
+    term.focus();
+  });
+}
+if (window.matchMedia("(pointer: coarse)").matches || small) $("keys").hidden = false;
+function withCtrl(d) {
+  if (!ctrlNext || d.length !== 1) return d;
+  ctrlNext = false;
+  document.querySelector("#keys [data-key=ctrl]").classList.remove("on");
+  const c = d.toUpperCase().charCodeAt(0);
+  return c >= 64 && c < 96 ? String.fromCharCode(c - 64) : d;
 }
 
 // A state the page cannot leave by itself: say why and what to do.
@@ -119,7 +192,16 @@ function connect() {
       }
       terminalId = msg.terminal ?? null;
       offset = msg.offset ?? null;
-      send({ type: "resize", cols: term.cols, rows: term.rows });
+      if (!readOnly) send({ type: "resize", cols: term.cols, rows: term.rows });
+      send({ type: "ping", t: Date.now() });
+    } else if (msg.type === "access") {
+      readOnly = msg.mode === "read";
+      $("mode").hidden = !readOnly;
+      term.options.disableStdin = readOnly;
+    } else if (msg.type === "viewers") {
+      showViewers(msg.count ?? 0, msg.names ?? []);
+    } else if (msg.type === "pong") {
+      showRtt(Math.max(0, Date.now() - msg.t));
     } else if (msg.type === "gap") {
       // Output was lost while away: clear the screen; the shell redraws.
       offset = msg.to;
@@ -172,14 +254,13 @@ function connect() {
   };
 }
 
-term.onData((d) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
+term.onData((d) => typed(enc.encode(withCtrl(d))));
 term.onBinary((d) => {
-  if (!ws || ws.readyState !== WebSocket.OPEN) return;
   const b = new Uint8Array(d.length);
   for (let i = 0; i < d.length; i++) b[i] = d.charCodeAt(i) & 255;
-  ws.send(b);
+  typed(b);
 });
-term.onResize(({ cols, rows }) => send({ type: "resize", cols, rows }));
+term.onResize(({ cols, rows }) => { if (!readOnly) send({ type: "resize", cols, rows }); });
 new ResizeObserver(() => fit.fit()).observe($("term"));
 window.addEventListener("online", () => { if (!exited && !stopped && (!ws || ws.readyState > 1)) connect(); });
 connect();

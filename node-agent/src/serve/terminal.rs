@@ -360,8 +360,8 @@ where
     let mut held = None;
     // Offset just past the last byte sent (for gap notices).
     let mut sent = offset.unwrap_or(0);
+    touch();
     loop {
-        touch();
         tokio::select! {
             _ = ends.session_gone.cancelled() => {
                 close_with(&mut ws, closing(close::SESSION_GONE, "the session was deleted")).await;
@@ -402,6 +402,9 @@ where
                 // watcher's input too).
                 Some(Ok(Message::Binary(_))) if read_only => {}
                 Some(Ok(Message::Binary(b))) => {
+                    // Keys and output are activity; pings and resizes are not
+                    // (an open tab alone does not keep a session from idling).
+                    touch();
                     if let Some((bytes_in, _)) = &byte_counters {
                         bytes_in.inc_by(b.len() as u64);
                     }
@@ -425,6 +428,9 @@ where
                             let (c, r) = warren_proto::terminal::clamp_size(cols, rows);
                             n.recorders.resized(&n.session, t, c, r);
                         }
+                    }
+                    ClientMsg::Ping { t } => {
+                        ws.send(Message::Text(ServerMsg::Pong { t }.to_text().into())).await?;
                     }
                     ClientMsg::Eof if exec => {
                         let _ = init.send(Frame::Eof).await;
@@ -457,6 +463,7 @@ where
                     ws.send(Message::Binary(tagged(stream_byte::STDERR, &b))).await?;
                 }
                 Some(Ok(Frame::Data(b))) => {
+                    touch();
                     sent += b.len() as u64;
                     if let Some((_, bytes_out)) = &byte_counters {
                         bytes_out.inc_by(b.len() as u64);

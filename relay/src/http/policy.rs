@@ -280,20 +280,40 @@ pub fn decide(f: &Facts, p: &Policy) -> Decision {
         Err(e) => return Decision::answer("invalid", host_answer(&e)),
     };
     match route {
-        Route::Apex => Decision::answer(
-            "apex",
-            Answer::new(
-                404,
-                "no_session",
-                "Warren",
-                "Open a session link to reach a terminal.",
-            ),
-        ),
+        Route::Apex => apex(f, p),
         Route::Api => api(f, p),
         Route::Terminal { session } => terminal(f, p, session),
         Route::Port { session, port } => preview(f, p, session, port),
     }
 }
+
+/// The apex: the dashboard (its page and files), and the public API at the
+/// same origin so the page needs no cross-origin calls. The page holds the
+/// API key in memory and sends it as a Bearer header: no cookie rides
+/// along, so no other site can drive it.
+fn apex(f: &Facts, p: &Policy) -> Decision {
+    if let Some(name) = f.path.strip_prefix(ASSET_PREFIX) {
+        return Decision::new("asset", Action::Asset(name.to_string()));
+    }
+    if public_api_path(&f.path) {
+        return api(f, p);
+    }
+    if f.is_get() && (f.path == "/" || f.path == "/index.html") {
+        return Decision::new("dashboard", Action::Asset(DASHBOARD.to_string()));
+    }
+    Decision::answer(
+        "apex",
+        Answer::new(
+            404,
+            "not_found",
+            "Warren",
+            "Nothing here: the dashboard is at /, a terminal at its session link.",
+        ),
+    )
+}
+
+/// The dashboard's page among the embedded files.
+pub const DASHBOARD: &str = "dashboard.html";
 
 fn api(f: &Facts, p: &Policy) -> Decision {
     if !public_api_path(&f.path) {

@@ -329,6 +329,7 @@ pub(super) async fn session_channel(
                     ServerMsg::Rewound { .. }
                     | ServerMsg::Viewers { .. }
                     | ServerMsg::Access { .. }
+                    | ServerMsg::Pong { .. }
                     | ServerMsg::Unknown => {}
                 },
                 Some(Ok(Message::Close(frame))) => {

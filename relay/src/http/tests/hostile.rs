@@ -446,7 +446,23 @@ fn the_page_its_assets_and_renewal() {
                 },
                 Status(421),
             ),
-            ("the apex".into(), req(DOMAIN, "GET", "/"), Status(404)),
+            // The apex is the dashboard: its page, its files, the public
+            // API at the same origin; nothing else, and never a session's.
+            (
+                "the apex is the dashboard".into(),
+                req(DOMAIN, "GET", "/"),
+                Seen::Asset,
+            ),
+            (
+                "the apex's other paths".into(),
+                req(DOMAIN, "GET", "/_warren/terminal"),
+                Status(404),
+            ),
+            (
+                "no dashboard by POST".into(),
+                req(DOMAIN, "POST", "/"),
+                Status(404),
+            ),
             (
                 "a preview WebSocket with ?token= is not an exchange".into(),
                 Req {
