@@ -383,3 +383,52 @@ fn which(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
+
+/// The dashboard and a read-only link in Chromium (web/e2e/dashboard.mjs):
+/// sign in, create, open, share, watch from a phone, play the recording,
+/// delete; screenshots in artifacts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_a_read_only_link_in_a_real_browser() {
+    if !warren_testkit::chromium_or_skip() {
+        return;
+    }
+    let Some((_run, st)) = common::stack("dashboard", "warren/session:mini", 128).await else {
+        return;
+    };
+    let http = st.http.unwrap();
+    let key = common::tenant_key(&st.control_url, &st.admin_key, "dashboard").await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg("e2e/dashboard.mjs")
+        .arg(format!("http://warren.localhost:{}/", http.port()))
+        .arg(&key)
+        .arg(&artifacts)
+        .current_dir(root.join("web"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let id = v["id"].as_str().unwrap();
+    // Deleted from the dashboard.
+    let (s, a) = call(
+        &st.control_url,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        matches!(a["status"].as_str(), Some("stopping" | "stopped")),
+        "{a}"
+    );
+}

@@ -185,4 +185,6 @@ $("create").addEventListener("submit", async (e) => {
     say(`Create failed: ${err.message}`, true);
   }
 });
+// A closed dialog keeps nothing (a player stops drawing into a gone box).
+$("dialog").addEventListener("close", () => $("dialog-body").replaceChildren());
 setInterval(() => { if (key) refresh().catch(() => {}); }, 10000);

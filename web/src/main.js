@@ -85,7 +85,7 @@ function showRtt(ms) {
 function showViewers(count, names) {
   const el = $("viewers");
   el.hidden = count < 2;
-  el.textContent = `\u{1F441} ${count}`;
+  el.textContent = `${count} here`;
   el.title = `${count} attached${names.length ? ": " + names.join(", ") : ""}`;
 }
 
@@ -197,6 +197,7 @@ function connect() {
     } else if (msg.type === "access") {
       readOnly = msg.mode === "read";
       $("mode").hidden = !readOnly;
+      if (readOnly) $("keys").hidden = true;
       term.options.disableStdin = readOnly;
     } else if (msg.type === "viewers") {
       showViewers(msg.count ?? 0, msg.names ?? []);
