@@ -319,7 +319,58 @@ async fn share_links_watch_type_and_end() {
         },
     )
     .await;
+    // The page's drag-and-drop upload: with the owner's cookie from its own
+    // origin the file lands in /root; a share link's cookie cannot.
+    let (_, head) = page_exchange(http, &id, &token).await;
+    let cookie = session_cookie(&head);
+    let origin = format!("http://{id}.warren.localhost:{}", http.port());
+    let put = |cookie: String, origin: String| {
+        let url = format!(
+            "http://127.0.0.1:{}/_warren/upload?name=dropped%20file.txt",
+            http.port()
+        );
+        let host = format!("{id}.warren.localhost:{}", http.port());
+        async move {
+            reqwest::Client::new()
+                .put(url)
+                .header("host", host)
+                .header("cookie", cookie)
+                .header("origin", origin)
+                .body("dropped bytes\n")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(put(cookie.clone(), origin.clone()).await, 204);
+    assert_eq!(
+        exec(&c, &id, "cat '/root/dropped file.txt'").await,
+        "dropped bytes\n"
+    );
+    let evil = format!("http://8080-{id}.warren.localhost:{}", http.port());
+    assert_eq!(put(cookie, evil).await, 403, "from the session's preview");
+    let (_, head) = page_exchange(http, &id, write["token"].as_str().unwrap()).await;
+    assert_eq!(
+        put(session_cookie(&head), origin).await,
+        403,
+        "a write link"
+    );
     drop(writer);
+}
+
+/// The token cookie a `?token=` exchange set, as a `Cookie` header value.
+fn session_cookie(head: &str) -> String {
+    head.lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .find(|c| c.starts_with("warren_token="))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no token cookie in {head}"))
+        .to_string()
 }
 
 /// `GET /?token=` on the session host: the status and the answer's head.

@@ -634,3 +634,74 @@ async fn an_ssh_shell_survives_its_tunnel_dropping() {
     }
     assert!(status.success(), "{status} {err}");
 }
+
+/// `ssh -t … attach N` joins the terminal a WebSocket client (the browser's
+/// protocol) has open: each sees what the other types, and the same output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_and_the_browser_share_one_terminal() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Some((run, st)) = common::stack("sshattach", "warren/session:mini", 128).await else {
+        return;
+    };
+    let ssh = Ssh::pinned(&st, &run.dir);
+    let (s, a) = call(
+        &st.control_url,
+        "POST",
+        "/v1/sessions",
+        &st.admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let token = a["token"].as_str().unwrap().to_string();
+    // The browser's side: the terminal WebSocket through the relay.
+    let http = st.http.unwrap();
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let url = format!(
+        "ws://{id}.warren.localhost:{}/_warren/terminal?token={token}",
+        http.port()
+    );
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut web = warren_testkit::Term::new(ws).await;
+    web.run("echo web-$((20+1))", "web-21").await;
+    let n = web.terminal.unwrap();
+
+    let mut c = ssh.ssh_password(&id, &token);
+    c.args(["-tt", &format!("attach {n}")]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = tokio::process::Command::from(c)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut read_until = async |needle: &str| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let l = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("ssh never showed {needle}: {seen:?}"))
+                .unwrap()
+                .expect("ssh ended early");
+            let l = l.trim_end_matches('\r').to_string();
+            if l.contains(needle) {
+                return;
+            }
+            seen.push(l);
+        }
+    };
+    // SSH joins with the recent screen, then sees the browser's typing...
+    read_until("web-21").await;
+    web.run("echo both-$((40+2))", "both-42").await;
+    read_until("both-42").await;
+    // ...and the browser sees what SSH types, in the same shell.
+    stdin.write_all(b"echo ssh-$((3+4))\n").await.unwrap();
+    web.expect("ssh-7").await;
+    read_until("ssh-7").await;
+    drop(stdin);
+    let _ = child.kill().await;
+}

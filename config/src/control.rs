@@ -158,6 +158,9 @@ pub struct SessionDefaults {
     pub max_recording_mb: u64,
     /// Hours recordings are kept after their session ends.
     pub recording_keep_hours: u64,
+    /// Recording bytes all of one tenant's sessions may hold, in MB (past
+    /// it, its recordings stop until old ones are purged).
+    pub tenant_max_recording_mb: u64,
 }
 
 impl Default for SessionDefaults {
@@ -184,6 +187,7 @@ impl Default for SessionDefaults {
             record_terminals: true,
             max_recording_mb: 16,
             recording_keep_hours: 168,
+            tenant_max_recording_mb: 2048,
         }
     }
 }

@@ -368,7 +368,11 @@ impl Agent {
     fn node_view(&self, session: &str) -> terminal::NodeView {
         let joined = self.recorders.control().map(|control| {
             let session = session.to_string();
+            let shares = self.shares.clone();
             let f: terminal::Joined = Arc::new(move |share: &str, _name: &str| {
+                if !shares.report_join(share) {
+                    return;
+                }
                 let (control, path) = (
                     control.clone(),
                     format!("/internal/v1/sessions/{session}/shares/{share}/joined"),

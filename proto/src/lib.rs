@@ -6,7 +6,8 @@
 //! - [`api`]: the public REST API's bodies and `.warren/up.json`.
 //! - [`id`]: the session id rule.
 //! - [`token`]: session-token claims and scopes (control mints, the relay checks).
-//! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent).
+//! - [`terminal`]: the terminal WebSocket (browser, SSH bridge, load test, agent);
+//!   [`input`]: a client's input kept until the terminal acknowledges it.
 //! - [`internal`]: the internal HTTP API (agents and relays ↔ control).
 //! - [`sandbox`]: the sandbox API's exec and files bodies and limits.
 //! - [`validate`]: image references and display names, checked at control's edge.
@@ -23,6 +24,7 @@ pub mod duration;
 pub mod egress;
 pub mod id;
 pub mod init;
+pub mod input;
 pub mod internal;
 pub mod sandbox;
 pub mod share;

@@ -14,6 +14,27 @@ pub const FILES_PATH: &str = "/_warren/api/files";
 /// Where the agent commits the session as a snapshot (control only, with
 /// a token of the `snapshot` scope).
 pub const SNAPSHOT_PATH: &str = "/_warren/api/snapshot";
+/// The terminal page's drag-and-drop upload on the session host:
+/// `PUT /_warren/upload?name=FILE` (the page's own cookie, from its own
+/// origin), written to [`UPLOAD_DIR`]`/FILE` through the files API.
+pub const UPLOAD_PATH: &str = "/_warren/upload";
+/// Where the page's uploads land in the session.
+pub const UPLOAD_DIR: &str = "/root";
+
+/// A dropped file's name as the upload takes it: one path component of 1
+/// to 255 bytes, no control characters, not `.` or `..`.
+pub fn check_upload_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err("name: one file name of 1 to 255 bytes (no '/', no control characters)".into())
+    }
+}
 /// Every snapshot image on a worker is named `<SNAPSHOT_REPO>/<id>`; the
 /// agent never pulls such a name, and control starts one only for the
 /// tenant that owns it.

@@ -95,6 +95,9 @@ pub struct TerminalQuery {
     pub exec: bool,
     /// `TERM`, `LANG` for a new shell.
     pub env: BTreeMap<String, String>,
+    /// The client's input stream (`input=`, 1 to 64 of `A-Za-z0-9_-`):
+    /// input is then acknowledged and never written twice.
+    pub input: Option<String>,
 }
 
 impl Default for TerminalQuery {
@@ -108,6 +111,7 @@ impl Default for TerminalQuery {
             command: None,
             exec: false,
             env: BTreeMap::new(),
+            input: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl TerminalQuery {
                 "term" if env_value_ok(&v) => {
                     p.env.insert("TERM".into(), v.into_owned());
                 }
+                "input" if crate::input::valid_stream_id(&v) => p.input = Some(v.into_owned()),
                 "lang" if env_value_ok(&v) => {
                     p.env.insert("LANG".into(), v.into_owned());
                 }
@@ -189,6 +194,9 @@ impl TerminalQuery {
         }
         if let Some(l) = self.env.get("LANG") {
             q.append_pair("lang", l);
+        }
+        if let Some(i) = &self.input {
+            q.append_pair("input", i);
         }
         q.finish()
     }
@@ -245,7 +253,14 @@ pub enum ServerMsg {
         /// Offset of the first terminal byte that follows.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// With an input stream (`input=` in the query): how many of its
+        /// bytes reached the terminal; the client sends again from there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<u64>,
     },
+    /// Of the client's input stream, this many bytes reached the terminal:
+    /// the client may forget them.
+    InputAck { offset: u64 },
     /// Output between `from` and `to` is gone (the client asked for bytes
     /// no longer held, or fell too far behind); the stream continues at
     /// `to`. The shell was asked to redraw.
@@ -433,6 +448,7 @@ mod tests {
             terminal: Some(4),
             pid: None,
             offset: Some(10),
+            input: None,
         });
         c.on_bytes(5);
         let mut q = TerminalQuery::default();

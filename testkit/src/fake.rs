@@ -86,6 +86,7 @@ where
         terminal: Some(FAKE_TERMINAL),
         pid: None,
         offset: Some(0),
+        input: None,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     while let Some(msg) = ws.next().await {

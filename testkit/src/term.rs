@@ -105,7 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
                     ServerMsg::Rewound { asked, end } => self.rewound.push((asked, end)),
                     ServerMsg::Viewers { count, names } => self.viewers = Some((count, names)),
                     ServerMsg::Access { mode } => self.access = Some(mode),
-                    ServerMsg::Pong { .. } => {}
+                    ServerMsg::Pong { .. } | ServerMsg::InputAck { .. } => {}
                     ServerMsg::Unknown => {}
                 }
             }

@@ -69,9 +69,41 @@ function send(obj) {
 
 // A read share link: output only (the server drops input too).
 let readOnly = false;
-function typed(bytes) {
-  if (!readOnly && ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
+
+// Exactly-once input: what is typed is kept until the terminal acknowledges
+// it (input_ack), typed on while disconnected, and sent again from where the
+// terminal's hello says it stands; init writes each byte once.
+const MAX_PENDING = 256 * 1024;
+const newInputId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
+let inputId = newInputId(), inputBase = 0, pending = [], pendingLen = 0, attached = false;
+function showPending() {
+  const el = $("pending");
+  el.hidden = pendingLen === 0 || attached;
+  el.textContent = `${pendingLen} typed, waiting`;
 }
+function typed(bytes) {
+  if (readOnly) return;
+  lastKeyAt = Date.now();
+  if (pendingLen + bytes.length > MAX_PENDING) {
+    showBanner("Too much typed while disconnected: these keys were not kept.", true);
+    return;
+  }
+  pending.push(bytes);
+  pendingLen += bytes.length;
+  if (attached && ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
+  else showPending();
+}
+function ackInput(n) {
+  let drop = n - inputBase;
+  while (drop > 0 && pending.length) {
+    const c = pending[0];
+    const k = Math.min(drop, c.length);
+    if (k === c.length) pending.shift(); else pending[0] = c.subarray(k);
+    inputBase += k; pendingLen -= k; drop -= k;
+  }
+  if (pending.length === 0 && n > inputBase) inputBase = n;
+}
+function resetInput() { pending = []; pendingLen = 0; inputBase = 0; inputId = newInputId(); }
 
 // Round trip, measured every 5 s over the terminal socket itself.
 setInterval(() => send({ type: "ping", t: Date.now() }), 5000);
@@ -110,11 +142,40 @@ term.onSelectionChange(() => {
   const text = term.getSelection();
   if (text && navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).catch(() => {});
 });
+// OSC 52 is honoured only on the owner's page (never through a share
+// link, whose holder did not choose to trust this session) and only within
+// 10 s of a key typed there: a session cannot fill the clipboard unasked.
+let shared = false, lastKeyAt = 0;
 term.parser.registerOscHandler(52, (data) => {
   const b64 = data.split(";").pop();
-  if (readOnly || !navigator.clipboard || !b64 || b64 === "?") return true;
+  if (shared || Date.now() - lastKeyAt > 10000 || !navigator.clipboard || !b64 || b64 === "?") return true;
   try { navigator.clipboard.writeText(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)))).catch(() => {}); } catch (_) {}
   return true;
+});
+
+// Drop files on the terminal: each is uploaded to /root in the session
+// (the page's own cookie; a read-only link cannot).
+const termEl = $("term");
+termEl.addEventListener("dragover", (e) => { if (!readOnly) e.preventDefault(); });
+termEl.addEventListener("drop", async (e) => {
+  e.preventDefault();
+  if (readOnly) return;
+  for (const file of e.dataTransfer?.files ?? []) {
+    showBanner(`Uploading ${file.name}…`, false);
+    try {
+      const r = await fetch(`/_warren/upload?name=${encodeURIComponent(file.name)}`, {
+        method: "PUT", body: file, credentials: "same-origin",
+      });
+      if (!r.ok) {
+        const why = await r.json().then((j) => j?.error?.message).catch(() => null);
+        throw new Error(why || `status ${r.status}`);
+      }
+      showBanner(`Uploaded ${file.name} to /root/${file.name}.`, false);
+      setTimeout(hideBanner, 4000);
+    } catch (err) {
+      showBanner(`Upload of ${file.name} failed: ${err.message}`, true);
+    }
+  }
 });
 
 // The key bar (phones): keys a touch keyboard lacks; Ctrl applies to the next key.
@@ -157,7 +218,8 @@ function connect() {
   clearTimeout(timer);
   if (stopped) return;
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const q = new URLSearchParams({ v: PROTOCOL, cols: term.cols, rows: term.rows });
+  const q = new URLSearchParams({ v: PROTOCOL, cols: term.cols, rows: term.rows, input: inputId });
+  attached = false;
   if (terminalId !== null) {
     q.set("terminal", terminalId);
     // Resume exactly after the last byte shown: nothing repeated, nothing lost.
@@ -189,18 +251,32 @@ function connect() {
       if (terminalId !== null && msg.terminal !== terminalId) {
         term.reset();
         term.write("\x1b[2m[warren: the previous shell ended; this is a new one]\x1b[0m\r\n");
+        // Keys typed for the shell that ended are not typed into this one.
+        pending = []; pendingLen = 0; inputBase = 0;
       }
       terminalId = msg.terminal ?? null;
+      // Send again what the terminal has not written yet (a server without
+      // input streams cannot say: then nothing is sent twice).
+      if (msg.input === undefined || msg.input === null) { pending = []; pendingLen = 0; }
+      else {
+        ackInput(msg.input);
+        for (const c of pending) sock.send(c);
+      }
+      attached = true;
+      showPending();
       offset = msg.offset ?? null;
       if (!readOnly) send({ type: "resize", cols: term.cols, rows: term.rows });
       send({ type: "ping", t: Date.now() });
     } else if (msg.type === "access") {
+      shared = true;
       readOnly = msg.mode === "read";
       $("mode").hidden = !readOnly;
       if (readOnly) $("keys").hidden = true;
       term.options.disableStdin = readOnly;
     } else if (msg.type === "viewers") {
       showViewers(msg.count ?? 0, msg.names ?? []);
+    } else if (msg.type === "input_ack") {
+      ackInput(msg.offset);
     } else if (msg.type === "pong") {
       showRtt(Math.max(0, Date.now() - msg.t));
     } else if (msg.type === "gap") {
@@ -214,7 +290,7 @@ function connect() {
       exited = true;
       setState("closed", `exited (${msg.code})`);
       showBanner(`The shell exited with code ${msg.code}.`, msg.code !== 0, {
-        label: "New shell", run: () => { exited = false; terminalId = null; offset = null; term.reset(); connect(); },
+        label: "New shell", run: () => { exited = false; terminalId = null; offset = null; resetInput(); term.reset(); connect(); },
       });
     }
   };

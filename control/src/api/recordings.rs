@@ -28,6 +28,8 @@ pub(super) async fn list_recordings(
         .recordings(&s.id)
         .await?
         .into_iter()
+        // A terminal whose recording never got a byte in has nothing to get.
+        .filter(|r| r.bytes > 0)
         .map(|r| Recording {
             terminal: r.terminal,
             started_at: r.started_at / 1000,
@@ -112,16 +114,17 @@ pub(super) async fn append_recording(
         ));
     }
     let max = (c.cfg.sessions.max_recording_mb as i64).saturating_mul(1 << 20);
+    let tenant_max = (c.cfg.sessions.tenant_max_recording_mb as i64).saturating_mul(1 << 20);
     match c
         .store
-        .append_recording(&s.id, &s.tenant, terminal, q.seq, data, max)
+        .append_recording(&s.id, &s.tenant, terminal, q.seq, data, max, tenant_max)
         .await?
     {
         Appended::Stored | Appended::Duplicate => Ok(StatusCode::NO_CONTENT),
         Appended::Full => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "recording_full",
-            "the session's recordings reached sessions.max_recording_mb",
+            "the recordings reached sessions.max_recording_mb (per session) or sessions.tenant_max_recording_mb",
         )),
     }
 }

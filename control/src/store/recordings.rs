@@ -28,7 +28,9 @@ pub enum Appended {
 
 impl Store {
     /// Appends piece `seq` of `terminal`'s recording in `session` (of
-    /// `tenant`), when the session's recordings stay within `max_bytes`.
+    /// `tenant`), when the session's recordings stay within `max_bytes`
+    /// and the tenant's within `tenant_max_bytes`.
+    #[allow(clippy::too_many_arguments)] // one piece and its two bounds
     pub async fn append_recording(
         &self,
         session: &str,
@@ -37,11 +39,25 @@ impl Store {
         seq: i64,
         data: &str,
         max_bytes: i64,
+        tenant_max_bytes: i64,
     ) -> Result<Appended> {
         if seq < 0 {
             return Err(StoreError::Invalid("seq must be 0 or more".into()));
         }
         let mut tx = self.pool.begin().await?;
+        // A write first: SQLite takes its write lock before anything is
+        // read (two recorders never deadlock upgrading a read lock).
+        // A recording's first piece always gets its row (so it is listed).
+        sqlx::query(
+            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
+             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (session_id, terminal) DO NOTHING",
+        )
+        .bind(session)
+        .bind(i64::from(terminal))
+        .bind(tenant)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         let seen: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
         )
@@ -60,18 +76,13 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let len = data.len() as i64;
-        // A recording's first piece always gets its row (so it is listed).
-        sqlx::query(
-            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
-             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (session_id, terminal) DO NOTHING",
+        let tenant_held: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM recordings WHERE tenant_id = $1",
         )
-        .bind(session)
-        .bind(i64::from(terminal))
         .bind(tenant)
-        .bind(now_ms())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if held + len > max_bytes {
+        if held + len > max_bytes || tenant_held + len > tenant_max_bytes {
             sqlx::query(
                 "UPDATE recordings SET truncated = 1 WHERE session_id = $1 AND terminal = $2",
             )

@@ -157,7 +157,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         bump_version(&mut tx).await?;
         let n = sqlx::query(
-            "UPDATE shares SET revoked_at = $3 WHERE id = $1 AND session_id = $2 AND revoked_at IS NULL",
+            "UPDATE shares SET revoked_at = $3 WHERE id = $1 AND session_id = $2 AND revoked_at IS NULL AND expires_at > $3",
         )
         .bind(id)
         .bind(session)

@@ -54,6 +54,7 @@ async fn print_everywhere(
                 rows: 24,
                 offset: None,
                 watch: false,
+                input: None,
             },
         )
         .await
@@ -133,6 +134,7 @@ async fn main() {
                 rows: 24,
                 env: BTreeMap::new(),
                 command: Some(vec!["/bin/sh".into()]),
+                input: None,
             },
         )
         .await

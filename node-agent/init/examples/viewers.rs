@@ -82,6 +82,7 @@ async fn main() {
         rows: 24,
         env: BTreeMap::new(),
         command: Some(vec!["/bin/sh".into()]),
+        input: None,
     };
     let (mut viewer, resp) = client::request(&socket, open).await.unwrap();
     let terminal = resp.terminal.unwrap();
@@ -104,6 +105,7 @@ async fn main() {
             rows: 24,
             offset: None,
             watch: false,
+            input: None,
         },
     )
     .await

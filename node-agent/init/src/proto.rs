@@ -43,6 +43,7 @@ const T_EXIT: u8 = 5;
 const T_STDERR: u8 = 6;
 const T_EOF: u8 = 7;
 const T_SKIP: u8 = 8;
+const T_INPUT_ACK: u8 = 9;
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,6 +64,9 @@ pub enum Op {
         env: BTreeMap<String, String>,
         #[serde(default)]
         command: Option<Vec<String>>,
+        /// This client's input stream (see [`Op::Attach`]'s `input`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
     },
     /// Attach to a running terminal. Its output after `offset` is sent
     /// first (or, without `offset`, its most recent output).
@@ -77,6 +81,13 @@ pub enum Op {
         /// as attached (a shell only watched still hangs up when detached).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         watch: bool,
+        /// The client's input stream id: input is counted per stream, the
+        /// response's `input` says how much of it reached the terminal, and
+        /// bytes this connection sends from there on that already did (sent
+        /// again after a reconnect) are written once only. Acknowledged
+        /// with [`Frame::InputAck`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).
@@ -132,6 +143,10 @@ pub struct Response {
     pub end: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminals: Option<Vec<TerminalInfo>>,
+    /// After `open`/`attach` with an input stream: the bytes of it written
+    /// to the terminal so far (the client sends again from there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<u64>,
     /// After `read_file`: its size; after `write_file`'s end: bytes written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -189,6 +204,9 @@ pub enum Frame {
     /// Output was dropped for this client: the next `Data` byte is at
     /// this offset.
     Skip(u64),
+    /// Of this client's input stream, this many bytes are written to the
+    /// terminal.
+    InputAck(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +240,7 @@ impl Decoder for InitCodec {
             T_DATA | T_STDERR => MAX_PAYLOAD,
             T_EOF => 0,
             T_RESIZE | T_EXIT => 4,
-            T_SKIP => 8,
+            T_SKIP | T_INPUT_ACK => 8,
             other => return Err(FrameError::UnknownType(other)),
         };
         if len > limit {
@@ -253,6 +271,11 @@ impl Decoder for InitCodec {
                 b.copy_from_slice(&payload);
                 Frame::Skip(u64::from_be_bytes(b))
             }
+            T_INPUT_ACK if len == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&payload);
+                Frame::InputAck(u64::from_be_bytes(b))
+            }
             _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
         }))
     }
@@ -277,6 +300,7 @@ impl Encoder<Frame> for InitCodec {
             Frame::Stderr(b) => (T_STDERR, b),
             Frame::Eof => (T_EOF, Bytes::new()),
             Frame::Skip(o) => (T_SKIP, Bytes::copy_from_slice(&o.to_be_bytes())),
+            Frame::InputAck(o) => (T_INPUT_ACK, Bytes::copy_from_slice(&o.to_be_bytes())),
         };
         let limit = if matches!(ty, T_REQUEST | T_RESPONSE) {
             MAX_JSON
@@ -316,6 +340,7 @@ mod tests {
         roundtrip(Frame::Exit(-1));
         roundtrip(Frame::Stderr(Bytes::from_static(b"oops\n")));
         roundtrip(Frame::Eof);
+        roundtrip(Frame::InputAck(1 << 40));
         roundtrip(Frame::Request(Request {
             version: 1,
             op: Op::Exec {
@@ -339,6 +364,7 @@ mod tests {
                 rows: 24,
                 env: BTreeMap::new(),
                 command: None,
+                input: None,
             },
         }));
         roundtrip(Frame::Response(Response::error(ErrorCode::NotFound, "y")));
@@ -351,6 +377,7 @@ mod tests {
                 rows: 24,
                 offset: Some(77),
                 watch: false,
+                input: None,
             },
         }));
     }

@@ -20,6 +20,7 @@ fn open_op() -> Op {
         rows: 24,
         env: BTreeMap::new(),
         command: Some(vec!["/bin/sh".into()]),
+        input: None,
     }
 }
 
@@ -32,6 +33,7 @@ async fn read_until(conn: &mut InitConn, needle: &str) -> String {
                 Some(Ok(Frame::Data(b))) => out.push_str(&String::from_utf8_lossy(&b)),
                 Some(Ok(Frame::Exit(c))) => out.push_str(&format!("<exit {c}>")),
                 Some(Ok(Frame::Skip(o))) => out.push_str(&format!("<skip {o}>")),
+                Some(Ok(Frame::InputAck(_))) => {}
                 other => panic!("unexpected {other:?} while waiting for {needle:?}; got {out:?}"),
             }
         }
@@ -84,6 +86,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             rows: 24,
             offset: None,
             watch: false,
+            input: None,
         },
     )
     .await
@@ -99,6 +102,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             rows: 24,
             offset: None,
             watch: false,
+            input: None,
         },
     )
     .await
@@ -116,6 +120,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             rows: 24,
             offset: None,
             watch: false,
+            input: None,
         },
     )
     .await
@@ -138,6 +143,7 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
             rows: 5,
             offset: Some(0),
             watch: true,
+            input: None,
         },
     )
     .await
@@ -161,6 +167,71 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
     // A watcher is not counted as attached.
     let (_c, list) = client::request(&f.socket, Op::List).await.unwrap();
     assert_eq!(list.terminals.unwrap()[0].clients, 1);
+}
+
+#[tokio::test]
+async fn input_sent_twice_is_written_once() {
+    let f = start(Duration::from_secs(60)).await;
+    let open = Op::Open {
+        cols: 80,
+        rows: 24,
+        env: BTreeMap::new(),
+        command: None,
+        input: Some("page1".into()),
+    };
+    let (mut a, resp) = client::request(&f.socket, open).await.unwrap();
+    assert_eq!(resp.input, Some(0));
+    let id = resp.terminal.unwrap();
+    let attach = || Op::Attach {
+        terminal: id,
+        cols: 80,
+        rows: 24,
+        offset: None,
+        watch: false,
+        input: Some("page1".into()),
+    };
+    // A second connection of the same stream (a reconnect while the old
+    // one still delivers): both send the same bytes at the same offsets.
+    let (mut b, resp_b) = client::request(&f.socket, attach()).await.unwrap();
+    assert_eq!(resp_b.input, Some(0));
+    let file = std::env::temp_dir().join(format!("warren-input-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let line = format!("echo once-$((20+1)) >> {}; cat {}\n", file.display(), file.display());
+    a.send(Frame::Data(Bytes::from(line.clone()))).await.unwrap();
+    b.send(Frame::Data(Bytes::from(line.clone()))).await.unwrap();
+    let out = read_until(&mut b, "once-21").await;
+    // Acknowledged (to the connection that wrote): the stream's length.
+    let mut acked = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while acked != Some(line.len() as u64) {
+        match tokio::time::timeout_at(deadline, a.next()).await {
+            Ok(Some(Ok(Frame::InputAck(n)))) => acked = Some(n),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no input ack: {other:?}"),
+        }
+    }
+    // A reconnect is told where the stream stands and goes on from there.
+    let (mut c, resp_c) = client::request(&f.socket, attach()).await.unwrap();
+    assert_eq!(resp_c.input, Some(line.len() as u64));
+    c.send(Frame::Data("echo after-$((2+2))\n".into())).await.unwrap();
+    let more = read_until(&mut c, "after-4").await;
+    let _ = (out, more);
+    let written = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(written, "once-21\n", "the line ran more than once");
+    // Another stream of the same terminal counts on its own.
+    let mut other = attach();
+    if let Op::Attach { input, .. } = &mut other {
+        *input = Some("ssh2".into());
+    }
+    let (_d, resp_d) = client::request(&f.socket, other).await.unwrap();
+    assert_eq!(resp_d.input, Some(0));
+    // A bad stream id is refused, not ignored.
+    let mut bad = attach();
+    if let Op::Attach { input, .. } = &mut bad {
+        *input = Some("no spaces".into());
+    }
+    assert!(client::request(&f.socket, bad).await.is_err());
 }
 
 #[tokio::test]
@@ -221,6 +292,7 @@ async fn hostile_clients_get_errors_and_the_server_keeps_serving() {
             rows: 24,
             env,
             command: None,
+            input: None,
         },
     )
     .await
@@ -397,6 +469,7 @@ fn attach(terminal: u32, offset: Option<u64>) -> Op {
         rows: 24,
         offset,
         watch: false,
+        input: None,
     }
 }
 

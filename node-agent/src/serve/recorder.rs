@@ -80,6 +80,7 @@ impl Recorders {
         }
         let key = (session.to_string(), terminal);
         let (tx, rx) = watch::channel(size);
+        let mine = tx.clone();
         self.sizes.insert(key.clone(), tx);
         let (me, init) = (self.clone(), init.clone());
         tokio::spawn(async move {
@@ -93,7 +94,8 @@ impl Recorders {
             if let Err(e) = end.and(r.flush(&control, &path, true).await) {
                 debug!(session = %key.0, terminal, "recording stopped: {e}");
             }
-            me.sizes.remove(&key);
+            // Only this recorder's channel (a newer one may hold the key).
+            me.sizes.remove_if(&key, |_, tx| tx.same_channel(&mine));
         });
     }
 
@@ -129,6 +131,7 @@ async fn record(
         rows: 0,
         offset: Some(from),
         watch: true,
+        input: None,
     };
     let (mut conn, _) = super::initsock::request(init, op)
         .await
@@ -224,10 +227,27 @@ impl Recording {
             let text = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
             self.event("o", &text);
         }
-        if self.buf.is_empty() {
-            return Ok(());
+        // Whole lines, at most a piece's worth at a time.
+        while !self.buf.is_empty() {
+            let mut cut = self.buf.len().min(PIECE_TARGET);
+            if cut < self.buf.len() {
+                cut = self.buf[..cut]
+                    .rfind('\n')
+                    .map_or(self.buf.len(), |i| i + 1);
+            }
+            let rest = self.buf.split_off(cut);
+            let body = std::mem::replace(&mut self.buf, rest);
+            self.send(control, path, body).await?;
         }
-        let body = std::mem::take(&mut self.buf);
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        control: &InternalClient,
+        path: &str,
+        body: String,
+    ) -> Result<(), Stop> {
         for attempt in 0..SEND_ATTEMPTS {
             let at = control.current();
             let r = at
@@ -242,7 +262,12 @@ impl Recording {
                     return Ok(());
                 }
                 Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
-                    return Err(Stop::Full);
+                    let text = r.text().await.unwrap_or_default();
+                    if text.contains("recording_full") {
+                        return Err(Stop::Full);
+                    }
+                    warn!(%path, "recording piece refused as too large: {text}");
+                    return Ok(());
                 }
                 Ok(r) if r.status().is_client_error() => {
                     warn!(%path, "recording piece refused: {}", r.status());

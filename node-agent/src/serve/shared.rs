@@ -38,6 +38,11 @@ where
         close_with(ws, closing(close::FORBIDDEN, why)).await;
         return Ok(None);
     };
+    let Some(seat) = node.and_then(|n| n.shares.seat(&grant.id)) else {
+        let why = "this share link has as many connections open as it may";
+        close_with(ws, closing(close::FORBIDDEN, why)).await;
+        return Ok(None);
+    };
     if params.exec || params.command.is_some() {
         let why = "a share link attaches to open terminals; it runs no command";
         close_with(ws, closing(close::FORBIDDEN, why)).await;
@@ -64,6 +69,7 @@ where
         rows: params.rows,
         offset: params.offset,
         watch: read_only,
+        input: params.input.clone().filter(|_| !read_only),
     };
     let (init, resp) = match crate::serve::initsock::request(init, op).await {
         Ok(x) => x,
@@ -84,6 +90,7 @@ where
         terminal: resp.terminal,
         pid: None,
         offset: resp.offset,
+        input: resp.input,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     let access = ServerMsg::Access {
@@ -109,6 +116,7 @@ where
         terminal: resp.terminal,
         opened: false,
         share: Some(grant),
+        link_seat: Some(seat),
     }))
 }
 

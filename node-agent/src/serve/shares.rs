@@ -39,12 +39,23 @@ impl Caller {
                 .filter(|v| !v.is_empty() && v.len() <= 64)
                 .map(str::to_string)
         };
+        // A link header that is there but unusable is a link that opens
+        // nothing, never "no link" (which would be the owner's shell).
+        let share = h
+            .get(SHARE_HEADER)
+            .map(|_| get(SHARE_HEADER).unwrap_or_else(|| "invalid".into()));
         Caller {
-            share: get(SHARE_HEADER),
+            share,
             name: get(VIEWER_HEADER),
         }
     }
 }
+
+/// How long the list stays good without a watch answer: past it, links
+/// are cut (a revocation control could not pass on must not go unheard).
+const STALE_AFTER: Duration = Duration::from_secs(90);
+/// Connections one share link may hold at once.
+pub const MAX_CONNECTIONS_PER_LINK: usize = 8;
 
 /// The live share links of this node's sessions.
 #[derive(Debug)]
@@ -52,13 +63,44 @@ pub struct ShareBook {
     links: Mutex<HashMap<String, Vec<ShareGrant>>>,
     /// Bumped on every change: connections re-check their link.
     changed: watch::Sender<u64>,
+    /// When control's watch last answered.
+    fresh: Mutex<Option<std::time::Instant>>,
+    /// Connections open per link.
+    open: Mutex<HashMap<String, usize>>,
+    /// When each link's join was last reported (audited at most every
+    /// [`JOIN_REPORT_EVERY`]: a reconnecting holder is not a flood of rows).
+    joins: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// A link's joins are reported to control at most this often.
+const JOIN_REPORT_EVERY: Duration = Duration::from_secs(600);
 
 impl Default for ShareBook {
     fn default() -> Self {
         Self {
             links: Mutex::default(),
             changed: watch::channel(0).0,
+            fresh: Mutex::default(),
+            open: Mutex::default(),
+            joins: Mutex::default(),
+        }
+    }
+}
+
+/// A connection counted against its link; dropping it frees the place.
+pub struct LinkSeat {
+    book: std::sync::Arc<ShareBook>,
+    id: String,
+}
+
+impl Drop for LinkSeat {
+    fn drop(&mut self) {
+        let mut open = self.book.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.id);
+            }
         }
     }
 }
@@ -74,6 +116,7 @@ impl ShareBook {
     /// Replaces every session's links with the watch's (sessions not named
     /// have none).
     pub fn replace(&self, all: HashMap<String, Vec<ShareGrant>>) {
+        *self.fresh.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if *links != all {
             *links = all;
@@ -82,8 +125,47 @@ impl ShareBook {
         }
     }
 
-    /// The live link `id` of `session`, unexpired.
+    /// A place for one more connection of link `id`; `None` at the cap.
+    pub fn seat(self: &std::sync::Arc<Self>, id: &str) -> Option<LinkSeat> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(id.to_string()).or_default();
+        if *n >= MAX_CONNECTIONS_PER_LINK {
+            return None;
+        }
+        *n += 1;
+        Some(LinkSeat {
+            book: self.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Whether a join through link `id` is to be reported now.
+    pub fn report_join(&self, id: &str) -> bool {
+        let mut joins = self.joins.lock().unwrap_or_else(|p| p.into_inner());
+        if joins.len() > 4096 {
+            joins.retain(|_, t| t.elapsed() < JOIN_REPORT_EVERY);
+        }
+        match joins.get(id) {
+            Some(t) if t.elapsed() < JOIN_REPORT_EVERY => false,
+            _ => {
+                joins.insert(id.to_string(), std::time::Instant::now());
+                true
+            }
+        }
+    }
+
+    fn stale(&self) -> bool {
+        self.fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t.elapsed() > STALE_AFTER)
+    }
+
+    /// The live link `id` of `session`, unexpired, while the list is fresh.
     pub fn get(&self, session: &str, id: &str) -> Option<ShareGrant> {
+        if self.stale() {
+            return None;
+        }
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         links
             .get(session)?
@@ -118,8 +200,10 @@ impl ShareBook {
                 return Ending::Revoked;
             };
             let left = Duration::from_millis((g.expires_at_ms - now_ms()).max(0) as u64);
+            // Looked at again at least every 10 s (the list may go stale).
             tokio::select! {
                 _ = tokio::time::sleep(left) => return Ending::Expired,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 r = rx.changed() => if r.is_err() {
                     return std::future::pending().await;
                 },
@@ -138,7 +222,7 @@ pub enum Ending {
 impl Ending {
     pub fn reason(self) -> &'static str {
         match self {
-            Ending::Revoked => "this share link was revoked",
+            Ending::Revoked => "this share link was revoked (or cannot be checked now)",
             Ending::Expired => "this share link expired",
         }
     }

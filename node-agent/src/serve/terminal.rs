@@ -171,6 +171,8 @@ pub(super) struct Attached {
     pub(super) opened: bool,
     /// The share link it came through.
     pub(super) share: Option<ShareGrant>,
+    /// Its place among the link's connections (held while it lasts).
+    pub(super) link_seat: Option<super::shares::LinkSeat>,
 }
 
 /// Opens, re-attaches or execs what the client asked for at the session's
@@ -195,6 +197,7 @@ where
         rows: params.rows,
         env: params.env.clone(),
         command: params.command.as_ref().map(sh),
+        input: params.input.clone(),
     };
     let exec = params.exec;
     let op = match (&params.command, params.terminal) {
@@ -217,6 +220,7 @@ where
             rows: params.rows,
             offset: params.offset,
             watch: false,
+            input: params.input.clone(),
         },
         _ => open.clone(),
     };
@@ -259,6 +263,7 @@ where
         terminal: resp.terminal,
         pid: resp.pid,
         offset,
+        input: resp.input,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     let opened = !matches!(op_kind, OpKind::Attach) || replaced;
@@ -287,6 +292,7 @@ where
         terminal: (!exec).then_some(resp.terminal).flatten(),
         opened: opened && !exec,
         share: None,
+        link_seat: None,
     }))
 }
 
@@ -316,6 +322,7 @@ where
         offset,
         terminal,
         share,
+        link_seat: _link_seat,
         ..
     } = attached;
     let read_only = share.as_ref().is_some_and(|g| g.mode == ShareMode::Read);
@@ -457,9 +464,11 @@ where
                 }
             } => match frame {
                 Some(Ok(Frame::Data(b))) if exec => {
+                    touch();
                     ws.send(Message::Binary(tagged(stream_byte::STDOUT, &b))).await?;
                 }
                 Some(Ok(Frame::Stderr(b))) if exec => {
+                    touch();
                     ws.send(Message::Binary(tagged(stream_byte::STDERR, &b))).await?;
                 }
                 Some(Ok(Frame::Data(b))) => {
@@ -486,6 +495,10 @@ where
                         }
                     }
                     ws.flush().await?;
+                }
+                Some(Ok(Frame::InputAck(n))) => {
+                    let ack = ServerMsg::InputAck { offset: n };
+                    ws.send(Message::Text(ack.to_text().into())).await?;
                 }
                 Some(Ok(Frame::Skip(to))) => {
                     // This client fell further behind than init keeps.

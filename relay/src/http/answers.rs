@@ -197,23 +197,8 @@ pub async fn answer(session: &mut Session, a: Answer) -> pingora::Result<bool> {
 
 /// One of the terminal page's embedded files.
 pub async fn asset(session: &mut Session, name: &str) -> pingora::Result<bool> {
-    // The pages run only their own files and are never framed (the
-    // dashboard holds an API key; the terminal takes keystrokes).
-    let page_headers = [
-        (
-            "content-security-policy",
-            "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'".to_string(),
-        ),
-        ("x-frame-options", "DENY".to_string()),
-        ("referrer-policy", "no-referrer".to_string()),
-    ];
-    let headers: &[(&str, String)] = if name.ends_with(".html") {
-        &page_headers
-    } else {
-        &[]
-    };
     match crate::assets::get(name) {
-        Some((ctype, bytes)) => send(session, 200, headers, ctype, Bytes::from_static(bytes)).await,
+        Some((ctype, bytes)) => send(session, 200, &[], ctype, Bytes::from_static(bytes)).await,
         None => {
             answer(
                 session,

@@ -18,7 +18,9 @@ use crate::pages::Answer;
 
 /// The page renews its token here (POST, from its own origin).
 pub const REFRESH_PATH: &str = "/_warren/refresh";
-use warren_proto::sandbox::{API_PREFIX, EXEC_PATH, FILES_PATH, SNAPSHOT_PATH};
+use warren_proto::sandbox::{
+    API_PREFIX, EXEC_PATH, FILES_PATH, SNAPSHOT_PATH, UPLOAD_DIR, UPLOAD_PATH, check_upload_name,
+};
 pub use warren_proto::terminal::PATH as TERMINAL_PATH;
 /// The terminal page's embedded files.
 pub const ASSET_PREFIX: &str = "/_warren/assets/";
@@ -153,6 +155,13 @@ pub enum Action {
     },
     /// Proxy to the control plane.
     Control(SocketAddr),
+    /// The page's upload: once a terminal token (not a share link's) is
+    /// checked, a files `PUT` of `path` on an API stream.
+    Upload {
+        session: String,
+        tokens: Vec<String>,
+        path: String,
+    },
 }
 
 /// The route's metrics label and what to do.
@@ -358,6 +367,9 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
         return Decision::new("refresh", Action::Refresh { session });
     }
     let (cred, tokens) = credentials(f);
+    if f.path == UPLOAD_PATH {
+        return upload(f, session, cred, tokens, own_origin);
+    }
     if f.path.starts_with(API_PREFIX) {
         // Exec and files: a page, a link or a cookie never reaches them,
         // so no other site can drive them through a signed-in browser.
@@ -450,6 +462,47 @@ fn terminal(f: &Facts, p: &Policy, session: String) -> Decision {
             session,
             tokens,
             index,
+        },
+    )
+}
+
+/// The page's drag-and-drop upload: `PUT` with the page's credential;
+/// with a cookie, from the page's own origin only (a `PUT` from elsewhere
+/// would need a CORS grant no Warren host gives).
+fn upload(f: &Facts, session: String, cred: Cred, tokens: Vec<String>, own: bool) -> Decision {
+    let refuse = |status, code, text: String| {
+        Decision::answer("upload", Answer::new(status, code, "Upload refused", text))
+    };
+    if f.method != Method::PUT {
+        return refuse(
+            405,
+            "method_not_allowed",
+            "Uploads are PUT requests.".into(),
+        );
+    }
+    if cred == Cred::Query {
+        return refuse(
+            401,
+            "unauthorized",
+            "Uploads take the page's cookie or a Bearer token.".into(),
+        );
+    }
+    if let Some(a) = cross_site(f, cred, own, false) {
+        return Decision::answer("upload", a);
+    }
+    let name = url::form_urlencoded::parse(f.query.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if let Err(e) = check_upload_name(&name) {
+        return refuse(400, "bad_request", e);
+    }
+    Decision::new(
+        "upload",
+        Action::Upload {
+            session,
+            tokens,
+            path: format!("{UPLOAD_DIR}/{name}"),
         },
     )
 }

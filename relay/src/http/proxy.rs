@@ -132,6 +132,8 @@ pub const VIEWER_HEADER: &str = "x-warren-viewer";
 pub struct Ctx {
     /// A share link's holder (terminal streams).
     share: Option<ShareAccess>,
+    /// The page's upload: the file's path in the session.
+    upload: Option<String>,
     route: &'static str,
     /// A preview: upstream `Set-Cookie` is filtered.
     preview: bool,
@@ -164,6 +166,15 @@ impl RelayProxy {
             )
         {
             grant = self.access.check_any(tokens, session, Scope::View).await;
+            // Only a share link watches (it can be revoked): a view token
+            // without one opens nothing.
+            if let Ok(g) = &grant
+                && g.claims.share.is_none()
+            {
+                grant = Err(Denial::Token(crate::auth::AuthError::MissingScope(
+                    Scope::Terminal,
+                )));
+            }
         }
         Access::reachable(grant, |node| self.registry.is_connected(node))
     }
@@ -238,6 +249,36 @@ impl RelayProxy {
                     Refusal::Status => answer(session, denial_answer(&d)).await,
                 },
             },
+            Action::Upload {
+                session: sid,
+                tokens,
+                path,
+            } => match self.authorize(&tokens, &sid, Scope::Terminal).await {
+                // Someone who can type may drop a file in; a share link's
+                // holder (even one that types) may not.
+                Ok(grant)
+                    if grant.claims.has_scope(Scope::Terminal) && grant.claims.share.is_none() =>
+                {
+                    session.set_read_timeout(None);
+                    ctx.upload = Some(path);
+                    ctx.upstream = Some(Upstream::Tunnel {
+                        node: grant.route.node,
+                        kind: StreamKind::Api,
+                        session: sid,
+                    });
+                    Ok(false)
+                }
+                Ok(_) => {
+                    let a = Answer::new(
+                        403,
+                        "forbidden",
+                        "Upload refused",
+                        "Share links cannot upload files.",
+                    );
+                    answer(session, a).await
+                }
+                Err(d) => answer(session, denial_answer(&d)).await,
+            },
             Action::Control(addr) => {
                 // API keys are control's to check: the header goes on.
                 ctx.strip_authorization = false;
@@ -255,6 +296,7 @@ impl ProxyHttp for RelayProxy {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             share: None,
+            upload: None,
             route: "none",
             preview: false,
             upstream: None,
@@ -376,9 +418,17 @@ impl ProxyHttp for RelayProxy {
         // never our token.
         {
             let path = req.uri.path().to_string();
-            let uri = match strip_token(req.uri.query()) {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
+            let uri = match (&ctx.upload, strip_token(req.uri.query())) {
+                // The page's upload is the files API's PUT of its path.
+                (Some(file), _) => format!(
+                    "{}?{}",
+                    warren_proto::sandbox::FILES_PATH,
+                    url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("path", file)
+                        .finish()
+                ),
+                (None, Some(q)) => format!("{path}?{q}"),
+                (None, None) => path,
             };
             match uri.parse() {
                 Ok(u) => req.set_uri(u),

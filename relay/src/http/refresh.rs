@@ -157,10 +157,19 @@ impl RelayProxy {
         };
         let req = session.req_header();
         let location = local_location(req.uri.path(), strip_token(req.uri.query()));
-        let mut headers = vec![
-            ("location", location),
-            ("set-cookie", token_cookie(token, claims.exp, tls)),
-        ];
+        // A share link never replaces the owner's own sign-in in this
+        // browser (someone could send the owner there to demote the page).
+        let owner_signed_in = claims.share.is_some() && {
+            let mine = all_cookie_tokens(req, super::cookies::token_cookie_name(tls));
+            matches!(
+                self.access.check_any(&mine, sid, Scope::Terminal).await,
+                Ok(g) if g.claims.share.is_none()
+            )
+        };
+        let mut headers = vec![("location", location)];
+        if !owner_signed_in {
+            headers.push(("set-cookie", token_cookie(token, claims.exp, tls)));
+        }
         // The terminal page gets a refresh grant too, so the tab outlives
         // its token (for the session's lifetime).
         // Never for a share link: its token ends with the link.

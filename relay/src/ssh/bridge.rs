@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
+use warren_proto::input::{InputStream, MAX_PENDING};
 use warren_proto::terminal::{self, ClientMsg, Cursor, ServerMsg, TerminalQuery, stream_byte};
 use warren_tunnel::TunnelStream;
 use warren_tunnel::proto::{ReplyCode, StreamHeader, StreamKind};
@@ -95,6 +96,17 @@ enum Run {
     Shell,
     Command(String),
     Sftp,
+    /// `attach N`: join terminal N (one the browser or another client has
+    /// open), resuming at its recent output, instead of a new shell.
+    Attach(u32),
+}
+
+/// `attach N` as the whole command: the terminal number.
+fn attach_command(c: &str) -> Option<u32> {
+    let n = c.trim().strip_prefix("attach ")?.trim();
+    (!n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 #[derive(Default)]
@@ -188,7 +200,11 @@ async fn channel_request(
                 if !ok {
                     continue;
                 }
-                break Run::Command(String::from_utf8_lossy(&command).into_owned());
+                let command = String::from_utf8_lossy(&command).into_owned();
+                break match attach_command(&command) {
+                    Some(n) => Run::Attach(n),
+                    None => Run::Command(command),
+                };
             }
             Some(ChannelMsg::RequestSubsystem { want_reply, name }) => {
                 let ok = name == "sftp";
@@ -263,11 +279,27 @@ pub(super) async fn session_channel(
     // lost to a node or relay hiccup resumes exactly (PTY channels only:
     // an exec's pipes do not outlive their stream).
     let mut cursor = Cursor::default();
+    // What was typed and not yet acknowledged, sent again after a resume
+    // (PTY channels; the terminal writes each byte once).
+    let mut input = (!exec).then(|| {
+        let id = format!("ssh{:029x}", rand::random::<u128>() >> 12);
+        query.input = Some(id.clone());
+        InputStream::new(id)
+    });
     loop {
         let mut lost: Option<String> = None;
+        // While the terminal has this much unacknowledged, the channel is not
+        // read (SSH flow control holds the client back).
+        let room = input.as_ref().is_none_or(|i| i.pending() < MAX_PENDING);
         tokio::select! {
-            m = rx.wait() => match m {
+            m = rx.wait(), if room => match m {
                 Some(ChannelMsg::Data { data }) => {
+                    if let Some(i) = input.as_mut()
+                        && i.push(&data).is_err()
+                    {
+                        // Over the bound in one message: sent untracked.
+                        i.ack(u64::MAX);
+                    }
                     let frame = if exec {
                         let mut v = Vec::with_capacity(data.len() + 1);
                         v.push(stream_byte::STDIN);
@@ -318,6 +350,21 @@ pub(super) async fn session_channel(
                             break;
                         }
                         cursor.on_message(&hello);
+                        // Send again what the terminal has not written.
+                        if let (Some(i), ServerMsg::Hello { input: written, .. }) = (input.as_mut(), &hello) {
+                            let again = match written {
+                                Some(w) => i.resend(*w),
+                                None => i.resend(u64::MAX),
+                            };
+                            if !again.is_empty() && ws.send(Message::Binary(again.into())).await.is_err() {
+                                lost = Some("the connection to the session was lost".into());
+                            }
+                        }
+                    }
+                    ServerMsg::InputAck { offset } => {
+                        if let Some(i) = input.as_mut() {
+                            i.ack(offset);
+                        }
                     }
                     ServerMsg::Gap { from, to } => {
                         cursor.on_message(&ServerMsg::Gap { from, to });
@@ -455,6 +502,10 @@ fn terminal_query(
 ) -> (TerminalQuery, bool) {
     let mut q = TerminalQuery::default();
     let (command, exec) = match (run, pty) {
+        (Run::Attach(n), _) => {
+            q.terminal = Some(*n);
+            (None, false)
+        }
         (Run::Sftp, _) => (Some(SFTP_COMMAND), true),
         (Run::Shell, None) => (Some(PLAIN_SHELL), true),
         (Run::Command(c), None) => (Some(c.as_str()), true),
@@ -482,6 +533,18 @@ fn terminal_query(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_is_the_whole_command() {
+        assert_eq!(attach_command("attach 3"), Some(3));
+        assert_eq!(attach_command(" attach  12 "), Some(12));
+        assert_eq!(attach_command("attach"), None);
+        assert_eq!(attach_command("attach 1; rm -rf /"), None);
+        assert_eq!(attach_command("attach 99999999999"), None);
+        assert_eq!(attach_command("echo attach 1"), None);
+        let (q, exec) = terminal_query(&Run::Attach(4), None, &BTreeMap::new());
+        assert_eq!((q.terminal, q.command, exec), (Some(4), None, false));
+    }
 
     #[test]
     fn sizes_are_bounded() {

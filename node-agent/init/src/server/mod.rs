@@ -31,6 +31,7 @@ use crate::reaper::Reaper;
 
 mod exec;
 mod files;
+mod input;
 mod spawn;
 mod terminal;
 
@@ -49,7 +50,9 @@ pub const MAX_TERMINALS: usize = 256;
 /// How long a detached shell lives once most of [`MAX_TERMINALS`] is used.
 const PRESSURE_DETACHED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clients connected to the socket at once.
-const MAX_CLIENTS: usize = 256;
+// Room for a recorder on every terminal beside the people and API calls
+// (the agent also caps connections per share link).
+const MAX_CLIENTS: usize = 2 * MAX_TERMINALS + 128;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Options {
@@ -185,7 +188,7 @@ impl Server {
             )
             .await;
         }
-        let (term, cols, rows, offset, watch) = match op {
+        let (term, cols, rows, offset, watch, input) = match op {
             Op::List => {
                 let list = self
                     .terminals()
@@ -208,8 +211,9 @@ impl Server {
                 rows,
                 env,
                 command,
+                input,
             } => match self.open(cols, rows, &env, command) {
-                Ok(t) => (t, cols, rows, Some(0), false),
+                Ok(t) => (t, cols, rows, Some(0), false, input),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
             Op::Exec {
@@ -232,20 +236,30 @@ impl Server {
                 rows,
                 offset,
                 watch,
+                input,
             } => match self.find(terminal) {
-                Some(t) => (t, cols, rows, offset, watch),
+                Some(t) => (t, cols, rows, offset, watch, input),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
                     return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
                 }
             },
         };
+        // A watcher types nothing, so it has no input stream.
+        let input = input.filter(|_| !watch);
+        if input
+            .as_deref()
+            .is_some_and(|id| !input::valid_stream_id(id))
+        {
+            let msg = "input: 1 to 64 of A-Z a-z 0-9 _ -";
+            return reply(&mut framed, Response::error(ErrorCode::BadFrame, msg)).await;
+        }
         // A watcher never changes the size the people typing see.
         if !watch {
             let (cols, rows) = proto::clamp_size(cols, rows);
             let _ = pty::resize(term.master.get_ref(), cols, rows);
         }
-        self.attached(framed, term, offset, watch).await
+        self.attached(framed, term, offset, watch, input).await
     }
 
     /// Hangs up shells nobody has been attached to for the detached timeout.

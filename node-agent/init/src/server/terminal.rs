@@ -26,6 +26,8 @@ pub(super) struct Terminal {
     /// Signalled on new output and on the exit.
     pub(super) wake: watch::Sender<()>,
     pub(super) replay_cap: usize,
+    /// What was written of each client's input stream.
+    pub(super) inputs: super::input::Inputs,
 }
 
 /// What a client can send next.
@@ -210,6 +212,7 @@ impl Server {
                 detached_since: Some(Instant::now()),
                 hup_sent: None,
             }),
+            inputs: Default::default(),
         });
         self.terminals().insert(id, term.clone());
         tokio::spawn(self.clone().pump(term.clone(), exit_rx));
@@ -281,18 +284,23 @@ impl Server {
         term: Arc<Terminal>,
         offset: Option<u64>,
         watch: bool,
+        input: Option<String>,
     ) -> io::Result<()> {
         let mut wake = term.wake.subscribe();
         if !watch {
             term.attach_client();
         }
         let first = term.attach_at(offset);
+        // This connection's input starts where the stream's written part ends.
+        let mut input_pos = input.as_deref().map(|id| term.inputs.written(id));
+        let (ack_tx, mut ack_rx) = watch::channel(input_pos.unwrap_or(0));
         let resp = Response {
             ok: true,
             terminal: Some(term.id),
             pid: Some(term.pid),
             offset: Some(first),
             end: Some(term.lock().end),
+            input: input_pos,
             ..Default::default()
         };
         let (mut sink, mut stream) = framed.split();
@@ -306,7 +314,15 @@ impl Server {
                 term.redraw();
             }
             let mut pos = first;
+            let mut ack_due = false;
             loop {
+                if ack_due || ack_rx.has_changed().unwrap_or(false) {
+                    ack_due = false;
+                    let a = *ack_rx.borrow_and_update();
+                    sink.send(Frame::InputAck(a))
+                        .await
+                        .map_err(io::Error::other)?;
+                }
                 // Marks the wake seen before reading, so output pushed
                 // after this read wakes the wait below.
                 wake.borrow_and_update();
@@ -331,8 +347,12 @@ impl Server {
                         .map_err(io::Error::other)?;
                     return Ok(());
                 }
-                if wake.changed().await.is_err() {
-                    return Ok(());
+                tokio::select! {
+                    r = wake.changed() => if r.is_err() {
+                        return Ok(());
+                    },
+                    // (`changed` marks it seen: acknowledged at the loop's top.)
+                    r = ack_rx.changed() => ack_due = r.is_ok(),
                 }
             }
         };
@@ -343,9 +363,16 @@ impl Server {
                     // is on its way to this client, so keep going.
                     // A watcher's input and resizes go nowhere.
                     Ok(Frame::Data(_) | Frame::Resize { .. }) if watch => {}
-                    Ok(Frame::Data(b)) => {
-                        let _ = term.write_all(&b).await;
-                    }
+                    Ok(Frame::Data(b)) => match (&input, input_pos.as_mut()) {
+                        (Some(id), Some(pos)) => {
+                            if let Ok(done) = term.inputs.write(&term, id, pos, &b).await {
+                                ack_tx.send_replace(done);
+                            }
+                        }
+                        _ => {
+                            let _ = term.write_all(&b).await;
+                        }
+                    },
                     Ok(Frame::Resize { cols, rows }) => {
                         let (c, r) = proto::clamp_size(cols, rows);
                         let _ = pty::resize(term.master.get_ref(), c, r);

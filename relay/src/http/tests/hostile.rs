@@ -540,3 +540,76 @@ fn the_sandbox_api_takes_a_bearer_token_of_its_scope() {
     }
     table("the sandbox API", cases);
 }
+
+#[test]
+fn the_page_upload_comes_from_the_page() {
+    let host = format!("{S}.{DOMAIN}");
+    let me = origin(&host);
+    let other = origin(&format!("{OTHER}.{DOMAIN}"));
+    let preview = origin(&format!("8080-{S}.{DOMAIN}"));
+    let cookie = ("cookie", "__Host-warren_token=good");
+    let put = |q: &str| req(&host, "PUT", &format!("/_warren/upload?{q}"));
+    table(
+        "upload",
+        vec![
+            (
+                "the page's own PUT".into(),
+                put("name=a.txt").with_all(&[cookie, ("origin", &me)]),
+                Seen::Upload,
+            ),
+            (
+                "a Bearer token".into(),
+                put("name=a.txt").with("authorization", "Bearer good"),
+                Seen::Upload,
+            ),
+            (
+                "another session's page".into(),
+                put("name=a.txt").with_all(&[cookie, ("origin", &other)]),
+                Status(403),
+            ),
+            (
+                "the session's own preview".into(),
+                put("name=a.txt").with_all(&[cookie, ("origin", &preview)]),
+                Status(403),
+            ),
+            (
+                "a token in the URL".into(),
+                put("name=a.txt&token=good"),
+                Status(401),
+            ),
+            (
+                "no credential".into(),
+                put("name=a.txt").with("origin", &me),
+                Status(401),
+            ),
+            (
+                "GET".into(),
+                req(&host, "GET", "/_warren/upload?name=a").with_all(&[cookie, ("origin", &me)]),
+                Status(405),
+            ),
+            (
+                "a path, not a name".into(),
+                put("name=..%2Fetc%2Fpasswd").with_all(&[cookie, ("origin", &me)]),
+                Status(400),
+            ),
+            (
+                "dot-dot".into(),
+                put("name=..").with_all(&[cookie, ("origin", &me)]),
+                Status(400),
+            ),
+            (
+                "no name".into(),
+                put("").with_all(&[cookie, ("origin", &me)]),
+                Status(400),
+            ),
+            (
+                "a preview-only token".into(),
+                put("name=a").with("authorization", "Bearer preview-only"),
+                Status(403),
+            ),
+        ]
+        .into_iter()
+        .map(|(n, r, w): (String, Req, Seen)| (n, r, w))
+        .collect(),
+    );
+}

@@ -37,6 +37,8 @@ enum Seen {
     Proxied(StreamKind),
     Control,
     Asset,
+    /// The page's upload, its token accepted.
+    Upload,
     /// The `?token=` exchange: 303 with the cookie.
     Exchanged,
     Refresh,
@@ -195,6 +197,9 @@ impl Req {
             Action::Asset(_) => Seen::Asset,
             Action::Refresh { .. } => Seen::Refresh,
             Action::Control(_) => Seen::Control,
+            Action::Upload {
+                session, tokens, ..
+            } => access(&tokens, &session, Scope::Terminal).map_or_else(refused, |_| Seen::Upload),
             Action::Exchange {
                 session,
                 token,
