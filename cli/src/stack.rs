@@ -34,6 +34,8 @@ pub struct StackOptions {
     pub session_memory_mb: u64,
     /// Lets the agent run host-root (Docker-in-Docker) sessions.
     pub allow_host_root_sessions: bool,
+    /// Record every terminal (control's `sessions.record_terminals`).
+    pub record_terminals: bool,
 }
 
 impl StackOptions {
@@ -67,6 +69,7 @@ impl StackOptions {
             labels,
             session_memory_mb,
             allow_host_root_sessions: false,
+            record_terminals: true,
         }
     }
 }
@@ -165,6 +168,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
             // One machine, its free space shared by every local session:
             // 1 GiB each unless asked (control counts it against the node).
             disk_mb: 1024,
+            record_terminals: o.record_terminals,
             ..Default::default()
         },
         tls: None,

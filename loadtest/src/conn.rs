@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use warren_proto::input::InputStream;
 use warren_proto::terminal::{Cursor, PATH, ServerMsg, TerminalQuery};
 
 /// One terminal: bytes in, bytes out.
@@ -72,8 +73,8 @@ type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 pub type OnDrop = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// How long a terminal whose socket broke tries to resume before the drop
-/// counts as a failure.
-const RESUME_WINDOW: Duration = Duration::from_secs(5);
+/// counts as a failure: as long as a page keeps trying, about a minute.
+const RESUME_WINDOW: Duration = Duration::from_secs(60);
 
 /// A terminal over the relay's WebSocket. When the socket breaks before the
 /// shell ended it reconnects with `terminal=N&offset=K`, as the page does,
@@ -89,6 +90,9 @@ pub struct WsTerm {
     cursor: Cursor,
     exited: bool,
     on_drop: Option<OnDrop>,
+    /// Keystrokes kept until the terminal acknowledges them, sent again
+    /// after a resume from where the terminal stands (exactly once).
+    input: InputStream,
 }
 
 /// Opens the session's terminal through the relay, running `command` if
@@ -100,8 +104,10 @@ pub async fn open_ws(
     command: Option<&str>,
     on_drop: Option<OnDrop>,
 ) -> anyhow::Result<Box<dyn Term>> {
+    let input = InputStream::new(format!("lt{:030x}", rand::random::<u128>() >> 8));
     let query = TerminalQuery {
         command: command.map(str::to_string),
+        input: Some(input.id.clone()),
         ..Default::default()
     };
     let ws = connect(relay, session, token, &query).await?;
@@ -114,6 +120,7 @@ pub async fn open_ws(
         cursor: Cursor::default(),
         exited: false,
         on_drop,
+        input,
     }))
 }
 
@@ -189,8 +196,10 @@ impl WsTerm {
         while tokio::time::Instant::now() < deadline {
             if let Ok(ws) = connect(&self.relay, &self.session, &self.token, &self.query).await {
                 self.ws = ws;
-                resumed = true;
-                break;
+                if self.send_again().await {
+                    resumed = true;
+                    break;
+                }
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
@@ -202,20 +211,55 @@ impl WsTerm {
     }
 }
 
+impl WsTerm {
+    /// After a reconnect: reads the hello and sends again what the terminal
+    /// has not written of this stream. `false` if the socket failed first.
+    async fn send_again(&mut self) -> bool {
+        let hello = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let m = ServerMsg::parse(&t);
+                        if matches!(m, ServerMsg::Hello { .. }) {
+                            return Some(m);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+        })
+        .await;
+        let Ok(Some(hello)) = hello else { return false };
+        self.cursor.on_message(&hello);
+        let written = match hello {
+            ServerMsg::Hello { input, .. } => input.unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
+        let again = self.input.resend(written);
+        again.is_empty()
+            || self
+                .ws
+                .send(Message::Binary(Bytes::from(again)))
+                .await
+                .is_ok()
+    }
+}
+
 #[async_trait]
 impl Term for WsTerm {
     async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.input
+            .push(data)
+            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
         let msg = Message::Binary(Bytes::copy_from_slice(data));
-        if self.ws.send(msg.clone()).await.is_ok() {
+        if self.ws.send(msg).await.is_ok() {
             return Ok(());
         }
-        // Keystrokes go to the resumed terminal rather than being lost.
+        // Kept keystrokes go to the resumed terminal (from where it stands)
+        // rather than being lost or typed twice.
         if self.resume().await {
-            return self
-                .ws
-                .send(msg)
-                .await
-                .map_err(|e| anyhow::anyhow!("websocket: {e}"));
+            return Ok(());
         }
         bail!("websocket: the connection was lost")
     }
@@ -236,6 +280,9 @@ impl Term for WsTerm {
                     }
                     if matches!(m, ServerMsg::Exit { .. }) {
                         self.exited = true;
+                    }
+                    if let ServerMsg::InputAck { offset } = m {
+                        self.input.ack(offset);
                     }
                     self.cursor.on_message(&m);
                 }

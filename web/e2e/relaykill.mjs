@@ -9,10 +9,15 @@
 //    resumes.
 // Every line is shown exactly once, and the shell that prints its PID
 // afterwards is the one that printed it before.
+// With `typing` as the sixth argument, a step 0 first: text typed at about
+// 25 keys a second into `cat > file` while the relay is killed (one more
+// kill) reaches the file exactly: nothing lost, nothing twice.
 // Prints JSON {ok, text} and exits non-zero on failure.
 import { launch } from "./browser.mjs";
 
-const [url, killUrl, expiresAt, shot, once] = process.argv.slice(2);
+import { createHash } from "node:crypto";
+
+const [url, killUrl, expiresAt, shot, once, typing] = process.argv.slice(2);
 if (!url || !killUrl || !expiresAt || !shot) {
   console.error("usage: node e2e/relaykill.mjs URL KILL_URL TOKEN_EXPIRES_AT SCREENSHOT.png");
   process.exit(2);
@@ -69,6 +74,40 @@ try {
   };
 
   await page.click("#term");
+  if (typing === "typing") {
+    // 0. Typing through a crash: every key reaches the file once.
+    await page.keyboard.type("cat > /tmp/typed");
+    await page.keyboard.press("Enter");
+    const words = Array.from({ length: 48 }, (_, i) => `w${i}-${(i * 7919) % 1000}`);
+    let typed = "";
+    const typeAll = (async () => {
+      for (let i = 0; i < words.length; i++) {
+        const chunk = words[i] + (i % 6 === 5 ? "\n" : " ");
+        await page.keyboard.type(chunk, { delay: 40 });
+        typed += chunk;
+      }
+    })();
+    await page.waitForTimeout(1500);
+    await kill();
+    await typeAll;
+    if (!typed.endsWith("\n")) { await page.keyboard.press("Enter"); typed += "\n"; }
+    await waitStatus("connected", 30000);
+    await page.keyboard.press("Control+D");
+    const want = createHash("sha256").update(typed).digest("hex");
+    await page.keyboard.type("sha256sum /tmp/typed; wc -c < /tmp/typed; echo sum-$((1+1))");
+    await page.keyboard.press("Enter");
+    await waitLine(/^sum-2$/m, 30000, "the file's checksum");
+    if (!text.includes(want)) {
+      await page.keyboard.type("cat /tmp/typed; echo cat-$((1+1))");
+      await page.keyboard.press("Enter");
+      await waitLine(/^cat-2$/m, 20000, "the file");
+      fail(`the file is not what was typed (${typed.length} bytes, sha256 ${want}); screen:\n${text}`);
+    }
+    text = "";
+    await page.keyboard.type("clear");
+    await page.keyboard.press("Enter");
+    await page.evaluate(() => { window.__states = []; });
+  }
   const before = await pid();
   await page.keyboard.type(`for i in $(seq 1 ${LINES}); do echo N$i-$((i*0)); sleep 0.25; done; echo end-$((2*4))`);
   await page.keyboard.press("Enter");

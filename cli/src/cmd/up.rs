@@ -132,6 +132,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         labels: BTreeMap::new(),
         session_memory_mb: 1024,
         allow_host_root_sessions: !isolated,
+        record_terminals: true,
     })
     .await?;
     let profile = stack.agent.runtime().security();

@@ -196,9 +196,17 @@ async fn input_sent_twice_is_written_once() {
     assert_eq!(resp_b.input, Some(0));
     let file = std::env::temp_dir().join(format!("warren-input-{}", std::process::id()));
     let _ = std::fs::remove_file(&file);
-    let line = format!("echo once-$((20+1)) >> {}; cat {}\n", file.display(), file.display());
-    a.send(Frame::Data(Bytes::from(line.clone()))).await.unwrap();
-    b.send(Frame::Data(Bytes::from(line.clone()))).await.unwrap();
+    let line = format!(
+        "echo once-$((20+1)) >> {}; cat {}\n",
+        file.display(),
+        file.display()
+    );
+    a.send(Frame::Data(Bytes::from(line.clone())))
+        .await
+        .unwrap();
+    b.send(Frame::Data(Bytes::from(line.clone())))
+        .await
+        .unwrap();
     let out = read_until(&mut b, "once-21").await;
     // Acknowledged (to the connection that wrote): the stream's length.
     let mut acked = None;
@@ -213,7 +221,9 @@ async fn input_sent_twice_is_written_once() {
     // A reconnect is told where the stream stands and goes on from there.
     let (mut c, resp_c) = client::request(&f.socket, attach()).await.unwrap();
     assert_eq!(resp_c.input, Some(line.len() as u64));
-    c.send(Frame::Data("echo after-$((2+2))\n".into())).await.unwrap();
+    c.send(Frame::Data("echo after-$((2+2))\n".into()))
+        .await
+        .unwrap();
     let more = read_until(&mut c, "after-4").await;
     let _ = (out, more);
     let written = std::fs::read_to_string(&file).unwrap();
