@@ -28,6 +28,7 @@ CREATE TABLE recordings (
     truncated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, terminal)
 );
+CREATE INDEX recordings_tenant ON recordings (tenant_id);
 CREATE TABLE recording_chunks (
     session_id TEXT NOT NULL,
     terminal BIGINT NOT NULL,

@@ -93,6 +93,8 @@ pub struct WsTerm {
     /// Keystrokes kept until the terminal acknowledges them, sent again
     /// after a resume from where the terminal stands (exactly once).
     input: InputStream,
+    /// Off for a terminal that keeps no input streams (an older init).
+    tracked: bool,
 }
 
 /// Opens the session's terminal through the relay, running `command` if
@@ -121,6 +123,7 @@ pub async fn open_ws(
         exited: false,
         on_drop,
         input,
+        tracked: true,
     }))
 }
 
@@ -233,10 +236,11 @@ impl WsTerm {
         let Ok(Some(hello)) = hello else { return false };
         self.cursor.on_message(&hello);
         let written = match hello {
-            ServerMsg::Hello { input, .. } => input.unwrap_or(u64::MAX),
-            _ => u64::MAX,
+            ServerMsg::Hello { input, .. } => input,
+            _ => None,
         };
-        let again = self.input.resend(written);
+        self.tracked = written.is_some();
+        let again = self.input.resend(written.unwrap_or(u64::MAX));
         again.is_empty()
             || self
                 .ws
@@ -249,9 +253,11 @@ impl WsTerm {
 #[async_trait]
 impl Term for WsTerm {
     async fn send(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        self.input
-            .push(data)
-            .map_err(|e| anyhow::anyhow!("input: {e}"))?;
+        if self.tracked {
+            self.input
+                .push(data)
+                .map_err(|e| anyhow::anyhow!("input: {e}"))?;
+        }
         let msg = Message::Binary(Bytes::copy_from_slice(data));
         if self.ws.send(msg).await.is_ok() {
             return Ok(());
@@ -283,6 +289,9 @@ impl Term for WsTerm {
                     }
                     if let ServerMsg::InputAck { offset } = m {
                         self.input.ack(offset);
+                    }
+                    if let ServerMsg::Hello { input, .. } = m {
+                        self.tracked = input.is_some();
                     }
                     self.cursor.on_message(&m);
                 }

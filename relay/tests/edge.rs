@@ -318,8 +318,12 @@ async fn auth_cases_never_reach_the_agent() {
         )
         .await;
     assert_eq!(r.status, 421);
-    // The bare domain has no session: a 404 that says what to do.
-    let r = st.request(DOMAIN, "GET", "/", &[json]).await;
+    // The bare domain is the dashboard; any other path there is a 404 that
+    // says what to do.
+    let r = st.request(DOMAIN, "GET", "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Sign in"), "{}", r.body);
+    let r = st.request(DOMAIN, "GET", "/elsewhere", &[json]).await;
     assert_eq!(r.status, 404);
     assert!(r.body.contains("session link"), "{}", r.body);
 

@@ -76,6 +76,9 @@ let readOnly = false;
 const MAX_PENDING = 256 * 1024;
 const newInputId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
 let inputId = newInputId(), inputBase = 0, pending = [], pendingLen = 0, attached = false;
+// Off for a terminal that keeps no input streams (an older init): keys are
+// then sent as typed, as before, and not kept.
+let tracked = true;
 function showPending() {
   const el = $("pending");
   el.hidden = pendingLen === 0 || attached;
@@ -84,6 +87,10 @@ function showPending() {
 function typed(bytes) {
   if (readOnly) return;
   lastKeyAt = Date.now();
+  if (!tracked) {
+    if (attached && ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
+    return;
+  }
   if (pendingLen + bytes.length > MAX_PENDING) {
     showBanner("Too much typed while disconnected: these keys were not kept.", true);
     return;
@@ -257,8 +264,12 @@ function connect() {
       terminalId = msg.terminal ?? null;
       // Send again what the terminal has not written yet (a server without
       // input streams cannot say: then nothing is sent twice).
-      if (msg.input === undefined || msg.input === null) { pending = []; pendingLen = 0; }
+      tracked = msg.input !== undefined && msg.input !== null;
+      if (!tracked) { pending = []; pendingLen = 0; }
       else {
+        // A terminal that counts less than was acknowledged forgot the
+        // stream: what is kept counts from its number.
+        if (msg.input < inputBase) inputBase = msg.input;
         ackInput(msg.input);
         for (const c of pending) sock.send(c);
       }

@@ -231,8 +231,10 @@ impl Recording {
         while !self.buf.is_empty() {
             let mut cut = self.buf.len().min(PIECE_TARGET);
             if cut < self.buf.len() {
-                cut = self.buf[..cut]
-                    .rfind('\n')
+                // At a line's end (a byte, never inside a character).
+                cut = self.buf.as_bytes()[..cut]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
                     .map_or(self.buf.len(), |i| i + 1);
             }
             let rest = self.buf.split_off(cut);
@@ -328,6 +330,34 @@ mod tests {
         assert_eq!(incomplete_tail(b"ab"), 0);
         assert_eq!(incomplete_tail(&[0xE2, 0x86]), 2);
         assert_eq!(incomplete_tail(&[0xFF]), 0);
+    }
+
+    #[test]
+    fn pieces_are_cut_between_lines_of_any_characters() {
+        let mut r = Recording::new((80, 24));
+        for _ in 0..200 {
+            r.output("€😀 box ─┼─ ".repeat(40).as_bytes());
+        }
+        let text = r.buf.clone();
+        let mut pieces = Vec::new();
+        while !r.buf.is_empty() {
+            let mut cut = r.buf.len().min(PIECE_TARGET);
+            if cut < r.buf.len() {
+                cut = r.buf.as_bytes()[..cut]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(r.buf.len(), |i| i + 1);
+            }
+            let rest = r.buf.split_off(cut);
+            pieces.push(std::mem::replace(&mut r.buf, rest));
+        }
+        assert!(pieces.len() > 1);
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.len() <= PIECE_TARGET && p.ends_with('\n'))
+        );
+        assert_eq!(pieces.concat(), text);
     }
 
     #[test]

@@ -249,6 +249,19 @@ pub(super) async fn session_channel(
 
     // The terminal URL: a PTY for shells and `ssh -t CMD`, pipes otherwise.
     let (mut query, exec) = terminal_query(&run, pty.as_ref(), &env);
+    // What was typed and not yet acknowledged, sent again after a resume
+    // (PTY channels; the terminal writes each byte once). Named in the
+    // first connection's query already.
+    let mut input = (!exec).then(|| {
+        let id = format!("ssh{:029x}", rand::random::<u128>() >> 12);
+        query.input = Some(id.clone());
+        InputStream::new(id)
+    });
+    // Input is sent once the connection's hello said where the stream
+    // stands; `tracked` is off for a terminal that keeps no input streams
+    // (an older init): then input is sent as it comes, as before.
+    let mut hello_seen = false;
+    let mut tracked = true;
 
     let mut out = tx.make_writer();
     let mut err = tx.make_writer_ext(Some(1));
@@ -281,25 +294,23 @@ pub(super) async fn session_channel(
     let mut cursor = Cursor::default();
     // What was typed and not yet acknowledged, sent again after a resume
     // (PTY channels; the terminal writes each byte once).
-    let mut input = (!exec).then(|| {
-        let id = format!("ssh{:029x}", rand::random::<u128>() >> 12);
-        query.input = Some(id.clone());
-        InputStream::new(id)
-    });
     loop {
         let mut lost: Option<String> = None;
         // While the terminal has this much unacknowledged, the channel is not
         // read (SSH flow control holds the client back).
-        let room = input.as_ref().is_none_or(|i| i.pending() < MAX_PENDING);
+        let room = !tracked || input.as_ref().is_none_or(|i| i.pending() < MAX_PENDING);
         tokio::select! {
             m = rx.wait(), if room => match m {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(i) = input.as_mut()
-                        && i.push(&data).is_err()
-                    {
-                        // Over the bound in one message: sent untracked.
-                        i.ack(u64::MAX);
+                Some(ChannelMsg::Data { data }) if tracked && input.is_some() => {
+                    if let Some(i) = input.as_mut() {
+                        i.push_over(&data);
                     }
+                    // Before the hello, kept: the hello sends it.
+                    if hello_seen && ws.send(Message::Binary(data.to_vec().into())).await.is_err() {
+                        lost = Some("the connection to the session was lost".into());
+                    }
+                }
+                Some(ChannelMsg::Data { data }) => {
                     let frame = if exec {
                         let mut v = Vec::with_capacity(data.len() + 1);
                         v.push(stream_byte::STDIN);
@@ -350,16 +361,20 @@ pub(super) async fn session_channel(
                             break;
                         }
                         cursor.on_message(&hello);
-                        // Send again what the terminal has not written.
+                        // Send again what the terminal has not written
+                        // (all of it, to a terminal without input streams,
+                        // which is then sent untracked from here on).
                         if let (Some(i), ServerMsg::Hello { input: written, .. }) = (input.as_mut(), &hello) {
-                            let again = match written {
-                                Some(w) => i.resend(*w),
-                                None => i.resend(u64::MAX),
-                            };
+                            tracked = written.is_some();
+                            let again = i.resend(written.unwrap_or(0));
+                            if !tracked {
+                                i.ack(u64::MAX);
+                            }
                             if !again.is_empty() && ws.send(Message::Binary(again.into())).await.is_err() {
                                 lost = Some("the connection to the session was lost".into());
                             }
                         }
+                        hello_seen = true;
                     }
                     ServerMsg::InputAck { offset } => {
                         if let Some(i) = input.as_mut() {
@@ -414,7 +429,10 @@ pub(super) async fn session_channel(
         info!(session = %target.session, offset = ?cursor.offset, "terminal stream lost ({why}); resuming");
         cursor.resume(&mut query);
         match resume_terminal(&ctx, &target, peer, &query).await {
-            Ok(new) => ws = new,
+            Ok(new) => {
+                ws = new;
+                hello_seen = false;
+            }
             Err(msg) => {
                 gone = Some(msg);
                 break;

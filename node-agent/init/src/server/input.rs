@@ -62,16 +62,16 @@ impl Inputs {
         *pos += data.len() as u64;
         let skip = done.saturating_sub(start).min(data.len() as u64) as usize;
         let end = (*pos).max(done);
-        // A stream that jumped ahead of what was written lost bytes on the
-        // way: what it sends now is still written, and counted from here.
-        {
-            let mut g = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = g.0.get_mut(id) {
-                e.0 = end;
-            }
-        }
+        // Counted once written (the order lock keeps another connection of
+        // the stream waiting meanwhile). A stream that jumped ahead of what
+        // was written lost bytes on the way: what it sends now is still
+        // written, and counted from here.
         if skip < data.len() {
             term.write_all(&data[skip..]).await?;
+        }
+        let mut g = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = g.0.get_mut(id) {
+            e.0 = end;
         }
         Ok(end)
     }
