@@ -104,8 +104,6 @@ try {
       fail(`the file is not what was typed (${typed.length} bytes, sha256 ${want}); screen:\n${text}`);
     }
     text = "";
-    await page.keyboard.type("clear");
-    await page.keyboard.press("Enter");
     await page.evaluate(() => { window.__states = []; });
   }
   const before = await pid();
@@ -143,6 +141,7 @@ try {
   ok = true;
 } catch (e) {
   text += `\n[error] ${e.message}`;
+  try { text += `\n[states] ${JSON.stringify(await browser.contexts()[0].pages()[0].evaluate(() => window.__states))}`; } catch (_) {}
 } finally {
   await browser.close();
 }

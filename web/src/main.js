@@ -237,6 +237,9 @@ function connect() {
   ws = sock;
   sock.binaryType = "arraybuffer";
   sock.onmessage = (ev) => {
+    // A socket this page has replaced says nothing any more (its hello
+    // must not mark the new one attached before its own).
+    if (sock !== ws) return;
     if (typeof ev.data !== "string") {
       if (offset !== null) offset += ev.data.byteLength;
       term.write(new Uint8Array(ev.data));
