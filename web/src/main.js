@@ -8,6 +8,7 @@ import { FitAddon } from "@xterm/addon-fit";
 import { WebLinksAddon } from "@xterm/addon-web-links";
 import { WebglAddon } from "@xterm/addon-webgl";
 import { SearchAddon } from "@xterm/addon-search";
+import { Predictor } from "./predict.js";
 import "@xterm/xterm/css/xterm.css";
 
 const $ = (id) => document.getElementById(id);
@@ -38,6 +39,15 @@ try {
 fit.fit();
 term.focus();
 window.warrenTerm = term; // for tests and debugging
+
+// Predictive echo (predict.js): `?predict=off|adaptive|always` or the
+// choice kept in this browser; clicking the round-trip figure cycles it.
+const MODES = ["adaptive", "always", "off"];
+const predictor = new Predictor(term,
+  new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "adaptive");
+predictor.attach();
+window.warrenPredictor = predictor;
+term.onWriteParsed(() => predictor.check());
 
 const enc = new TextEncoder();
 // The terminal protocol version this page speaks (warren-proto's VERSION).
@@ -115,10 +125,18 @@ function resetInput() { pending = []; pendingLen = 0; inputBase = 0; inputId = n
 // Round trip, measured every 5 s over the terminal socket itself.
 setInterval(() => send({ type: "ping", t: Date.now() }), 5000);
 function showRtt(ms) {
+  predictor.setRtt(ms);
   const el = $("rtt");
   el.textContent = `${ms} ms`;
   el.className = ms > 300 ? "slow" : "";
+  el.title = `round trip to the session; predictive echo: ${predictor.mode} (click to change)`;
 }
+$("rtt").addEventListener("click", () => {
+  const next = MODES[(MODES.indexOf(predictor.mode) + 1) % MODES.length];
+  predictor.setMode(next);
+  localStorage.setItem("warren.predict", next);
+  $("rtt").title = `predictive echo: ${next}`;
+});
 
 // Who else is attached to this terminal.
 function showViewers(count, names) {
@@ -265,6 +283,7 @@ function connect() {
         pending = []; pendingLen = 0; inputBase = 0;
       }
       terminalId = msg.terminal ?? null;
+      predictor.reset(false);
       // Send again what the terminal has not written yet (a server without
       // input streams cannot say: then nothing is sent twice).
       tracked = msg.input !== undefined && msg.input !== null;
@@ -284,6 +303,7 @@ function connect() {
     } else if (msg.type === "access") {
       shared = true;
       readOnly = msg.mode === "read";
+      if (readOnly) predictor.setMode("off");
       $("mode").hidden = !readOnly;
       if (readOnly) $("keys").hidden = true;
       term.options.disableStdin = readOnly;
@@ -294,6 +314,7 @@ function connect() {
     } else if (msg.type === "pong") {
       showRtt(Math.max(0, Date.now() - msg.t));
     } else if (msg.type === "gap") {
+      predictor.reset(false);
       // Output was lost while away: clear the screen; the shell redraws.
       offset = msg.to;
       term.reset();
@@ -345,13 +366,20 @@ function connect() {
   };
 }
 
-term.onData((d) => typed(enc.encode(withCtrl(d))));
+term.onData((d) => {
+  const data = withCtrl(d);
+  if (!readOnly) predictor.typed(data);
+  typed(enc.encode(data));
+});
 term.onBinary((d) => {
   const b = new Uint8Array(d.length);
   for (let i = 0; i < d.length; i++) b[i] = d.charCodeAt(i) & 255;
   typed(b);
 });
-term.onResize(({ cols, rows }) => { if (!readOnly) send({ type: "resize", cols, rows }); });
+term.onResize(({ cols, rows }) => {
+  predictor.reset(false);
+  if (!readOnly) send({ type: "resize", cols, rows });
+});
 new ResizeObserver(() => fit.fit()).observe($("term"));
 window.addEventListener("online", () => { if (!exited && !stopped && (!ws || ws.readyState > 1)) connect(); });
 connect();
