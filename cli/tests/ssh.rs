@@ -705,3 +705,79 @@ async fn ssh_and_the_browser_share_one_terminal() {
     drop(stdin);
     let _ = child.kill().await;
 }
+
+/// Keys typed over SSH while the relay's tunnel to the node drops reach
+/// the terminal exactly once: the bridge keeps what the terminal has not
+/// acknowledged and sends it again from where the terminal stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_typing_survives_its_tunnel_dropping() {
+    use tokio::io::AsyncWriteExt;
+    let Some((run, st)) = common::stack("sshtyping", "warren/session:mini", 128).await else {
+        return;
+    };
+    let ssh = Ssh::pinned(&st, &run.dir);
+    let (s, a) = call(
+        &st.control_url,
+        "POST",
+        "/v1/sessions",
+        &st.admin_key,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = a["id"].as_str().unwrap().to_string();
+    let node = a["node"].as_str().unwrap().to_string();
+    let token = a["token"].as_str().unwrap().to_string();
+
+    let mut c = ssh.ssh_password(&id, &token);
+    c.args(["-tt", "stty -echo; cat > /tmp/typed"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = tokio::process::Command::from(c)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut typed = String::new();
+    for i in 0..60 {
+        let line = format!("line-{i}-{}\n", i * 7919 % 1000);
+        for b in line.bytes() {
+            stdin.write_all(&[b]).await.unwrap();
+            stdin.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        typed.push_str(&line);
+        // Twice mid-way, the relay's tunnel to the node goes.
+        if i == 20 || i == 40 {
+            st.relay
+                .registry
+                .connection(&node)
+                .expect("the node's tunnel")
+                .close(0u32.into(), b"test drops the tunnel");
+        }
+    }
+    // The end of input (Ctrl-D at a line's start), then the file.
+    stdin.write_all(&[4]).await.unwrap();
+    stdin.flush().await.unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("ssh did not end")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let c = warren::client::Client::new(&st.control_url, &st.admin_key, WAIT).unwrap();
+    let r = c
+        .exec(
+            &id,
+            &warren_proto::sandbox::ExecRequest {
+                command: Some("cat /tmp/typed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.stdout, typed,
+        "what reached the file is not what was typed"
+    );
+}

@@ -210,12 +210,17 @@ pub(super) async fn create_session(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
     let s = loop {
+        // Registered before the status is read: a report that lands in
+        // between wakes this wait at once instead of being missed until the
+        // next poll. (The poll stays for reports another replica took.)
+        let reported = c.reported.notified();
+        tokio::pin!(reported);
+        reported.as_mut().enable();
         let s = c.store.session(&s.id).await?;
         match s.status {
             SessionStatus::Running => break s,
             SessionStatus::Pending if tokio::time::Instant::now() < deadline => {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), c.reported.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(100), reported).await;
             }
             SessionStatus::Pending => {
                 c.store.stop_session(&s.id, "did not start in time").await?;
