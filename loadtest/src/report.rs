@@ -46,6 +46,9 @@ pub struct Counts {
     pub terminals_failed: u64,
     pub keystrokes_sent: u64,
     pub keystrokes_echoed: u64,
+    /// Sent and never echoed (their own count: exactly-once input keeps it
+    /// at 0 through relay restarts).
+    pub keystrokes_lost: u64,
     pub bytes_received: u64,
     pub sessions_created: u64,
     pub sessions_deleted: u64,
@@ -127,6 +130,7 @@ impl Report {
             terminals_failed: l(&stats.terminals_failed),
             keystrokes_sent: l(&stats.keystrokes_sent),
             keystrokes_echoed: l(&stats.keystrokes_echoed),
+            keystrokes_lost: l(&stats.keystrokes_lost),
             bytes_received: l(&stats.bytes_received),
             sessions_created: l(&stats.sessions_created),
             sessions_deleted: l(&stats.sessions_deleted),
@@ -198,6 +202,7 @@ impl Report {
             ("terminals failed", c.terminals_failed),
             ("keystrokes sent", c.keystrokes_sent),
             ("keystrokes echoed", c.keystrokes_echoed),
+            ("keystrokes lost", c.keystrokes_lost),
             ("bytes received", c.bytes_received),
             ("sessions created", c.sessions_created),
             ("sessions deleted", c.sessions_deleted),

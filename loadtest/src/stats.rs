@@ -13,6 +13,8 @@ pub struct Stats {
     pub terminals_failed: AtomicU64,
     pub keystrokes_sent: AtomicU64,
     pub keystrokes_echoed: AtomicU64,
+    /// Keystrokes whose echo never came (the terminal gave up on them).
+    pub keystrokes_lost: AtomicU64,
     pub bytes_received: AtomicU64,
     pub sessions_created: AtomicU64,
     pub sessions_deleted: AtomicU64,

@@ -129,6 +129,8 @@ pub(crate) async fn typist(
                 stats.record(t0.elapsed().as_micros() as u64);
             }
             Err(e) => {
+                // Its echo never came: lost (or the terminal closed).
+                stats.keystrokes_lost.fetch_add(1, Ordering::Relaxed);
                 stats.error(&kind(&e));
                 return;
             }
