@@ -498,6 +498,22 @@ listen = "127.0.0.1:0"
         v["status"].as_str().unwrap().to_string()
     }
 
+    /// Stops agent `i` gracefully (SIGTERM: its terminals are told 1001)
+    /// and starts it again with its config (it re-enrols from its data dir
+    /// and adopts its sessions).
+    async fn restart_agent(&mut self, i: usize) {
+        self.agents[i].term();
+        let st = self.agents[i].wait().await;
+        assert!(st.success(), "the agent exited with {st}");
+        let file = self.dir.join(format!("agent-{i}.toml"));
+        self.agents[i] = Proc::spawn(
+            "agent",
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+                .args(["agent", "--config"])
+                .arg(&file),
+        );
+    }
+
     /// SIGKILLs relay `r` and starts it again at once (same config, data
     /// dir and ports); returns when it accepts again.
     async fn restart_relay(&mut self, r: usize) {
@@ -812,6 +828,47 @@ async fn a_browser_tab_survives_relay_crashes_and_its_token_expiring() {
         3,
         "the relay was not killed three times"
     );
+}
+
+/// Chromium typing into `cat > file` while the session's agent restarts
+/// (SIGTERM, then started again: it adopts the running session): the file
+/// holds exactly what was typed; then lines printed across a second agent
+/// restart show once each, from the same shell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_tab_types_through_agent_restarts() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let Some(c) = Cluster::start("agentre", 1, 1, 1, 600).await else {
+        return;
+    };
+    let s = c.create_session(0).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let http = c.relay_ports[0].http;
+    let url = format!(
+        "http://{id}.warren.localhost:{http}/?token={}",
+        s["token"].as_str().unwrap()
+    );
+    let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
+    let restarts = {
+        let c = c.clone();
+        serve_kills(2, move || {
+            let c = c.clone();
+            async move { c.lock().await.restart_agent(0).await }
+        })
+        .await
+    };
+    let out = browser(&[
+        &url,
+        &restarts.0,
+        "0",
+        "browser-agent-restart.png",
+        "once",
+        "typing",
+    ])
+    .await;
+    eprintln!("{out}");
+    assert_eq!(restarts.1.await.unwrap(), 2);
 }
 
 /// Two relays behind one name (a forwarder that picks the first relay
