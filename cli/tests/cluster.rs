@@ -872,10 +872,12 @@ async fn a_browser_tab_types_through_agent_restarts() {
 }
 
 /// Two relays behind one name (a forwarder that picks the first relay
-/// accepting connections, as a load balancer would): Chromium is attached
-/// through relay 1 when it is stopped gracefully (SIGTERM). The page is told
-/// (close 1001 as the relay drains), reconnects at once through relay 2,
-/// and keeps its shell: every line once, the same PID.
+/// accepting connections, as a load balancer would): Chromium types into
+/// `cat > file` through relay 1 when it is stopped gracefully (SIGTERM).
+/// The page is told (close 1001 as the relay drains), reconnects at once
+/// through relay 2, and the file holds exactly what was typed. Then relay 1
+/// is back and relay 2 drains: the shell's lines show once each, from the
+/// same PID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
     if !warren_testkit::docker_or_skip() {
@@ -892,19 +894,43 @@ async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
         s["token"].as_str().unwrap()
     );
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
+    // First relay 0 drains (the page types through it); then relay 0 is
+    // back and relay 1 drains (the page's lines go on through relay 0).
+    let round = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stops = {
         let c = c.clone();
-        serve_kills(1, move || {
-            let c = c.clone();
-            async move { c.lock().await.relays[0].term() }
+        serve_kills(2, move || {
+            let (c, round) = (c.clone(), round.clone());
+            async move {
+                let mut c = c.lock().await;
+                if round.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    c.relays[0].term();
+                    let st = c.relays[0].wait().await;
+                    assert!(st.success(), "the drained relay exited with {st}");
+                } else {
+                    let config = c.relay_ports[0].config.clone();
+                    c.relays[0] = Proc::warren("relay", &["relay"], &config);
+                    let port = c.relay_ports[0].http;
+                    until("relay 0 answering again", WAIT, EVERY, || accepts(port)).await;
+                    c.relays[1].term();
+                    let st = c.relays[1].wait().await;
+                    assert!(st.success(), "the drained relay exited with {st}");
+                }
+            }
         })
         .await
     };
-    let out = browser(&[&url, &stops.0, "0", "browser-relay-drain.png", "once"]).await;
+    let out = browser(&[
+        &url,
+        &stops.0,
+        "0",
+        "browser-relay-drain.png",
+        "once",
+        "typing",
+    ])
+    .await;
     eprintln!("{out}");
-    assert_eq!(stops.1.await.unwrap(), 1);
-    let st = c.lock().await.relays[0].wait().await;
-    assert!(st.success(), "the drained relay exited with {st}");
+    assert_eq!(stops.1.await.unwrap(), 2);
 }
 
 /// Answers `n` requests on a local port, running `action` before each
