@@ -190,23 +190,37 @@ impl Recording {
         }
     }
 
+    /// One `[time, kind, data]` line, written straight into the buffer
+    /// (this runs for every output chunk: no intermediate JSON values).
     fn event(&mut self, kind: &str, data: &str) {
+        use std::fmt::Write;
         let t = self.started.elapsed().as_secs_f64();
-        let line = serde_json::json!([(t * 1e6).round() / 1e6, kind, data]);
-        self.buf.push_str(&line.to_string());
-        self.buf.push('\n');
+        let _ = write!(self.buf, "[{:.6}, \"{kind}\", ", t);
+        self.buf
+            .push_str(&serde_json::to_string(data).unwrap_or_else(|_| "\"\"".into()));
+        self.buf.push_str("]\n");
     }
 
     fn output(&mut self, bytes: &[u8]) {
         self.partial.extend_from_slice(bytes);
         let whole = self.partial.len() - incomplete_tail(&self.partial);
         let rest = self.partial.split_off(whole);
-        let text = String::from_utf8_lossy(&self.partial).into_owned();
+        let text = match std::str::from_utf8(&self.partial) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(&self.partial),
+        }
+        .into_owned();
         self.partial = rest;
-        let chars: Vec<char> = text.chars().collect();
-        for piece in chars.chunks(LINE_CHARS) {
-            let s: String = piece.iter().collect();
-            self.event("o", &s);
+        // At most LINE_CHARS characters per line, cut at character bounds.
+        let mut start = 0;
+        for (n, (i, _)) in text.char_indices().enumerate() {
+            if n > 0 && n % LINE_CHARS == 0 {
+                self.event("o", &text[start..i]);
+                start = i;
+            }
+        }
+        if start < text.len() {
+            self.event("o", &text[start..]);
         }
     }
 
