@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use warren_testkit::{TestRun, until};
+use warren_testkit::{TestRun, until, until_ok};
 
 const ADMIN: &str = "cluster-admin-key-0123456789abcdef";
 const RELAY_SECRET: &str = "cluster-relay-secret-0123456789";
@@ -897,10 +897,11 @@ async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
     // First relay 0 drains (the page types through it); then relay 0 is
     // back and relay 1 drains (the page's lines go on through relay 0).
     let round = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = s["token"].as_str().unwrap().to_string();
     let stops = {
         let c = c.clone();
         serve_kills(2, move || {
-            let (c, round) = (c.clone(), round.clone());
+            let (c, round, id, token) = (c.clone(), round.clone(), id.clone(), token.clone());
             async move {
                 let mut c = c.lock().await;
                 if round.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
@@ -912,6 +913,12 @@ async fn a_browser_tab_moves_to_the_other_relay_when_its_relay_drains() {
                     c.relays[0] = Proc::warren("relay", &["relay"], &config);
                     let port = c.relay_ports[0].http;
                     until("relay 0 answering again", WAIT, EVERY, || accepts(port)).await;
+                    // And reaching the session (the worker's tunnel to it is
+                    // back) before the other relay drains.
+                    until_ok("relay 0 reaching the session", WAIT, EVERY, || {
+                        answers(port, &id, &token)
+                    })
+                    .await;
                     c.relays[1].term();
                     let st = c.relays[1].wait().await;
                     assert!(st.success(), "the drained relay exited with {st}");

@@ -42,9 +42,11 @@ window.warrenTerm = term; // for tests and debugging
 
 // Predictive echo (predict.js): `?predict=off|adaptive|always` or the
 // choice kept in this browser; clicking the round-trip figure cycles it.
-const MODES = ["adaptive", "always", "off"];
+const MODES = ["off", "adaptive", "always"];
 const predictor = new Predictor(term,
-  new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "adaptive");
+  // Off unless chosen: a key typed ahead of a slow command's echo can
+  // still open an epoch at a prompt that does not echo (a known gap).
+  new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "off");
 predictor.attach();
 window.warrenPredictor = predictor;
 term.onWriteParsed(() => predictor.check());
