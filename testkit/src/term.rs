@@ -33,26 +33,10 @@ pub struct Term<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Term<S> {
     /// Wraps a connected WebSocket and waits for the server's hello.
     pub async fn new(ws: WebSocketStream<S>) -> Self {
-        let mut t = Term {
-            ws,
-            out: String::new(),
-            terminal: None,
-            exit: None,
-            cursor: Cursor::default(),
-            gaps: Vec::new(),
-            rewound: Vec::new(),
-            viewers: None,
-            access: None,
-            close_code: None,
-        };
-        tokio::time::timeout(WAIT, async {
-            while t.terminal.is_none() {
-                t.step().await.expect("closed before hello");
-            }
-        })
-        .await
-        .expect("no hello");
-        t
+        match Self::try_new(ws).await {
+            Ok(t) => t,
+            Err(code) => panic!("closed before hello (close code {code:?})"),
+        }
     }
 
     /// Like [`Self::new`], but a server that closes before its hello is

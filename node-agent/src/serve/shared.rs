@@ -6,13 +6,12 @@ use futures_util::SinkExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use warren_init::client::ClientError;
-use warren_init::proto::{ErrorCode, Op};
+use warren_init::proto::Op;
 use warren_proto::share::ShareMode;
 use warren_proto::terminal::{ServerMsg, TerminalQuery, close};
 
 use super::shares::Caller;
-use super::terminal::{Attached, NodeView, close_with, closing, truncate};
+use super::terminal::{Attached, NodeView, close_refused, close_with, closing};
 
 /// A share link's holder: attaches to a terminal already open (the link's
 /// own, the one asked for, or the oldest), as a watcher when the link is
@@ -74,14 +73,7 @@ where
     let (init, resp) = match crate::serve::initsock::request(init, op).await {
         Ok(x) => x,
         Err(e) => {
-            let code = match &e {
-                ClientError::Refused {
-                    code: ErrorCode::NotFound,
-                    ..
-                } => close::SESSION_GONE,
-                _ => close::INTERNAL,
-            };
-            close_with(ws, closing(code, &truncate(&e.to_string()))).await;
+            close_refused(ws, &e).await;
             return Ok(None);
         }
     };

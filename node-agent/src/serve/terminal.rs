@@ -246,14 +246,7 @@ where
     let (init, resp) = match attempt {
         Ok(x) => x,
         Err(e) => {
-            let code = match &e {
-                ClientError::Refused {
-                    code: ErrorCode::NotFound,
-                    ..
-                } => close::SESSION_GONE,
-                _ => close::INTERNAL,
-            };
-            close_with(ws, closing(code, &truncate(&e.to_string()))).await;
+            close_refused(ws, &e).await;
             return Ok(None);
         }
     };
@@ -519,6 +512,22 @@ where
             },
         }
     }
+}
+
+/// Closes a connection init refused: 4404 when the terminal is gone, else
+/// 4500, with init's reason.
+pub(super) async fn close_refused<S>(ws: &mut WebSocketStream<S>, e: &ClientError)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let code = match e {
+        ClientError::Refused {
+            code: ErrorCode::NotFound,
+            ..
+        } => close::SESSION_GONE,
+        _ => close::INTERNAL,
+    };
+    close_with(ws, closing(code, &truncate(&e.to_string()))).await;
 }
 
 /// Sends a close frame and waits briefly for the client's, so the stream
