@@ -36,6 +36,7 @@ fn relay_target(st: &warren::stack::Stack, relay: std::net::SocketAddr) -> Targe
             tls: None,
         },
         ssh: st.ssh,
+        control_ca: None,
     }
 }
 

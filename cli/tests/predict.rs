@@ -108,6 +108,7 @@ async fn predicted_echo_over_a_slow_link_in_a_real_browser() {
         "browser test failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     println!("keystroke to glyph at 100 ms round trip: {v}");
 }

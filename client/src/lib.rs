@@ -67,12 +67,26 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(base: &str, key: &str, timeout: Duration) -> Result<Client> {
+        Client::trusting(base, key, timeout, None)
+    }
+
+    /// [`Client::new`] that also trusts `ca_pem` (control's private CA, a
+    /// PEM bundle).
+    pub fn trusting(
+        base: &str,
+        key: &str,
+        timeout: Duration,
+        ca_pem: Option<&str>,
+    ) -> Result<Client> {
+        let b = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_idle_timeout(internal::POOL_IDLE_TIMEOUT);
+        let b = internal::trusting(b, ca_pem)
+            .map_err(|e| Error::Setup(format!("the CA is not PEM: {e}")))?;
         Ok(Client {
             base: base.trim_end_matches('/').into(),
             key: key.into(),
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .pool_idle_timeout(internal::POOL_IDLE_TIMEOUT)
+            http: b
                 .build()
                 .map_err(|e| Error::Setup(format!("cannot make an HTTP client: {e}")))?,
         })

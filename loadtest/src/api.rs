@@ -13,10 +13,11 @@ pub struct Api {
 impl Api {
     pub fn new(t: &Target) -> anyhow::Result<Api> {
         Ok(Api {
-            client: warren_client::Client::new(
+            client: warren_client::Client::trusting(
                 &t.control_url,
                 &t.api_key,
                 Duration::from_secs(120),
+                t.control_ca.as_deref(),
             )?,
         })
     }

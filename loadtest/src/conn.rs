@@ -74,7 +74,7 @@ pub type OnDrop = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// How long a terminal whose socket broke tries to resume before the drop
 /// counts as a failure: as long as a page keeps trying, about a minute.
-const RESUME_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const RESUME_WINDOW: Duration = Duration::from_secs(60);
 
 /// A terminal over the relay's WebSocket. When the socket breaks before the
 /// shell ended it reconnects with `terminal=N&offset=K`, as the page does,
@@ -287,7 +287,7 @@ impl Term for WsTerm {
                     if matches!(m, ServerMsg::Exit { .. }) {
                         self.exited = true;
                     }
-                    if let ServerMsg::InputAck { offset } = m {
+                    if let ServerMsg::InputAck { offset, .. } = m {
                         self.input.ack(offset);
                     }
                     if let ServerMsg::Hello { input, .. } = m {

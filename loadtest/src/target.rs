@@ -13,6 +13,9 @@ pub struct Target {
     pub api_key: String,
     pub relay: RelayTarget,
     pub ssh: Option<SocketAddr>,
+    /// A private CA (PEM) control's certificate is signed by, besides the
+    /// system's roots: `--ca` is trusted for control too.
+    pub control_ca: Option<String>,
 }
 
 impl Target {
@@ -49,6 +52,12 @@ impl Target {
                 .next()
                 .context("the relay's name does not resolve")?
         };
+        let control_ca = match &ca {
+            Some(f) => Some(
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            ),
+            None => None,
+        };
         let tls = match u.scheme() {
             "https" => {
                 let ca = ca
@@ -76,6 +85,7 @@ impl Target {
             api_key,
             relay: RelayTarget { addr, domain, tls },
             ssh,
+            control_ca,
         })
     }
 }

@@ -260,7 +260,13 @@ pub enum ServerMsg {
     },
     /// Of the client's input stream, this many bytes reached the terminal:
     /// the client may forget them.
-    InputAck { offset: u64 },
+    /// `noecho`: the terminal was in canonical mode with echo off when
+    /// they were written (a password prompt): the page shows no guess.
+    InputAck {
+        offset: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        noecho: bool,
+    },
     /// Output between `from` and `to` is gone (the client asked for bytes
     /// no longer held, or fell too far behind); the stream continues at
     /// `to`. The shell was asked to redraw.

@@ -4,7 +4,8 @@
 // 1. With prediction on, typed characters appear (in the overlay) before
 //    their echo is on the screen; the screen at rest holds exactly what a
 //    run without prediction would (no guess left behind).
-// 2. Nothing typed at a `read -s` prompt is ever drawn.
+// 2. Nothing typed at a `read -s` prompt is ever drawn, neither typed
+//    there nor typed ahead of the command's own echo.
 // 3. Perceived keystroke → glyph, prediction off and on, for a human typing
 //    trace (80–250 ms between keys): p50 and p99.
 // Prints JSON {ok, text, off, on, stats} and exits non-zero on failure.
@@ -33,19 +34,36 @@ try {
     const end = Date.now() + ms;
     while (!re.test(text = await screen())) { if (Date.now() > end) fail(`${re} never appeared`); await page.waitForTimeout(50); }
   };
-  // Measures one key: ms until it is visible (overlay or screen) at its cell.
-  const measureKey = (ch) => page.evaluate((c) => new Promise((resolve) => {
-    const t = window.warrenTerm, b = t.buffer.active;
-    const x = b.cursorX + (window.warrenPredictor.guesses?.length ?? 0), y = b.baseY + b.cursorY;
-    const t0 = performance.now();
-    const seen = () => {
-      const onScreen = b.getLine(y)?.getCell(x)?.getChars() === c;
-      const guessed = [...document.querySelectorAll(".predictions .guess")].some((s) => s.textContent === c);
-      if (onScreen || guessed) resolve({ ms: performance.now() - t0, guessed: guessed && !onScreen });
-      else requestAnimationFrame(seen);
-    };
-    requestAnimationFrame(seen);
-  }), ch);
+  // Types one key and measures the ms from its keydown in the page until
+  // its glyph is in the page at its cell (taken before the key): in the
+  // overlay's DOM, or in the terminal's buffer once the echo is parsed.
+  // Either is painted at the next frame.
+  const measureKey = async (ch) => {
+    await page.evaluate((c) => {
+      const t = window.warrenTerm, b = t.buffer.active;
+      const { x, y } = window.warrenPredictor.nextCell();
+      const layer = document.querySelector(".predictions");
+      let t0 = null;
+      document.addEventListener("keydown", () => { t0 = performance.now(); }, { capture: true, once: true });
+      window.warrenMeasure = new Promise((resolve) => {
+        let done = false;
+        const finish = (r) => { if (!done) { done = true; obs.disconnect(); parsed.dispose(); clearTimeout(timer); resolve(r); } };
+        const look = () => {
+          if (t0 === null) return;
+          const onScreen = b.getLine(y)?.getCell(x)?.getChars() === c;
+          const guessed = layer.childElementCount > 0 &&
+            window.warrenPredictor.guesses.some((g) => g.shown && g.x === x && g.y === y && g.ch === c);
+          if (onScreen || guessed) finish({ ms: performance.now() - t0, guessed: guessed && !onScreen });
+        };
+        const obs = new MutationObserver(look);
+        obs.observe(layer, { childList: true, subtree: true, characterData: true });
+        const parsed = t.onWriteParsed(look);
+        const timer = setTimeout(() => finish({ missed: `${c} at ${x},${y}: ${JSON.stringify(b.getLine(y)?.translateToString(true))}` }), 5000);
+      });
+    }, ch);
+    await page.keyboard.type(ch);
+    return page.evaluate(() => window.warrenMeasure);
+  };
   // Human pace: 80–250 ms between keys.
   const human = () => page.waitForTimeout(80 + Math.floor(Math.random() * 170));
   const run = async (mode, word) => {
@@ -55,9 +73,8 @@ try {
     const times = [];
     let early = 0;
     for (const ch of word) {
-      const p = measureKey(ch);
-      await page.keyboard.type(ch);
-      const r = await p;
+      const r = await measureKey(ch);
+      if (r.missed) fail(`a typed key never showed: ${r.missed}`);
       times.push(r.ms);
       if (r.guessed) early += 1;
       await human();
@@ -89,10 +106,30 @@ try {
   await page.keyboard.press("Enter");
   await waitFor(/^got-hushhush-2$/m);
   if (/^hushhush$/m.test(text) || text.includes("read -s x; echo got-$x-$((1+1))hush")) fail("the secret was echoed");
+  // Typed ahead: the command, Enter and the secret in one burst, before
+  // the command's echo is back; then at human pace once it runs. What the
+  // overlay shows after the Enter is watched on every frame.
+  await page.keyboard.type("read -s y; echo ahead-$y");
+  await page.keyboard.press("Enter");
+  const watch = page.evaluate(() => new Promise((resolve) => {
+    let seen = "";
+    const end = performance.now() + 2500;
+    const look = () => {
+      seen += document.querySelector(".predictions")?.textContent ?? "";
+      if (performance.now() > end) resolve(seen); else requestAnimationFrame(look);
+    };
+    look();
+  }));
+  await page.keyboard.type("sec");
+  for (const ch of "ret") { await human(); await page.keyboard.type(ch); }
+  const drawn = await watch;
+  await page.keyboard.press("Enter");
+  await waitFor(/^ahead-secret$/m);
+  if (drawn !== "") fail(`a secret typed ahead was drawn: ${JSON.stringify(drawn)}`);
   const stats = await page.evaluate(() => window.warrenPredictor.stats);
   report = {
     off: { p50: pct(off.times, 0.5), p99: pct(off.times, 0.99) },
-    on: { p50: pct(on.times, 0.5), p99: pct(on.times, 0.99) },
+    on: { p50: pct(on.times, 0.5), p99: pct(on.times, 0.99), unpredicted: on.times.flatMap((t, i) => (t > 50 ? [i] : [])) },
     stats,
   };
   ok = true;

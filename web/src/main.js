@@ -44,9 +44,10 @@ window.warrenTerm = term; // for tests and debugging
 // choice kept in this browser; clicking the round-trip figure cycles it.
 const MODES = ["off", "adaptive", "always"];
 const predictor = new Predictor(term,
-  // Off unless chosen: a key typed ahead of a slow command's echo can
-  // still open an epoch at a prompt that does not echo (a known gap).
-  new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "off");
+  new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "adaptive",
+  // Where typed input stands (a new epoch's probe needs every earlier key
+  // acknowledged); null for a terminal that acknowledges nothing.
+  () => (tracked ? { end: inputBase + pendingLen, unacked: pendingLen } : null));
 predictor.attach();
 window.warrenPredictor = predictor;
 term.onWriteParsed(() => predictor.check());
@@ -212,7 +213,7 @@ for (const b of document.querySelectorAll("#keys button")) {
   b.addEventListener("click", () => {
     const k = b.dataset.key;
     if (k === "ctrl") { ctrlNext = !ctrlNext; b.classList.toggle("on", ctrlNext); }
-    else typed(enc.encode(KEYS[k]));
+    else { predictor.typed(KEYS[k]); typed(enc.encode(KEYS[k])); }
     term.focus();
   });
 }
@@ -313,6 +314,7 @@ function connect() {
       showViewers(msg.count ?? 0, msg.names ?? []);
     } else if (msg.type === "input_ack") {
       ackInput(msg.offset);
+      predictor.acked(msg.offset, msg.noecho === true);
     } else if (msg.type === "pong") {
       showRtt(Math.max(0, Date.now() - msg.t));
     } else if (msg.type === "gap") {
@@ -376,6 +378,7 @@ term.onData((d) => {
 term.onBinary((d) => {
   const b = new Uint8Array(d.length);
   for (let i = 0; i < d.length; i++) b[i] = d.charCodeAt(i) & 255;
+  predictor.reset(false);
   typed(b);
 });
 term.onResize(({ cols, rows }) => {

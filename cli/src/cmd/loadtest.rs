@@ -11,7 +11,8 @@ pub struct LoadtestArgs {
     /// (default: up.json's relay_http_url).
     #[arg(long)]
     pub relay: Option<String>,
-    /// CA certificate (PEM) that signed the relay's certificate.
+    /// CA certificate (PEM) that signed the relay's certificate (trusted
+    /// for control's too, for a cluster with a private CA).
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// SSH endpoint HOST:PORT for the ssh scenario (default: up.json's relay_ssh).

@@ -336,6 +336,7 @@ mod tests {
                 tls: None,
             },
             ssh,
+            control_ca: None,
         };
         let run = Run {
             args: &args,

@@ -121,7 +121,9 @@ pub(crate) async fn typist(
         }
         let got = tokio::select! {
             _ = stop.cancelled() => return,
-            r = wait_for(t.as_mut(), &key, &stats, ECHO_TIMEOUT) => r,
+            // A terminal resuming (its relay drained or died) still echoes
+            // the key late, from the kept input: lost only past that.
+            r = wait_for(t.as_mut(), &key, &stats, conn::RESUME_WINDOW + ECHO_TIMEOUT) => r,
         };
         match got {
             Ok(()) => {

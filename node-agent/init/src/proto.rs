@@ -204,9 +204,13 @@ pub enum Frame {
     /// Output was dropped for this client: the next `Data` byte is at
     /// this offset.
     Skip(u64),
-    /// Of this client's input stream, this many bytes are written to the
-    /// terminal.
-    InputAck(u64),
+    /// Of this client's input stream, `offset` bytes are written to the
+    /// terminal; `noecho`: when they were, the terminal was in canonical
+    /// mode with echo off (a password prompt), so nothing typed is shown.
+    InputAck {
+        offset: u64,
+        noecho: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +244,8 @@ impl Decoder for InitCodec {
             T_DATA | T_STDERR => MAX_PAYLOAD,
             T_EOF => 0,
             T_RESIZE | T_EXIT => 4,
-            T_SKIP | T_INPUT_ACK => 8,
+            T_SKIP => 8,
+            T_INPUT_ACK => 9,
             other => return Err(FrameError::UnknownType(other)),
         };
         if len > limit {
@@ -271,10 +276,14 @@ impl Decoder for InitCodec {
                 b.copy_from_slice(&payload);
                 Frame::Skip(u64::from_be_bytes(b))
             }
-            T_INPUT_ACK if len == 8 => {
+            // 8 bytes from an init that did not report echo.
+            T_INPUT_ACK if len == 8 || len == 9 => {
                 let mut b = [0u8; 8];
-                b.copy_from_slice(&payload);
-                Frame::InputAck(u64::from_be_bytes(b))
+                b.copy_from_slice(&payload[..8]);
+                Frame::InputAck {
+                    offset: u64::from_be_bytes(b),
+                    noecho: len == 9 && payload[8] != 0,
+                }
             }
             _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
         }))
@@ -300,7 +309,12 @@ impl Encoder<Frame> for InitCodec {
             Frame::Stderr(b) => (T_STDERR, b),
             Frame::Eof => (T_EOF, Bytes::new()),
             Frame::Skip(o) => (T_SKIP, Bytes::copy_from_slice(&o.to_be_bytes())),
-            Frame::InputAck(o) => (T_INPUT_ACK, Bytes::copy_from_slice(&o.to_be_bytes())),
+            Frame::InputAck { offset, noecho } => {
+                let mut b = BytesMut::with_capacity(9);
+                b.put_u64(offset);
+                b.put_u8(u8::from(noecho));
+                (T_INPUT_ACK, b.freeze())
+            }
         };
         let limit = if matches!(ty, T_REQUEST | T_RESPONSE) {
             MAX_JSON
@@ -340,7 +354,14 @@ mod tests {
         roundtrip(Frame::Exit(-1));
         roundtrip(Frame::Stderr(Bytes::from_static(b"oops\n")));
         roundtrip(Frame::Eof);
-        roundtrip(Frame::InputAck(1 << 40));
+        roundtrip(Frame::InputAck {
+            offset: 1 << 40,
+            noecho: true,
+        });
+        roundtrip(Frame::InputAck {
+            offset: 7,
+            noecho: false,
+        });
         roundtrip(Frame::Request(Request {
             version: 1,
             op: Op::Exec {

@@ -33,7 +33,7 @@ async fn read_until(conn: &mut InitConn, needle: &str) -> String {
                 Some(Ok(Frame::Data(b))) => out.push_str(&String::from_utf8_lossy(&b)),
                 Some(Ok(Frame::Exit(c))) => out.push_str(&format!("<exit {c}>")),
                 Some(Ok(Frame::Skip(o))) => out.push_str(&format!("<skip {o}>")),
-                Some(Ok(Frame::InputAck(_))) => {}
+                Some(Ok(Frame::InputAck { .. })) => {}
                 other => panic!("unexpected {other:?} while waiting for {needle:?}; got {out:?}"),
             }
         }
@@ -213,7 +213,7 @@ async fn input_sent_twice_is_written_once() {
     let deadline = tokio::time::Instant::now() + WAIT;
     while acked != Some(line.len() as u64) {
         match tokio::time::timeout_at(deadline, a.next()).await {
-            Ok(Some(Ok(Frame::InputAck(n)))) => acked = Some(n),
+            Ok(Some(Ok(Frame::InputAck { offset, .. }))) => acked = Some(offset),
             Ok(Some(Ok(_))) => {}
             other => panic!("no input ack: {other:?}"),
         }

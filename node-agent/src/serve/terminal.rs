@@ -489,8 +489,8 @@ where
                     }
                     ws.flush().await?;
                 }
-                Some(Ok(Frame::InputAck(n))) => {
-                    let ack = ServerMsg::InputAck { offset: n };
+                Some(Ok(Frame::InputAck { offset, noecho })) => {
+                    let ack = ServerMsg::InputAck { offset, noecho };
                     ws.send(Message::Text(ack.to_text().into())).await?;
                 }
                 Some(Ok(Frame::Skip(to))) => {

@@ -376,7 +376,7 @@ pub(super) async fn session_channel(
                         }
                         hello_seen = true;
                     }
-                    ServerMsg::InputAck { offset } => {
+                    ServerMsg::InputAck { offset, .. } => {
                         if let Some(i) = input.as_mut() {
                             i.ack(offset);
                         }

@@ -140,6 +140,16 @@ impl Terminal {
         }
     }
 
+    /// Canonical mode with echo off: what is typed is not shown (`read -s`,
+    /// `sudo`, `passwd`). A line editor (readline, ash) turns canonical mode
+    /// off and echoes by itself, so it does not count.
+    pub(super) fn noecho(&self) -> bool {
+        use rustix::termios::LocalModes;
+        rustix::termios::tcgetattr(self.master.get_ref()).is_ok_and(|t| {
+            t.local_modes.contains(LocalModes::ICANON) && !t.local_modes.contains(LocalModes::ECHO)
+        })
+    }
+
     pub(super) async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let mut guard = self.master.writable().await?;
@@ -293,7 +303,7 @@ impl Server {
         let first = term.attach_at(offset);
         // This connection's input starts where the stream's written part ends.
         let mut input_pos = input.as_deref().map(|id| term.inputs.written(id));
-        let (ack_tx, mut ack_rx) = watch::channel(input_pos.unwrap_or(0));
+        let (ack_tx, mut ack_rx) = watch::channel((input_pos.unwrap_or(0), false));
         let resp = Response {
             ok: true,
             terminal: Some(term.id),
@@ -318,8 +328,8 @@ impl Server {
             loop {
                 if ack_due || ack_rx.has_changed().unwrap_or(false) {
                     ack_due = false;
-                    let a = *ack_rx.borrow_and_update();
-                    sink.send(Frame::InputAck(a))
+                    let (offset, noecho) = *ack_rx.borrow_and_update();
+                    sink.send(Frame::InputAck { offset, noecho })
                         .await
                         .map_err(io::Error::other)?;
                 }
@@ -366,7 +376,7 @@ impl Server {
                     Ok(Frame::Data(b)) => match (&input, input_pos.as_mut()) {
                         (Some(id), Some(pos)) => {
                             if let Ok(done) = term.inputs.write(&term, id, pos, &b).await {
-                                ack_tx.send_replace(done);
+                                ack_tx.send_replace((done, term.noecho()));
                             }
                         }
                         _ => {
