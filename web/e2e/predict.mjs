@@ -6,9 +6,10 @@
 //    run without prediction would (no guess left behind).
 // 2. Nothing typed at a `read -s` prompt is ever drawn, neither typed
 //    there nor typed ahead of the command's own echo.
-// 3. Perceived keystroke → glyph, prediction off and on, for a human typing
-//    trace (80–250 ms between keys): p50 and p99.
-// Prints JSON {ok, text, off, on, stats} and exits non-zero on failure.
+// 3. Keystroke → glyph (from keydown in the page), prediction off and on,
+//    for a human typing trace (80–250 ms between keys) and for bursts
+//    (0–20 ms): p50 and p99; wrong guesses and how long each was visible.
+// Prints JSON {ok, text, human, burst, stats} and exits non-zero on failure.
 import { launch } from "./browser.mjs";
 
 const [url] = process.argv.slice(2);
@@ -66,7 +67,9 @@ try {
   };
   // Human pace: 80–250 ms between keys.
   const human = () => page.waitForTimeout(80 + Math.floor(Math.random() * 170));
-  const run = async (mode, word) => {
+  // Bursts: 0–20 ms between keys.
+  const burst = () => page.waitForTimeout(Math.floor(Math.random() * 20));
+  const run = async (mode, word, pace = human) => {
     await page.evaluate((m) => window.warrenPredictor.setMode(m), mode);
     await page.keyboard.type("echo "); // the first key opens the epoch once echoed
     await page.waitForTimeout(400);
@@ -77,7 +80,7 @@ try {
       if (r.missed) fail(`a typed key never showed: ${r.missed}`);
       times.push(r.ms);
       if (r.guessed) early += 1;
-      await human();
+      await pace();
     }
     await page.keyboard.press("Enter");
     await waitFor(new RegExp(`^${word}$`, "m"));
@@ -88,6 +91,10 @@ try {
   const on = await run("always", word.split("").reverse().join(""));
   if (on.early < word.length / 2) fail(`only ${on.early} of ${word.length} characters appeared before their echo`);
   if (off.early !== 0) fail("prediction off still guessed");
+  const word2 = "burstsoftypingareguessedtoo";
+  const offBurst = await run("off", word2, burst);
+  const onBurst = await run("always", word2.split("").reverse().join(""), burst);
+  if (onBurst.early < word2.length / 2) fail(`in a burst only ${onBurst.early} of ${word2.length} characters appeared before their echo`);
   // At rest: no guess left, and the screen shows both lines as typed.
   await page.waitForTimeout(500);
   if ((await overlay()) !== "") fail(`a guess was left at rest: ${await overlay()}`);
@@ -128,8 +135,14 @@ try {
   if (drawn !== "") fail(`a secret typed ahead was drawn: ${JSON.stringify(drawn)}`);
   const stats = await page.evaluate(() => window.warrenPredictor.stats);
   report = {
-    off: { p50: pct(off.times, 0.5), p99: pct(off.times, 0.99) },
-    on: { p50: pct(on.times, 0.5), p99: pct(on.times, 0.99), unpredicted: on.times.flatMap((t, i) => (t > 50 ? [i] : [])) },
+    human: {
+      off: { p50: pct(off.times, 0.5), p99: pct(off.times, 0.99) },
+      on: { p50: pct(on.times, 0.5), p99: pct(on.times, 0.99), unpredicted: on.times.flatMap((t, i) => (t > 50 ? [i] : [])) },
+    },
+    burst: {
+      off: { p50: pct(offBurst.times, 0.5), p99: pct(offBurst.times, 0.99) },
+      on: { p50: pct(onBurst.times, 0.5), p99: pct(onBurst.times, 0.99), unpredicted: onBurst.times.flatMap((t, i) => (t > 50 ? [i] : [])) },
+    },
     stats,
   };
   ok = true;

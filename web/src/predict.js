@@ -38,10 +38,11 @@ export class Predictor {
     this.mode = ["off", "always", "adaptive"].includes(mode) ? mode : "adaptive";
     this.input = input;
     this.rtt = 0;
-    this.guesses = []; // {ch, x, y, at, shown, probe, end, echoes}
+    this.guesses = []; // {ch, x, y, at, shown, shownAt, probe, end, echoes}
     this.confirmed = false;
     this.timer = null;
-    this.stats = { shown: 0, confirmed: 0, wrong: 0 };
+    // wrongMs: how long each wrong guess was visible (the last 100).
+    this.stats = { shown: 0, confirmed: 0, wrong: 0, wrongMs: [] };
     this.layer = document.createElement("div");
     this.layer.className = "predictions";
     this.layer.setAttribute("aria-hidden", "true");
@@ -97,6 +98,7 @@ export class Predictor {
   show(g) {
     if (g.shown) return;
     g.shown = true;
+    g.shownAt = Date.now();
     this.stats.shown += 1;
   }
 
@@ -140,7 +142,10 @@ export class Predictor {
       const cursorPast = cy > g.y || (cy === g.y && b.cursorX > g.x);
       if (!blank(got) || cursorPast || now - g.at > limit) {
         // The screen says otherwise: every guess goes, and a new epoch.
-        if (g.shown) this.stats.wrong += 1;
+        if (g.shown) {
+          this.stats.wrong += 1;
+          this.stats.wrongMs = [...this.stats.wrongMs.slice(-99), now - g.shownAt];
+        }
         this.reset(false);
       }
       break;
