@@ -5,8 +5,13 @@
 //!
 //! ```sh
 //! scripts/build-init.sh && scripts/build-images.sh mini
-//! cargo run --release -p warren-relay --example edge
+//! cargo run --release -p warren-relay --example edge            # all
+//! cargo run --release -p warren-relay --example edge -- output  # output only
 //! ```
+//!
+//! Output is measured for lines (`yes`) and for a stream without newlines,
+//! beside the same command on a local PTY pinned to one core (`taskset -c
+//! 0`, as the session has one CPU), in the same run.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -247,15 +252,37 @@ async fn echo(
     all
 }
 
-async fn output(e: &Env, relay: bool) -> f64 {
+/// The printing commands: lines, and one stream without newlines.
+fn printer(lines: bool) -> String {
+    if lines {
+        format!("yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {OUTPUT}; echo DONE-$((40+2))")
+    } else {
+        format!("head -c {OUTPUT} /dev/zero | tr '\\0' x; echo DONE-$((40+2))")
+    }
+}
+
+/// The same command on a local PTY, pinned to one core: MB/s.
+async fn output_local(lines: bool) -> f64 {
+    let cmd = printer(lines);
+    tokio::task::spawn_blocking(move || {
+        let mut p = warren_agent::testing::spawn_on_pty(
+            std::process::Command::new("taskset").args(["-c", "0", "sh", "-c", &cmd]),
+        );
+        let t = Instant::now();
+        let n = p.wait_for(b"DONE-42");
+        n as f64 / t.elapsed().as_secs_f64() / 1e6
+    })
+    .await
+    .unwrap()
+}
+
+async fn output(e: &Env, relay: bool, lines: bool) -> f64 {
     let mut ws = if relay {
         via_relay(e).await
     } else {
         via_agent(e).await
     };
-    let cmd = format!(
-        "yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {OUTPUT}; echo DONE-$((40+2))\n"
-    );
+    let cmd = format!("{}\n", printer(lines));
     ws.send(Message::Binary(cmd.into_bytes().into()))
         .await
         .unwrap();
@@ -271,6 +298,9 @@ fn ms(us: u64) -> String {
 #[tokio::main]
 async fn main() {
     let (e, _agent) = env().await;
+    if std::env::args().nth(1).as_deref() == Some("output") {
+        return output_table(&e).await;
+    }
     println!("# Relay benchmarks\n");
     println!(
         "| path | terminals | typing | keystrokes | echo p50 | echo p99 |\n|---|---|---|---|---|---|"
@@ -310,13 +340,26 @@ async fn main() {
         ms(h.value_at_quantile(0.5)),
         ms(h.value_at_quantile(0.99))
     );
+    output_table(&e).await;
+}
+
+async fn output_table(e: &Env) {
     println!(
-        "\n| path | output of one terminal printing {} MiB |\n|---|---|",
+        "\n| path | {} MiB of lines (`yes`) | {} MiB without newlines |\n|---|---|---|",
+        OUTPUT >> 20,
         OUTPUT >> 20
     );
+    let local = (output_local(true).await, output_local(false).await);
+    for (name, relay) in [("browser path (TLS + relay)", true), ("agent direct", false)] {
+        let (l, s) = (output(e, relay, true).await, output(e, relay, false).await);
+        println!(
+            "| {name} | {l:.1} MB/s ({:.2}×) | {s:.1} MB/s ({:.2}×) |",
+            l / local.0,
+            s / local.1
+        );
+    }
     println!(
-        "| browser path (relay) | {:.1} MB/s |",
-        output(&e, true).await
+        "| local PTY, pinned to one core | {:.1} MB/s | {:.1} MB/s |",
+        local.0, local.1
     );
-    println!("| agent direct | {:.1} MB/s |", output(&e, false).await);
 }
