@@ -47,7 +47,7 @@ pub async fn run(
     let started = Instant::now();
     let total = args.ramp_up + args.warmup + args.duration;
     let hard = Duration::from_secs(args.hard_stop.unwrap_or(total + 120));
-    let sampler = sample::Sampler::start(&args.pids);
+    let sampler = sample::Sampler::start(&args.pids, stats.clone());
     let mut report = Report::new(args, target);
 
     let stop = CancellationToken::new();

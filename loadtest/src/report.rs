@@ -84,6 +84,11 @@ pub struct Report {
     pub wall_secs: f64,
     /// Bytes per second received while measuring (throughput).
     pub throughput_bytes_per_sec: f64,
+    /// Cores Warren's sampled processes used while measuring (the harness
+    /// and the sessions' own commands apart).
+    pub warren_cores: f64,
+    /// Output delivered per core of Warren's CPU while measuring.
+    pub output_bytes_per_warren_core: Option<f64>,
     /// Why the run ended early, if it did.
     pub aborted: Option<String>,
     /// Scenario-specific results (tunnel).
@@ -111,6 +116,8 @@ impl Report {
             measured_secs: 0.0,
             wall_secs: 0.0,
             throughput_bytes_per_sec: 0.0,
+            warren_cores: 0.0,
+            output_bytes_per_warren_core: None,
             aborted: None,
             extra: Value::Null,
         }
@@ -160,6 +167,14 @@ impl Report {
             self.throughput_bytes_per_sec = l(&stats.measured_bytes) as f64 / self.measured_secs;
         }
         self.timeline = timeline;
+        self.warren_cores = processes
+            .iter()
+            .filter(|p| p.warren)
+            .map(|p| p.cpu_measured_pct / 100.0)
+            .sum();
+        self.output_bytes_per_warren_core = (self.throughput_bytes_per_sec > 0.0
+            && self.warren_cores > 0.0)
+            .then(|| self.throughput_bytes_per_sec / self.warren_cores);
         self.processes = processes;
         self.wall_secs = wall.as_secs_f64();
         self.aborted = aborted;
@@ -232,6 +247,14 @@ impl Report {
                 self.throughput_bytes_per_sec / 1e6
             );
         }
+        if let Some(per) = self.output_bytes_per_warren_core {
+            let _ = writeln!(
+                s,
+                "Warren's processes used {:.2} cores while measured: {:.1} MB/s of output per core (the harness and the sessions' commands apart).\n",
+                self.warren_cores,
+                per / 1e6
+            );
+        }
         if let Some(r) = self.idle_rss_per_terminal {
             let _ = writeln!(
                 s,
@@ -242,14 +265,15 @@ impl Report {
         if !self.processes.is_empty() {
             let _ = writeln!(
                 s,
-                "| process | pid | CPU avg | CPU max | RSS max |\n|---|---|---|---|---|"
+                "| process | pid | CPU measured | CPU avg | CPU max | RSS max |\n|---|---|---|---|---|---|"
             );
             for p in &self.processes {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.0} % | {:.0} % | {:.1} MB |",
+                    "| {} | {} | {:.0} % | {:.0} % | {:.0} % | {:.1} MB |",
                     p.name,
                     p.pid,
+                    p.cpu_measured_pct,
                     p.cpu_avg_pct,
                     p.cpu_max_pct,
                     p.rss_max_bytes as f64 / 1e6

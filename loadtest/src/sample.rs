@@ -1,4 +1,7 @@
-//! CPU and resident memory of Warren's processes during a run, from /proc.
+//! CPU and resident memory of Warren's processes during a run, from /proc,
+//! and the harness's own apart (it is not Warren's cost).
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,6 +16,10 @@ pub struct ProcessStats {
     pub cpu_max_pct: f64,
     pub rss_max_bytes: u64,
     pub rss_last_bytes: u64,
+    /// A Warren process (else the harness itself).
+    pub warren: bool,
+    /// CPU while the run was measured (percent of one core).
+    pub cpu_measured_pct: f64,
 }
 
 /// `(cpu ticks, rss bytes)` of a process.
@@ -58,8 +65,16 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(flags: &[String]) -> Sampler {
-        let procs = targets(flags);
+    pub fn start(flags: &[String], run: Arc<crate::Stats>) -> Sampler {
+        let mut procs: Vec<(String, i32, bool)> = targets(flags)
+            .into_iter()
+            .map(|(n, p)| (n, p, true))
+            .collect();
+        procs.push((
+            "harness (this process)".into(),
+            std::process::id() as i32,
+            false,
+        ));
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         // USER_HZ: 100 on every Linux architecture Warren runs on.
@@ -67,7 +82,7 @@ impl Sampler {
         let task = tokio::spawn(async move {
             let mut stats: Vec<ProcessStats> = procs
                 .iter()
-                .map(|(n, p)| ProcessStats {
+                .map(|(n, p, w)| ProcessStats {
                     name: n.clone(),
                     pid: *p,
                     samples: 0,
@@ -75,12 +90,16 @@ impl Sampler {
                     cpu_max_pct: 0.0,
                     rss_max_bytes: 0,
                     rss_last_bytes: 0,
+                    warren: *w,
+                    cpu_measured_pct: 0.0,
                 })
                 .collect();
             let mut prev: Vec<Option<(u64, Instant)>> = procs
                 .iter()
-                .map(|(_, p)| read(*p).map(|(t, _)| (t, Instant::now())))
+                .map(|(_, p, _)| read(*p).map(|(t, _)| (t, Instant::now())))
                 .collect();
+            // CPU ticks and seconds inside the measured window, per process.
+            let mut measured: Vec<(u64, f64)> = vec![(0, 0.0); procs.len()];
             let first = prev.clone();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
@@ -89,7 +108,8 @@ impl Sampler {
                     _ = s2.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                for (i, (_, pid)) in procs.iter().enumerate() {
+                let measuring = run.measuring.load(Ordering::Relaxed);
+                for (i, (_, pid, _)) in procs.iter().enumerate() {
                     let Some((ticks, rss)) = read(*pid) else {
                         continue;
                     };
@@ -102,14 +122,21 @@ impl Sampler {
                             (ticks.saturating_sub(t0)) as f64 / hz / at.elapsed().as_secs_f64()
                                 * 100.0;
                         st.cpu_max_pct = st.cpu_max_pct.max(pct);
+                        if measuring {
+                            measured[i].0 += ticks.saturating_sub(t0);
+                            measured[i].1 += at.elapsed().as_secs_f64();
+                        }
                     }
                     prev[i] = Some((ticks, Instant::now()));
                 }
             }
-            for (i, (_, pid)) in procs.iter().enumerate() {
+            for (i, (_, pid, _)) in procs.iter().enumerate() {
                 if let (Some((t0, at)), Some((t1, _))) = (first[i], read(*pid)) {
                     stats[i].cpu_avg_pct =
                         (t1.saturating_sub(t0)) as f64 / hz / at.elapsed().as_secs_f64() * 100.0;
+                }
+                if measured[i].1 > 0.0 {
+                    stats[i].cpu_measured_pct = measured[i].0 as f64 / hz / measured[i].1 * 100.0;
                 }
             }
             stats

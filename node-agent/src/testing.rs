@@ -65,12 +65,18 @@ impl LocalPty {
             let n = self.master.read(&mut buf).unwrap();
             assert!(n > 0);
             total += n as u64;
+            // Only the new bytes (and the needle's length before them),
+            // first byte first: a cheap reader, as a terminal would be.
             seen.extend_from_slice(&buf[..n]);
-            if seen.windows(needle.len()).any(|w| w == needle) {
+            if seen
+                .windows(needle.len())
+                .any(|w| w[0] == needle[0] && w == needle)
+            {
                 return total;
             }
-            if seen.len() > 4096 {
-                seen.drain(..seen.len() - 64);
+            let keep = needle.len() - 1;
+            if seen.len() > keep {
+                seen.drain(..seen.len() - keep);
             }
         }
     }

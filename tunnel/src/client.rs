@@ -122,7 +122,10 @@ pub fn spawn(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<watch::Receiver<RelayStatus>> {
-    let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().expect("literal addr"))?;
+    let socket = crate::udp::bind("0.0.0.0:0".parse().expect("literal addr"))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
     let status = watch::channel(
         opts.relays
             .iter()

@@ -25,6 +25,7 @@ pub mod reset;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod udp;
 
 pub use stream::TunnelStream;
 

@@ -404,7 +404,11 @@ pub fn bind(
     idle_timeout: Duration,
 ) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
-    quinn::Endpoint::server(cfg, addr)
+    let socket = crate::udp::bind(addr)
+        .map_err(|e| crate::tls::TlsError::Invalid(format!("binding {addr}: {e}")))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(cfg), socket, runtime)
         .map_err(|e| crate::tls::TlsError::Invalid(format!("binding {addr}: {e}")))
 }
 
@@ -442,6 +446,7 @@ pub fn from_socket_with_reset(
     reset: &crate::reset::ResetKey,
 ) -> Result<quinn::Endpoint, crate::tls::TlsError> {
     let cfg = crate::tls::server_config(cert_pem, key_pem, idle_timeout)?;
+    crate::udp::enlarge_buffers(&socket);
     let runtime = quinn::default_runtime()
         .ok_or_else(|| crate::tls::TlsError::Invalid("no async runtime".into()))?;
     quinn::Endpoint::new(reset.endpoint_config(), Some(cfg), socket, runtime)

@@ -3,6 +3,15 @@
 //! its own offset at its own pace.
 use super::*;
 
+/// Output a pump turn reads from the PTY before the clients run.
+const PUMP_BATCH: usize = 64 * 1024;
+/// A frame this large goes at once, whatever the pace.
+const FRAME_BATCH: usize = 32 * 1024;
+/// Output within this long of the previous frame counts as sustained.
+const COALESCE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a small frame under sustained output waits for more.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub(super) struct TermState {
     /// The most recent output: bytes `[end - replay.len(), end)`.
     pub(super) replay: VecDeque<u8>,
@@ -68,6 +77,11 @@ impl Terminal {
     pub(super) fn finish(&self, code: i32) {
         self.lock().exit = Some(code);
         self.wake.send_replace(());
+    }
+
+    /// Output bytes held after offset `pos`.
+    pub(super) fn ready_after(&self, pos: u64) -> u64 {
+        self.lock().end.saturating_sub(pos)
     }
 
     /// Up to `max` bytes of output from offset `pos`.
@@ -267,10 +281,16 @@ impl Server {
                 code = &mut exit_rx => break code.unwrap_or(-1),
                 r = term.master.readable(), if !eof => {
                     let Ok(mut guard) = r else { eof = true; continue };
-                    match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
-                        Ok(Ok(0)) | Ok(Err(_)) => eof = true, // EIO: every slave end closed
-                        Ok(Ok(n)) => term.push(&buf[..n]),
-                        Err(_would_block) => {}
+                    // Drain what the PTY holds (a read returns at most a
+                    // few KiB) before the clients run, up to PUMP_BATCH:
+                    // fewer, larger frames down the whole path.
+                    let mut got = 0;
+                    while got < PUMP_BATCH {
+                        match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
+                            Ok(Ok(0)) | Ok(Err(_)) => { eof = true; break } // EIO: every slave end closed
+                            Ok(Ok(n)) => { term.push(&buf[..n]); got += n; }
+                            Err(_would_block) => break,
+                        }
                     }
                 }
             }
@@ -325,6 +345,7 @@ impl Server {
             }
             let mut pos = first;
             let mut ack_due = false;
+            let mut last_sent = std::time::Instant::now() - COALESCE_AFTER;
             loop {
                 if ack_due || ack_rx.has_changed().unwrap_or(false) {
                     ack_due = false;
@@ -332,6 +353,17 @@ impl Server {
                     sink.send(Frame::InputAck { offset, noecho })
                         .await
                         .map_err(io::Error::other)?;
+                }
+                // Under sustained output (a frame went out just now) a
+                // small frame waits up to COALESCE for more, so frames are
+                // large and each hop's fixed cost per frame is paid less
+                // often; output after a pause (an echo) goes at once.
+                if last_sent.elapsed() < COALESCE_AFTER {
+                    let until = tokio::time::Instant::now() + COALESCE;
+                    while term.ready_after(pos) < FRAME_BATCH as u64
+                        && tokio::time::timeout_at(until, wake.changed()).await.is_ok()
+                    {
+                    }
                 }
                 // Marks the wake seen before reading, so output pushed
                 // after this read wakes the wait below.
@@ -346,6 +378,7 @@ impl Server {
                 }
                 if !c.data.is_empty() {
                     pos += c.data.len() as u64;
+                    last_sent = std::time::Instant::now();
                     sink.send(Frame::Data(c.data.into()))
                         .await
                         .map_err(io::Error::other)?;
