@@ -83,6 +83,11 @@ if ! head -c1 /var/lib/lxcfs/proc/meminfo >/dev/null 2>&1; then
   for _ in $(seq 1 20); do [ -f /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.5; done
   [ -f /var/lib/lxcfs/proc/meminfo ] || { echo "setup-host: lxcfs did not start"; tail -20 /var/log/warren-lxcfs.log; exit 1; }
 fi
+# The QUIC tunnel asks for 4 MiB socket buffers (tunnel/src/udp.rs); the
+# kernel caps them at these limits (208 KiB by default drops bursts).
+for k in net.core.rmem_max net.core.wmem_max; do
+  [ "$(sysctl -n "$k" 2>/dev/null || echo 0)" -ge 4194304 ] || sysctl -qw "$k=4194304" || true
+done
 echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"
 
 # PostgreSQL for the control plane's tests (a local cluster, password auth on loopback).

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use tracing::debug;
 
 /// What each tunnel socket asks for, both ways. The kernel caps it at
-/// `net.core.rmem_max` / `wmem_max` (docs/operations.md says how to raise
+/// `net.core.rmem_max` / `wmem_max` (docs/scale.md says how to raise
 /// them; `scripts/setup-host.sh` does).
 pub const BUFFER_BYTES: usize = 4 << 20;
 

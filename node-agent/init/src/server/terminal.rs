@@ -7,8 +7,11 @@ use super::*;
 const PUMP_BATCH: usize = 64 * 1024;
 /// A frame this large goes at once, whatever the pace.
 const FRAME_BATCH: usize = 32 * 1024;
-/// Output within this long of the previous frame counts as sustained.
+/// Output within this long of a previous frame of at least BULK bytes
+/// counts as sustained; echoes (a few bytes each, however fast the typing)
+/// never wait.
 const COALESCE_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+const BULK: usize = 4096;
 /// How long a small frame under sustained output waits for more.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -345,7 +348,8 @@ impl Server {
             }
             let mut pos = first;
             let mut ack_due = false;
-            let mut last_sent = std::time::Instant::now() - COALESCE_AFTER;
+            let mut last_sent = std::time::Instant::now();
+            let mut last_len = 0;
             loop {
                 if ack_due || ack_rx.has_changed().unwrap_or(false) {
                     ack_due = false;
@@ -358,7 +362,7 @@ impl Server {
                 // small frame waits up to COALESCE for more, so frames are
                 // large and each hop's fixed cost per frame is paid less
                 // often; output after a pause (an echo) goes at once.
-                if last_sent.elapsed() < COALESCE_AFTER {
+                if last_len >= BULK && last_sent.elapsed() < COALESCE_AFTER {
                     let until = tokio::time::Instant::now() + COALESCE;
                     while term.ready_after(pos) < FRAME_BATCH as u64
                         && tokio::time::timeout_at(until, wake.changed()).await.is_ok()
@@ -379,6 +383,7 @@ impl Server {
                 if !c.data.is_empty() {
                     pos += c.data.len() as u64;
                     last_sent = std::time::Instant::now();
+                    last_len = c.data.len();
                     sink.send(Frame::Data(c.data.into()))
                         .await
                         .map_err(io::Error::other)?;
