@@ -257,6 +257,11 @@ pub enum ServerMsg {
         /// bytes reached the terminal; the client sends again from there.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<u64>,
+        /// Input acks on this connection say whether the terminal was at a
+        /// prompt that does not echo (`input_ack.noecho`); without it the
+        /// page cannot tell and predicts nothing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        echo: bool,
     },
     /// Of the client's input stream, this many bytes reached the terminal:
     /// the client may forget them.
@@ -455,6 +460,7 @@ mod tests {
             pid: None,
             offset: Some(10),
             input: None,
+            echo: false,
         });
         c.on_bytes(5);
         let mut q = TerminalQuery::default();

@@ -87,6 +87,7 @@ where
         pid: None,
         offset: Some(0),
         input: None,
+        echo: false,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     while let Some(msg) = ws.next().await {

@@ -5,7 +5,7 @@
 //! congestion control takes the loss as congestion and slows down.
 use std::net::{SocketAddr, UdpSocket};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// What each tunnel socket asks for, both ways. The kernel caps it at
 /// `net.core.rmem_max` / `wmem_max` (docs/scale.md says how to raise
@@ -21,6 +21,16 @@ pub fn enlarge_buffers(socket: &UdpSocket) {
     }
     if let Err(e) = s.set_send_buffer_size(BUFFER_BYTES) {
         debug!("tunnel socket send buffer: {e}");
+    }
+    // The kernel caps the size silently: say so once per socket, with the
+    // fix (Linux reports double what it keeps for bookkeeping).
+    if let Ok(got) = s.recv_buffer_size()
+        && got < BUFFER_BYTES
+    {
+        warn!(
+            "the tunnel's UDP receive buffer is {got} bytes, not {BUFFER_BYTES}: bursts may be dropped; \
+             raise net.core.rmem_max and net.core.wmem_max to {BUFFER_BYTES} (docs/scale.md)"
+        );
     }
 }
 

@@ -47,7 +47,7 @@ const predictor = new Predictor(term,
   new URLSearchParams(location.search).get("predict") || localStorage.getItem("warren.predict") || "adaptive",
   // Where typed input stands (a new epoch's probe needs every earlier key
   // acknowledged); null for a terminal that acknowledges nothing.
-  () => (tracked ? { end: inputBase + pendingLen, unacked: pendingLen } : null));
+  () => (tracked ? { end: inputBase + pendingLen, unacked: pendingLen, echo: echoReported } : null));
 predictor.attach();
 window.warrenPredictor = predictor;
 term.onWriteParsed(() => predictor.check());
@@ -92,6 +92,8 @@ let inputId = newInputId(), inputBase = 0, pending = [], pendingLen = 0, attache
 // Off for a terminal that keeps no input streams (an older init): keys are
 // then sent as typed, as before, and not kept.
 let tracked = true;
+// The terminal's input acks say whether it was at a no-echo prompt.
+let echoReported = false;
 function showPending() {
   const el = $("pending");
   el.hidden = pendingLen === 0 || attached;
@@ -290,6 +292,7 @@ function connect() {
       // Send again what the terminal has not written yet (a server without
       // input streams cannot say: then nothing is sent twice).
       tracked = msg.input !== undefined && msg.input !== null;
+      echoReported = msg.echo === true;
       if (!tracked) { pending = []; pendingLen = 0; }
       else {
         // A terminal that counts less than was acknowledged forgot the

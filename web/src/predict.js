@@ -11,8 +11,11 @@
 // acknowledgement says the terminal was not at a password prompt (init
 // reads the PTY's modes when it writes the key: canonical with echo off is
 // `read -s`, `sudo`, `passwd`). So neither a prompt that does not echo nor
-// a slow command's lagging echo of earlier keys can open an epoch there:
-// nothing typed at such a prompt is ever drawn.
+// a slow command's lagging echo of earlier keys can open an epoch there.
+// A terminal that does not report its echo state (an older init) gets no
+// guesses at all. The modes are those of the session's own PTY: a program
+// that runs its own terminal inside (ssh, tmux) keeps that PTY raw, so a
+// password prompt on the far side is guarded only by the epoch rule.
 //
 // Modes: "off", "always", or "adaptive" (only when the measured round trip
 // is at least ADAPTIVE_MS). Guesses are underlined when the round trip is
@@ -29,9 +32,10 @@ const blank = (c) => c === "" || c === " ";
 
 export class Predictor {
   /**
-   * `input()` says where the typed input stands: `{end, unacked}`, bytes
-   * typed so far and those the terminal has not acknowledged, or null for
-   * a terminal that acknowledges nothing (an older init).
+   * `input()` says where the typed input stands: `{end, unacked, echo}`,
+   * bytes typed so far, those the terminal has not acknowledged, and
+   * whether its acknowledgements report the echo state; or null for a
+   * terminal that acknowledges nothing (an older init).
    */
   constructor(term, mode, input = () => null) {
     this.term = term;
@@ -86,8 +90,7 @@ export class Predictor {
     const g = { ch: data, ...cell, at: Date.now(), shown: false, probe: false, end: 0, echoes: false };
     if (!this.confirmed && !this.guesses.some((o) => o.probe)) {
       const i = this.input();
-      if (i === null) Object.assign(g, { probe: true, echoes: true });
-      else if (i.unacked === 0) Object.assign(g, { probe: true, end: i.end + 1 });
+      if (i !== null && i.echo && i.unacked === 0) Object.assign(g, { probe: true, end: i.end + 1 });
     }
     this.guesses.push(g);
     if (this.confirmed && this.active()) this.show(g);
@@ -129,7 +132,10 @@ export class Predictor {
       if (got === g.ch) {
         // The probe opens the epoch only once its acknowledgement said the
         // terminal echoes (until then it waits, shown as nothing).
-        if (g.probe && !this.confirmed && !g.echoes) break;
+        if (g.probe && !this.confirmed && !g.echoes) {
+          if (now - g.at > limit) this.reset(false);
+          break;
+        }
         this.guesses.shift();
         if (g.probe && !this.confirmed) {
           // The prompt echoes: show what was typed after the probe.

@@ -55,6 +55,7 @@ async fn print_everywhere(
                 offset: None,
                 watch: false,
                 input: None,
+                echo_state: false,
             },
         )
         .await
@@ -135,6 +136,7 @@ async fn main() {
                 env: BTreeMap::new(),
                 command: Some(vec!["/bin/sh".into()]),
                 input: None,
+                echo_state: false,
             },
         )
         .await

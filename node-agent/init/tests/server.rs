@@ -21,6 +21,7 @@ fn open_op() -> Op {
         env: BTreeMap::new(),
         command: Some(vec!["/bin/sh".into()]),
         input: None,
+        echo_state: false,
     }
 }
 
@@ -87,6 +88,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             offset: None,
             watch: false,
             input: None,
+            echo_state: false,
         },
     )
     .await
@@ -103,6 +105,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             offset: None,
             watch: false,
             input: None,
+            echo_state: false,
         },
     )
     .await
@@ -121,6 +124,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             offset: None,
             watch: false,
             input: None,
+            echo_state: false,
         },
     )
     .await
@@ -144,6 +148,7 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
             offset: Some(0),
             watch: true,
             input: None,
+            echo_state: false,
         },
     )
     .await
@@ -178,6 +183,7 @@ async fn input_sent_twice_is_written_once() {
         env: BTreeMap::new(),
         command: None,
         input: Some("page1".into()),
+        echo_state: false,
     };
     let (mut a, resp) = client::request(&f.socket, open).await.unwrap();
     assert_eq!(resp.input, Some(0));
@@ -189,6 +195,7 @@ async fn input_sent_twice_is_written_once() {
         offset: None,
         watch: false,
         input: Some("page1".into()),
+        echo_state: false,
     };
     // A second connection of the same stream (a reconnect while the old
     // one still delivers): both send the same bytes at the same offsets.
@@ -303,6 +310,7 @@ async fn hostile_clients_get_errors_and_the_server_keeps_serving() {
             env,
             command: None,
             input: None,
+            echo_state: false,
         },
     )
     .await
@@ -480,6 +488,7 @@ fn attach(terminal: u32, offset: Option<u64>) -> Op {
         offset,
         watch: false,
         input: None,
+        echo_state: false,
     }
 }
 
@@ -630,4 +639,63 @@ async fn attach_names_the_end_of_the_output() {
     let end = r.end.unwrap();
     assert!(end >= all, "end {end} before what was read ({all})");
     assert!(r.offset.unwrap() <= end);
+}
+
+/// Acks carry the PTY's echo state only when asked (`echo_state`), so an
+/// older agent keeps getting the 8-byte acks it reads; asked, a key written
+/// at a canonical no-echo prompt (`stty -echo`, as `read -s` does) is acked
+/// with `noecho`, and one written where the terminal echoes is not.
+#[tokio::test]
+async fn acks_report_a_no_echo_prompt_only_when_asked() {
+    let f = start(Duration::from_secs(60)).await;
+    let open = |echo_state| Op::Open {
+        cols: 80,
+        rows: 24,
+        env: BTreeMap::new(),
+        command: Some(vec!["/bin/sh".into()]),
+        input: Some("echo1".into()),
+        echo_state,
+    };
+    // The next ack's echo state, once the stream reaches `upto`.
+    async fn ack_at(c: &mut InitConn, upto: u64) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, c.next()).await {
+                Ok(Some(Ok(Frame::InputAck { offset, noecho }))) if offset >= upto => {
+                    return noecho;
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no input ack up to {upto}: {other:?}"),
+            }
+        }
+    }
+    let (mut old, resp) = client::request(&f.socket, open(false)).await.unwrap();
+    assert!(!resp.echo_state);
+    type_line(&mut old, "echo plain-$((1+1))").await;
+    assert_eq!(
+        ack_at(&mut old, 1).await,
+        None,
+        "an 8-byte ack when not asked"
+    );
+
+    let (mut c, resp) = client::request(&f.socket, open(true)).await.unwrap();
+    assert!(resp.echo_state);
+    let mut sent = 0u64;
+    let line = "echo echoing-$((2+2))\n";
+    type_line(&mut c, line.trim_end()).await;
+    sent += line.len() as u64;
+    assert_eq!(ack_at(&mut c, sent).await, Some(false));
+    read_until(&mut c, "echoing-4").await;
+    // A prompt that does not echo: wait until the shell has switched.
+    let line = "stty -echo; echo quiet-$((3+3))\n";
+    type_line(&mut c, line.trim_end()).await;
+    sent += line.len() as u64;
+    read_until(&mut c, "quiet-6").await;
+    c.send(Frame::Data(Bytes::from_static(b"s"))).await.unwrap();
+    sent += 1;
+    assert_eq!(
+        ack_at(&mut c, sent).await,
+        Some(true),
+        "a key at a no-echo prompt"
+    );
 }

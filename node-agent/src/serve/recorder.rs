@@ -132,6 +132,7 @@ async fn record(
         offset: Some(from),
         watch: true,
         input: None,
+        echo_state: false,
     };
     let (mut conn, _) = super::initsock::request(init, op)
         .await

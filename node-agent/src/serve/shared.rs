@@ -69,6 +69,7 @@ where
         offset: params.offset,
         watch: read_only,
         input: params.input.clone().filter(|_| !read_only),
+        echo_state: !read_only,
     };
     let (init, resp) = match crate::serve::initsock::request(init, op).await {
         Ok(x) => x,
@@ -83,6 +84,7 @@ where
         pid: None,
         offset: resp.offset,
         input: resp.input,
+        echo: resp.echo_state,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     let access = ServerMsg::Access {

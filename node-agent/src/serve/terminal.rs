@@ -198,6 +198,7 @@ where
         env: params.env.clone(),
         command: params.command.as_ref().map(sh),
         input: params.input.clone(),
+        echo_state: true,
     };
     let exec = params.exec;
     let op = match (&params.command, params.terminal) {
@@ -221,6 +222,7 @@ where
             offset: params.offset,
             watch: false,
             input: params.input.clone(),
+            echo_state: true,
         },
         _ => open.clone(),
     };
@@ -257,6 +259,7 @@ where
         pid: resp.pid,
         offset,
         input: resp.input,
+        echo: resp.echo_state,
     };
     ws.send(Message::Text(hello.to_text().into())).await?;
     let opened = !matches!(op_kind, OpKind::Attach) || replaced;
@@ -490,7 +493,10 @@ where
                     ws.flush().await?;
                 }
                 Some(Ok(Frame::InputAck { offset, noecho })) => {
-                    let ack = ServerMsg::InputAck { offset, noecho };
+                    let ack = ServerMsg::InputAck {
+                        offset,
+                        noecho: noecho.unwrap_or(false),
+                    };
                     ws.send(Message::Text(ack.to_text().into())).await?;
                 }
                 Some(Ok(Frame::Skip(to))) => {

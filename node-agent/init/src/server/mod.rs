@@ -188,7 +188,7 @@ impl Server {
             )
             .await;
         }
-        let (term, cols, rows, offset, watch, input) = match op {
+        let (term, cols, rows, offset, watch, input, echo_state) = match op {
             Op::List => {
                 let list = self
                     .terminals()
@@ -212,8 +212,9 @@ impl Server {
                 env,
                 command,
                 input,
+                echo_state,
             } => match self.open(cols, rows, &env, command) {
-                Ok(t) => (t, cols, rows, Some(0), false, input),
+                Ok(t) => (t, cols, rows, Some(0), false, input, echo_state),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
             Op::Exec {
@@ -237,8 +238,9 @@ impl Server {
                 offset,
                 watch,
                 input,
+                echo_state,
             } => match self.find(terminal) {
-                Some(t) => (t, cols, rows, offset, watch, input),
+                Some(t) => (t, cols, rows, offset, watch, input, echo_state),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
                     return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
@@ -259,7 +261,8 @@ impl Server {
             let (cols, rows) = proto::clamp_size(cols, rows);
             let _ = pty::resize(term.master.get_ref(), cols, rows);
         }
-        self.attached(framed, term, offset, watch, input).await
+        self.attached(framed, term, offset, watch, input, echo_state)
+            .await
     }
 
     /// Hangs up shells nobody has been attached to for the detached timeout.

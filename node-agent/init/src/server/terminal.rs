@@ -318,6 +318,7 @@ impl Server {
         offset: Option<u64>,
         watch: bool,
         input: Option<String>,
+        echo_state: bool,
     ) -> io::Result<()> {
         let mut wake = term.wake.subscribe();
         if !watch {
@@ -326,7 +327,10 @@ impl Server {
         let first = term.attach_at(offset);
         // This connection's input starts where the stream's written part ends.
         let mut input_pos = input.as_deref().map(|id| term.inputs.written(id));
-        let (ack_tx, mut ack_rx) = watch::channel((input_pos.unwrap_or(0), false));
+        let (ack_tx, mut ack_rx) = watch::channel(input_pos.unwrap_or(0));
+        // Set when input was written at a no-echo prompt, cleared when an
+        // ack says so: a later ack (echo back on) never hides it.
+        let noecho_seen = std::sync::atomic::AtomicBool::new(false);
         let resp = Response {
             ok: true,
             terminal: Some(term.id),
@@ -334,6 +338,7 @@ impl Server {
             offset: Some(first),
             end: Some(term.lock().end),
             input: input_pos,
+            echo_state: echo_state && input_pos.is_some(),
             ..Default::default()
         };
         let (mut sink, mut stream) = framed.split();
@@ -353,7 +358,9 @@ impl Server {
             loop {
                 if ack_due || ack_rx.has_changed().unwrap_or(false) {
                     ack_due = false;
-                    let (offset, noecho) = *ack_rx.borrow_and_update();
+                    let offset = *ack_rx.borrow_and_update();
+                    let noecho = echo_state
+                        .then(|| noecho_seen.swap(false, std::sync::atomic::Ordering::Relaxed));
                     sink.send(Frame::InputAck { offset, noecho })
                         .await
                         .map_err(io::Error::other)?;
@@ -414,7 +421,10 @@ impl Server {
                     Ok(Frame::Data(b)) => match (&input, input_pos.as_mut()) {
                         (Some(id), Some(pos)) => {
                             if let Ok(done) = term.inputs.write(&term, id, pos, &b).await {
-                                ack_tx.send_replace((done, term.noecho()));
+                                if echo_state && term.noecho() {
+                                    noecho_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                ack_tx.send_replace(done);
                             }
                         }
                         _ => {
