@@ -5,26 +5,13 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use warren_loadtest::{Args, Report, Target};
+use warren_loadtest::{Report, Target};
 use warren_testkit::{TestRun, until_ok};
 
-#[allow(dead_code)] // the stack helper only
+#[allow(dead_code)] // the stack and argument helpers only
 mod common;
-
-#[derive(Parser)]
-struct Cmd {
-    #[command(flatten)]
-    args: Args,
-}
-
-fn args(line: &str, out: &std::path::Path) -> Args {
-    let mut v = vec!["loadtest".to_string()];
-    v.extend(line.split_whitespace().map(String::from));
-    v.extend(["--out".into(), out.display().to_string(), "--quiet".into()]);
-    Cmd::parse_from(v).args
-}
+use common::loadtest_args as args;
 
 fn relay_target(st: &warren::stack::Stack, relay: std::net::SocketAddr) -> Target {
     Target {

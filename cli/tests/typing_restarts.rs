@@ -18,28 +18,15 @@ mod cluster;
 #[allow(dead_code)] // uses part of the module
 mod common;
 use cluster::*;
+use common::loadtest_args as args;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use warren_loadtest::{Args, Report, Target};
+use warren_loadtest::{Report, Target};
 use warren_testkit::{until, until_ok};
-
-#[derive(Parser)]
-struct Cmd {
-    #[command(flatten)]
-    args: Args,
-}
-
-fn args(line: &str, out: &std::path::Path) -> Args {
-    let mut v = vec!["loadtest".to_string()];
-    v.extend(line.split_whitespace().map(String::from));
-    v.extend(["--out".into(), out.display().to_string(), "--quiet".into()]);
-    Cmd::parse_from(v).args
-}
 
 /// Counts of one run, for the report line and the checks.
 fn summary(r: &Report) -> String {

@@ -105,3 +105,18 @@ pub async fn call_with(
     let s = resp.status().as_u16();
     (s, resp.json().await.unwrap_or(Value::Null))
 }
+
+/// `warren loadtest` flags written as one line, parsed as the command line
+/// parses them, with the report going to `out` and no progress bar.
+#[allow(dead_code)] // each test binary uses part of this module
+pub fn loadtest_args(line: &str, out: &std::path::Path) -> warren_loadtest::Args {
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: warren_loadtest::Args,
+    }
+    let mut v = vec!["loadtest".to_string()];
+    v.extend(line.split_whitespace().map(String::from));
+    v.extend(["--out".into(), out.display().to_string(), "--quiet".into()]);
+    <Cmd as clap::Parser>::parse_from(v).args
+}
