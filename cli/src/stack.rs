@@ -36,6 +36,8 @@ pub struct StackOptions {
     pub allow_host_root_sessions: bool,
     /// Record every terminal (control's `sessions.record_terminals`).
     pub record_terminals: bool,
+    /// Warm pools (control's `[[pools]]`).
+    pub pools: Vec<warren_config::PoolConfig>,
 }
 
 impl StackOptions {
@@ -70,6 +72,7 @@ impl StackOptions {
             session_memory_mb,
             allow_host_root_sessions: false,
             record_terminals: true,
+            pools: Vec::new(),
         }
     }
 }
@@ -173,6 +176,7 @@ pub async fn start(o: StackOptions) -> anyhow::Result<Stack> {
         },
         tls: None,
         auth: Default::default(),
+        pools: o.pools.clone(),
     };
     let control = warren_control::start(ccfg.clone(), api, stop.clone()).await?;
     let admin_key = std::fs::read_to_string(data.join("control/admin.key"))

@@ -47,6 +47,9 @@ pub struct ControlConfig {
     pub tls: Option<ControlTls>,
     #[serde(default)]
     pub auth: ControlAuth,
+    /// Warm pools kept on every worker (`[[pools]]`).
+    #[serde(default)]
+    pub pools: Vec<crate::PoolConfig>,
 }
 
 /// How long what a link was exchanged for lives.
@@ -279,6 +282,21 @@ impl Validate for ControlConfig {
                 return Err(ConfigError::invalid(
                     format!("sessions.allowed_images[{i}]"),
                     "must be an image name pattern (1 to 255 characters, no spaces; `*` is any characters)",
+                ));
+            }
+        }
+        if self.pools.len() > crate::MAX_POOLS {
+            return Err(ConfigError::invalid(
+                "pools",
+                format!("at most {} pools", crate::MAX_POOLS),
+            ));
+        }
+        for (i, p) in self.pools.iter().enumerate() {
+            p.validate(i)?;
+            if p.disk_mb.is_some_and(|d| d > s.max_disk_mb) {
+                return Err(ConfigError::invalid(
+                    format!("pools[{i}].disk_mb"),
+                    "must be at most sessions.max_disk_mb",
                 ));
             }
         }

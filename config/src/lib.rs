@@ -8,11 +8,13 @@
 
 mod agent;
 mod control;
+mod pools;
 mod relay;
 mod secret;
 
 pub use agent::{AgentAdmin, AgentConfig, DockerConfig, RelayTarget, SecurityMode, TerminalConfig};
 pub use control::{ControlConfig, ControlTls, SchedulerConfig, SessionDefaults, Strategy};
+pub use pools::{MAX_POOL_SIZE, MAX_POOLS, PoolConfig};
 pub use relay::{
     AuthConfig, HttpsConfig, ListenConfig, RelayConfig, RelayControl, RelayTunnelConfig,
     StaticRoute,

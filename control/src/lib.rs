@@ -76,6 +76,12 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    // The engine's grammar, as for a create: a pool's image reaches every
+    // worker.
+    for (i, p) in api::internal::warm_pools(&cfg).iter().enumerate() {
+        warren_proto::validate::image_reference(&p.image)
+            .map_err(|e| anyhow::anyhow!("invalid value for `pools[{i}].image`: {e}"))?;
+    }
     let store = Store::open(&database_url(&cfg))
         .await
         .context("opening the database")?;

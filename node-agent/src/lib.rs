@@ -22,6 +22,8 @@
 //! - [`run`]: the agent's one entry point ([`start`] and [`Running::stopped`]
 //!   for a caller that needs the [`Agent`] meanwhile); [`Agent`]: sessions by
 //!   id, and the tunnel's stream handler; [`metrics`]: its Prometheus registry.
+//! - [`warm`]: warm pools (containers started ahead of demand, claimed by
+//!   a session of their image and size).
 //! - `testing` (feature `testing`): a local-PTY driver for tests and benchmarks.
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ pub mod sandbox;
 pub mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -288,6 +291,8 @@ pub struct Agent {
     shares: Arc<serve::shares::ShareBook>,
     /// Who is attached to each terminal.
     viewers: Arc<serve::viewers::Viewers>,
+    /// Warm containers, claimed by new sessions of their image and size.
+    pools: Arc<warm::WarmPools>,
     recorders: Arc<serve::recorder::Recorders>,
     metrics: Arc<metrics::Metrics>,
     shutdown: CancellationToken,
@@ -327,6 +332,7 @@ impl Agent {
             api_slots: DashMap::new(),
             shares: Arc::default(),
             viewers: Arc::default(),
+            pools: Arc::default(),
             recorders: Arc::default(),
             metrics: metrics::Metrics::new(),
             shutdown,
@@ -358,6 +364,10 @@ impl Agent {
 
     pub fn shares(&self) -> &Arc<serve::shares::ShareBook> {
         &self.shares
+    }
+
+    pub fn pools(&self) -> &Arc<warm::WarmPools> {
+        &self.pools
     }
 
     pub fn recorders(&self) -> &Arc<serve::recorder::Recorders> {
@@ -419,11 +429,37 @@ impl Agent {
         if let Some(s) = self.session(&spec.id) {
             return Ok(s);
         }
-        let info = self.runtime.create(spec).await?;
+        let info = match self.claim_warm(spec).await {
+            Some(info) => info,
+            None => {
+                self.metrics.pool_claims.with_label_values(&["cold"]).inc();
+                self.runtime.create(spec).await?
+            }
+        };
         info!(session = %info.id, container = %info.container_id, ip = ?info.ip, "session started");
         self.sessions.insert(info.id.clone(), info.clone());
         self.metrics.sessions.set(self.sessions.len() as i64);
         Ok(info)
+    }
+
+    /// A warm container of `spec`'s pool made this session's, if one is
+    /// ready; one that cannot be claimed is removed (a cold start follows).
+    async fn claim_warm(&self, spec: &SessionSpec) -> Option<SessionInfo> {
+        let warm = self.pools.take(spec)?;
+        let key = warm.key.clone();
+        match self.runtime.claim_warm(warm.clone(), &spec.id).await {
+            Ok(info) => {
+                self.metrics.pool_claims.with_label_values(&["warm"]).inc();
+                info!(session = %spec.id, warm = %key, "claimed a warm container");
+                Some(info)
+            }
+            Err(e) => {
+                warn!(session = %spec.id, warm = %key, "cannot claim a warm container: {e}");
+                self.metrics.errors.with_label_values(&["pool"]).inc();
+                let _ = self.runtime.remove(&warm).await;
+                None
+            }
+        }
     }
 
     /// Cancelled when the session is deleted: its terminals close with 4404.

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub control_failovers: IntCounter,
     /// Errors by kind.
     pub errors: IntCounterVec,
+    /// Warm containers ready to be claimed, all pools together.
+    pub pool_warm: IntGauge,
+    /// Session starts by source (`warm`: claimed from a pool, `cold`).
+    pub pool_claims: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +94,19 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            pool_warm: IntGauge::new(
+                "warren_agent_pool_warm",
+                "warm containers ready to be claimed",
+            )
+            .expect("metric"),
+            pool_claims: IntCounterVec::new(
+                Opts::new(
+                    "warren_agent_session_starts_total",
+                    "session starts by source (warm: claimed from a pool; cold)",
+                ),
+                &["source"],
+            )
+            .expect("metric"),
             registry,
         };
         for c in [
@@ -103,11 +120,16 @@ impl Metrics {
             Box::new(m.heartbeat_age_seconds.clone()),
             Box::new(m.control_failovers.clone()),
             Box::new(m.errors.clone()),
+            Box::new(m.pool_warm.clone()),
+            Box::new(m.pool_claims.clone()),
         ] {
             m.registry.register(c).expect("register metric");
         }
         // Every known label from the start: a dashboard shows 0, not "no data".
-        for kind in ["terminal", "create", "remove"] {
+        for source in ["warm", "cold"] {
+            m.pool_claims.with_label_values(&[source]);
+        }
+        for kind in ["terminal", "create", "remove", "pool"] {
             m.errors.with_label_values(&[kind]);
         }
         for outcome in ["ok", "refused", "unreachable"] {

@@ -130,6 +130,39 @@ pub struct WatchResponse {
     /// removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<Vec<String>>,
+    /// Warm pools this node keeps full (absent from an older control:
+    /// none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<WarmPool>,
+}
+
+/// Containers a node keeps started ahead of demand: a desired session of
+/// exactly this image and size, with no egress, takes one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmPool {
+    pub image: String,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// 0: no disk limit.
+    #[serde(default)]
+    pub disk_mb: u64,
+    /// How many to keep warm (fewer where memory is short).
+    pub size: u32,
+}
+
+impl WarmPool {
+    /// The pool's name on the node (a container label's value): image and
+    /// size, so a session's spec finds its pool by the same words.
+    pub fn key(image: &str, memory_mb: u64, cpus: f64, disk_mb: u64) -> String {
+        format!(
+            "{image} {memory_mb}m {}mcpu {disk_mb}d",
+            (cpus * 1000.0).round() as u64
+        )
+    }
+
+    pub fn name(&self) -> String {
+        Self::key(&self.image, self.memory_mb, self.cpus, self.disk_mb)
+    }
 }
 
 /// One session a node should run.

@@ -54,6 +54,31 @@ pub struct UpArgs {
     /// Docker-in-Docker sessions as host root and says so (docs/security.md).
     #[arg(long)]
     isolated: bool,
+    /// Keep N sessions started ahead of demand: `N` of the session image,
+    /// or `IMAGE=N`; repeatable. A create with no options (or that image
+    /// and the default size) then takes one at once.
+    #[arg(long = "pool", value_name = "[IMAGE=]N", value_parser = parse_pool)]
+    pools: Vec<warren_config::PoolConfig>,
+}
+
+/// `--pool [IMAGE=]N`.
+fn parse_pool(s: &str) -> Result<warren_config::PoolConfig, String> {
+    let (image, n) = match s.rsplit_once('=') {
+        Some((image, n)) => (Some(image.to_string()), n),
+        None => (None, s),
+    };
+    let size: u32 = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number of warm sessions (expected [IMAGE=]N)"))?;
+    let pool = warren_config::PoolConfig {
+        image,
+        memory_mb: None,
+        cpus: None,
+        disk_mb: None,
+        size,
+    };
+    pool.check().map_err(|e| e.to_string())?;
+    Ok(pool)
 }
 
 fn find_script(name: &str) -> Option<PathBuf> {
@@ -89,6 +114,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         image,
         trust,
         isolated,
+        pools,
     } = args;
     // Images first, with progress on the terminal.
     if !image_exists(&image).await {
@@ -133,6 +159,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         session_memory_mb: 1024,
         allow_host_root_sessions: !isolated,
         record_terminals: true,
+        pools,
     })
     .await?;
     let profile = stack.agent.runtime().security();

@@ -14,6 +14,17 @@ pub async fn stack(
     image: &str,
     session_memory_mb: u64,
 ) -> Option<(TestRun, warren::stack::Stack)> {
+    stack_with(name, image, session_memory_mb, |_| {}).await
+}
+
+/// [`stack`], with its options changed by `f` first.
+#[allow(dead_code)] // each test binary uses part of this module
+pub async fn stack_with(
+    name: &str,
+    image: &str,
+    session_memory_mb: u64,
+    f: impl FnOnce(&mut warren::stack::StackOptions),
+) -> Option<(TestRun, warren::stack::Stack)> {
     if !warren_testkit::docker_or_skip() {
         return None;
     }
@@ -23,6 +34,7 @@ pub async fn stack(
     // `loopback` names its directory and network as the run does.
     assert_eq!((&opts.data_dir, &opts.network), (&run.dir, &run.network));
     opts.data_dir = run.dir.join("stack");
+    f(&mut opts);
     let st = warren::stack::start(opts).await.unwrap();
     Some((run, st))
 }

@@ -147,7 +147,25 @@ pub(super) async fn watch(
         index,
         sessions,
         snapshots: Some(snapshots),
+        pools: warm_pools(&c.cfg),
     }))
+}
+
+/// `[[pools]]` with `[sessions]`' defaults filled in, as a session created
+/// without options would be asked for (so such a create finds its pool).
+pub(crate) fn warm_pools(cfg: &warren_config::ControlConfig) -> Vec<WarmPool> {
+    let d = &cfg.sessions;
+    cfg.pools
+        .iter()
+        .map(|p| WarmPool {
+            image: p.image.clone().unwrap_or_else(|| d.image.clone()),
+            memory_mb: p.memory_mb.unwrap_or(d.memory_mb),
+            // As a create stores it (whole millicpus).
+            cpus: (p.cpus.unwrap_or(d.cpus) * 1000.0) as i64 as f64 / 1000.0,
+            disk_mb: p.disk_mb.unwrap_or(d.disk_mb),
+            size: p.size,
+        })
+        .collect()
 }
 
 pub(super) async fn route(

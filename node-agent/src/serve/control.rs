@@ -302,6 +302,8 @@ pub fn spawn_sync(
         });
     }
 
+    crate::warm::spawn_filler(agent.clone(), memory_override, tracker, shutdown.clone());
+
     // The watch, and reconciliation.
     {
         let tracker2 = tracker.clone();
@@ -340,6 +342,7 @@ pub fn spawn_sync(
                     }
                 };
                 index = answer.index;
+                agent.pools().set(answer.pools);
                 // Snapshots control no longer lists (an older control
                 // lists none: then nothing is removed).
                 if let Some(keep) = answer.snapshots {

@@ -8,7 +8,7 @@ use crate::sandbox::tenant_paths;
 
 use super::{
     DockerRuntime, LABEL_CPUS, LABEL_CPUSET, LABEL_DISK, LABEL_EGRESS, LABEL_MEMORY, LABEL_NODE,
-    LABEL_SESSION, RuntimeError, SessionInfo, wait_for_init,
+    LABEL_POOL, LABEL_SESSION, RuntimeError, SessionInfo, wait_for_init,
 };
 
 impl DockerRuntime {
@@ -34,13 +34,29 @@ impl DockerRuntime {
             let (Some(cid), Some(labels)) = (c.id.clone(), c.labels.clone()) else {
                 continue;
             };
-            let Some(sid) = labels.get(LABEL_SESSION).cloned() else {
+            // What its disk, pin, files and network are kept under.
+            let Some(key) = labels.get(LABEL_SESSION).cloned() else {
                 continue;
             };
-            if !warren_config::is_dns_label(&sid) {
+            if !warren_config::is_dns_label(&key) {
                 warn!(container = %cid, "a container of this node has a session label that is no session id; left alone");
                 continue;
             }
+            // A warm container is the session that claimed it, or (never
+            // claimed) removed: the pool starts fresh ones.
+            let sid = if labels.contains_key(LABEL_POOL) {
+                match self.claimed_by(&key, c.names.as_deref().unwrap_or_default()) {
+                    Some(sid) => sid,
+                    None => {
+                        if self.remove_container_and_disk(&cid, &key).await.is_ok() {
+                            let _ = std::fs::remove_dir_all(self.sessions_dir.join(&key));
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                key.clone()
+            };
             // Labels are the agent's own (it sets every one it reads), but a
             // container made by an older agent may carry an image's: each
             // value is checked, and one out of range counts as absent.
@@ -61,13 +77,13 @@ impl DockerRuntime {
             .checked(true);
             let restored = match &policy {
                 Ok(p) if p.is_none() => Ok(()),
-                Ok(p) => self.restore_egress(&sid, p).await,
+                Ok(p) => self.restore_egress(&key, p).await,
                 Err(e) => Err(RuntimeError::Invalid(e.clone())),
             };
             if let Err(e) = restored {
                 warn!(session = %sid, "cannot set the session's egress policy up again, removing it: {e}");
-                if self.remove_container_and_disk(&cid, &sid).await.is_ok() {
-                    self.remove_egress_network(&sid).await;
+                if self.remove_container_and_disk(&cid, &key).await.is_ok() {
+                    self.remove_egress_network(&key).await;
                 }
                 continue;
             }
@@ -76,22 +92,25 @@ impl DockerRuntime {
             // run without a limit.
             if !running
                 && labels.get(LABEL_DISK).is_some_and(|d| d == "loop")
-                && let Err(e) = self.reattach_disk(&cid, &sid).await
+                && let Err(e) = self.reattach_disk(&cid, &key).await
             {
                 warn!(session = %sid, "cannot mount the stopped session's disk again, removing it: {e}");
-                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                let _ = self.remove_container_and_disk(&cid, &key).await;
                 continue;
             }
             if !running && let Err(e) = self.docker.start_container(&cid, None).await {
                 warn!(session = %sid, "cannot restart stopped session container, removing it: {e}");
-                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                let _ = self.remove_container_and_disk(&cid, &key).await;
                 continue;
             }
             let info = match self
-                .inspect(&cid, &sid, c.image.as_deref().unwrap_or(""), memory_mb)
+                .inspect(&cid, &key, c.image.as_deref().unwrap_or(""), memory_mb)
                 .await
             {
-                Ok(i) => i,
+                Ok(i) => SessionInfo {
+                    id: sid.clone(),
+                    ..i
+                },
                 // Removed between the list and now: nothing to adopt.
                 Err(RuntimeError::Docker(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404,
@@ -104,7 +123,7 @@ impl DockerRuntime {
             // anything else waits.
             if let Err(e) = tenant_paths::block_engine_dns(info.init.init_pid).await {
                 warn!(session = %sid, "cannot close the engine's DNS to the adopted session, removing it: {e}");
-                let _ = self.remove_container_and_disk(&cid, &sid).await;
+                let _ = self.remove_container_and_disk(&cid, &key).await;
                 continue;
             }
             if let Err(e) = wait_for_init(&info).await {
@@ -138,14 +157,14 @@ impl DockerRuntime {
             ) {
                 p.lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .record(&sid, cores, limit);
+                    .record(&key, cores, limit);
             }
             out.push(info);
         }
         if let Some(disks) = &self.loop_disks {
-            disks.sweep(&out.iter().map(|s| s.id.clone()).collect());
+            disks.sweep(&out.iter().map(|s| s.key.clone()).collect());
         }
-        self.sweep_egress(&out.iter().map(|s| s.id.clone()).collect())
+        self.sweep_egress(&out.iter().map(|s| s.key.clone()).collect())
             .await;
         Ok(out)
     }

@@ -24,6 +24,7 @@ mod adopt;
 mod egress;
 mod engine;
 mod network;
+mod pool;
 mod remove;
 mod snapshot;
 
@@ -32,6 +33,7 @@ pub use crate::sandbox::spec::{
     LABEL_SESSION, SessionSpec,
 };
 pub use egress::network_name as egress_network_name;
+pub use pool::LABEL_POOL;
 pub use snapshot::LABEL_SNAPSHOT_COMMAND;
 
 /// Free space (MiB) the worker keeps for itself: below it, no new sessions
@@ -46,6 +48,10 @@ const INIT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub id: String,
+    /// What its container, disk, pin and files on the worker are kept
+    /// under: the session's id, or for one claimed from a warm pool the
+    /// warm container's own (`warm-…`).
+    pub key: String,
     pub container_id: String,
     pub image: String,
     pub memory_mb: u64,
@@ -168,6 +174,15 @@ impl DockerRuntime {
 
     /// Creates and starts a session container and waits for its init.
     pub async fn create(&self, spec: &SessionSpec) -> Result<SessionInfo, RuntimeError> {
+        self.create_in(spec, None).await
+    }
+
+    /// [`Self::create`], for a warm pool's container when `pool` names it.
+    async fn create_in(
+        &self,
+        spec: &SessionSpec,
+        pool: Option<&str>,
+    ) -> Result<SessionInfo, RuntimeError> {
         let session = spec
             .resolve(&self.cfg, self.disk_limits())
             .map_err(RuntimeError::Invalid)?;
@@ -195,7 +210,7 @@ impl DockerRuntime {
             }
         };
         let container = match self
-            .create_container(&session, &image, &bound_files, &network)
+            .create_container(&session, &image, &bound_files, &network, pool)
             .await
         {
             Ok(c) => c,
@@ -239,7 +254,12 @@ impl DockerRuntime {
         image: &ImageFacts,
         bound_files: &[String],
         network: &str,
+        pool: Option<&str>,
     ) -> Result<String, RuntimeError> {
+        let mut labels = self.labels.clone();
+        if let Some(pool) = pool {
+            labels.insert(LABEL_POOL.into(), pool.into());
+        }
         // The session's own resource view where lxcfs runs on the worker.
         let lxcfs_binds = spec::lxcfs_binds(Path::new(spec::LXCFS_DIR));
         let disk_label = session.disk_mb > 0 && self.disk_limits();
@@ -262,7 +282,7 @@ impl DockerRuntime {
                     command: &image.command,
                     init_binary: &self.init_binary,
                     lxcfs_binds: &lxcfs_binds,
-                    labels: &self.labels,
+                    labels: &labels,
                     network,
                     oci_runtime: self.cfg.runtime.as_deref(),
                     terminal: &self.terminal,
@@ -465,6 +485,7 @@ impl DockerRuntime {
             .and_then(|ip| ip.parse().ok());
         Ok(SessionInfo {
             id: id.into(),
+            key: id.into(),
             container_id: container_id.clone(),
             image: image.into(),
             memory_mb,

@@ -6,11 +6,11 @@ use super::{DockerRuntime, RuntimeError, SessionInfo};
 
 impl DockerRuntime {
     pub async fn remove(&self, info: &SessionInfo) -> Result<(), RuntimeError> {
-        self.remove_container_and_disk(&info.container_id, &info.id)
+        self.remove_container_and_disk(&info.container_id, &info.key)
             .await?;
         // Once the container is gone: its rules never lapse while it runs.
-        self.remove_egress_network(&info.id).await;
-        let _ = std::fs::remove_dir_all(self.sessions_dir.join(&info.id));
+        self.remove_egress_network(&info.key).await;
+        let _ = std::fs::remove_dir_all(self.sessions_dir.join(&info.key));
         Ok(())
     }
 
