@@ -5,7 +5,7 @@
 #
 #   scripts/cluster.sh [WORKERS]        # Ctrl-C stops it all
 #
-# Needs what scripts/setup-host.sh installs (Docker, PostgreSQL, openssl)
+# Needs what scripts/setup-host.sh --tests installs (Docker, PostgreSQL, openssl)
 # and the images (scripts/build-images.sh). Ports: control 7101/7102,
 # relays HTTP 8101/8102 (loopback), HTTPS 8441/8442, tunnels UDP
 # 7441/7442, relay metrics 9101/9102, worker metrics from 9111. State in

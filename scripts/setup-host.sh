@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Installs and starts what Warren needs on a Debian 12 host: Docker engine,
-# cmake (Pingora's zlib-ng), debootstrap and busybox-static (session images),
-# chromium (the browser test), the OpenSSH client (the SSH tests), PostgreSQL (the control plane's scale path),
-# asciinema (recordings are checked with it).
+# Installs and starts what Warren needs on a Debian 12 host.
+#
+#   scripts/setup-host.sh          what the stack needs (scripts/up.sh): the
+#                                  Docker engine, cmake (Pingora's zlib-ng),
+#                                  debootstrap and busybox-static (session
+#                                  images), iptables, uidmap, lxcfs, e2fsprogs
+#   scripts/setup-host.sh --tests  and what only the tests need (scripts/test.sh):
+#                                  chromium (the browser tests), the OpenSSH
+#                                  client (the SSH tests), PostgreSQL (the
+#                                  control plane's scale path, started),
+#                                  asciinema (recordings), Prometheus (the
+#                                  cluster test), curl (the README's examples)
 #
 # The Docker engine is set up the way a Warren worker runs it
 # (docs/security.md): with user-namespace remapping, so a session's root is
@@ -11,11 +19,16 @@
 # Idempotent; safe to run again.
 set -euo pipefail
 
+tests=0
+case "${1:-}" in
+  --tests) tests=1 ;;
+  "") ;;
+  *) echo "setup-host: unknown option ${1} (expected nothing or --tests)" >&2; exit 2 ;;
+esac
+
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v cmake >/dev/null || need+=(cmake)
-# The README's curl examples are run by a test as written.
-command -v curl >/dev/null || need+=(curl)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)
@@ -23,13 +36,17 @@ command -v newuidmap >/dev/null || need+=(uidmap)
 command -v lxcfs >/dev/null || need+=(lxcfs)
 # Session disk limits on ext4 workers: loop-mounted ext4 per session.
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
-command -v chromium >/dev/null || need+=(chromium)
-[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
-# The recording test plays what it recorded with asciinema.
-command -v asciinema >/dev/null || need+=(asciinema)
-# The cluster test scrapes every part with a real Prometheus.
-[ -x /usr/bin/prometheus ] || need+=(prometheus)
+if [ "$tests" = 1 ]; then
+  # The README's curl examples are run by a test as written.
+  command -v curl >/dev/null || need+=(curl)
+  command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
+  command -v chromium >/dev/null || need+=(chromium)
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+  # The recording test plays what it recorded with asciinema.
+  command -v asciinema >/dev/null || need+=(asciinema)
+  # The cluster test scrapes every part with a real Prometheus.
+  [ -x /usr/bin/prometheus ] || need+=(prometheus)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -90,6 +107,7 @@ for k in net.core.rmem_max net.core.wmem_max; do
 done
 echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"
 
+[ "$tests" = 1 ] || exit 0
 # PostgreSQL for the control plane's tests (a local cluster, password auth on loopback).
 if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   echo "setup-host: starting PostgreSQL"

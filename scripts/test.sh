@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs Warren's whole test suite: builds the static warren-init that session
-# containers run, makes sure the session images exist, runs every test, then
-# a short fuzz run of each fuzz target.
+# Runs Warren's whole test suite: installs what the tests need besides the
+# stack (scripts/setup-host.sh --tests: Chromium, PostgreSQL, OpenSSH,
+# Prometheus…), builds the static warren-init that session containers run,
+# makes sure the session images exist, runs every test, then a short fuzz
+# run of each fuzz target.
 # Tests that need Docker fail (not skip) when CI=true and Docker is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-host.sh --tests
 scripts/build-init.sh
 if timeout 10 docker info >/dev/null 2>&1; then
   scripts/build-images.sh
