@@ -18,6 +18,7 @@ pub mod images;
 pub mod issuer;
 pub mod limits;
 pub mod sshkeys;
+pub mod starting;
 pub mod store;
 pub mod tls;
 
@@ -25,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use warren_config::ControlConfig;
@@ -39,8 +39,8 @@ pub struct Control {
     pub cfg: ControlConfig,
     pub store: Store,
     pub issuer: Issuer,
-    /// An agent reported (wakes creates waiting for `running`).
-    pub reported: Notify,
+    /// Creates waiting for their session to leave `pending`.
+    pub starting: starting::Starting,
     pub limits: limits::Limits,
     /// Placement latency: a create's answer, from the request to the
     /// session running (or failing).
@@ -124,7 +124,7 @@ pub async fn start(
         cfg,
         store,
         issuer,
-        reported: Notify::new(),
+        starting: Default::default(),
         limits: Default::default(),
         placement: prometheus::Histogram::with_opts(
             prometheus::HistogramOpts::new(

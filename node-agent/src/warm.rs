@@ -106,11 +106,7 @@ impl WarmPools {
         let mut budget = budget_mb;
         let mut targets: HashMap<String, usize> = HashMap::new();
         for p in &g.pools {
-            let fit = if p.memory_mb == 0 {
-                0
-            } else {
-                (budget.max(0) as u64 / p.memory_mb) as usize
-            };
+            let fit = (budget.max(0) as u64).checked_div(p.memory_mb).unwrap_or(0) as usize;
             let target = (p.size as usize).min(fit);
             budget -= (target as u64 * p.memory_mb) as i64;
             *targets.entry(effective_name(p, disk_limits)).or_default() += target;

@@ -95,10 +95,8 @@ pub(super) async fn heartbeat(
         ..req
     };
     let changed = c.store.heartbeat(&node, &hb).await?;
-    // Creates waiting for `running` look again only when a status moved.
-    if changed {
-        c.reported.notify_waiters();
-    }
+    // The creates waiting for these sessions look again (and no other).
+    c.starting.wake(&changed);
     Ok(StatusCode::NO_CONTENT)
 }
 

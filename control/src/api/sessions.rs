@@ -170,6 +170,7 @@ pub(super) async fn create_session(
         ));
     }
     let spec = NewSession {
+        id: crate::store::random_id(16),
         image,
         memory_mb,
         millicpus: (cpus * 1000.0) as i64,
@@ -181,10 +182,15 @@ pub(super) async fn create_session(
         idle_timeout_ms: idle * 1000,
     };
     let hb = c.cfg.scheduler.heartbeat_timeout_secs as i64 * 1000;
+    // Registered before the session exists: its report, however soon it
+    // comes, leaves a permit, and the wait below ends at once. (The wait
+    // is bounded for reports another replica took.)
+    let waiter = c.starting.register(&spec.id);
     let s = match c
         .store
         .create_session(
             &p.tenant,
+            &p.key_id,
             &spec,
             c.cfg.scheduler.strategy,
             hb,
@@ -198,30 +204,15 @@ pub(super) async fn create_session(
             return Err(e.into());
         }
     };
-    audit_create(
-        &c,
-        &p,
-        &s.id,
-        "scheduled",
-        &format!("node {} memory {} MB", s.node, s.memory_mb),
-    )
-    .await;
     // Answer once it runs, or fail clearly after the deadline.
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
     let s = loop {
-        // Registered before the status is read: a report that lands in
-        // between wakes this wait at once instead of being missed until the
-        // next poll. (The poll stays for reports another replica took.)
-        let reported = c.reported.notified();
-        tokio::pin!(reported);
-        reported.as_mut().enable();
+        let _ = tokio::time::timeout(Duration::from_millis(100), waiter.reported()).await;
         let s = c.store.session(&s.id).await?;
         match s.status {
             SessionStatus::Running => break s,
-            SessionStatus::Pending if tokio::time::Instant::now() < deadline => {
-                let _ = tokio::time::timeout(Duration::from_millis(100), reported).await;
-            }
+            SessionStatus::Pending if tokio::time::Instant::now() < deadline => {}
             SessionStatus::Pending => {
                 c.store.stop_session(&s.id, "did not start in time").await?;
                 audit_create(&c, &p, &s.id, "timeout", "").await;

@@ -18,6 +18,7 @@ mod audit;
 mod events;
 mod grants;
 mod nodes;
+mod placement;
 mod recordings;
 mod sessions;
 mod shares;
@@ -240,6 +241,8 @@ pub struct Store {
     activity: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// Moves after this replica commits session events (wakes its streams).
     appended: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Creates queued for the next placement batch.
+    placer: Arc<placement::Placer>,
 }
 
 #[derive(Default)]
@@ -286,13 +289,22 @@ impl Store {
             .max_connections(if url.starts_with("sqlite:") { 4 } else { 16 })
             .acquire_timeout(std::time::Duration::from_secs(30))
             // SQLite writers wait for each other (placements serialise on
-            // the lock row) instead of failing with SQLITE_BUSY.
+            // the lock row) instead of failing with SQLITE_BUSY. The
+            // write-ahead log lets reads run beside a write, and a commit
+            // appends to it without syncing: a crash of the process loses
+            // nothing, a power loss at most the last commits (never the
+            // database's consistency); `synchronous = FULL` in the default
+            // rollback journal cost three syncs per create.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
-                        sqlx::query("PRAGMA busy_timeout = 30000")
-                            .execute(&mut *conn)
-                            .await?;
+                        for pragma in [
+                            "PRAGMA busy_timeout = 30000",
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })
@@ -309,6 +321,7 @@ impl Store {
             follow: Arc::default(),
             activity: Arc::default(),
             appended: Arc::new(tokio::sync::watch::Sender::new(0)),
+            placer: Arc::default(),
         })
     }
 

@@ -111,7 +111,7 @@ impl Store {
     /// A few statements whatever the number of sessions: one for the
     /// sessions that started, one for activity that moved.
     /// The report's figures are taken as they are: the API clamps them.
-    pub async fn heartbeat(&self, node_id: &str, hb: &HeartbeatRequest) -> Result<bool> {
+    pub async fn heartbeat(&self, node_id: &str, hb: &HeartbeatRequest) -> Result<Vec<String>> {
         let (allocatable_mb, free_mb, isolation, reports) =
             (hb.allocatable_mb, hb.free_mb, &hb.isolation, &hb.sessions);
         let metrics_addr = hb.metrics_addr.as_deref().unwrap_or("");
@@ -232,10 +232,10 @@ impl Store {
                 changes.extend(Change::from_rows(&rows, SessionStatus::Stopped)?);
             }
         }
-        let changed = !changes.is_empty();
+        let changed: Vec<String> = changes.iter().map(|c| c.session.clone()).collect();
         events::append(&mut tx, &changes).await?;
         tx.commit().await?;
-        if changed {
+        if !changed.is_empty() {
             self.events_committed();
         }
         if !moved.is_empty() {

@@ -6,12 +6,15 @@ use warren_config::Strategy;
 
 use super::events::{self, Change};
 use super::{
-    ACTIVE, LIVE, NodeState, Result, SESSION_COLS, Session, SessionStatus, Store, StoreError,
-    bump_version, now_ms, random_id, session_from, sql, sql_in, touch_node,
+    LIVE, Result, SESSION_COLS, Session, SessionStatus, Store, StoreError, bump_version, now_ms,
+    session_from, sql, sql_in,
 };
 
 #[derive(Debug, Clone)]
 pub struct NewSession {
+    /// Chosen by the caller ([`super::random_id`]`(16)`), so that it can
+    /// wait for the session's report before the session exists.
+    pub id: String,
     pub image: String,
     pub memory_mb: i64,
     pub millicpus: i64,
@@ -88,156 +91,6 @@ pub fn pick_node(
 }
 
 impl Store {
-    /// Checks the tenant's quota, picks a node by memory headroom and
-    /// reserves the memory, all in one transaction.
-    pub async fn create_session(
-        &self,
-        tenant: &str,
-        spec: &NewSession,
-        strategy: Strategy,
-        heartbeat_timeout_ms: i64,
-        tenant_disk_default_mb: i64,
-    ) -> Result<Session> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        bump_version(&mut tx).await?;
-        let t = sqlx::query(
-            "SELECT max_sessions, max_memory_mb, max_disk_mb FROM tenants WHERE id = $1",
-        )
-        .bind(tenant)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("tenant {tenant} does not exist")))?;
-        let (max_s, max_m): (i64, i64) = (t.try_get("max_sessions")?, t.try_get("max_memory_mb")?);
-        let max_d = match t.try_get::<i64, _>("max_disk_mb")? {
-            0 => tenant_disk_default_mb,
-            set => set,
-        };
-        let active = sql_in(&ACTIVE);
-        let u = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS m, CAST(COALESCE(SUM(disk_mb), 0) AS BIGINT) AS d FROM sessions WHERE tenant_id = $1 AND status IN {active}")))
-            .bind(tenant)
-            .fetch_one(&mut *tx)
-            .await?;
-        let (n, m, d): (i64, i64, i64) = (u.try_get("n")?, u.try_get("m")?, u.try_get("d")?);
-        if n + 1 > max_s {
-            return Err(StoreError::QuotaExceeded(format!(
-                "tenant {tenant} may run {max_s} sessions at once and runs {n}"
-            )));
-        }
-        if m + spec.memory_mb > max_m {
-            return Err(StoreError::QuotaExceeded(format!(
-                "tenant {tenant} may use {max_m} MB in all; {m} MB are in use and {} MB were asked for",
-                spec.memory_mb
-            )));
-        }
-        if d + spec.disk_mb > max_d {
-            return Err(StoreError::QuotaExceeded(format!(
-                "tenant {tenant} may hold {max_d} MB of disk in all; {d} MB are held and {} MB were asked for",
-                spec.disk_mb
-            )));
-        }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT n.id, n.allocatable_mb, n.free_mb, n.disk_capacity_mb, n.disk_max_mb, \
-             (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved, \
-             (SELECT CAST(COALESCE(SUM(s.disk_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS disk_reserved \
-             FROM nodes n WHERE n.state = {} AND n.cordoned = 0 AND n.last_heartbeat > $1 ORDER BY n.id",
-            sql(NodeState::Ready)
-        )))
-        .bind(now - heartbeat_timeout_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        let candidates = rows
-            .iter()
-            .map(|r| {
-                Ok(Candidate {
-                    id: r.try_get("id")?,
-                    allocatable_mb: r.try_get("allocatable_mb")?,
-                    free_mb: r.try_get("free_mb")?,
-                    reserved_mb: r.try_get("reserved")?,
-                    disk_capacity_mb: r.try_get("disk_capacity_mb")?,
-                    disk_max_mb: r.try_get("disk_max_mb")?,
-                    disk_reserved_mb: r.try_get("disk_reserved")?,
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-        // A session from a snapshot starts where its image is, or not at all.
-        let candidates: Vec<Candidate> = candidates
-            .into_iter()
-            .filter(|c| spec.node.as_ref().is_none_or(|n| &c.id == n))
-            .collect();
-        let Some(node) = pick_node(
-            &candidates,
-            spec.memory_mb,
-            (spec.disk_mb, spec.disk_asked),
-            strategy,
-        )
-        .map(|c| c.id.clone()) else {
-            // The ask, not the cluster's load, is wrong: a disk no node can
-            // limit, or more than every node allows one session.
-            if spec.disk_asked
-                && !candidates.is_empty()
-                && candidates.iter().all(|c| c.disk_capacity_mb == 0)
-            {
-                return Err(StoreError::Invalid(
-                    "no ready node can limit a session's disk; create it without disk_mb".into(),
-                ));
-            }
-            if !candidates.is_empty()
-                && candidates
-                    .iter()
-                    .all(|c| c.disk_capacity_mb > 0 && spec.disk_mb > c.disk_max_mb)
-            {
-                let most = candidates.iter().map(|c| c.disk_max_mb).max().unwrap_or(0);
-                return Err(StoreError::Invalid(format!(
-                    "disk_mb {} is more than any node allows a session ({most} MB)",
-                    spec.disk_mb
-                )));
-            }
-            if let Some(n) = &spec.node {
-                return Err(StoreError::NoCapacity(format!(
-                    "node {n}, which holds the snapshot, is not ready or has no room for {} MB of memory and {} MB of disk",
-                    spec.memory_mb, spec.disk_mb
-                )));
-            }
-            return Err(StoreError::NoCapacity(format!(
-                "no ready node has {} MB of memory and {} MB of disk headroom ({} ready nodes)",
-                spec.memory_mb,
-                spec.disk_mb,
-                rows.len()
-            )));
-        };
-        let id = random_id(16);
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at, disk_mb, egress) \
-             VALUES ($1, $2, $3, {}, '', $4, $5, $6, $7, $8, $9, $7, $7, $10, $11)",
-            sql(SessionStatus::Pending)
-        )))
-        .bind(&id)
-        .bind(tenant)
-        .bind(&node)
-        .bind(&spec.image)
-        .bind(spec.memory_mb)
-        .bind(spec.millicpus)
-        .bind(now)
-        .bind(now + spec.ttl_ms)
-        .bind(spec.idle_timeout_ms)
-        .bind(spec.disk_mb)
-        .bind(spec.egress.to_text())
-        .execute(&mut *tx)
-        .await?;
-        touch_node(&mut tx, &node).await?;
-        let created = Change {
-            session: id.clone(),
-            tenant: tenant.to_string(),
-            node: node.clone(),
-            status: SessionStatus::Pending,
-            reason: String::new(),
-        };
-        events::append(&mut tx, &[created]).await?;
-        self.commit_change(tx).await?;
-        self.session(&id).await
-    }
-
     pub async fn session(&self, id: &str) -> Result<Session> {
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
