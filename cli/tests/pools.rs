@@ -3,7 +3,8 @@
 //! start cold), a claimed container carries the same limits and isolation
 //! as a cold session of that size and answers under its session's id, the
 //! pool refills with new containers, and a session that claims one never
-//! sees anything of an earlier claim.
+//! sees anything of an earlier claim; an agent restarted would adopt the
+//! claimed containers as their sessions and never a warm one.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -59,7 +60,7 @@ async fn warm_ids(st: &warren::stack::Stack, run: &str) -> HashSet<String> {
         .await
         .into_iter()
         .filter(|(name, (_, l))| {
-            l.contains_key("warren.pool")
+            l.get("warren.pool").is_some_and(|p| !p.is_empty())
                 && l.get("warren.session")
                     .is_some_and(|k| name.ends_with(k.as_str()))
         })
@@ -166,7 +167,10 @@ async fn warm_pools_claim_once_refill_and_carry_the_tenants_limits() {
         "each warm container claimed once: {claimed:?}"
     );
     assert!(!claimed.contains(&4), "another size never takes the pool's");
-    assert!(!of(&ids[4]).1.contains_key("warren.pool"));
+    assert_eq!(
+        of(&ids[4]).1.get("warren.pool").map(String::as_str),
+        Some("")
+    );
     let m = st.agent.metrics();
     assert_eq!(m.pool_claims.with_label_values(&["warm"]).get(), 2);
     assert_eq!(m.pool_claims.with_label_values(&["cold"]).get(), 3);
@@ -237,8 +241,17 @@ async fn warm_pools_claim_once_refill_and_carry_the_tenants_limits() {
     assert!(r.stdout.contains("No such file"), "{r:?}");
     assert_eq!(m.pool_claims.with_label_values(&["warm"]).get(), 3);
 
-    // Sessions deleted, pools emptied on shutdown's next adoption: what the
-    // run made is removed with it (labels).
+    // What an agent restarted now would adopt: the claimed containers as
+    // their sessions (kept under their warm keys), never a warm one.
+    let other_claimed = claimed.iter().copied().find(|i| *i != mine).unwrap();
+    let adopted = st.agent.runtime().adopt().await.unwrap();
+    for sid in [&ids[other_claimed], &next] {
+        let a = adopted.iter().find(|a| &a.id == sid).expect("adopted");
+        assert!(a.key.starts_with("warm-"), "{a:?}");
+    }
+    assert!(adopted.iter().all(|a| !a.id.starts_with("warm-")));
+
+    // Sessions deleted; what the run made is removed with it (labels).
     for (i, sid) in ids.iter().enumerate() {
         if i != mine {
             let _ = client_of(i).delete_session(sid).await;

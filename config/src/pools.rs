@@ -76,7 +76,7 @@ impl PoolConfig {
         {
             return Err(ConfigError::invalid(
                 key("disk_mb"),
-                "must be 0 (no disk limit) or at least 64",
+                "must be 0 (the worker's default disk) or at least 64",
             ));
         }
         Ok(())

@@ -76,11 +76,24 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    // The engine's grammar, as for a create: a pool's image reaches every
-    // worker.
+    // A pool's image reaches every worker: it passes what a create's
+    // would (the engine's grammar, the allowed registries and images), or
+    // workers would keep warm what no tenant may claim.
     for (i, p) in api::internal::warm_pools(&cfg).iter().enumerate() {
-        warren_proto::validate::image_reference(&p.image)
-            .map_err(|e| anyhow::anyhow!("invalid value for `pools[{i}].image`: {e}"))?;
+        let bad = |e: String| anyhow::anyhow!("invalid value for `pools[{i}].image`: {e}");
+        warren_proto::validate::image_reference(&p.image).map_err(bad)?;
+        if let Some(registry) = api::image_registry(&p.image)
+            && !cfg
+                .sessions
+                .allowed_registries
+                .iter()
+                .any(|r| r == registry)
+        {
+            return Err(bad(format!(
+                "{registry} is not in sessions.allowed_registries"
+            )));
+        }
+        images::image_allowed(&p.image, "", &cfg.sessions.allowed_images).map_err(bad)?;
     }
     let store = Store::open(&database_url(&cfg))
         .await

@@ -456,7 +456,8 @@ impl Agent {
             Err(e) => {
                 warn!(session = %spec.id, warm = %key, "cannot claim a warm container: {e}");
                 self.metrics.errors.with_label_values(&["pool"]).inc();
-                let _ = self.runtime.remove(&warm).await;
+                // Removed by the filler, which tries until it is gone.
+                self.pools.discard(warm);
                 None
             }
         }

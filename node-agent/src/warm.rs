@@ -42,6 +42,9 @@ struct Inner {
     warm: HashMap<String, Vec<SessionInfo>>,
     /// Pools whose last start failed, until when they rest.
     resting: HashMap<String, Instant>,
+    /// Out of the pool, to be removed (a removal that failed is tried
+    /// again: nothing runs outside the budget for long).
+    doomed: Vec<SessionInfo>,
 }
 
 /// What the filler does next.
@@ -65,6 +68,20 @@ impl WarmPools {
             drop(g);
             self.wake.notify_one();
         }
+    }
+
+    /// Ready containers per pool, for the heartbeat.
+    pub fn ready(&self) -> Vec<warren_proto::internal::WarmCount> {
+        self.lock()
+            .warm
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .take(warren_proto::internal::MAX_REPORTED_POOLS)
+            .map(|(pool, l)| warren_proto::internal::WarmCount {
+                pool: pool.clone(),
+                ready: l.len() as u32,
+            })
+            .collect()
     }
 
     /// Ready containers, all pools together.
@@ -103,6 +120,9 @@ impl WarmPools {
         let mut g = self.lock();
         let now = Instant::now();
         g.resting.retain(|_, until| *until > now);
+        if let Some(w) = g.doomed.pop() {
+            return Step::Remove(w);
+        }
         let mut budget = budget_mb;
         let mut targets: HashMap<String, usize> = HashMap::new();
         for p in &g.pools {
@@ -127,6 +147,12 @@ impl WarmPools {
             }
         }
         Step::Wait
+    }
+
+    /// A container out of every pool that must go (tried until it does).
+    pub fn discard(&self, info: SessionInfo) {
+        self.lock().doomed.push(info);
+        self.wake.notify_one();
     }
 
     fn add(&self, name: String, info: SessionInfo) {
@@ -192,8 +218,13 @@ pub fn spawn_filler(
                 }
                 Step::Remove(w) => {
                     if let Err(e) = agent.runtime().remove(&w).await {
-                        warn!(container = %w.container_id, "cannot remove a warm container: {e}");
+                        warn!(container = %w.container_id, "cannot remove a warm container: {e}; trying again in {} s", RETRY_AFTER.as_secs());
                         agent.metrics().errors.with_label_values(&["pool"]).inc();
+                        pools.discard(w);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY_AFTER) => {}
+                        }
                     }
                 }
                 Step::Wait => {

@@ -67,6 +67,21 @@ pub struct HeartbeatRequest {
     /// disk (then control places by memory alone there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<NodeDisk>,
+    /// Warm containers ready to be claimed, per pool (control places a
+    /// session of a pool's size where one waits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<WarmCount>,
+}
+
+/// The most pools a heartbeat may report.
+pub const MAX_REPORTED_POOLS: usize = 16;
+
+/// Ready warm containers of one pool ([`WarmPool::name`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmCount {
+    pub pool: String,
+    pub ready: u32,
 }
 
 /// What a node offers in disk: every session's disk is counted against
@@ -327,6 +342,7 @@ mod tests {
                 idle_ms: Some(3),
             }],
             disk: None,
+            warm: Vec::new(),
         };
         let v = serde_json::to_value(&hb).expect("serializes");
         assert_eq!(v["security_profile"], "dind");

@@ -44,8 +44,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use pingora::listeners::TlsAccept;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{ListenerConfig, TlsAccept};
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::protocols::tls::TlsRef;
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as _;
@@ -263,7 +264,14 @@ pub async fn start(
     listeners.https.set_nonblocking(true)?;
     fds.lock()
         .add(https_addr.clone(), listeners.https.into_raw_fd());
-    service.add_tls_with_settings(&https_addr, None, tls);
+    // No read buffer in front of TLS: Pingora's default is 64 KiB per
+    // connection, zero-filled (so resident) for every open terminal, where
+    // rustls reads its records itself. Uploads cost a few more reads.
+    service.add_listener(
+        ListenerConfig::tcp(&https_addr)
+            .tls(tls)
+            .l4_buffer(L4BufferSettings::default().read(0)),
+    );
     // Connections per client address, capped before the TLS handshake.
     service
         .endpoints()
@@ -275,7 +283,9 @@ pub async fn start(
         let addr = http.local_addr()?.to_string();
         http.set_nonblocking(true)?;
         fds.lock().add(addr.clone(), http.into_raw_fd());
-        service.add_tcp(&addr);
+        service.add_listener(
+            ListenerConfig::tcp(&addr).l4_buffer(L4BufferSettings::default().read(0)),
+        );
         info!(%addr, "plain http listening (loopback only)");
     }
     let (tx, rx) = tokio::sync::watch::channel(false);

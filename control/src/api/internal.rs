@@ -82,6 +82,25 @@ pub(super) async fn heartbeat(
     {
         return Err(ApiError::invalid("bad session report"));
     }
+    // Counted only where a pool of that name exists: a node cannot draw
+    // sessions to itself with made-up pools.
+    // (A worker that cannot limit disks runs a pool's containers without.)
+    let pools: Vec<String> = warm_pools(&c.cfg)
+        .iter()
+        .flat_map(|p| [p.name(), WarmPool::key(&p.image, p.memory_mb, p.cpus, 0)])
+        .collect();
+    if req.warm.len() > warren_proto::internal::MAX_REPORTED_POOLS {
+        return Err(ApiError::invalid("bad warm pool report"));
+    }
+    let warm: Vec<WarmCount> = req
+        .warm
+        .iter()
+        .filter(|w| pools.contains(&w.pool))
+        .map(|w| WarmCount {
+            pool: w.pool.clone(),
+            ready: w.ready.min(warren_config::MAX_POOL_SIZE),
+        })
+        .collect();
     // Clamped like a join's: a node cannot claim without end and draw
     // every new session to itself.
     let allocatable_mb = req.allocatable_mb.clamp(0, MAX_NODE_MB);
@@ -92,6 +111,7 @@ pub(super) async fn heartbeat(
             capacity_mb: d.capacity_mb.clamp(0, MAX_NODE_DISK_MB),
             max_session_mb: d.max_session_mb.clamp(0, 4_194_304),
         }),
+        warm,
         ..req
     };
     let changed = c.store.heartbeat(&node, &hb).await?;

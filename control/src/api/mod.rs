@@ -64,8 +64,8 @@ use warren_proto::api::{
 use warren_proto::internal::{
     DesiredSession, GrantRequest, GrantResponse, HeartbeatRequest, HostKeyRequest, JoinRequest,
     JoinResponse, MAX_REPORTED_SESSIONS, RefreshRequest, RefreshResponse, RelayInfo, RouteResponse,
-    SshAction, SshAuditEvent, SshAuthorizeRequest, VerifyNodeRequest, WarmPool, WatchQuery,
-    WatchResponse,
+    SshAction, SshAuditEvent, SshAuthorizeRequest, VerifyNodeRequest, WarmCount, WarmPool,
+    WatchQuery, WatchResponse,
 };
 use warren_proto::is_session_id;
 use warren_proto::token::Scope;

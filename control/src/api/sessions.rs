@@ -186,18 +186,26 @@ pub(super) async fn create_session(
     // comes, leaves a permit, and the wait below ends at once. (The wait
     // is bounded for reports another replica took.)
     let waiter = c.starting.register(&spec.id);
-    let s = match c
-        .store
-        .create_session(
+    let create_timeout = Duration::from_secs(c.cfg.sessions.create_timeout_secs);
+    let placed = tokio::time::timeout(
+        create_timeout,
+        c.store.create_session(
             &p.tenant,
             &p.key_id,
             &spec,
             c.cfg.scheduler.strategy,
             hb,
             d.tenant_max_disk_mb as i64,
-        )
-        .await
-    {
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(crate::store::StoreError::NoCapacity(format!(
+            "the session could not be placed within {} s (the control plane's database is slow or unreachable); try again",
+            create_timeout.as_secs()
+        )))
+    });
+    let s = match placed {
         Ok(s) => s,
         Err(e) => {
             audit_create(&c, &p, "-", "refused", &e.to_string()).await;

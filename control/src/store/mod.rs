@@ -291,17 +291,16 @@ impl Store {
             // SQLite writers wait for each other (placements serialise on
             // the lock row) instead of failing with SQLITE_BUSY. The
             // write-ahead log lets reads run beside a write, and a commit
-            // appends to it without syncing: a crash of the process loses
-            // nothing, a power loss at most the last commits (never the
-            // database's consistency); `synchronous = FULL` in the default
-            // rollback journal cost three syncs per create.
+            // costs one sync of the log (the default rollback journal cost
+            // three). Still `synchronous = FULL`: a revocation, a used join
+            // token or an audit row that was committed survives a power loss.
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
                         for pragma in [
                             "PRAGMA busy_timeout = 30000",
                             "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA synchronous = FULL",
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }

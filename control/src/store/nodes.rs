@@ -125,7 +125,7 @@ impl Store {
             "UPDATE nodes SET allocatable_mb = $1, free_mb = $2, last_heartbeat = $3, \
              state = CASE WHEN state IN {} THEN {} ELSE state END, \
              security_profile = $5, disk_limits = $6, metrics_addr = $7, \
-             disk_capacity_mb = $8, disk_max_mb = $9 WHERE id = $4",
+             disk_capacity_mb = $8, disk_max_mb = $9, warm = $10 WHERE id = $4",
             sql_in(&[NodeState::Joining, NodeState::Lost, NodeState::Unreachable]),
             sql(NodeState::Ready)
         )))
@@ -138,6 +138,7 @@ impl Store {
         .bind(metrics_addr.chars().take(100).collect::<String>())
         .bind(disk.capacity_mb)
         .bind(disk.max_session_mb)
+        .bind(serde_json::to_string(&hb.warm).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
         let mut changes = Vec::new();

@@ -124,14 +124,15 @@ impl Store {
         })
     }
 
-    /// Places `batch` in one transaction and answers each ask. If that
-    /// transaction fails, each ask is tried alone, so that one ask the
-    /// database refuses fails only itself.
+    /// Places `batch` in one transaction and answers each ask. If the
+    /// database refused a statement of that transaction (not a time-out or
+    /// a lost connection, which any retry would meet again), each ask is
+    /// tried alone, so that one ask the database refuses fails only itself.
     async fn place(&self, batch: Vec<Ask>) {
         let all: Vec<&Ask> = batch.iter().collect();
         let outcomes = match self.place_all(&all).await {
             Ok(o) => o,
-            Err(e) if batch.len() > 1 => {
+            Err(StoreError::Db(e @ sqlx::Error::Database(_))) if batch.len() > 1 => {
                 tracing::warn!(
                     asks = batch.len(),
                     "a placement batch failed ({e}); placing each ask alone"
@@ -145,7 +146,10 @@ impl Store {
                 }
                 each
             }
-            Err(e) => vec![Err(not_placed(&e.to_string()))],
+            Err(e) => {
+                let why = e.to_string();
+                batch.iter().map(|_| Err(not_placed(&why))).collect()
+            }
         };
         for (ask, outcome) in batch.into_iter().zip(outcomes) {
             let _ = ask.reply.send(outcome);
@@ -164,6 +168,12 @@ impl Store {
         let mut nodes: HashMap<i64, Vec<Candidate>> = HashMap::new();
         let mut created: Vec<Change> = Vec::new();
         for &ask in batch {
+            // Its create went away (the client left, or gave up waiting):
+            // nothing is placed that nobody will be told of.
+            if ask.reply.is_closed() {
+                outcomes.push(Err(not_placed("the create was abandoned")));
+                continue;
+            }
             if !tenants.contains_key(&ask.tenant) {
                 let u = tenant_use(&mut tx, &ask.tenant, ask.tenant_disk_default_mb).await?;
                 tenants.insert(ask.tenant.clone(), u);
@@ -291,7 +301,7 @@ async fn candidates(
     active: &str,
 ) -> Result<Vec<Candidate>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT n.id, n.allocatable_mb, n.free_mb, n.disk_capacity_mb, n.disk_max_mb, \
+        "SELECT n.id, n.allocatable_mb, n.free_mb, n.disk_capacity_mb, n.disk_max_mb, n.warm, \
          (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved, \
          (SELECT CAST(COALESCE(SUM(s.disk_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS disk_reserved \
          FROM nodes n WHERE n.state = {} AND n.cordoned = 0 AND n.last_heartbeat > $1 ORDER BY n.id",
@@ -310,6 +320,13 @@ async fn candidates(
                 disk_capacity_mb: r.try_get("disk_capacity_mb")?,
                 disk_max_mb: r.try_get("disk_max_mb")?,
                 disk_reserved_mb: r.try_get("disk_reserved")?,
+                warm: serde_json::from_str::<Vec<warren_proto::internal::WarmCount>>(
+                    &r.try_get::<String, _>("warm")?,
+                )
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| (w.pool, w.ready))
+                .collect(),
             })
         })
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
@@ -350,13 +367,22 @@ fn decide(
         .filter(|c| spec.node.as_ref().is_none_or(|n| &c.id == n))
         .cloned()
         .collect();
-    let Some(node) = pick_node(
-        &candidates,
-        spec.memory_mb,
-        (spec.disk_mb, spec.disk_asked),
-        strategy,
-    )
-    .map(|c| c.id.clone()) else {
+    // Where a warm container of its image and size waits, if one fits.
+    let warm: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| warm_there(c, spec).is_some())
+        .cloned()
+        .collect();
+    let fits = |among: &[Candidate]| {
+        pick_node(
+            among,
+            spec.memory_mb,
+            (spec.disk_mb, spec.disk_asked),
+            strategy,
+        )
+        .map(|c| c.id.clone())
+    };
+    let Some(node) = fits(&warm).or_else(|| fits(&candidates)) else {
         // The ask, not the cluster's load, is wrong: a disk no node can
         // limit, or more than every node allows one session.
         if spec.disk_asked
@@ -397,6 +423,98 @@ fn decide(
     if let Some(c) = all.iter_mut().find(|c| c.id == node) {
         c.reserved_mb += spec.memory_mb;
         c.disk_reserved_mb += spec.disk_mb;
+        // Claimed by this session (the next ask looks elsewhere).
+        if let Some(pool) = warm_there(c, spec)
+            && let Some(n) = c.warm.get_mut(&pool)
+        {
+            *n -= 1;
+        }
     }
     Ok(node)
+}
+
+/// The pool of `spec` with a ready container on `c`, if any: a session of
+/// no egress, not from a snapshot, of a pool's exact image and size (its
+/// disk as that node runs it: none where it cannot limit disks).
+fn warm_there(c: &Candidate, spec: &NewSession) -> Option<String> {
+    if !spec.egress.is_none() || spec.node.is_some() {
+        return None;
+    }
+    let disk = if c.disk_capacity_mb > 0 {
+        spec.disk_mb.max(0) as u64
+    } else {
+        0
+    };
+    let pool = warren_proto::internal::WarmPool::key(
+        &spec.image,
+        spec.memory_mb.max(0) as u64,
+        spec.millicpus as f64 / 1000.0,
+        disk,
+    );
+    (c.warm.get(&pool).copied().unwrap_or(0) > 0).then_some(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(memory_mb: i64) -> NewSession {
+        NewSession {
+            id: "s".into(),
+            image: "img".into(),
+            memory_mb,
+            millicpus: 1000,
+            disk_mb: 0,
+            disk_asked: false,
+            egress: Default::default(),
+            node: None,
+            ttl_ms: 1000,
+            idle_timeout_ms: 1000,
+        }
+    }
+
+    fn node(id: &str, warm: u32) -> Candidate {
+        Candidate {
+            id: id.into(),
+            allocatable_mb: 4096,
+            free_mb: 4096,
+            warm: [("img 256m 1000mcpu 0d".to_string(), warm)].into(),
+            ..Default::default()
+        }
+    }
+
+    fn tenant() -> TenantUse {
+        TenantUse {
+            max_sessions: 100,
+            max_memory_mb: 100_000,
+            max_disk_mb: 100_000,
+            sessions: 0,
+            memory_mb: 0,
+            disk_mb: 0,
+        }
+    }
+
+    #[test]
+    fn a_node_with_a_warm_container_of_the_size_comes_first() {
+        // Spread alone would pick a (more headroom); b has the one warm.
+        let mut nodes = vec![node("a", 0), node("b", 1)];
+        nodes[1].reserved_mb = 1024;
+        let mut t = tenant();
+        let pick = |t: &mut TenantUse, n: &mut [Candidate], s: &NewSession| {
+            decide("t", s, Strategy::Spread, t, n).unwrap()
+        };
+        assert_eq!(pick(&mut t, &mut nodes, &spec(256)), "b");
+        // Claimed by that session: the next goes by headroom again.
+        assert_eq!(nodes[1].warm["img 256m 1000mcpu 0d"], 0);
+        assert_eq!(pick(&mut t, &mut nodes, &spec(256)), "a");
+        // Another size, or a session with egress, never looks at pools.
+        nodes[1].warm.insert("img 256m 1000mcpu 0d".into(), 1);
+        assert_eq!(pick(&mut t, &mut nodes, &spec(512)), "a");
+        let mut egress = spec(256);
+        egress.egress = warren_proto::egress::Egress::Internet;
+        assert_eq!(pick(&mut t, &mut nodes, &egress), "a");
+        // A warm node that has no room is passed over.
+        nodes[1].reserved_mb = 4096;
+        assert_eq!(pick(&mut t, &mut nodes, &spec(256)), "a");
+    }
 }

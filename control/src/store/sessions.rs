@@ -44,6 +44,8 @@ pub struct Candidate {
     pub disk_max_mb: i64,
     /// Disk its live sessions hold.
     pub disk_reserved_mb: i64,
+    /// Warm containers ready there, by pool name.
+    pub warm: HashMap<String, u32>,
 }
 
 impl Candidate {

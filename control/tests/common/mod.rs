@@ -349,6 +349,7 @@ impl Reporter {
                 metrics_addr: None,
                 sessions,
                 disk: None,
+                warm: Vec::new(),
             })
             .send()
             .await;

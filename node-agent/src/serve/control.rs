@@ -267,6 +267,7 @@ pub fn spawn_sync(
                     metrics_addr: metrics_addr.clone(),
                     sessions,
                     disk: agent.runtime().disk_offer(),
+                    warm: agent.pools().ready(),
                 };
                 let at = control.current();
                 let url = at.url;

@@ -44,7 +44,7 @@ impl DockerRuntime {
             }
             // A warm container is the session that claimed it, or (never
             // claimed) removed: the pool starts fresh ones.
-            let sid = if labels.contains_key(LABEL_POOL) {
+            let sid = if labels.get(LABEL_POOL).is_some_and(|p| !p.is_empty()) {
                 match self.claimed_by(&key, c.names.as_deref().unwrap_or_default()) {
                     Some(sid) => sid,
                     None => {

@@ -256,10 +256,11 @@ impl DockerRuntime {
         network: &str,
         pool: Option<&str>,
     ) -> Result<String, RuntimeError> {
+        // Always set, empty on a session's own container: an image (or a
+        // snapshot of a claimed container) carrying this label must not make
+        // a session look warm.
         let mut labels = self.labels.clone();
-        if let Some(pool) = pool {
-            labels.insert(LABEL_POOL.into(), pool.into());
-        }
+        labels.insert(LABEL_POOL.into(), pool.unwrap_or_default().into());
         // The session's own resource view where lxcfs runs on the worker.
         let lxcfs_binds = spec::lxcfs_binds(Path::new(spec::LXCFS_DIR));
         let disk_label = session.disk_mb > 0 && self.disk_limits();

@@ -49,6 +49,11 @@ impl DockerRuntime {
         warm: SessionInfo,
         session: &str,
     ) -> Result<SessionInfo, RuntimeError> {
+        // Still alive: its command may have died (out of memory) or the
+        // engine restarted while it waited.
+        crate::serve::initsock::request(&warm.init, warren_init::proto::Op::List)
+            .await
+            .map_err(|e| RuntimeError::NotReady(warm.key.clone(), e.to_string()))?;
         self.docker
             .rename_container(
                 &warm.container_id,
