@@ -7,7 +7,12 @@
 //! claimed containers as their sessions and never a warm one.
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)] // uses part of the module
+#[path = "support/cluster.rs"]
+mod cluster;
+#[allow(dead_code)] // each test binary uses part of this module
 mod common;
+use cluster::{EVERY, WAIT};
 use common::{call, tenant_key};
 
 use std::collections::{HashMap, HashSet};
@@ -18,9 +23,6 @@ use serde_json::{Value, json};
 use warren::client::Client;
 use warren_proto::sandbox::ExecRequest;
 use warren_testkit::{TEST_LABEL, until};
-
-const WAIT: Duration = Duration::from_secs(180);
-const EVERY: Duration = Duration::from_millis(100);
 
 fn sh(cmd: &str) -> ExecRequest {
     ExecRequest {
@@ -258,4 +260,70 @@ async fn warm_pools_claim_once_refill_and_carry_the_tenants_limits() {
         }
     }
     let _ = kb_client.delete_session(&next).await;
+}
+
+/// Two workers, each keeping one warm session, and binpack placement
+/// (which alone would put both sessions on the same, fuller worker):
+/// control places each create where a warm container of its size waits,
+/// so both start warm, one on each worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_places_a_session_where_a_warm_container_waits() {
+    if !warren_testkit::docker_or_skip() {
+        return;
+    }
+    let Some(c) = cluster::Cluster::start_with(
+        "poolplace",
+        1,
+        1,
+        2,
+        600,
+        "strategy = \"binpack\"",
+        "[[pools]]\nsize = 1\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let base = c.control_urls[0].clone();
+    until(
+        "a warm container on each worker, as control sees it",
+        WAIT,
+        EVERY,
+        || {
+            let base = base.clone();
+            async move {
+                let nodes = cluster::nodes_seen(&base).await;
+                nodes.len() == 2
+                    && nodes.iter().all(|n| {
+                        n["warm"]
+                            .as_object()
+                            .is_some_and(|w| w.values().any(|v| v.as_u64() == Some(1)))
+                    })
+            }
+        },
+    )
+    .await;
+    let mut placed = Vec::new();
+    for _ in 0..2 {
+        let s = c.create_session(0).await;
+        placed.push(s["node"].as_str().unwrap_or_default().to_string());
+    }
+    let mut starts = HashMap::new();
+    for m in &c.agent_metrics {
+        let text = cluster::text(&format!("http://{m}/metrics")).await;
+        for source in ["warm", "cold"] {
+            let line = format!("warren_agent_session_starts_total{{source=\"{source}\"}} ");
+            let n: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            *starts.entry(source).or_insert(0) += n;
+        }
+    }
+    assert_eq!(
+        (starts["warm"], starts["cold"]),
+        (2, 0),
+        "both sessions claimed a warm container (placed on {placed:?})"
+    );
 }

@@ -205,6 +205,21 @@ impl Cluster {
         workers: usize,
         token_ttl_secs: u64,
     ) -> Option<Cluster> {
+        Self::start_with(name, controls, relays, workers, token_ttl_secs, "", "").await
+    }
+
+    /// [`Cluster::start`], with `control_tables` (TOML tables such as
+    /// `[[pools]]`) added to every control replica's config and
+    /// `scheduler` lines to its `[scheduler]`.
+    pub async fn start_with(
+        name: &str,
+        controls: usize,
+        relays: usize,
+        workers: usize,
+        token_ttl_secs: u64,
+        scheduler: &str,
+        control_tables: &str,
+    ) -> Option<Cluster> {
         let pg = warren_testkit::postgres_or_skip()?;
         let pid = std::process::id();
         let mut run = TestRun::new(name);
@@ -292,9 +307,11 @@ admin_api_key = "{ADMIN}"
 relay_secret = "{RELAY_SECRET}"
 control_urls = [{urls}]
 {relay_list}
+{control_tables}
 [scheduler]
 heartbeat_timeout_secs = 3
 node_lost_grace_secs = 8
+{scheduler}
 
 [sessions]
 image = "warren/session:mini"

@@ -28,6 +28,10 @@ pub struct Node {
     /// Where its agent serves Prometheus `/metrics` (`host:port`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub metrics_addr: String,
+    /// Warm containers ready there, by pool (as its last heartbeat said,
+    /// less those placements took since).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub warm: std::collections::BTreeMap<String, u32>,
 }
 
 impl Store {
@@ -255,7 +259,7 @@ impl Store {
     pub async fn nodes(&self) -> Result<Vec<Node>> {
         let active = sql_in(&ACTIVE);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, n.security_profile, n.disk_limits, n.metrics_addr, \
+            "SELECT n.id, n.allocatable_mb, n.free_mb, n.state, n.cordoned, n.last_heartbeat, n.security_profile, n.disk_limits, n.metrics_addr, n.warm, \
              (SELECT CAST(COALESCE(SUM(s.memory_mb), 0) AS BIGINT) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS reserved, \
              (SELECT COUNT(*) FROM sessions s WHERE s.node_id = n.id AND s.status IN {active}) AS n_sessions \
              FROM nodes n ORDER BY n.id"
@@ -281,6 +285,14 @@ impl Store {
                     security_profile: r.try_get("security_profile")?,
                     disk_limits: r.try_get::<i64, _>("disk_limits")? != 0,
                     metrics_addr: r.try_get("metrics_addr")?,
+                    warm: serde_json::from_str::<Vec<warren_proto::internal::WarmCount>>(
+                        &r.try_get::<String, _>("warm")?,
+                    )
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|w| w.ready > 0)
+                    .map(|w| (w.pool, w.ready))
+                    .collect(),
                 })
             })
             .collect()

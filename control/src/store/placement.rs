@@ -244,6 +244,26 @@ impl Store {
         for node in touched {
             touch_node(&mut tx, node).await?;
         }
+        // Warm containers these sessions will claim are taken off their
+        // nodes' counts now: the next batch does not count them again
+        // before the node's next heartbeat says what is left.
+        for list in nodes.values() {
+            for c in list.iter().filter(|c| c.warm_claimed) {
+                let warm: Vec<warren_proto::internal::WarmCount> = c
+                    .warm
+                    .iter()
+                    .map(|(pool, ready)| warren_proto::internal::WarmCount {
+                        pool: pool.clone(),
+                        ready: *ready,
+                    })
+                    .collect();
+                sqlx::query("UPDATE nodes SET warm = $1 WHERE id = $2")
+                    .bind(serde_json::to_string(&warm).unwrap_or_default())
+                    .bind(&c.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         events::append(&mut tx, &created).await?;
         if created.is_empty() {
             // Nothing changed: no watch needs waking.
@@ -327,6 +347,7 @@ async fn candidates(
                 .into_iter()
                 .map(|w| (w.pool, w.ready))
                 .collect(),
+                warm_claimed: false,
             })
         })
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
@@ -428,6 +449,7 @@ fn decide(
             && let Some(n) = c.warm.get_mut(&pool)
         {
             *n -= 1;
+            c.warm_claimed = true;
         }
     }
     Ok(node)
@@ -506,6 +528,7 @@ mod tests {
         assert_eq!(pick(&mut t, &mut nodes, &spec(256)), "b");
         // Claimed by that session: the next goes by headroom again.
         assert_eq!(nodes[1].warm["img 256m 1000mcpu 0d"], 0);
+        assert!(nodes[1].warm_claimed && !nodes[0].warm_claimed);
         assert_eq!(pick(&mut t, &mut nodes, &spec(256)), "a");
         // Another size, or a session with egress, never looks at pools.
         nodes[1].warm.insert("img 256m 1000mcpu 0d".into(), 1);

@@ -46,6 +46,8 @@ pub struct Candidate {
     pub disk_reserved_mb: i64,
     /// Warm containers ready there, by pool name.
     pub warm: HashMap<String, u32>,
+    /// A placement took one of them (the count is written back).
+    pub warm_claimed: bool,
 }
 
 impl Candidate {
