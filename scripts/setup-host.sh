@@ -4,13 +4,14 @@
 #   scripts/setup-host.sh          what the stack needs (scripts/up.sh): the
 #                                  Docker engine, cmake (Pingora's zlib-ng),
 #                                  debootstrap and busybox-static (session
-#                                  images), iptables, uidmap, lxcfs, e2fsprogs
+#                                  images), iptables, uidmap, lxcfs, e2fsprogs,
+#                                  curl (the README's examples)
 #   scripts/setup-host.sh --tests  and what only the tests need (scripts/test.sh):
 #                                  chromium (the browser tests), the OpenSSH
 #                                  client (the SSH tests), PostgreSQL (the
 #                                  control plane's scale path, started),
 #                                  asciinema (recordings), Prometheus (the
-#                                  cluster test), curl (the README's examples)
+#                                  cluster test)
 #
 # The Docker engine is set up the way a Warren worker runs it
 # (docs/security.md): with user-namespace remapping, so a session's root is
@@ -28,6 +29,8 @@ esac
 
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
+# The README's curl examples (and the tests run them as written).
+command -v curl >/dev/null || need+=(curl)
 command -v cmake >/dev/null || need+=(cmake)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
@@ -37,8 +40,6 @@ command -v lxcfs >/dev/null || need+=(lxcfs)
 # Session disk limits on ext4 workers: loop-mounted ext4 per session.
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 if [ "$tests" = 1 ]; then
-  # The README's curl examples are run by a test as written.
-  command -v curl >/dev/null || need+=(curl)
   command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null || need+=(openssh-client)
   command -v chromium >/dev/null || need+=(chromium)
   [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)

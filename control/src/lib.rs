@@ -82,6 +82,11 @@ pub async fn start(
     for (i, p) in api::internal::warm_pools(&cfg).iter().enumerate() {
         let bad = |e: String| anyhow::anyhow!("invalid value for `pools[{i}].image`: {e}");
         warren_proto::validate::image_reference(&p.image).map_err(bad)?;
+        if warren_proto::sandbox::is_snapshot_name(&p.image) {
+            return Err(bad(
+                "a snapshot belongs to one tenant; it cannot be warmed".into()
+            ));
+        }
         if let Some(registry) = api::image_registry(&p.image)
             && !cfg
                 .sessions

@@ -65,3 +65,63 @@ async fn a_burst_of_two_tenants_keeps_each_quota_and_the_headroom() {
         assert_eq!(scheduled, 15, "{db:?}: one audit row per session placed");
     }
 }
+
+/// A worker's warm report counts only for pools control lists, and at most
+/// each pool's size: a node cannot draw sessions with made-up or inflated
+/// pools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_warm_report_is_bounded_by_the_configured_pools() {
+    let url = database(Db::Sqlite, "warmreport").await;
+    let mut cfg = config(&url, Strategy::Spread);
+    cfg.pools = vec![warren_config::PoolConfig {
+        image: Some("warren/session:mini".into()),
+        memory_mb: Some(256),
+        cpus: Some(1.0),
+        disk_mb: Some(0),
+        size: 2,
+    }];
+    let c = TestControl::start(cfg).await;
+    // A node joined by hand (no fake agent's heartbeats in between).
+    let token = c.join_token().await;
+    let joined: serde_json::Value = c
+        .http
+        .post(format!("{}/internal/v1/join", c.url))
+        .json(&serde_json::json!({"token": token, "node_id": "w1", "allocatable_mb": 4096}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = format!("w1:{}", joined["credential"].as_str().unwrap());
+    let pool = "warren/session:mini 256m 1000mcpu 0d";
+    let r = c
+        .http
+        .post(format!("{}/internal/v1/heartbeat", c.url))
+        .bearer_auth(&auth)
+        .json(&serde_json::json!({
+            "allocatable_mb": 4096, "free_mb": 4096, "sessions": [],
+            "warm": [{"pool": pool, "ready": 64}, {"pool": "made up 1m 1mcpu 0d", "ready": 5}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let nodes = c.listed_nodes().await;
+    let w1 = nodes.iter().find(|n| n["id"] == "w1").unwrap();
+    assert_eq!(w1["warm"], serde_json::json!({ pool: 2 }), "{w1}");
+    // Too many pools in one report: refused, named.
+    let many: Vec<_> = (0..17)
+        .map(|i| serde_json::json!({"pool": format!("p{i}"), "ready": 1}))
+        .collect();
+    let r = c
+        .http
+        .post(format!("{}/internal/v1/heartbeat", c.url))
+        .bearer_auth(&auth)
+        .json(&serde_json::json!({"allocatable_mb": 4096, "free_mb": 4096, "sessions": [], "warm": many}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(r.text().await.unwrap().contains("warm pool report"));
+}

@@ -85,9 +85,16 @@ pub(super) async fn heartbeat(
     // Counted only where a pool of that name exists: a node cannot draw
     // sessions to itself with made-up pools.
     // (A worker that cannot limit disks runs a pool's containers without.)
-    let pools: Vec<String> = warm_pools(&c.cfg)
+    // A count is capped at the pool's size: a node that always reports its
+    // pools full wins no more creates than an honest full one.
+    let pools: Vec<(String, u32)> = warm_pools(&c.cfg)
         .iter()
-        .flat_map(|p| [p.name(), WarmPool::key(&p.image, p.memory_mb, p.cpus, 0)])
+        .flat_map(|p| {
+            [
+                (p.name(), p.size),
+                (WarmPool::key(&p.image, p.memory_mb, p.cpus, 0), p.size),
+            ]
+        })
         .collect();
     if req.warm.len() > warren_proto::internal::MAX_REPORTED_POOLS {
         return Err(ApiError::invalid("bad warm pool report"));
@@ -95,10 +102,12 @@ pub(super) async fn heartbeat(
     let warm: Vec<WarmCount> = req
         .warm
         .iter()
-        .filter(|w| pools.contains(&w.pool))
-        .map(|w| WarmCount {
-            pool: w.pool.clone(),
-            ready: w.ready.min(warren_config::MAX_POOL_SIZE),
+        .filter_map(|w| {
+            let (_, size) = pools.iter().find(|(name, _)| *name == w.pool)?;
+            Some(WarmCount {
+                pool: w.pool.clone(),
+                ready: w.ready.min(*size),
+            })
         })
         .collect();
     // Clamped like a join's: a node cannot claim without end and draw

@@ -187,6 +187,8 @@ pub(super) async fn create_session(
     // is bounded for reports another replica took.)
     let waiter = c.starting.register(&spec.id);
     let create_timeout = Duration::from_secs(c.cfg.sessions.create_timeout_secs);
+    // One deadline for placement and start together.
+    let deadline = tokio::time::Instant::now() + create_timeout;
     let placed = tokio::time::timeout(
         create_timeout,
         c.store.create_session(
@@ -213,8 +215,6 @@ pub(super) async fn create_session(
         }
     };
     // Answer once it runs, or fail clearly after the deadline.
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(c.cfg.sessions.create_timeout_secs);
     let s = loop {
         let _ = tokio::time::timeout(Duration::from_millis(100), waiter.reported()).await;
         let s = c.store.session(&s.id).await?;

@@ -152,7 +152,13 @@ impl Store {
             }
         };
         for (ask, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = ask.reply.send(outcome);
+            // Placed, but its create went away meanwhile (its time ran
+            // out): nobody holds its token, so it does not stay.
+            if let Err(Ok(_)) = ask.reply.send(outcome) {
+                let _ = self
+                    .stop_session(&ask.spec.id, "its create was abandoned")
+                    .await;
+            }
         }
     }
 
