@@ -106,6 +106,10 @@ fi
 for k in net.core.rmem_max net.core.wmem_max; do
   [ "$(sysctl -n "$k" 2>/dev/null || echo 0)" -ge 4194304 ] || sysctl -qw "$k=4194304" || true
 done
+# Every terminal is a PTY, and containers share the host's count less a
+# reserve (4096 - 1024 by default): past about 3,000 terminals a worker's
+# new terminals fail.
+[ "$(sysctl -n kernel.pty.max 2>/dev/null || echo 0)" -ge 65536 ] || sysctl -qw kernel.pty.max=65536 || true
 echo "setup-host: docker $(docker version --format '{{.Server.Version}}') ready"
 
 [ "$tests" = 1 ] || exit 0
