@@ -442,27 +442,6 @@ impl Agent {
         Ok(info)
     }
 
-    /// A warm container of `spec`'s pool made this session's, if one is
-    /// ready; one that cannot be claimed is removed (a cold start follows).
-    async fn claim_warm(&self, spec: &SessionSpec) -> Option<SessionInfo> {
-        let warm = self.pools.take(spec)?;
-        let key = warm.key.clone();
-        match self.runtime.claim_warm(warm.clone(), &spec.id).await {
-            Ok(info) => {
-                self.metrics.pool_claims.with_label_values(&["warm"]).inc();
-                info!(session = %spec.id, warm = %key, "claimed a warm container");
-                Some(info)
-            }
-            Err(e) => {
-                warn!(session = %spec.id, warm = %key, "cannot claim a warm container: {e}");
-                self.metrics.errors.with_label_values(&["pool"]).inc();
-                // Removed by the filler, which tries until it is gone.
-                self.pools.discard(warm);
-                None
-            }
-        }
-    }
-
     /// Cancelled when the session is deleted: its terminals close with 4404.
     fn gone_token(&self, id: &str) -> CancellationToken {
         if !self.sessions.contains_key(id) {

@@ -166,6 +166,32 @@ impl WarmPools {
     }
 }
 
+impl Agent {
+    /// A warm container of `spec`'s pool made this session's, if one is
+    /// ready; one that cannot be claimed is removed (a cold start follows).
+    pub(crate) async fn claim_warm(&self, spec: &SessionSpec) -> Option<SessionInfo> {
+        let warm = self.pools().take(spec)?;
+        let key = warm.key.clone();
+        match self.runtime().claim_warm(warm.clone(), &spec.id).await {
+            Ok(info) => {
+                self.metrics()
+                    .pool_claims
+                    .with_label_values(&["warm"])
+                    .inc();
+                info!(session = %spec.id, warm = %key, "claimed a warm container");
+                Some(info)
+            }
+            Err(e) => {
+                warn!(session = %spec.id, warm = %key, "cannot claim a warm container: {e}");
+                self.metrics().errors.with_label_values(&["pool"]).inc();
+                // Removed by the filler, which tries until it is gone.
+                self.pools().discard(warm);
+                None
+            }
+        }
+    }
+}
+
 /// The name a pool's containers are found under by a session's spec: on a
 /// worker that cannot limit disks, sessions (and so the pool) run without.
 fn effective_name(p: &WarmPool, disk_limits: bool) -> String {
