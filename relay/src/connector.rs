@@ -86,20 +86,22 @@ impl L4Connect for TunnelConnector {
                 ))))
             }
             Err(e) => {
-                let reason = match &e {
-                    OpenError::NodeNotConnected(_) => "node_not_connected",
-                    OpenError::Timeout(..) => "timeout",
-                    OpenError::Rejected { .. } => "rejected",
-                    OpenError::Connection(_) => "connection",
-                };
-                self.metrics
-                    .streams_failed
-                    .with_label_values(&[reason])
-                    .inc();
+                count_failure(&self.metrics, &e);
                 let msg = e.to_string();
                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 pingora::Error::e_explain(pingora::ErrorType::ConnectError, msg)
             }
         }
     }
+}
+
+/// Counts a stream that could not be opened, by why.
+pub fn count_failure(metrics: &Metrics, e: &OpenError) {
+    let reason = match e {
+        OpenError::NodeNotConnected(_) => "node_not_connected",
+        OpenError::Timeout(..) => "timeout",
+        OpenError::Rejected { .. } => "rejected",
+        OpenError::Connection(_) => "connection",
+    };
+    metrics.streams_failed.with_label_values(&[reason]).inc();
 }

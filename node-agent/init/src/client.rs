@@ -35,7 +35,10 @@ pub async fn request(socket: &Path, op: Op) -> Result<(InitConn, Response), Clie
 
 /// Like [`request`], on a stream the caller connected (and verified).
 pub async fn request_on(stream: UnixStream, op: Op) -> Result<(InitConn, Response), ClientError> {
-    let mut framed = Framed::new(stream, InitCodec);
+    // Both buffers start small (tokio-util's default is 8 KiB each): an
+    // agent holds two of these per open terminal (its own and the
+    // recorder's). The read buffer grows to a whole frame when output comes.
+    let mut framed = Framed::with_capacity(stream, InitCodec, READ_CAPACITY);
     let fut = async {
         framed
             .send(Frame::Request(Request {
@@ -62,5 +65,12 @@ pub async fn request_on(stream: UnixStream, op: Op) -> Result<(InitConn, Respons
             message: resp.message.unwrap_or_default(),
         });
     }
+    // The request is sent: what is written from here on is keys and
+    // resizes (or nothing, for a recorder), so the write buffer starts over
+    // empty and grows only to what is written.
+    *framed.write_buffer_mut() = bytes::BytesMut::new();
     Ok((framed, resp))
 }
+
+/// Initial read buffer of an init connection, in bytes.
+const READ_CAPACITY: usize = 1024;

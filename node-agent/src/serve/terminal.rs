@@ -38,7 +38,7 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// WebSocket read buffer per terminal, in bytes.
-pub const READ_BUFFER: usize = 8 * 1024;
+pub const READ_BUFFER: usize = 2 * 1024;
 
 pub(super) fn closing(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {

@@ -7,10 +7,12 @@
 //!   kept from the session's apps;
 //! - [`refresh`]: the `?token=` exchange and token renewal;
 //! - [`answers`]: responses the relay makes itself;
-//! - [`proxy`]: the thin [`pingora::proxy::ProxyHttp`] impl.
+//! - [`proxy`]: the thin [`pingora::proxy::ProxyHttp`] impl;
+//! - [`bridge`]: a terminal's connection after its upgrade, outside Pingora.
 //!
 //! The access check every door shares is [`crate::access`].
 pub mod answers;
+pub mod bridge;
 pub mod cookies;
 pub mod policy;
 pub mod proxy;

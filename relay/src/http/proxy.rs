@@ -145,6 +145,8 @@ pub struct Ctx {
     strip_authorization: bool,
     failure: Arc<Mutex<Option<OpenError>>>,
     upgraded: bool,
+    /// The agent's status when [`super::bridge`] took the connection over.
+    pub(super) bridged: Option<u16>,
 }
 
 impl RelayProxy {
@@ -237,6 +239,13 @@ impl RelayProxy {
                         session.set_read_timeout(None);
                     }
                     ctx.preview = matches!(kind, StreamKind::Port(_));
+                    if ctx.upgrade
+                        && matches!(kind, StreamKind::Terminal)
+                        && super::bridge::can_bridge(session)
+                    {
+                        let header = stream_header(session, &sid, kind);
+                        return self.bridge(session, ctx, &grant.route.node, header).await;
+                    }
                     ctx.upstream = Some(Upstream::Tunnel {
                         node: grant.route.node,
                         kind,
@@ -306,6 +315,7 @@ impl ProxyHttp for RelayProxy {
             strip_authorization: false,
             failure: Arc::new(Mutex::new(None)),
             upgraded: false,
+            bridged: None,
         }
     }
 
@@ -348,13 +358,7 @@ impl ProxyHttp for RelayProxy {
                     node.hash(&mut h);
                     h.finish()
                 };
-                let client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
-                let header = StreamHeader {
-                    session: sid.clone(),
-                    kind: *kind,
-                    request_id: format!("{:016x}", rand::random::<u64>()),
-                    client_addr,
-                };
+                let header = stream_header(session, sid, *kind);
                 peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
                     registry: self.registry.clone(),
                     node: node.clone(),
@@ -518,35 +522,13 @@ impl ProxyHttp for RelayProxy {
         ctx: &mut Ctx,
     ) -> FailToProxy {
         let failure = ctx.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let a = match failure {
-            Some(OpenError::Rejected {
-                code: ReplyCode::SessionNotFound,
-                message,
-            }) => Answer::new(404, "session_not_found", "No such session", message),
-            Some(OpenError::Rejected { message, .. }) => {
-                Answer::new(502, "upstream_refused", "Session unreachable", message)
-            }
-            Some(OpenError::NodeNotConnected(_))
-            | Some(OpenError::Timeout(..))
-            | Some(OpenError::Connection(_)) => Answer::new(
-                503,
-                "node_unavailable",
-                "Session unreachable",
-                "The machine running this session did not answer. Try again in a moment.",
-            ),
-            None if matches!(e.esource(), pingora::ErrorSource::Downstream) => {
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
-                };
-            }
-            None => Answer::new(
-                502,
-                "bad_gateway",
-                "Session unreachable",
-                "The session did not answer properly.",
-            ),
-        };
+        if failure.is_none() && matches!(e.esource(), pingora::ErrorSource::Downstream) {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let a = open_failure(failure);
         let status = a.status;
         let _ = answer(session, a).await;
         FailToProxy {
@@ -559,6 +541,7 @@ impl ProxyHttp for RelayProxy {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
+            .or(ctx.bridged)
             .unwrap_or(0);
         self.metrics
             .requests
@@ -575,6 +558,45 @@ impl ProxyHttp for RelayProxy {
             .bytes_relayed
             .with_label_values(&["from_client"])
             .inc_by(session.body_bytes_read() as u64);
+    }
+}
+
+/// The stream header for a session's stream of `kind`, with the client's
+/// address as the relay saw it.
+fn stream_header(session: &Session, sid: &str, kind: StreamKind) -> StreamHeader {
+    StreamHeader {
+        session: sid.to_string(),
+        kind,
+        request_id: format!("{:016x}", rand::random::<u64>()),
+        client_addr: session.client_addr().and_then(|a| a.as_inet()).copied(),
+    }
+}
+
+/// The page for a stream that could not be opened or answered (`None`: it
+/// opened but did not answer properly).
+pub(super) fn open_failure(failure: Option<OpenError>) -> Answer {
+    match failure {
+        Some(OpenError::Rejected {
+            code: ReplyCode::SessionNotFound,
+            message,
+        }) => Answer::new(404, "session_not_found", "No such session", message),
+        Some(OpenError::Rejected { message, .. }) => {
+            Answer::new(502, "upstream_refused", "Session unreachable", message)
+        }
+        Some(OpenError::NodeNotConnected(_))
+        | Some(OpenError::Timeout(..))
+        | Some(OpenError::Connection(_)) => Answer::new(
+            503,
+            "node_unavailable",
+            "Session unreachable",
+            "The machine running this session did not answer. Try again in a moment.",
+        ),
+        None => Answer::new(
+            502,
+            "bad_gateway",
+            "Session unreachable",
+            "The session did not answer properly.",
+        ),
     }
 }
 

@@ -1,0 +1,170 @@
+//! A terminal after its upgrade: the relay bridges the browser's connection
+//! to the tunnel stream itself.
+//!
+//! Pingora's proxy loop keeps, per upgraded connection, two 64 KiB body
+//! buffers, header buffers, a retry buffer and two task channels for as long
+//! as the terminal is open: most of the relay's memory per idle terminal
+//! (docs/benchmarks.md). Once control's token, the policy and the upstream
+//! request filter have passed a terminal's upgrade, this module sends the
+//! filtered request itself, reads the agent's answer, takes the downstream
+//! connection out of Pingora and copies bytes: output as the QUIC stream's
+//! own chunks (no buffer held while idle), input through a 2 KiB buffer.
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v1::client::http_req_header_to_wire;
+use pingora::proxy::{ProxyHttp, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_tunnel::TunnelStream;
+use warren_tunnel::proto::StreamHeader;
+
+use super::answers::answer;
+use super::proxy::{Ctx, RelayProxy, open_failure};
+use crate::metrics::Metrics;
+
+/// The agent's answer head (a 101 or an error page's head) is at most this.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long the agent may take to answer the upgrade once the stream is open.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Input (keys, resizes, pastes) is read from the browser this much at a time.
+const INPUT_BUF: usize = 2 * 1024;
+/// Output is taken from the QUIC stream in chunks of at most this.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+/// After the browser stops sending, its last output still reaches it for
+/// this long (the agent answers a close frame at once).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Only HTTP/1.1 connections are taken over: an upgrade exists only there.
+pub(super) fn can_bridge(session: &Session) -> bool {
+    matches!(*session.downstream_session, ServerSession::H1(_))
+}
+
+impl RelayProxy {
+    /// Opens the stream, forwards the upgrade and, once the agent has
+    /// answered, serves the connection outside Pingora. `Ok(true)`: the
+    /// request was answered (bridged, or refused with the error page
+    /// Pingora's own path would have shown).
+    pub(super) async fn bridge(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        node: &str,
+        header: StreamHeader,
+    ) -> pingora::Result<bool> {
+        let mut up = match self.registry.open_stream(node, &header).await {
+            Ok(s) => {
+                self.metrics.streams_opened.inc();
+                s
+            }
+            Err(e) => {
+                crate::connector::count_failure(&self.metrics, &e);
+                return answer(session, open_failure(Some(e))).await;
+            }
+        };
+        let mut req = session.req_header().clone();
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        let Some(wire) = http_req_header_to_wire(&req) else {
+            return answer(session, open_failure(None)).await;
+        };
+        let head = async {
+            up.write_all(&wire).await?;
+            up.flush().await?;
+            read_head(&mut up).await
+        };
+        let (status, head) = match tokio::time::timeout(HEAD_TIMEOUT, head).await {
+            Ok(Ok(h)) => h,
+            // As Pingora's path: an upstream that answers badly is a 502.
+            Ok(Err(_)) | Err(_) => return answer(session, open_failure(None)).await,
+        };
+        let dummy = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+        let down = match std::mem::replace(&mut *session.downstream_session, dummy) {
+            ServerSession::H1(h1) => h1.into_inner(),
+            other => {
+                // Checked by `can_bridge`; put it back and let Pingora answer.
+                *session.downstream_session = other;
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::InternalError,
+                    "bridge on a non-HTTP/1 session",
+                );
+            }
+        };
+        ctx.bridged = Some(status);
+        let metrics = self.metrics.clone();
+        tokio::spawn(pump(down, up, head, metrics, status == 101));
+        Ok(true)
+    }
+}
+
+/// Reads the agent's response head: its status and every byte read so far
+/// (the head, and any frames that followed it in the same read).
+async fn read_head(up: &mut TunnelStream) -> std::io::Result<(u16, Bytes)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let code = resp.code.unwrap_or(0);
+                return Ok((code, buf.freeze()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => return Err(std::io::Error::other("bad response head")),
+        }
+        if up.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Copies both ways until the agent ends the stream, the browser resets, or
+/// the browser has ended its side and [`CLOSE_GRACE`] passed.
+async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metrics>, ws: bool) {
+    if ws {
+        metrics.connections.inc();
+    }
+    let (mut dr, mut dw) = tokio::io::split(down);
+    let to_client_bytes = metrics.bytes_relayed.with_label_values(&["to_client"]);
+    let from_client_bytes = metrics.bytes_relayed.with_label_values(&["from_client"]);
+    let (send, recv) = (&mut up.send, &mut up.recv);
+    let to_client = async {
+        dw.write_all(&head).await?;
+        dw.flush().await?;
+        while let Some(chunk) = recv
+            .read_chunk(OUTPUT_CHUNK, true)
+            .await
+            .map_err(std::io::Error::other)?
+        {
+            to_client_bytes.inc_by(chunk.bytes.len() as u64);
+            dw.write_all(&chunk.bytes).await?;
+            dw.flush().await?;
+        }
+        dw.shutdown().await
+    };
+    let from_client = async {
+        let mut buf = [0u8; INPUT_BUF];
+        loop {
+            let n = dr.read(&mut buf).await?;
+            if n == 0 {
+                let _ = send.finish();
+                return Ok::<_, std::io::Error>(());
+            }
+            from_client_bytes.inc_by(n as u64);
+            send.write_all(&buf[..n]).await?;
+        }
+    };
+    tokio::pin!(to_client);
+    tokio::select! {
+        _ = &mut to_client => {}
+        r = from_client => {
+            if r.is_ok() {
+                let _ = tokio::time::timeout(CLOSE_GRACE, to_client).await;
+            }
+        }
+    }
+    if ws {
+        metrics.connections.dec();
+    }
+}
