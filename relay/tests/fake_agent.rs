@@ -126,3 +126,50 @@ async fn previews_reach_the_fake_agents_port() {
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(st.fake_streams(), 1);
 }
+
+/// After its upgrade a terminal's connection is the relay's own bridge
+/// (relay/src/http/bridge.rs), no longer Pingora's proxy loop: it counts as
+/// open while it lives, its bytes are counted, and it is let go when the
+/// client leaves. An upgrade that carries a body is refused before any
+/// stream is opened (its bytes would have been lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_terminal_is_counted_and_an_upgrade_with_a_body_is_refused() {
+    let st = Stack::start_fake("fake-bridge").await;
+    let sid = st.fake_session();
+    let bearer = format!("Bearer {}", st.token(&sid));
+    let mut t = st
+        .ws(&sid, "", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    t.run("through the bridge", "through the bridge").await;
+    assert_eq!(st.metric("warren_relay_open_upgrades"), 1.0);
+    assert!(st.metric("warren_relay_bytes_total") > 0.0);
+    drop(t);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while st.metric("warren_relay_open_upgrades") != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge outlived its client"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let streams = st.fake_streams();
+    let r = st
+        .request(
+            &format!("{sid}.{DOMAIN}"),
+            "GET",
+            "/_warren/terminal",
+            &[
+                ("authorization", &bearer),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+                ("content-length", "5"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("carries no body"), "{r:?}");
+    assert_eq!(st.fake_streams(), streams, "no stream for a refused upgrade");
+}

@@ -21,9 +21,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_tunnel::TunnelStream;
 use warren_tunnel::proto::StreamHeader;
 
+use tracing::warn;
+
 use super::answers::answer;
 use super::proxy::{Ctx, RelayProxy, open_failure};
 use crate::metrics::Metrics;
+use crate::pages::Answer;
 
 /// The agent's answer head (a 101 or an error page's head) is at most this.
 const MAX_HEAD: usize = 16 * 1024;
@@ -54,6 +57,29 @@ impl RelayProxy {
         node: &str,
         header: StreamHeader,
     ) -> pingora::Result<bool> {
+        // An upgrade carries no body (RFC 6455 clients wait for the 101):
+        // bytes before it would be lost with Pingora's buffer.
+        let h = &session.req_header().headers;
+        let has_body = h.contains_key("transfer-encoding")
+            || h.get("content-length")
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            let a = Answer::new(
+                400,
+                "bad_request",
+                "Bad request",
+                "A WebSocket upgrade carries no body.",
+            );
+            return answer(session, a).await;
+        }
+        let mut req = session.req_header().clone();
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        for name in FRAMING_HEADERS {
+            while req.remove_header(*name).is_some() {}
+        }
+        let Some(wire) = http_req_header_to_wire(&req) else {
+            return answer(session, open_failure(None)).await;
+        };
         let mut up = match self.registry.open_stream(node, &header).await {
             Ok(s) => {
                 self.metrics.streams_opened.inc();
@@ -64,11 +90,6 @@ impl RelayProxy {
                 return answer(session, open_failure(Some(e))).await;
             }
         };
-        let mut req = session.req_header().clone();
-        self.upstream_request_filter(session, &mut req, ctx).await?;
-        let Some(wire) = http_req_header_to_wire(&req) else {
-            return answer(session, open_failure(None)).await;
-        };
         let head = async {
             up.write_all(&wire).await?;
             up.flush().await?;
@@ -77,7 +98,14 @@ impl RelayProxy {
         let (status, head) = match tokio::time::timeout(HEAD_TIMEOUT, head).await {
             Ok(Ok(h)) => h,
             // As Pingora's path: an upstream that answers badly is a 502.
-            Ok(Err(_)) | Err(_) => return answer(session, open_failure(None)).await,
+            r => {
+                let why = match r {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_string(),
+                };
+                warn!(node, session = %header.session, error = %why, "terminal upgrade not answered");
+                return answer(session, open_failure(None)).await;
+            }
         };
         let dummy = ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
         let down = match std::mem::replace(&mut *session.downstream_session, dummy) {
@@ -93,10 +121,26 @@ impl RelayProxy {
         };
         ctx.bridged = Some(status);
         let metrics = self.metrics.clone();
-        tokio::spawn(pump(down, up, head, metrics, status == 101));
+        if status == 101 {
+            tokio::spawn(pump(down, up, head, metrics));
+        } else {
+            // A refusal (its page): the client's bytes never go on.
+            tokio::spawn(answer_only(down, up, head));
+        }
         Ok(true)
     }
 }
+
+/// Request headers that frame a body: an upgrade has none, and the agent
+/// is never told otherwise.
+const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "proxy-authorization",
+];
 
 /// Reads the agent's response head: its status and every byte read so far
 /// (the head, and any frames that followed it in the same read).
@@ -119,52 +163,99 @@ async fn read_head(up: &mut TunnelStream) -> std::io::Result<(u16, Bytes)> {
     }
 }
 
-/// Copies both ways until the agent ends the stream, the browser resets, or
-/// the browser has ended its side and [`CLOSE_GRACE`] passed.
-async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metrics>, ws: bool) {
-    if ws {
-        metrics.connections.inc();
-    }
+/// Sends the agent's refusal (its head and page) to the client and closes.
+async fn answer_only(down: Stream, mut up: TunnelStream, head: Bytes) {
+    let mut down = down;
+    let copy = async {
+        down.write_all(&head).await?;
+        while let Some(chunk) = up
+            .recv
+            .read_chunk(OUTPUT_CHUNK, true)
+            .await
+            .map_err(std::io::Error::other)?
+        {
+            down.write_all(&chunk.bytes).await?;
+        }
+        down.flush().await?;
+        down.shutdown().await
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, copy).await;
+}
+
+/// How one direction of a bridged connection ended.
+enum End {
+    /// The browser ended its side (or the upstream refused its input): its
+    /// last output still reaches it, for [`CLOSE_GRACE`].
+    Graceful,
+    /// The browser's connection failed: nothing more can reach it.
+    Broken,
+}
+
+/// A write to the browser that makes no progress for this long ends the
+/// connection (a client that stopped reading holds nothing for ever).
+const WRITE_STALL: Duration = Duration::from_secs(60);
+
+async fn stalled<F, T>(f: F) -> std::io::Result<T>
+where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    tokio::time::timeout(WRITE_STALL, f)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Copies both ways until the agent ends the stream, the browser's
+/// connection fails, or one side ended and [`CLOSE_GRACE`] passed.
+async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metrics>) {
+    metrics.connections.inc();
     let (mut dr, mut dw) = tokio::io::split(down);
     let to_client_bytes = metrics.bytes_relayed.with_label_values(&["to_client"]);
     let from_client_bytes = metrics.bytes_relayed.with_label_values(&["from_client"]);
     let (send, recv) = (&mut up.send, &mut up.recv);
     let to_client = async {
-        dw.write_all(&head).await?;
-        dw.flush().await?;
+        stalled(dw.write_all(&head)).await?;
+        drop(head);
+        stalled(dw.flush()).await?;
         while let Some(chunk) = recv
             .read_chunk(OUTPUT_CHUNK, true)
             .await
             .map_err(std::io::Error::other)?
         {
             to_client_bytes.inc_by(chunk.bytes.len() as u64);
-            dw.write_all(&chunk.bytes).await?;
-            dw.flush().await?;
+            stalled(dw.write_all(&chunk.bytes)).await?;
+            stalled(dw.flush()).await?;
         }
-        dw.shutdown().await
+        stalled(dw.shutdown()).await
     };
     let from_client = async {
         let mut buf = [0u8; INPUT_BUF];
         loop {
-            let n = dr.read(&mut buf).await?;
-            if n == 0 {
-                let _ = send.finish();
-                return Ok::<_, std::io::Error>(());
-            }
+            let n = match dr.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = send.finish();
+                    return End::Graceful;
+                }
+                Ok(n) => n,
+                Err(_) => {
+                    let _ = send.reset(0u32.into());
+                    return End::Broken;
+                }
+            };
             from_client_bytes.inc_by(n as u64);
-            send.write_all(&buf[..n]).await?;
+            // The agent closed its side (a close frame is on its way).
+            if send.write_all(&buf[..n]).await.is_err() {
+                return End::Graceful;
+            }
         }
     };
     tokio::pin!(to_client);
     tokio::select! {
         _ = &mut to_client => {}
-        r = from_client => {
-            if r.is_ok() {
+        end = from_client => {
+            if let End::Graceful = end {
                 let _ = tokio::time::timeout(CLOSE_GRACE, to_client).await;
             }
         }
     }
-    if ws {
-        metrics.connections.dec();
-    }
+    metrics.connections.dec();
 }
