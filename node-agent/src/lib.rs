@@ -554,53 +554,12 @@ impl StreamHandler for Agent {
                     warn!("terminal stream ended with an error: {e}");
                 }
             }
+            // The other kinds are boxed: inline, their state (hyper, bollard)
+            // would size every stream's task, idle terminals' included.
             StreamKind::Api | StreamKind::Snapshot => {
-                self.serve_api_stream(stream, session, header.kind).await
+                Box::pin(self.serve_api_stream(stream, session, header.kind)).await
             }
-            StreamKind::Port(port) => {
-                let Some(ip) = session.ip else {
-                    return stream
-                        .reject(
-                            codes::SESSION_NOT_READY,
-                            "the session has no network address",
-                        )
-                        .await;
-                };
-                let tcp = tokio::time::timeout(
-                    PORT_CONNECT_TIMEOUT,
-                    tokio::net::TcpStream::connect((ip, port)),
-                )
-                .await;
-                let mut tcp = match tcp {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        let msg = format!(
-                            "nothing answers on port {port} in session {}: {e}",
-                            session.id
-                        );
-                        return stream.reject(codes::PORT_UNREACHABLE, &msg).await;
-                    }
-                    Err(_) => {
-                        let msg = format!(
-                            "port {port} in session {} did not answer in time",
-                            session.id
-                        );
-                        return stream.reject(codes::PORT_UNREACHABLE, &msg).await;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let Ok(mut s) = stream.accept().await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => {}
-                    r = tokio::io::copy_bidirectional(&mut s, &mut tcp) => {
-                        if let Err(e) = r {
-                            tracing::debug!("port stream ended: {e}");
-                        }
-                    }
-                }
-            }
+            StreamKind::Port(port) => Box::pin(self.serve_port(stream, &session, port)).await,
         }
     }
 }

@@ -171,5 +171,9 @@ async fn a_bridged_terminal_is_counted_and_an_upgrade_with_a_body_is_refused() {
         .await;
     assert_eq!(r.status, 400, "{r:?}");
     assert!(r.body.contains("carries no body"), "{r:?}");
-    assert_eq!(st.fake_streams(), streams, "no stream for a refused upgrade");
+    assert_eq!(
+        st.fake_streams(),
+        streams,
+        "no stream for a refused upgrade"
+    );
 }

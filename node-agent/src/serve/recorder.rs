@@ -91,7 +91,7 @@ impl Recorders {
                 e = record(&init, terminal, from, rx, &mut r, &control, &path) => e,
             };
             // What is left goes too (the shell's last words, its exit).
-            if let Err(e) = end.and(r.flush(&control, &path, true).await) {
+            if let Err(e) = end.and(Box::pin(r.flush(&control, &path, true)).await) {
                 debug!(session = %key.0, terminal, "recording stopped: {e}");
             }
             // Only this recorder's channel (a newer one may hold the key).
@@ -152,10 +152,12 @@ async fn record(
                     r.resize(cols, rows);
                 }
             }
-            _ = tick.tick() => r.flush(control, path, false).await?,
+            // Boxed: a flush (an HTTP request) is rare, and inline its
+            // state would sit in every idle terminal's recorder.
+            _ = tick.tick() => Box::pin(r.flush(control, path, false)).await?,
         }
         if r.buf.len() >= PIECE_TARGET {
-            r.flush(control, path, false).await?;
+            Box::pin(r.flush(control, path, false)).await?;
         }
     }
 }
