@@ -450,6 +450,7 @@ async fn openssh_through_the_relay() {
     }
     let expired = {
         let (kid, pem) = st.control.control.store.signing_key().await.unwrap();
+        warren_jwt::install();
         let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         h.kid = Some(kid);
         let now = warren_control::store::now_ms() / 1000;

@@ -24,6 +24,8 @@ impl Issuer {
     /// An issuer for the Ed25519 key `pem` (public half `x`, base64url),
     /// named `kid` in the JWKS.
     pub fn new(kid: String, pem: &str, x: &str, ttl_secs: u64) -> Result<Self, SignError> {
+        // Every sign and verify goes through an issuer made here.
+        warren_jwt::install();
         Ok(Self {
             kid,
             key: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| SignError(e.to_string()))?,

@@ -208,6 +208,9 @@ impl Verifier {
         if let Some(m) = &self.metrics {
             m.jwt_verifications.inc();
         }
+        // At the one place tokens are checked, whichever constructor made
+        // this verifier (a cheap check once installed).
+        warren_jwt::install();
         // `alg: none` and every algorithm but EdDSA fail here or below.
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
@@ -261,6 +264,7 @@ pub mod testing {
 
     impl Signer {
         pub fn generate(kid: &str) -> Signer {
+            warren_jwt::install();
             let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
             let key = EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes()).expect("ed25519 pem");
             let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
@@ -367,13 +371,21 @@ mod tests {
             ))
         );
         assert!(v.verify(&none).await.is_err());
-        // HS256 signed with the public key as secret (algorithm confusion).
-        let hs = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(Algorithm::HS256),
-            &c,
-            &jsonwebtoken::EncodingKey::from_secret(s.jwks.as_bytes()),
-        )
-        .unwrap();
+        // HS256 signed with the public key as secret (algorithm confusion);
+        // made by hand: Warren's JWT provider signs nothing but EdDSA.
+        let msg = format!(
+            "{}.{}",
+            b64(r#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#),
+            b64(&serde_json::to_string(&c).unwrap())
+        );
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(s.jwks.as_bytes()).unwrap();
+        hmac::Mac::update(&mut mac, msg.as_bytes());
+        let mac = hmac::Mac::finalize(mac).into_bytes();
+        let hs = format!(
+            "{msg}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+        );
         assert_eq!(v.verify(&hs).await, Err(AuthError::BadSignature));
     }
 }
