@@ -65,10 +65,14 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((mut ws, params, caller)) = handshake(stream).await? else {
+    // The handshake and the attach run once, at the start: boxed, their
+    // state is freed when they end instead of sizing the terminal's
+    // long-lived future.
+    let Some((mut ws, params, caller)) = Box::pin(handshake(stream)).await? else {
         return Ok(());
     };
-    let Some(attached) = attach(&mut ws, init, &params, &caller, node.as_ref()).await? else {
+    let Some(attached) = Box::pin(attach(&mut ws, init, &params, &caller, node.as_ref())).await?
+    else {
         return Ok(());
     };
     if let (Some(n), Some(t), true) = (&node, attached.terminal, attached.opened) {
@@ -86,7 +90,10 @@ where
         relay_draining,
         session_gone,
     };
-    pump(ws, attached, ends, activity, metrics, node, caller).await
+    // The socket by reference: an async fn's by-value arguments are kept
+    // twice in its state (as passed and as moved into the body), and this
+    // state lives as long as the terminal.
+    pump(&mut ws, attached, ends, activity, metrics, node, caller).await
 }
 
 /// What this node knows beyond one connection: the session's share links,
@@ -301,7 +308,7 @@ enum OpKind {
 /// Carries bytes both ways between the client and init until one side
 /// ends, the agent shuts down or the relay drains.
 async fn pump<S>(
-    mut ws: WebSocketStream<S>,
+    ws: &mut WebSocketStream<S>,
     attached: Attached,
     ends: Ends,
     activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
@@ -335,14 +342,13 @@ where
         };
         ws.send(Message::Text(msg.to_text().into())).await?;
     }
-    // A share link's connection ends with its link.
-    let link_ended = async {
+    // A share link's connection ends with its link. Boxed, and only for a
+    // link: its timers would otherwise sit in every terminal's future.
+    let mut link_ended: std::pin::Pin<Box<dyn std::future::Future<Output = Ending> + Send + '_>> =
         match (&node, &share) {
-            (Some(n), Some(g)) => n.shares.ended(&n.session, &g.id).await,
-            _ => std::future::pending().await,
-        }
-    };
-    tokio::pin!(link_ended);
+            (Some(n), Some(g)) => Box::pin(n.shares.ended(&n.session, &g.id)),
+            _ => Box::pin(std::future::pending()),
+        };
     let touch = || {
         if let Some(a) = &activity {
             let now = std::time::SystemTime::now()
@@ -367,15 +373,15 @@ where
     loop {
         tokio::select! {
             _ = ends.session_gone.cancelled() => {
-                close_with(&mut ws, closing(close::SESSION_GONE, "the session was deleted")).await;
+                close_with(ws, closing(close::SESSION_GONE, "the session was deleted")).await;
                 return Ok(());
             }
             _ = ends.shutdown.cancelled() => {
-                close_with(&mut ws, closing(close::GOING_AWAY, "agent shutting down")).await;
+                close_with(ws, closing(close::GOING_AWAY, "agent shutting down")).await;
                 return Ok(());
             }
             _ = ends.relay_draining.cancelled() => {
-                close_with(&mut ws, closing(close::GOING_AWAY, "relay draining")).await;
+                close_with(ws, closing(close::GOING_AWAY, "relay draining")).await;
                 return Ok(());
             }
             ending = &mut link_ended => {
@@ -383,7 +389,7 @@ where
                     Ending::Revoked => close::FORBIDDEN,
                     Ending::Expired => close::AUTH,
                 };
-                close_with(&mut ws, closing(code, ending.reason())).await;
+                close_with(ws, closing(code, ending.reason())).await;
                 return Ok(());
             }
             changed = async {
@@ -445,7 +451,7 @@ where
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
                     debug!("terminal message over the limit: {e}");
                     let why = format!("a message is limited to {} bytes", warren_proto::terminal::MAX_MESSAGE);
-                    close_with(&mut ws, closing(close::MESSAGE_TOO_BIG, &why)).await;
+                    close_with(ws, closing(close::MESSAGE_TOO_BIG, &why)).await;
                     return Ok(());
                 }
                 Some(Err(e)) => {
@@ -508,11 +514,11 @@ where
                 Some(Ok(Frame::Exit(code))) => {
                     let exit = ServerMsg::Exit { code };
                     ws.send(Message::Text(exit.to_text().into())).await?;
-                    close_with(&mut ws, closing(close::NORMAL, "shell exited")).await;
+                    close_with(ws, closing(close::NORMAL, "shell exited")).await;
                     return Ok(());
                 }
                 Some(Ok(_)) | Some(Err(_)) | None => {
-                    close_with(&mut ws, closing(close::INTERNAL, "the session's terminal ended unexpectedly")).await;
+                    close_with(ws, closing(close::INTERNAL, "the session's terminal ended unexpectedly")).await;
                     return Ok(());
                 }
             },
