@@ -137,19 +137,14 @@ async fn record(
     let (mut conn, _) = super::initsock::request(init, op)
         .await
         .map_err(|e| Stop::Init(e.to_string()))?;
-    // The next flush is due FLUSH_EVERY after the first line it will
-    // carry: an idle terminal's recorder has no timer to wake it (a
-    // ticking interval woke every idle recorder once a second).
-    // The header goes at once.
-    let mut due = (!r.buf.is_empty()).then(tokio::time::Instant::now);
+    // One timer, armed FLUSH_EVERY after the first line a flush will carry
+    // (a ticking interval woke every idle recorder once a second). A
+    // disarmed timer is not polled, so an idle recorder never wakes; the
+    // header goes at once.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut armed = !r.buf.is_empty();
     loop {
-        let at = due;
-        let wait = async move {
-            match at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             f = conn.next() => match f {
                 Some(Ok(Frame::Data(b))) => r.output(&b),
@@ -165,16 +160,19 @@ async fn record(
             }
             // Boxed: a flush (an HTTP request) is rare, and inline its
             // state would sit in every idle terminal's recorder.
-            _ = wait => {
-                due = None;
+            _ = &mut sleep, if armed => {
+                armed = false;
                 Box::pin(r.flush(control, path, false)).await?;
             }
         }
         if r.buf.len() >= PIECE_TARGET {
-            due = None;
+            armed = false;
             Box::pin(r.flush(control, path, false)).await?;
-        } else if due.is_none() && !r.buf.is_empty() {
-            due = Some(tokio::time::Instant::now() + FLUSH_EVERY);
+        } else if !armed && !r.buf.is_empty() {
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + FLUSH_EVERY);
+            armed = true;
         }
     }
 }
