@@ -329,3 +329,43 @@ async fn terminal_edges_get_clear_answers() {
         Some(warren_proto::terminal::close::SESSION_GONE)
     );
 }
+
+/// Two agents on one engine (two workers on a host, or parallel tests):
+/// each sweeps only the snapshots it committed, never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sweep_never_touches_another_nodes_snapshots() {
+    if !docker_or_skip().await {
+        return;
+    }
+    let a = Stack::start("snapa").await;
+    let b = Stack::start("snapb").await;
+    let s = a.session("warren/session:mini", 64).await;
+    let id: String = format!("{}0000000000000000", common::random_suffix())
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .take(16)
+        .collect();
+    let image = warren_proto::sandbox::snapshot_image(&id);
+    a.agent()
+        .runtime()
+        .commit_snapshot(&s, &image, 1)
+        .await
+        .unwrap();
+    let exists = || {
+        !common::docker(&["image", "ls", "-q", &image])
+            .trim()
+            .is_empty()
+    };
+    assert!(exists(), "the snapshot was committed");
+
+    // B's control lists nothing: B's sweep must leave A's snapshot alone.
+    let removed = b.agent().runtime().prune_snapshots(&[], 1).await;
+    assert!(!removed.iter().any(|r| r.contains(&id)), "{removed:?}");
+    assert!(exists(), "another node's sweep removed the snapshot");
+
+    // A's own sweep still removes what A's control no longer lists.
+    a.agent().remove_session(&s.id).await.unwrap();
+    let removed = a.agent().runtime().prune_snapshots(&[], 1).await;
+    assert!(removed.iter().any(|r| r.contains(&id)), "{removed:?}");
+    assert!(!exists(), "its own node's sweep left the snapshot");
+}

@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 use tracing::{info, warn};
 use warren_proto::sandbox::{SNAPSHOT_REPO, snapshot_id};
 
-use super::{DockerRuntime, MIN_FREE_DISK_MB, RuntimeError, SessionInfo};
+use super::{DockerRuntime, LABEL_NODE, MIN_FREE_DISK_MB, RuntimeError, SessionInfo};
 
 /// The command a snapshot's sessions run (JSON list), set at commit.
 pub const LABEL_SNAPSHOT_COMMAND: &str = "warren.snapshot.command";
@@ -68,10 +68,15 @@ impl DockerRuntime {
             ));
         }
         let command = self.image_facts(&info.image).await?.command;
-        let labels = HashMap::from([(
-            LABEL_SNAPSHOT_COMMAND.to_string(),
-            serde_json::to_string(&command).unwrap_or_else(|_| "[]".into()),
-        )]);
+        // The node's label: another agent on the same engine (two workers
+        // on one host) sweeps only its own snapshots.
+        let labels = HashMap::from([
+            (
+                LABEL_SNAPSHOT_COMMAND.to_string(),
+                serde_json::to_string(&command).unwrap_or_else(|_| "[]".into()),
+            ),
+            (LABEL_NODE.to_string(), self.node_id.clone()),
+        ]);
         let config = ContainerConfig {
             labels: Some(labels),
             entrypoint: Some(Vec::new()),
@@ -154,8 +159,15 @@ impl DockerRuntime {
             committed.retain(|_, v| *v > index);
             keep.extend(committed.keys().cloned());
         }
-        let filters =
-            HashMap::from([("reference".to_string(), vec![format!("{SNAPSHOT_REPO}/*")])]);
+        // This node's snapshots only: the engine may serve other agents,
+        // whose controls list snapshots this one never heard of.
+        let filters = HashMap::from([
+            ("reference".to_string(), vec![format!("{SNAPSHOT_REPO}/*")]),
+            (
+                "label".to_string(),
+                vec![format!("{LABEL_NODE}={}", self.node_id)],
+            ),
+        ]);
         let images = match self
             .docker
             .list_images(Some(ListImagesOptions {
