@@ -6,7 +6,8 @@
 //! EdDSA can never reach a key, whatever a caller's `Validation` says.
 //!
 //! Call [`install`] before `jsonwebtoken::encode` or `decode`; it is cheap
-//! and idempotent, so each place that makes an issuer or a verifier calls it.
+//! and idempotent: control calls it where it makes its issuer, the relay
+//! where it checks a token.
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{ErrorKind, Result};
 use jsonwebtoken::signature::{self, Signer, Verifier};
