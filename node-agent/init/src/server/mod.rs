@@ -7,6 +7,7 @@
 //!   clients (each at its own pace).
 //! - `exec`: commands on pipes (SSH `exec`, subsystems).
 //! - `files`: the sandbox API's files, resolved inside the container.
+//! - `reader`: the thread that drains a PTY.
 //! - `spawn`: which environment a client may set, argv checks, the login shell.
 //! - here: the socket, peer checks, request dispatch, the detached sweeper.
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +33,7 @@ use crate::reaper::Reaper;
 mod exec;
 mod files;
 mod input;
+mod reader;
 mod spawn;
 mod terminal;
 

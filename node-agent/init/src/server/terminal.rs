@@ -3,8 +3,9 @@
 //! its own offset at its own pace.
 use super::*;
 
-/// Output a pump turn reads from the PTY before the clients run.
-const PUMP_BATCH: usize = 64 * 1024;
+/// Output read from the PTY after the shell's exit, at most: a background
+/// process that keeps printing must not keep the exit from the clients.
+const LAST_WORDS: usize = 1024 * 1024;
 /// A frame this large goes at once, whatever the pace.
 const FRAME_BATCH: usize = 32 * 1024;
 /// Output within this long of a previous frame of at least BULK bytes
@@ -241,8 +242,22 @@ impl Server {
             }),
             inputs: Default::default(),
         });
+        let reader = match super::reader::Reader::spawn(term.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                // No reader (the session's pids limit): the shell would
+                // block on its first screenful, so it goes.
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                }
+                return Err((
+                    ErrorCode::SpawnFailed,
+                    format!("cannot start the terminal's reader: {e}"),
+                ));
+            }
+        };
         self.terminals().insert(id, term.clone());
-        tokio::spawn(self.clone().pump(term.clone(), exit_rx));
+        tokio::spawn(self.clone().pump(term.clone(), reader, exit_rx));
         Ok(term)
     }
 
@@ -271,39 +286,27 @@ impl Server {
         true
     }
 
-    /// Reads the PTY until the shell exits; then tells every client.
+    /// Waits for the shell's exit while the reader fills the buffer; then
+    /// takes what the PTY still holds and tells every client.
     pub(super) async fn pump(
         self: Arc<Self>,
         term: Arc<Terminal>,
-        mut exit_rx: oneshot::Receiver<i32>,
+        reader: super::reader::Reader,
+        exit_rx: oneshot::Receiver<i32>,
     ) {
-        let mut buf = vec![0u8; 32 * 1024];
-        let mut eof = false;
-        let code = loop {
-            tokio::select! {
-                code = &mut exit_rx => break code.unwrap_or(-1),
-                r = term.master.readable(), if !eof => {
-                    let Ok(mut guard) = r else { eof = true; continue };
-                    // Drain what the PTY holds (a read returns at most a
-                    // few KiB) before the clients run, up to PUMP_BATCH:
-                    // fewer, larger frames down the whole path.
-                    let mut got = 0;
-                    while got < PUMP_BATCH {
-                        match guard.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf[..]).map_err(io::Error::from)) {
-                            Ok(Ok(0)) | Ok(Err(_)) => { eof = true; break } // EIO: every slave end closed
-                            Ok(Ok(n)) => { term.push(&buf[..n]); got += n; }
-                            Err(_would_block) => break,
-                        }
-                    }
-                }
-            }
-        };
+        let code = exit_rx.await.unwrap_or(-1);
+        reader.stop().await;
         // Output written just before the exit is still in the PTY.
-        while let Ok(n) = rustix::io::read(term.master.get_ref(), &mut buf[..]) {
-            if n == 0 {
-                break;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut left = LAST_WORDS;
+        while left > 0 {
+            match rustix::io::read(term.master.get_ref(), &mut buf[..left.min(16 * 1024)]) {
+                Ok(n) if n > 0 => {
+                    term.push(&buf[..n]);
+                    left -= n;
+                }
+                _ => break,
             }
-            term.push(&buf[..n]);
         }
         term.finish(code);
         self.terminals().remove(&term.id);
