@@ -44,74 +44,67 @@ impl Store {
         if seq < 0 {
             return Err(StoreError::Invalid("seq must be 0 or more".into()));
         }
+        let (terminal, len) = (i64::from(terminal), data.len() as i64);
         let mut tx = self.pool.begin().await?;
-        // A write first: SQLite takes its write lock before anything is
-        // read (two recorders never deadlock upgrading a read lock).
-        // A recording's first piece always gets its row (so it is listed).
-        sqlx::query(
-            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
-             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (session_id, terminal) DO NOTHING",
+        // One write that checks the bounds as it inserts (a retried piece
+        // conflicts and is left alone): two statements a piece, not six,
+        // and a recorded terminal sends one a second. A write first, also
+        // because SQLite then takes its write lock before anything is read
+        // (two recorders never deadlock upgrading a read lock).
+        let stored = sqlx::query(
+            "INSERT INTO recording_chunks (session_id, terminal, seq, data) \
+             SELECT $1, $2, $3, $4 \
+             WHERE (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE session_id = $1) + $5 <= $6 \
+               AND (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE tenant_id = $7) + $5 <= $8 \
+             ON CONFLICT (session_id, terminal, seq) DO NOTHING",
         )
         .bind(session)
-        .bind(i64::from(terminal))
-        .bind(tenant)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        let seen: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
-        )
-        .bind(session)
-        .bind(i64::from(terminal))
-        .bind(seq)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if seen.is_some() {
-            return Ok(Appended::Duplicate);
-        }
-        let held: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM recordings WHERE session_id = $1",
-        )
-        .bind(session)
-        .fetch_one(&mut *tx)
-        .await?;
-        let len = data.len() as i64;
-        let tenant_held: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM recordings WHERE tenant_id = $1",
-        )
-        .bind(tenant)
-        .fetch_one(&mut *tx)
-        .await?;
-        if held + len > max_bytes || tenant_held + len > tenant_max_bytes {
-            sqlx::query(
-                "UPDATE recordings SET truncated = 1 WHERE session_id = $1 AND terminal = $2",
-            )
-            .bind(session)
-            .bind(i64::from(terminal))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Appended::Full);
-        }
-        sqlx::query(
-            "INSERT INTO recording_chunks (session_id, terminal, seq, data) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(session)
-        .bind(i64::from(terminal))
+        .bind(terminal)
         .bind(seq)
         .bind(data)
+        .bind(len)
+        .bind(max_bytes)
+        .bind(tenant)
+        .bind(tenant_max_bytes)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        let outcome = if stored {
+            Appended::Stored
+        } else {
+            let seen: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
+            )
+            .bind(session)
+            .bind(terminal)
+            .bind(seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if seen.is_some() {
+                return Ok(Appended::Duplicate);
+            }
+            Appended::Full
+        };
+        // A recording's first piece always gets its row (so it is listed),
+        // also when it is already full.
         sqlx::query(
-            "UPDATE recordings SET bytes = bytes + $3 WHERE session_id = $1 AND terminal = $2",
+            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (session_id, terminal) DO UPDATE \
+             SET bytes = recordings.bytes + excluded.bytes, \
+                 truncated = CASE WHEN excluded.truncated = 1 THEN 1 ELSE recordings.truncated END",
         )
         .bind(session)
-        .bind(i64::from(terminal))
-        .bind(len)
+        .bind(terminal)
+        .bind(tenant)
+        .bind(now_ms())
+        .bind(if stored { len } else { 0 })
+        .bind(i32::from(!stored))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Appended::Stored)
+        Ok(outcome)
     }
 
     /// A session's recordings, by terminal.

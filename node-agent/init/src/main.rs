@@ -61,8 +61,11 @@ fn main() {
     {
         eprintln!("warren-init: cannot make PID 1 undumpable: {e}");
     }
+    // Blocking threads serve the files API; each costs a pid of the
+    // session's pids limit, so few (tokio's default is 512).
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(warren_init::server::BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

@@ -57,10 +57,14 @@ pub fn attach_command(cmd: &mut Command, slave: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Registers a PTY master with the tokio reactor.
+/// Registers a PTY master with the tokio reactor, for writes only: its
+/// output is read by a thread of its own (`server::reader`), and readable
+/// events would wake the runtime for nothing on every burst.
 pub fn register(master: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd stays open and returns the same descriptor until it
     // is dropped, which only the AsyncFd that owns it can do.
-    unsafe { tokio::io::unix::AsyncFd::register(master) }
-        .map_err(|e| io::Error::other(e.to_string()))
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(master, tokio::io::Interest::WRITABLE)
+    }
+    .map_err(|e| io::Error::other(e.to_string()))
 }

@@ -700,20 +700,15 @@ async fn acks_report_a_no_echo_prompt_only_when_asked() {
     );
 }
 
-/// A shell exits while a program it left behind keeps printing to the
-/// terminal: the exit still reaches the client, after the output, with
-/// the reader thread stopped.
+/// A shell exits while a program it left behind prints to the terminal:
+/// the exit still reaches the client, after the output.
 #[tokio::test]
-async fn an_exit_arrives_while_a_program_left_behind_keeps_printing() {
+async fn an_exit_arrives_while_a_program_left_behind_prints() {
     let f = start(Duration::from_secs(60)).await;
     let (mut c, _) = client::request(&f.socket, open_op()).await.unwrap();
-    // In a session of its own, reopening the terminal after the shell's
-    // hang-up, for as long as the terminal exists.
-    type_line(
-        &mut c,
-        "t=$(tty); setsid sh -c \"while [ -e $t ]; do yes left-behind > $t; done\" & exit 7",
-    )
-    .await;
+    // In a session of its own (the shell's exit does not signal it), and
+    // bounded in time whatever happens to this test.
+    type_line(&mut c, "setsid timeout 20 yes left-behind & exit 7").await;
     let mut got = 0usize;
     let code = tokio::time::timeout(WAIT, async {
         loop {
@@ -728,7 +723,4 @@ async fn an_exit_arrives_while_a_program_left_behind_keeps_printing() {
     .await
     .unwrap_or_else(|_| panic!("no exit after {got} bytes of output"));
     assert_eq!(code, 7);
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", "left-behind"])
-        .status();
 }

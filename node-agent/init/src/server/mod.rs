@@ -49,6 +49,8 @@ pub const REPLAY_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=64 * 1024 
 pub const ATTACH_TAIL: usize = 64 * 1024;
 /// Terminals one session may hold at once.
 pub const MAX_TERMINALS: usize = 256;
+/// Threads for blocking file work (the sandbox API's files) at once.
+pub const BLOCKING_THREADS: usize = 16;
 /// How long a detached shell lives once most of [`MAX_TERMINALS`] is used.
 const PRESSURE_DETACHED_TIMEOUT: Duration = Duration::from_secs(30);
 /// Clients connected to the socket at once.

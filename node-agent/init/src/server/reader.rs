@@ -37,6 +37,9 @@ impl Reader {
             .stack_size(STACK)
             .spawn(move || {
                 run(&term, &theirs);
+                // The runtime's side may hold the last reference: the
+                // AsyncFd is deregistered there, not on this thread.
+                drop(term);
                 let _ = done_tx.send(());
             })?;
         Ok(Reader { stop, done })

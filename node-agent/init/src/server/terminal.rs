@@ -212,11 +212,12 @@ impl Server {
             cmd.env(k, v);
         }
         pty::attach_command(&mut cmd, &slave).map_err(internal)?;
+        // Before the spawn: a failure after it must not leave a shell.
+        rustix::io::ioctl_fionbio(&master, true).map_err(|e| internal(e.into()))?;
+        let master = pty::register(master).map_err(internal)?;
         let (pid, exit_rx) = self.reaper.spawn(&mut cmd).map_err(internal)?;
         drop(cmd);
         drop(slave);
-        rustix::io::ioctl_fionbio(&master, true).map_err(|e| internal(e.into()))?;
-        let master = pty::register(master).map_err(internal)?;
         let id = {
             let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;
