@@ -1,8 +1,9 @@
 //! Recording pieces in the store, on SQLite and PostgreSQL: a piece is
 //! stored once (a retry is a duplicate), a piece over the session's or the
 //! tenant's bound is dropped and marks its recording truncated, a first
-//! piece always gets its recording listed, and what was stored reads back
-//! in order.
+//! piece always gets its recording listed, what was stored reads back in
+//! order, and purging an ended session's recordings gives its tenant the
+//! room back.
 #![allow(clippy::unwrap_used)]
 mod common;
 
@@ -12,7 +13,8 @@ use warren_control::store::{Appended, Store};
 #[tokio::test]
 async fn pieces_are_stored_once_and_within_their_bounds() {
     for db in backends() {
-        let store = Store::open(&database(db, "recpieces").await).await.unwrap();
+        let url = database(db, "recpieces").await;
+        let store = Store::open(&url).await.unwrap();
         let x50 = "x".repeat(50);
         let append = async |session: &str, terminal, seq, data: &str, max, tenant_max| {
             store
@@ -61,6 +63,29 @@ async fn pieces_are_stored_once_and_within_their_bounds() {
         assert_eq!(
             store.recording("sb", 1).await.unwrap().unwrap(),
             vec!["small\n".to_string()]
+        );
+
+        // Session sa ended long ago: its 57 bytes leave the tenant's 63.
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, node_id, status, reason, image, memory_mb, \
+             millicpus, created_at, expires_at, idle_timeout_ms, last_activity, updated_at) \
+             VALUES ('sa', 't1', 'n1', 'stopped', '', 'img', 64, 1000, 0, 0, 0, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(store.purge_recordings(1).await.unwrap(), 2, "{db:?}");
+        assert!(store.recordings("sa").await.unwrap().is_empty());
+        assert_eq!(
+            append("sb", 1, 1, &"z".repeat(90), 1000, 100).await,
+            Appended::Stored,
+            "{db:?}"
+        );
+        assert_eq!(
+            append("sb", 1, 2, "zzzzz", 1000, 100).await,
+            Appended::Full,
+            "{db:?}"
         );
     }
 }

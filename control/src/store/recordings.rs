@@ -47,15 +47,16 @@ impl Store {
         let (terminal, len) = (i64::from(terminal), data.len() as i64);
         let mut tx = self.pool.begin().await?;
         // One write that checks the bounds as it inserts (a retried piece
-        // conflicts and is left alone): two statements a piece, not six,
-        // and a recorded terminal sends one a second. A write first, also
+        // conflicts and is left alone), then the totals: three statements
+        // a piece, not six, none of which sums the tenant's recordings (a
+        // recorded terminal sends a piece a second). A write first, also
         // because SQLite then takes its write lock before anything is read
         // (two recorders never deadlock upgrading a read lock).
         let stored = sqlx::query(
             "INSERT INTO recording_chunks (session_id, terminal, seq, data) \
              SELECT $1, $2, $3, $4 \
              WHERE (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE session_id = $1) + $5 <= $6 \
-               AND (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE tenant_id = $7) + $5 <= $8 \
+               AND COALESCE((SELECT bytes FROM recording_totals WHERE tenant_id = $7), 0) + $5 <= $8 \
              ON CONFLICT (session_id, terminal, seq) DO NOTHING",
         )
         .bind(session)
@@ -71,6 +72,14 @@ impl Store {
         .rows_affected()
             == 1;
         let outcome = if stored {
+            sqlx::query(
+                "INSERT INTO recording_totals (tenant_id, bytes) VALUES ($1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET bytes = recording_totals.bytes + excluded.bytes",
+            )
+            .bind(tenant)
+            .bind(len)
+            .execute(&mut *tx)
+            .await?;
             Appended::Stored
         } else {
             let seen: Option<i64> = sqlx::query_scalar(
@@ -157,19 +166,31 @@ impl Store {
     /// Forgets the recordings of sessions that ended before `before` (ms).
     pub async fn purge_recordings(&self, before: i64) -> Result<u64> {
         let ended = "SELECT id FROM sessions WHERE status IN ('stopped', 'failed', 'lost') AND updated_at < $1";
+        let mut tx = self.pool.begin().await?;
+        // The totals first: a write, so SQLite takes its write lock before
+        // the reads.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE recording_totals SET bytes = bytes - COALESCE((SELECT CAST(SUM(r.bytes) AS BIGINT) \
+             FROM recordings r WHERE r.tenant_id = recording_totals.tenant_id \
+             AND r.session_id IN ({ended})), 0)"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
         let n = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM recording_chunks WHERE session_id IN ({ended})"
         )))
         .bind(before)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM recordings WHERE session_id IN ({ended})"
         )))
         .bind(before)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(n)
     }
 }
