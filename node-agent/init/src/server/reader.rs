@@ -53,11 +53,10 @@ impl Reader {
 }
 
 fn run(term: &Terminal, stop: &OwnedFd) {
-    let master = term.master.get_ref();
     let mut buf = vec![0u8; BATCH];
     loop {
         let mut fds = [
-            PollFd::new(master, PollFlags::IN),
+            PollFd::new(term.master.get_ref(), PollFlags::IN),
             PollFd::new(stop, PollFlags::IN),
         ];
         match rustix::event::poll(&mut fds, None) {
@@ -65,30 +64,35 @@ fn run(term: &Terminal, stop: &OwnedFd) {
             Err(Errno::INTR) => continue,
             Err(_) => return,
         }
-        if !fds[1].revents().is_empty() {
-            return;
-        }
-        let mut got = 0;
-        let eof = loop {
-            match rustix::io::read(master, &mut buf[got..]) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    got += n;
-                    if got == buf.len() {
-                        break false;
-                    }
-                }
-                Err(Errno::AGAIN) => break false,
-                Err(Errno::INTR) => {}
-                // EIO: every slave end is closed.
-                Err(_) => break true,
-            }
-        };
-        if got > 0 {
-            term.push(&buf[..got]);
-        }
-        if eof {
+        if !fds[1].revents().is_empty() || drain(term, &mut buf, BATCH) {
             return;
         }
     }
+}
+
+/// Appends what `term`'s PTY holds now, up to `limit` bytes, a buffer at a
+/// time; `true` at the PTY's end (EIO: every slave end is closed).
+pub(super) fn drain(term: &Terminal, buf: &mut [u8], limit: usize) -> bool {
+    let (mut got, mut taken) = (0, 0);
+    let eof = loop {
+        if got == buf.len() {
+            term.push(buf);
+            (taken, got) = (taken + got, 0);
+        }
+        let room = (buf.len() - got).min(limit - taken - got);
+        if room == 0 {
+            break false;
+        }
+        match rustix::io::read(term.master.get_ref(), &mut buf[got..got + room]) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(Errno::AGAIN) => break false,
+            Err(Errno::INTR) => {}
+            Err(_) => break true,
+        }
+    };
+    if got > 0 {
+        term.push(&buf[..got]);
+    }
+    eof
 }

@@ -298,17 +298,7 @@ impl Server {
         let code = exit_rx.await.unwrap_or(-1);
         reader.stop().await;
         // Output written just before the exit is still in the PTY.
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut left = LAST_WORDS;
-        while left > 0 {
-            match rustix::io::read(term.master.get_ref(), &mut buf[..left.min(16 * 1024)]) {
-                Ok(n) if n > 0 => {
-                    term.push(&buf[..n]);
-                    left -= n;
-                }
-                _ => break,
-            }
-        }
+        super::reader::drain(&term, &mut vec![0u8; 16 * 1024], LAST_WORDS);
         term.finish(code);
         self.terminals().remove(&term.id);
     }
