@@ -56,6 +56,7 @@ async fn print_everywhere(
                 watch: false,
                 input: None,
                 echo_state: false,
+                lazy: false,
             },
         )
         .await

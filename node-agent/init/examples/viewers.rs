@@ -108,6 +108,7 @@ async fn main() {
             watch: false,
             input: None,
             echo_state: false,
+            lazy: false,
         },
     )
     .await

@@ -32,6 +32,8 @@ pub use warren_proto::terminal::{MAX_DIMENSION, clamp_size};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// How long a lazy watcher's output may wait to be sent with more.
+pub const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Largest JSON request or response, in bytes.
 pub const MAX_JSON: usize = 16 * 1024;
 
@@ -96,6 +98,12 @@ pub enum Op {
         /// older client expects. The response's `echo_state` says it is on.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         echo_state: bool,
+        /// A watcher that needs no haste (a recorder): its output waits
+        /// up to [`LAZY_DELAY`] to go out in larger frames, so its client
+        /// wakes several times less often. Ignored unless `watch`; an
+        /// older init ignores it and sends at once.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        lazy: bool,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).

@@ -89,6 +89,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
+            lazy: false,
         },
     )
     .await
@@ -106,6 +107,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
+            lazy: false,
         },
     )
     .await
@@ -125,6 +127,7 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
+            lazy: false,
         },
     )
     .await
@@ -149,6 +152,7 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
             watch: true,
             input: None,
             echo_state: false,
+            lazy: false,
         },
     )
     .await
@@ -196,6 +200,7 @@ async fn input_sent_twice_is_written_once() {
         watch: false,
         input: Some("page1".into()),
         echo_state: false,
+        lazy: false,
     };
     // A second connection of the same stream (a reconnect while the old
     // one still delivers): both send the same bytes at the same offsets.
@@ -489,6 +494,7 @@ fn attach(terminal: u32, offset: Option<u64>) -> Op {
         watch: false,
         input: None,
         echo_state: false,
+        lazy: false,
     }
 }
 

@@ -26,6 +26,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Output per asciicast line, in characters (JSON escaping can grow a
 /// character to six bytes: a line stays well under a piece).
 const LINE_CHARS: usize = 1024;
+/// A read buffer larger than this is given back when empty.
+const IDLE_READ_BUFFER: usize = 4 * 1024;
 /// Attempts to send one piece before it is dropped.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -133,6 +135,8 @@ async fn record(
         watch: true,
         input: None,
         echo_state: false,
+        // Output in larger, rarer frames: a recording needs no haste.
+        lazy: true,
     };
     let (mut conn, _) = super::initsock::request(init, op)
         .await
@@ -163,6 +167,12 @@ async fn record(
             _ = &mut sleep, if armed => {
                 armed = false;
                 Box::pin(r.flush(control, path, false)).await?;
+                // Output comes in frames of up to 32 KiB (init batches
+                // for a recorder), and the read buffer grew to hold them;
+                // at most once a second, an empty one is given back.
+                if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > IDLE_READ_BUFFER {
+                    *conn.read_buffer_mut() = bytes::BytesMut::new();
+                }
             }
         }
         if r.buf.len() >= PIECE_TARGET {
@@ -180,8 +190,8 @@ async fn record(
 /// One terminal's asciicast as it is made.
 struct Recording {
     started: Instant,
-    /// Lines not yet sent.
-    buf: String,
+    /// Lines not yet sent (UTF-8: JSON text, cut only at line ends).
+    buf: Vec<u8>,
     /// Output bytes held back: the start of a character not yet whole.
     partial: Vec<u8>,
     seq: i64,
@@ -202,39 +212,48 @@ impl Recording {
         });
         Recording {
             started: Instant::now(),
-            buf: format!("{header}\n"),
+            buf: format!("{header}\n").into_bytes(),
             partial: Vec::new(),
             seq: 0,
         }
     }
 
     /// One `[time, kind, data]` line, written straight into the buffer
-    /// (this runs for every output chunk: no intermediate JSON values).
+    /// (this runs for every output chunk: no intermediate values).
     fn event(&mut self, kind: &str, data: &str) {
-        use std::fmt::Write;
+        use std::io::Write;
         let t = self.started.elapsed().as_secs_f64();
-        let _ = write!(self.buf, "[{:.6}, \"{kind}\", ", t);
-        self.buf
-            .push_str(&serde_json::to_string(data).unwrap_or_else(|_| "\"\"".into()));
-        self.buf.push_str("]\n");
+        let _ = write!(self.buf, "[{t:.6}, \"{kind}\", ");
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, data);
+        self.buf.extend_from_slice(b"]\n");
     }
 
     fn output(&mut self, bytes: &[u8]) {
-        self.partial.extend_from_slice(bytes);
-        let whole = self.partial.len() - incomplete_tail(&self.partial);
-        let rest = self.partial.split_off(whole);
-        let text = match std::str::from_utf8(&self.partial) {
-            Ok(s) => std::borrow::Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(&self.partial),
-        }
-        .into_owned();
-        self.partial = rest;
-        // At most LINE_CHARS characters per line, cut at character bounds.
+        // The chunk as it came, unless a character was left open before.
+        let joined;
+        let all: &[u8] = if self.partial.is_empty() {
+            bytes
+        } else {
+            self.partial.extend_from_slice(bytes);
+            joined = std::mem::take(&mut self.partial);
+            &joined
+        };
+        let (whole, open) = all.split_at(all.len() - incomplete_tail(all));
+        self.partial.extend_from_slice(open);
+        let text = String::from_utf8_lossy(whole);
+        // At most LINE_CHARS characters per line, cut at character
+        // starts (bytes that are not UTF-8 continuation bytes).
         let mut start = 0;
-        for (n, (i, _)) in text.char_indices().enumerate() {
-            if n > 0 && n % LINE_CHARS == 0 {
-                self.event("o", &text[start..i]);
-                start = i;
+        let mut chars = 0;
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            if b & 0xC0 != 0x80 {
+                if chars == LINE_CHARS {
+                    self.event("o", &text[start..i]);
+                    start = i;
+                    chars = 0;
+                }
+                chars += 1;
             }
         }
         if start < text.len() {
@@ -264,7 +283,7 @@ impl Recording {
             let mut cut = self.buf.len().min(PIECE_TARGET);
             if cut < self.buf.len() {
                 // At a line's end (a byte, never inside a character).
-                cut = self.buf.as_bytes()[..cut]
+                cut = self.buf[..cut]
                     .iter()
                     .rposition(|&b| b == b'\n')
                     .map_or(self.buf.len(), |i| i + 1);
@@ -280,7 +299,7 @@ impl Recording {
         &mut self,
         control: &InternalClient,
         path: &str,
-        body: String,
+        body: Vec<u8>,
     ) -> Result<(), Stop> {
         for attempt in 0..SEND_ATTEMPTS {
             let at = control.current();
@@ -347,7 +366,7 @@ mod tests {
         for b in s {
             r.output(std::slice::from_ref(b));
         }
-        let lines: Vec<&str> = r.buf.lines().collect();
+        let lines: Vec<&str> = std::str::from_utf8(&r.buf).unwrap().lines().collect();
         let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(header["version"], 2);
         let text: String = lines[1..]
@@ -375,7 +394,7 @@ mod tests {
         while !r.buf.is_empty() {
             let mut cut = r.buf.len().min(PIECE_TARGET);
             if cut < r.buf.len() {
-                cut = r.buf.as_bytes()[..cut]
+                cut = r.buf[..cut]
                     .iter()
                     .rposition(|&b| b == b'\n')
                     .map_or(r.buf.len(), |i| i + 1);
@@ -387,7 +406,7 @@ mod tests {
         assert!(
             pieces
                 .iter()
-                .all(|p| p.len() <= PIECE_TARGET && p.ends_with('\n'))
+                .all(|p| p.len() <= PIECE_TARGET && p.ends_with(b"\n"))
         );
         assert_eq!(pieces.concat(), text);
     }
@@ -397,7 +416,7 @@ mod tests {
         let mut r = Recording::new((80, 24));
         r.output("\u{1b}".repeat(5000).as_bytes());
         r.resize(100, 30);
-        let lines: Vec<&str> = r.buf.lines().collect();
+        let lines: Vec<&str> = std::str::from_utf8(&r.buf).unwrap().lines().collect();
         assert!(lines.len() >= 6, "{}", lines.len());
         assert!(lines.iter().all(|l| l.len() < PIECE_TARGET));
         assert!(lines.last().unwrap().contains("\"100x30\""));

@@ -230,6 +230,7 @@ where
             watch: false,
             input: params.input.clone(),
             echo_state: true,
+            lazy: false,
         },
         _ => open.clone(),
     };

@@ -204,6 +204,36 @@ where
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
+/// `first` and the output already received after it, up to
+/// [`OUTPUT_CHUNK`], to go out in one write: a WebSocket frame arrives as
+/// several QUIC packets, each its own chunk, and a write each was a send
+/// (and a TLS record) per packet. Nothing waits: what has not arrived goes
+/// in the next write. `false` when the stream ended.
+fn gather(recv: &mut quinn::RecvStream, first: Bytes) -> std::io::Result<(Bytes, bool)> {
+    use futures_util::FutureExt;
+    let mut out: Option<BytesMut> = None;
+    let mut len = first.len();
+    while len < OUTPUT_CHUNK {
+        match recv.read_chunk(OUTPUT_CHUNK - len, true).now_or_never() {
+            Some(Ok(Some(c))) => {
+                // Sized to what came (a frame is a few KiB), not to the
+                // bound: every busy terminal holds one while it writes.
+                let buf = out.get_or_insert_with(|| {
+                    let mut b = BytesMut::with_capacity(2 * (first.len() + c.bytes.len()));
+                    b.extend_from_slice(&first);
+                    b
+                });
+                buf.extend_from_slice(&c.bytes);
+                len += c.bytes.len();
+            }
+            Some(Ok(None)) => return Ok((out.map_or(first, BytesMut::freeze), false)),
+            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            None => break,
+        }
+    }
+    Ok((out.map_or(first, BytesMut::freeze), true))
+}
+
 /// Copies both ways until the agent ends the stream, the browser's
 /// connection fails, or one side ended and [`CLOSE_GRACE`] passed.
 async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metrics>) {
@@ -221,9 +251,14 @@ async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metr
             .await
             .map_err(std::io::Error::other)?
         {
-            to_client_bytes.inc_by(chunk.bytes.len() as u64);
-            stalled(dw.write_all(&chunk.bytes)).await?;
+            let (out, more) = gather(recv, chunk.bytes)?;
+            to_client_bytes.inc_by(out.len() as u64);
+            stalled(dw.write_all(&out)).await?;
+            drop(out);
             stalled(dw.flush()).await?;
+            if !more {
+                break;
+            }
         }
         stalled(dw.shutdown()).await
     };

@@ -43,6 +43,17 @@ pub(super) struct Terminal {
     pub(super) inputs: super::input::Inputs,
 }
 
+/// How a client attaches (see [`proto::Op::Attach`]).
+pub(super) struct Attach {
+    /// Where its output starts (see [`Terminal::attach_at`]).
+    pub(super) offset: Option<u64>,
+    pub(super) watch: bool,
+    /// Only with `watch`: output waits to go in larger frames.
+    pub(super) lazy: bool,
+    pub(super) input: Option<String>,
+    pub(super) echo_state: bool,
+}
+
 /// What a client can send next.
 pub(super) struct Chunk {
     /// The client's offset was no longer held: it continues from here.
@@ -309,11 +320,15 @@ impl Server {
         &self,
         framed: Framed<UnixStream, InitCodec>,
         term: Arc<Terminal>,
-        offset: Option<u64>,
-        watch: bool,
-        input: Option<String>,
-        echo_state: bool,
+        how: Attach,
     ) -> io::Result<()> {
+        let Attach {
+            offset,
+            watch,
+            lazy,
+            input,
+            echo_state,
+        } = how;
         let mut wake = term.wake.subscribe();
         if !watch {
             term.attach_client();
@@ -369,6 +384,21 @@ impl Server {
                         && tokio::time::timeout_at(until, wake.changed()).await.is_ok()
                     {
                     }
+                }
+                // A lazy watcher (a recorder) takes output in larger,
+                // rarer frames: it waits for a batch, the exit, or the
+                // delay. A batch is at most a quarter of the replay
+                // buffer, so waiting never makes it skip output.
+                if lazy && term.ready_after(pos) > 0 {
+                    let until = tokio::time::Instant::now() + proto::LAZY_DELAY;
+                    let batch = FRAME_BATCH.min(term.replay_cap / 4) as u64;
+                    while term.ready_after(pos) < batch
+                        && term.lock().exit.is_none()
+                        && matches!(
+                            tokio::time::timeout_at(until, wake.changed()).await,
+                            Ok(Ok(()))
+                        )
+                    {}
                 }
                 // Marks the wake seen before reading, so output pushed
                 // after this read wakes the wait below.
