@@ -99,7 +99,7 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         echo_state: bool,
         /// A watcher that needs no haste (a recorder): its output waits
-        /// up to [`LAZY_DELAY`] to go out in larger frames, so its client
+        /// up to [`LAZY_DELAY`] (or for 16 KiB) to go out in larger frames, so its client
         /// wakes several times less often. Ignored unless `watch`; an
         /// older init ignores it and sends at once.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -87,7 +87,7 @@ async fn a_lazy_watcher_gets_every_byte_in_fewer_frames_and_the_exit() {
         String::from_utf8_lossy(&lazy_out)
     );
     // After a frame, a lazy watcher's next one waits the delay from the
-    // next output on (or a batch of 32 KiB, far more than printed here):
+    // next output on (or a batch of 16 KiB, far more than printed here):
     // frames are a delay apart, but for the last one, cut short by the
     // exit. Over about 100 ms of printing that is one or two frames, where
     // the eager watcher gets about one per line.

@@ -167,7 +167,7 @@ async fn record(
             _ = &mut sleep, if armed => {
                 armed = false;
                 Box::pin(r.flush(control, path, false)).await?;
-                // Output comes in frames of up to 32 KiB (init batches
+                // Output comes in frames of up to 16 KiB (init batches
                 // for a recorder), and the read buffer grew to hold them;
                 // at most once a second, an empty one is given back.
                 if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > IDLE_READ_BUFFER {

@@ -8,6 +8,10 @@ use super::*;
 const LAST_WORDS: usize = 1024 * 1024;
 /// A frame this large goes at once, whatever the pace.
 const FRAME_BATCH: usize = 32 * 1024;
+/// A lazy watcher's frame (a recorder): its reader's buffer grows to
+/// this, so it is kept small; at 40 KB/s it still means two or three
+/// frames a second instead of one per write.
+const LAZY_BATCH: usize = 16 * 1024;
 /// Output within this long of a previous frame of at least BULK bytes
 /// counts as sustained; echoes (a few bytes each, however fast the typing)
 /// never wait.
@@ -361,6 +365,9 @@ impl Server {
                 term.redraw();
             }
             let mut pos = first;
+            // A lazy watcher's frames: at most a quarter of the replay
+            // buffer, so waiting never makes it skip output.
+            let lazy_batch = LAZY_BATCH.min(term.replay_cap / 4);
             let mut ack_due = false;
             let mut last_sent = std::time::Instant::now();
             let mut last_len = 0;
@@ -387,12 +394,10 @@ impl Server {
                 }
                 // A lazy watcher (a recorder) takes output in larger,
                 // rarer frames: it waits for a batch, the exit, or the
-                // delay. A batch is at most a quarter of the replay
-                // buffer, so waiting never makes it skip output.
+                // delay.
                 if lazy && term.ready_after(pos) > 0 {
                     let until = tokio::time::Instant::now() + proto::LAZY_DELAY;
-                    let batch = FRAME_BATCH.min(term.replay_cap / 4) as u64;
-                    while term.ready_after(pos) < batch
+                    while term.ready_after(pos) < lazy_batch as u64
                         && term.lock().exit.is_none()
                         && matches!(
                             tokio::time::timeout_at(until, wake.changed()).await,
@@ -403,7 +408,7 @@ impl Server {
                 // Marks the wake seen before reading, so output pushed
                 // after this read wakes the wait below.
                 wake.borrow_and_update();
-                let c = term.read_from(pos, proto::MAX_PAYLOAD);
+                let c = term.read_from(pos, if lazy { lazy_batch } else { proto::MAX_PAYLOAD });
                 if let Some(to) = c.skipped_to {
                     sink.send(Frame::Skip(to)).await.map_err(io::Error::other)?;
                     pos = to;
