@@ -72,5 +72,6 @@ pub async fn request_on(stream: UnixStream, op: Op) -> Result<(InitConn, Respons
     Ok((framed, resp))
 }
 
-/// Initial read buffer of an init connection, in bytes.
-const READ_CAPACITY: usize = 1024;
+/// Initial read buffer of an init connection, in bytes: enough for the
+/// response and an echo; output grows it to the frame it reads.
+const READ_CAPACITY: usize = 256;

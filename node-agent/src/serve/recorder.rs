@@ -26,8 +26,6 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Output per asciicast line, in characters (JSON escaping can grow a
 /// character to six bytes: a line stays well under a piece).
 const LINE_CHARS: usize = 1024;
-/// A read buffer larger than this is given back when empty.
-const IDLE_READ_BUFFER: usize = 4 * 1024;
 /// Attempts to send one piece before it is dropped.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -168,9 +166,10 @@ async fn record(
                 armed = false;
                 Box::pin(r.flush(control, path, false)).await?;
                 // Output comes in frames of up to 16 KiB (init batches
-                // for a recorder), and the read buffer grew to hold them;
-                // at most once a second, an empty one is given back.
-                if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > IDLE_READ_BUFFER {
+                // for a recorder), and the read buffer grew to hold them:
+                // after a flush (at most once a second), an empty one is
+                // given back, so an idle recorder holds none.
+                if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > 0 {
                     *conn.read_buffer_mut() = bytes::BytesMut::new();
                 }
             }

@@ -37,8 +37,10 @@ fn ws_config() -> WebSocketConfig {
         .read_buffer_size(READ_BUFFER)
 }
 
-/// WebSocket read buffer per terminal, in bytes.
-pub const READ_BUFFER: usize = 2 * 1024;
+/// WebSocket read buffer per terminal, in bytes: keys and resizes are a
+/// few bytes each, and the stream under it is QUIC's (a smaller read is a
+/// copy out of quinn's buffers, not a system call); a paste grows it.
+pub const READ_BUFFER: usize = 256;
 
 pub(super) fn closing(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
