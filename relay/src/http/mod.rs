@@ -8,11 +8,13 @@
 //! - [`refresh`]: the `?token=` exchange and token renewal;
 //! - [`answers`]: responses the relay makes itself;
 //! - [`proxy`]: the thin [`pingora::proxy::ProxyHttp`] impl;
-//! - [`bridge`]: a terminal's connection after its upgrade, outside Pingora.
+//! - [`bridge`]: a terminal's connection after its upgrade, outside Pingora;
+//! - [`control_tls`]: TLS to control behind `api.<domain>`.
 //!
 //! The access check every door shares is [`crate::access`].
 pub mod answers;
 pub mod bridge;
+pub mod control_tls;
 pub mod cookies;
 pub mod policy;
 pub mod proxy;
