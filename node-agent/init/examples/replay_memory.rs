@@ -56,7 +56,6 @@ async fn print_everywhere(
                 watch: false,
                 input: None,
                 echo_state: false,
-                lazy: false,
             },
         )
         .await

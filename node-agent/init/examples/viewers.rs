@@ -108,7 +108,6 @@ async fn main() {
             watch: false,
             input: None,
             echo_state: false,
-            lazy: false,
         },
     )
     .await

@@ -32,8 +32,6 @@ pub use warren_proto::terminal::{MAX_DIMENSION, clamp_size};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
-/// How long a lazy watcher's output may wait to be sent with more.
-pub const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Largest JSON request or response, in bytes.
 pub const MAX_JSON: usize = 16 * 1024;
 
@@ -98,12 +96,6 @@ pub enum Op {
         /// older client expects. The response's `echo_state` says it is on.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         echo_state: bool,
-        /// A watcher that needs no haste (a recorder): its output waits
-        /// up to [`LAZY_DELAY`] (or for 16 KiB) to go out in larger frames, so its client
-        /// wakes several times less often. Ignored unless `watch`; an
-        /// older init ignores it and sends at once.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        lazy: bool,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).

@@ -89,7 +89,6 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
-            lazy: false,
         },
     )
     .await
@@ -107,7 +106,6 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
-            lazy: false,
         },
     )
     .await
@@ -127,7 +125,6 @@ async fn shells_outlive_clients_and_replay_on_attach() {
             watch: false,
             input: None,
             echo_state: false,
-            lazy: false,
         },
     )
     .await
@@ -152,7 +149,6 @@ async fn a_watcher_sees_output_but_never_types_or_resizes() {
             watch: true,
             input: None,
             echo_state: false,
-            lazy: false,
         },
     )
     .await
@@ -200,7 +196,6 @@ async fn input_sent_twice_is_written_once() {
         watch: false,
         input: Some("page1".into()),
         echo_state: false,
-        lazy: false,
     };
     // A second connection of the same stream (a reconnect while the old
     // one still delivers): both send the same bytes at the same offsets.
@@ -494,7 +489,6 @@ fn attach(terminal: u32, offset: Option<u64>) -> Op {
         watch: false,
         input: None,
         echo_state: false,
-        lazy: false,
     }
 }
 

@@ -133,8 +133,6 @@ async fn record(
         watch: true,
         input: None,
         echo_state: false,
-        // Output in larger, rarer frames: a recording needs no haste.
-        lazy: true,
     };
     let (mut conn, _) = super::initsock::request(init, op)
         .await
@@ -165,11 +163,12 @@ async fn record(
             _ = &mut sleep, if armed => {
                 armed = false;
                 Box::pin(r.flush(control, path, false)).await?;
-                // Output comes in frames of up to 16 KiB (init batches
-                // for a recorder), and the read buffer grew to hold them:
-                // after a flush (at most once a second), an empty one is
-                // given back, so an idle recorder holds none.
-                if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > 0 {
+                // The read buffer grew to the largest frame read (up to
+                // 64 KiB under bulk output): after a flush (at most once a
+                // second) an empty one is given back, so an idle recorder
+                // holds none. (Its capacity can read 0 while it still holds
+                // the allocation a frame was cut from: not checked.)
+                if conn.read_buffer().is_empty() {
                     *conn.read_buffer_mut() = bytes::BytesMut::new();
                 }
             }

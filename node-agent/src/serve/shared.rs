@@ -70,7 +70,6 @@ where
         watch: read_only,
         input: params.input.clone().filter(|_| !read_only),
         echo_state: !read_only,
-        lazy: false,
     };
     let (init, resp) = match crate::serve::initsock::request(init, op).await {
         Ok(x) => x,

@@ -232,7 +232,6 @@ where
             watch: false,
             input: params.input.clone(),
             echo_state: true,
-            lazy: false,
         },
         _ => open.clone(),
     };

@@ -208,30 +208,52 @@ where
 /// [`OUTPUT_CHUNK`], to go out in one write: a WebSocket frame arrives as
 /// several QUIC packets, each its own chunk, and a write each was a send
 /// (and a TLS record) per packet. Nothing waits: what has not arrived goes
-/// in the next write. `false` when the stream ended.
-fn gather(recv: &mut quinn::RecvStream, first: Bytes) -> std::io::Result<(Bytes, bool)> {
+/// in the next write. What ended the gathering comes with the bytes, so
+/// bytes taken from the stream are written before an end or an error.
+fn gather(recv: &mut quinn::RecvStream, first: Bytes) -> (Bytes, Gathered) {
     use futures_util::FutureExt;
-    let mut out: Option<BytesMut> = None;
+    // Only the chunks after the first: no allocation when none is waiting.
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut len = first.len();
+    let mut then = Gathered::More;
     while len < OUTPUT_CHUNK {
         match recv.read_chunk(OUTPUT_CHUNK - len, true).now_or_never() {
             Some(Ok(Some(c))) => {
-                // Sized to what came (a frame is a few KiB), not to the
-                // bound: every busy terminal holds one while it writes.
-                let buf = out.get_or_insert_with(|| {
-                    let mut b = BytesMut::with_capacity(2 * (first.len() + c.bytes.len()));
-                    b.extend_from_slice(&first);
-                    b
-                });
-                buf.extend_from_slice(&c.bytes);
                 len += c.bytes.len();
+                rest.push(c.bytes);
             }
-            Some(Ok(None)) => return Ok((out.map_or(first, BytesMut::freeze), false)),
-            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            Some(Ok(None)) => {
+                then = Gathered::End;
+                break;
+            }
+            Some(Err(e)) => {
+                then = Gathered::Failed(std::io::Error::other(e));
+                break;
+            }
             None => break,
         }
     }
-    Ok((out.map_or(first, BytesMut::freeze), true))
+    if rest.is_empty() {
+        return (first, then);
+    }
+    // Sized exactly: a browser that reads slowly holds this while its
+    // write waits.
+    let mut out = BytesMut::with_capacity(len);
+    out.extend_from_slice(&first);
+    for p in &rest {
+        out.extend_from_slice(p);
+    }
+    (out.freeze(), then)
+}
+
+/// What followed the bytes [`gather`] took.
+enum Gathered {
+    /// Maybe more to come.
+    More,
+    /// The agent finished the stream.
+    End,
+    /// The stream failed (reset, the tunnel lost).
+    Failed(std::io::Error),
 }
 
 /// Copies both ways until the agent ends the stream, the browser's
@@ -251,13 +273,15 @@ async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metr
             .await
             .map_err(std::io::Error::other)?
         {
-            let (out, more) = gather(recv, chunk.bytes)?;
+            let (out, then) = gather(recv, chunk.bytes);
             to_client_bytes.inc_by(out.len() as u64);
             stalled(dw.write_all(&out)).await?;
             drop(out);
             stalled(dw.flush()).await?;
-            if !more {
-                break;
+            match then {
+                Gathered::More => {}
+                Gathered::End => break,
+                Gathered::Failed(e) => return Err(e),
             }
         }
         stalled(dw.shutdown()).await
@@ -293,4 +317,81 @@ async fn pump(down: Stream, mut up: TunnelStream, head: Bytes, metrics: Arc<Metr
         }
     }
     metrics.connections.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    /// A relay-side and a node-side QUIC connection on loopback, with the
+    /// tunnel's own TLS and transport settings (endpoints kept alive).
+    async fn pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 2]) {
+        use warren_tunnel::tls;
+        let (cert, key) = tls::self_signed(&["warren.localhost"]).unwrap();
+        let server_cfg = tls::server_config(cert.as_bytes(), key.as_bytes(), IDLE).unwrap();
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(tls::client_config(Some(cert.as_bytes()), IDLE).unwrap());
+        let addr = server.local_addr().unwrap();
+        let (relay, node) = tokio::join!(
+            async { server.accept().await.unwrap().await.unwrap() },
+            async {
+                client
+                    .connect(addr, "warren.localhost")
+                    .unwrap()
+                    .await
+                    .unwrap()
+            }
+        );
+        (relay, node, [server, client])
+    }
+
+    #[tokio::test]
+    async fn gathered_output_keeps_every_byte_in_order_and_the_end() {
+        let (relay, node, _endpoints) = pair().await;
+        // The relay opens the stream, as for a terminal.
+        let (mut send, mut recv) = relay.open_bi().await.unwrap();
+        send.write_all(b"h").await.unwrap();
+        let (mut node_send, mut node_recv) = node.accept_bi().await.unwrap();
+        let mut head = [0u8; 1];
+        node_recv.read_exact(&mut head).await.unwrap();
+        // Many writes (frames of the stream), then the end; beside the
+        // reads, as flow control lets the writer run only so far ahead.
+        let pieces: Vec<String> = (0..300u32)
+            .map(|i| format!("frame-{i};").repeat(40))
+            .collect();
+        let want = pieces.concat().into_bytes();
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                node_send.write_all(p.as_bytes()).await.unwrap();
+            }
+            node_send.finish().unwrap();
+            node_send
+        });
+        let mut got = Vec::new();
+        let read = async {
+            loop {
+                let Some(c) = recv.read_chunk(OUTPUT_CHUNK, true).await.unwrap() else {
+                    return;
+                };
+                let (out, then) = gather(&mut recv, c.bytes);
+                assert!(out.len() <= OUTPUT_CHUNK, "{}", out.len());
+                got.extend_from_slice(&out);
+                match then {
+                    Gathered::More => {}
+                    Gathered::End => return,
+                    Gathered::Failed(e) => panic!("the stream failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("all output within the deadline");
+        drop(writer.await.unwrap());
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "bytes out of order or changed");
+    }
 }

@@ -192,7 +192,7 @@ impl Server {
             )
             .await;
         }
-        let (term, cols, rows, offset, watch, input, echo_state, lazy) = match op {
+        let (term, cols, rows, offset, watch, input, echo_state) = match op {
             Op::List => {
                 let list = self
                     .terminals()
@@ -218,7 +218,7 @@ impl Server {
                 input,
                 echo_state,
             } => match self.open(cols, rows, &env, command) {
-                Ok(t) => (t, cols, rows, Some(0), false, input, echo_state, false),
+                Ok(t) => (t, cols, rows, Some(0), false, input, echo_state),
                 Err((code, msg)) => return reply(&mut framed, Response::error(code, msg)).await,
             },
             Op::Exec {
@@ -243,18 +243,8 @@ impl Server {
                 watch,
                 input,
                 echo_state,
-                lazy,
             } => match self.find(terminal) {
-                Some(t) => (
-                    t,
-                    cols,
-                    rows,
-                    offset,
-                    watch,
-                    input,
-                    echo_state,
-                    lazy && watch,
-                ),
+                Some(t) => (t, cols, rows, offset, watch, input, echo_state),
                 None => {
                     let msg = format!("terminal {terminal} does not exist (it may have exited)");
                     return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
@@ -275,14 +265,8 @@ impl Server {
             let (cols, rows) = proto::clamp_size(cols, rows);
             let _ = pty::resize(term.master.get_ref(), cols, rows);
         }
-        let how = terminal::Attach {
-            offset,
-            watch,
-            lazy,
-            input,
-            echo_state,
-        };
-        self.attached(framed, term, how).await
+        self.attached(framed, term, offset, watch, input, echo_state)
+            .await
     }
 
     /// Hangs up shells nobody has been attached to for the detached timeout.

@@ -8,10 +8,6 @@ use super::*;
 const LAST_WORDS: usize = 1024 * 1024;
 /// A frame this large goes at once, whatever the pace.
 const FRAME_BATCH: usize = 32 * 1024;
-/// A lazy watcher's frame (a recorder): its reader's buffer grows to
-/// this, so it is kept small; at 40 KB/s it still means two or three
-/// frames a second instead of one per write.
-const LAZY_BATCH: usize = 16 * 1024;
 /// Output within this long of a previous frame of at least BULK bytes
 /// counts as sustained; echoes (a few bytes each, however fast the typing)
 /// never wait.
@@ -45,17 +41,6 @@ pub(super) struct Terminal {
     pub(super) replay_cap: usize,
     /// What was written of each client's input stream.
     pub(super) inputs: super::input::Inputs,
-}
-
-/// How a client attaches (see [`proto::Op::Attach`]).
-pub(super) struct Attach {
-    /// Where its output starts (see [`Terminal::attach_at`]).
-    pub(super) offset: Option<u64>,
-    pub(super) watch: bool,
-    /// Only with `watch`: output waits to go in larger frames.
-    pub(super) lazy: bool,
-    pub(super) input: Option<String>,
-    pub(super) echo_state: bool,
 }
 
 /// What a client can send next.
@@ -324,15 +309,11 @@ impl Server {
         &self,
         framed: Framed<UnixStream, InitCodec>,
         term: Arc<Terminal>,
-        how: Attach,
+        offset: Option<u64>,
+        watch: bool,
+        input: Option<String>,
+        echo_state: bool,
     ) -> io::Result<()> {
-        let Attach {
-            offset,
-            watch,
-            lazy,
-            input,
-            echo_state,
-        } = how;
         let mut wake = term.wake.subscribe();
         if !watch {
             term.attach_client();
@@ -365,9 +346,6 @@ impl Server {
                 term.redraw();
             }
             let mut pos = first;
-            // A lazy watcher's frames: at most a quarter of the replay
-            // buffer, so waiting never makes it skip output.
-            let lazy_batch = LAZY_BATCH.min(term.replay_cap / 4);
             let mut ack_due = false;
             let mut last_sent = std::time::Instant::now();
             let mut last_len = 0;
@@ -392,23 +370,10 @@ impl Server {
                     {
                     }
                 }
-                // A lazy watcher (a recorder) takes output in larger,
-                // rarer frames: it waits for a batch, the exit, or the
-                // delay.
-                if lazy && term.ready_after(pos) > 0 {
-                    let until = tokio::time::Instant::now() + proto::LAZY_DELAY;
-                    while term.ready_after(pos) < lazy_batch as u64
-                        && term.lock().exit.is_none()
-                        && matches!(
-                            tokio::time::timeout_at(until, wake.changed()).await,
-                            Ok(Ok(()))
-                        )
-                    {}
-                }
                 // Marks the wake seen before reading, so output pushed
                 // after this read wakes the wait below.
                 wake.borrow_and_update();
-                let c = term.read_from(pos, if lazy { lazy_batch } else { proto::MAX_PAYLOAD });
+                let c = term.read_from(pos, proto::MAX_PAYLOAD);
                 if let Some(to) = c.skipped_to {
                     sink.send(Frame::Skip(to)).await.map_err(io::Error::other)?;
                     pos = to;
