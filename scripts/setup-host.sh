@@ -5,7 +5,9 @@
 #                                  Docker engine, cmake (Pingora's zlib-ng),
 #                                  debootstrap and busybox-static (session
 #                                  images), iptables, uidmap, lxcfs, e2fsprogs,
-#                                  curl (the README's examples)
+#                                  curl (the README's examples), pkg-config,
+#                                  libsqlite3-dev and libzstd-dev (the build
+#                                  links them: .cargo/config.toml)
 #   scripts/setup-host.sh --tests  and what only the tests need (scripts/test.sh):
 #                                  chromium (the browser tests), the OpenSSH
 #                                  client (the SSH tests), PostgreSQL (the
@@ -32,6 +34,10 @@ command -v dockerd >/dev/null || need+=(docker.io)
 # The README's curl examples (and the tests run them as written).
 command -v curl >/dev/null || need+=(curl)
 command -v cmake >/dev/null || need+=(cmake)
+# The build links the system's SQLite and zstd (.cargo/config.toml).
+command -v pkg-config >/dev/null || need+=(pkg-config)
+pkg-config --exists sqlite3 2>/dev/null || need+=(libsqlite3-dev)
+pkg-config --exists libzstd 2>/dev/null || need+=(libzstd-dev)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
 command -v iptables >/dev/null || need+=(iptables)

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 mod audit;
 mod events;
 mod grants;
+mod migrations;
 mod nodes;
 mod placement;
 mod recordings;
@@ -310,7 +311,7 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        sqlx::migrate!("./migrations")
+        migrations::migrator()
             .run(&pool)
             .await
             .map_err(|e| StoreError::Db(e.into()))?;
