@@ -17,6 +17,7 @@ pub mod edge;
 pub mod images;
 pub mod issuer;
 pub mod limits;
+pub mod pieces;
 pub mod sshkeys;
 pub mod starting;
 pub mod store;
@@ -50,6 +51,8 @@ pub struct Control {
     pub stopping: CancellationToken,
     /// The way to sessions for exec and files (`None`: no relay known).
     pub edge: Option<edge::Edge>,
+    /// Writes recording pieces in groups (one transaction for many).
+    pub pieces: pieces::Pieces,
 }
 
 /// A running control plane.
@@ -138,9 +141,11 @@ pub async fn start(
         .context("the signing key has no public half")?;
     let issuer = Issuer::new(kid, &pem, &x, cfg.sessions.token_ttl_secs).context("signing key")?;
     let edge = edge::Edge::new(&cfg);
+    let pieces = pieces::Pieces::start(store.clone());
     let control = Arc::new(Control {
         cfg,
         store,
+        pieces,
         issuer,
         starting: Default::default(),
         limits: Default::default(),

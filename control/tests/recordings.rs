@@ -89,3 +89,74 @@ async fn pieces_are_stored_once_and_within_their_bounds() {
         );
     }
 }
+
+/// Pieces sent at once go through the group writer: they share
+/// transactions, yet each gets its own answer: stored, a duplicate, or full
+/// by the pieces stored before it, and every stored one reads back in order.
+#[tokio::test]
+async fn pieces_written_in_groups_keep_their_own_answers() {
+    use warren_control::pieces::Pieces;
+    use warren_control::store::Piece;
+    for db in backends() {
+        let url = database(db, "recgroups").await;
+        let store = Store::open(&url).await.unwrap();
+        let pieces = std::sync::Arc::new(Pieces::start(store.clone()));
+        let piece = |session: &str, terminal, seq, data: String, max| Piece {
+            session: session.into(),
+            tenant: "t1".into(),
+            terminal,
+            seq,
+            data,
+            max_bytes: max,
+            tenant_max_bytes: 1 << 30,
+        };
+        // 20 terminals × 10 pieces of 10 bytes, all at once, in a session
+        // with room for all of them.
+        let mut all = tokio::task::JoinSet::new();
+        for terminal in 0..20u32 {
+            for seq in 0..10i64 {
+                let (p, data) = (pieces.clone(), format!("t{terminal:02}s{seq:03}..\n"));
+                let piece = piece("sg", terminal, seq, data, 1 << 20);
+                all.spawn(async move { p.append(piece).await.unwrap() });
+            }
+        }
+        while let Some(r) = all.join_next().await {
+            assert_eq!(r.unwrap(), Appended::Stored, "{db:?}");
+        }
+        for terminal in 0..20u32 {
+            let want: Vec<String> = (0..10)
+                .map(|seq| format!("t{terminal:02}s{seq:03}..\n"))
+                .collect();
+            assert_eq!(
+                store.recording("sg", terminal).await.unwrap().unwrap(),
+                want,
+                "{db:?}"
+            );
+        }
+        // A retry among new pieces is a duplicate; a session bound of 35
+        // bytes takes three 10-byte pieces of a burst, then the rest are full.
+        let mut burst = tokio::task::JoinSet::new();
+        burst.spawn({
+            let p = pieces.clone();
+            let again = piece("sg", 0, 0, "t00s000..\n".into(), 1 << 20);
+            async move { ("retry", p.append(again).await.unwrap()) }
+        });
+        for seq in 0..6i64 {
+            let p = pieces.clone();
+            let small = piece("sh", 1, seq, "0123456789".into(), 35);
+            burst.spawn(async move { ("bounded", p.append(small).await.unwrap()) });
+        }
+        let (mut stored, mut full) = (0, 0);
+        while let Some(r) = burst.join_next().await {
+            match r.unwrap() {
+                ("retry", got) => assert_eq!(got, Appended::Duplicate, "{db:?}"),
+                (_, Appended::Stored) => stored += 1,
+                (_, Appended::Full) => full += 1,
+                (_, other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((stored, full), (3, 3), "{db:?}");
+        let sh = store.recordings("sh").await.unwrap();
+        assert_eq!((sh[0].bytes, sh[0].truncated), (30, true), "{db:?}");
+    }
+}

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use warren_proto::share::{RECORDING_PIECE_MAX, Recording, RecordingList};
 
 use super::*;
-use crate::store::Appended;
+use crate::store::{Appended, Piece};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct PieceQuery {
@@ -102,6 +102,9 @@ pub(super) async fn append_recording(
             format!("a piece is at most {RECORDING_PIECE_MAX} bytes"),
         ));
     }
+    if q.seq < 0 {
+        return Err(ApiError::invalid("seq must be 0 or more"));
+    }
     let data = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("a recording piece is UTF-8 text"))?;
     let s = c.store.session(&id).await?;
@@ -115,11 +118,17 @@ pub(super) async fn append_recording(
     }
     let max = (c.cfg.sessions.max_recording_mb as i64).saturating_mul(1 << 20);
     let tenant_max = (c.cfg.sessions.tenant_max_recording_mb as i64).saturating_mul(1 << 20);
-    match c
-        .store
-        .append_recording(&s.id, &s.tenant, terminal, q.seq, data, max, tenant_max)
-        .await?
-    {
+    let piece = Piece {
+        session: s.id,
+        tenant: s.tenant,
+        terminal,
+        seq: q.seq,
+        data: data.to_string(),
+        max_bytes: max,
+        tenant_max_bytes: tenant_max,
+    };
+    // With the pieces that arrive beside it, in one transaction.
+    match c.pieces.append(piece).await? {
         Appended::Stored | Appended::Duplicate => Ok(StatusCode::NO_CONTENT),
         Appended::Full => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

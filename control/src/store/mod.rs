@@ -31,7 +31,7 @@ mod tenants;
 pub use audit::{AuditEntry, NewAudit};
 pub use events::{Change, Event};
 pub use nodes::Node;
-pub use recordings::{Appended, RecordingRow};
+pub use recordings::{Appended, Piece, RecordingRow};
 pub use sessions::{Candidate, NewSession, pick_node};
 pub use shares::{NewShare, ShareRow};
 pub use snapshots::SnapshotRow;

@@ -26,6 +26,20 @@ pub enum Appended {
     Full,
 }
 
+/// One piece of a recording to append (see [`Store::append_recordings`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub session: String,
+    pub tenant: String,
+    pub terminal: u32,
+    pub seq: i64,
+    pub data: String,
+    /// The session's bound on all its recordings, in bytes.
+    pub max_bytes: i64,
+    /// The tenant's bound on all its recordings, in bytes.
+    pub tenant_max_bytes: i64,
+}
+
 impl Store {
     /// Appends piece `seq` of `terminal`'s recording in `session` (of
     /// `tenant`), when the session's recordings stay within `max_bytes`
@@ -41,79 +55,38 @@ impl Store {
         max_bytes: i64,
         tenant_max_bytes: i64,
     ) -> Result<Appended> {
-        if seq < 0 {
-            return Err(StoreError::Invalid("seq must be 0 or more".into()));
-        }
-        let (terminal, len) = (i64::from(terminal), data.len() as i64);
-        let mut tx = self.pool.begin().await?;
-        // One write that checks the bounds as it inserts (a retried piece
-        // conflicts and is left alone), then the totals: three statements
-        // a piece, not six, none of which sums the tenant's recordings (a
-        // recorded terminal sends a piece a second). A write first, also
-        // because SQLite then takes its write lock before anything is read
-        // (two recorders never deadlock upgrading a read lock).
-        let stored = sqlx::query(
-            "INSERT INTO recording_chunks (session_id, terminal, seq, data) \
-             SELECT $1, $2, $3, $4 \
-             WHERE (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE session_id = $1) + $5 <= $6 \
-               AND COALESCE((SELECT bytes FROM recording_totals WHERE tenant_id = $7), 0) + $5 <= $8 \
-             ON CONFLICT (session_id, terminal, seq) DO NOTHING",
-        )
-        .bind(session)
-        .bind(terminal)
-        .bind(seq)
-        .bind(data)
-        .bind(len)
-        .bind(max_bytes)
-        .bind(tenant)
-        .bind(tenant_max_bytes)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        let outcome = if stored {
-            sqlx::query(
-                "INSERT INTO recording_totals (tenant_id, bytes) VALUES ($1, $2) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET bytes = recording_totals.bytes + excluded.bytes",
-            )
-            .bind(tenant)
-            .bind(len)
-            .execute(&mut *tx)
-            .await?;
-            Appended::Stored
-        } else {
-            let seen: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
-            )
-            .bind(session)
-            .bind(terminal)
-            .bind(seq)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if seen.is_some() {
-                return Ok(Appended::Duplicate);
-            }
-            Appended::Full
+        let piece = Piece {
+            session: session.into(),
+            tenant: tenant.into(),
+            terminal,
+            seq,
+            data: data.into(),
+            max_bytes,
+            tenant_max_bytes,
         };
-        // A recording's first piece always gets its row (so it is listed),
-        // also when it is already full.
-        sqlx::query(
-            "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (session_id, terminal) DO UPDATE \
-             SET bytes = recordings.bytes + excluded.bytes, \
-                 truncated = CASE WHEN excluded.truncated = 1 THEN 1 ELSE recordings.truncated END",
-        )
-        .bind(session)
-        .bind(terminal)
-        .bind(tenant)
-        .bind(now_ms())
-        .bind(if stored { len } else { 0 })
-        .bind(i32::from(!stored))
-        .execute(&mut *tx)
-        .await?;
+        let mut done = self.append_recordings(std::slice::from_ref(&piece)).await?;
+        Ok(done.pop().unwrap_or(Appended::Full))
+    }
+
+    /// Appends pieces in one transaction (one commit, one sync of the log,
+    /// for all of a moment's pieces from every worker), in order: each
+    /// piece is bounded by what the pieces before it stored. One outcome
+    /// per piece, in the same order; a database error fails them all
+    /// (nothing of them is kept, so a retry stores them).
+    pub async fn append_recordings(&self, pieces: &[Piece]) -> Result<Vec<Appended>> {
+        if let Some(p) = pieces.iter().find(|p| p.seq < 0) {
+            return Err(StoreError::Invalid(format!(
+                "seq must be 0 or more, not {}",
+                p.seq
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            out.push(append_one(&mut tx, p).await?);
+        }
         tx.commit().await?;
-        Ok(outcome)
+        Ok(out)
     }
 
     /// A session's recordings, by terminal.
@@ -193,4 +166,77 @@ impl Store {
         tx.commit().await?;
         Ok(n)
     }
+}
+
+/// One piece's statements, inside the caller's transaction.
+async fn append_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, p: &Piece) -> Result<Appended> {
+    let (terminal, len) = (i64::from(p.terminal), p.data.len() as i64);
+    // One write that checks the bounds as it inserts (a retried piece
+    // conflicts and is left alone), then the totals: three statements a
+    // piece, not six, none of which sums the tenant's recordings (a
+    // recorded terminal sends a piece a second). A write first, also
+    // because SQLite then takes its write lock before anything is read
+    // (two recorders never deadlock upgrading a read lock).
+    let stored = sqlx::query(
+        "INSERT INTO recording_chunks (session_id, terminal, seq, data) \
+         SELECT $1, $2, $3, $4 \
+         WHERE (SELECT COALESCE(SUM(bytes), 0) FROM recordings WHERE session_id = $1) + $5 <= $6 \
+           AND COALESCE((SELECT bytes FROM recording_totals WHERE tenant_id = $7), 0) + $5 <= $8 \
+         ON CONFLICT (session_id, terminal, seq) DO NOTHING",
+    )
+    .bind(&p.session)
+    .bind(terminal)
+    .bind(p.seq)
+    .bind(&p.data)
+    .bind(len)
+    .bind(p.max_bytes)
+    .bind(&p.tenant)
+    .bind(p.tenant_max_bytes)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let outcome = if stored {
+        sqlx::query(
+            "INSERT INTO recording_totals (tenant_id, bytes) VALUES ($1, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET bytes = recording_totals.bytes + excluded.bytes",
+        )
+        .bind(&p.tenant)
+        .bind(len)
+        .execute(&mut **tx)
+        .await?;
+        Appended::Stored
+    } else {
+        let seen: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM recording_chunks WHERE session_id = $1 AND terminal = $2 AND seq = $3",
+        )
+        .bind(&p.session)
+        .bind(terminal)
+        .bind(p.seq)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if seen.is_some() {
+            // Nothing was written for it.
+            return Ok(Appended::Duplicate);
+        }
+        Appended::Full
+    };
+    // A recording's first piece always gets its row (so it is listed),
+    // also when it is already full.
+    sqlx::query(
+        "INSERT INTO recordings (session_id, terminal, tenant_id, started_at, bytes, truncated) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (session_id, terminal) DO UPDATE \
+         SET bytes = recordings.bytes + excluded.bytes, \
+             truncated = CASE WHEN excluded.truncated = 1 THEN 1 ELSE recordings.truncated END",
+    )
+    .bind(&p.session)
+    .bind(terminal)
+    .bind(&p.tenant)
+    .bind(now_ms())
+    .bind(if stored { len } else { 0 })
+    .bind(i32::from(!stored))
+    .execute(&mut **tx)
+    .await?;
+    Ok(outcome)
 }
