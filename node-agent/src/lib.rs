@@ -536,16 +536,21 @@ impl StreamHandler for Agent {
                 let Ok(s) = stream.accept().await else { return };
                 self.metrics.streams.with_label_values(&[kind, "ok"]).inc();
                 let activity = self.activity(&session.id);
+                let (gone, view) = (self.gone_token(&session.id), self.node_view(&session.id));
+                // Only init's address is kept for the terminal's life (the
+                // rest of the session's record would sit in every idle
+                // terminal's task).
+                let init = session.into_init();
                 self.metrics.terminals_open.inc();
                 let r = terminal::serve(
                     s,
-                    &session.init,
+                    &init,
                     self.shutdown.clone(),
                     draining,
-                    self.gone_token(&session.id),
+                    gone,
                     Some(activity),
                     Some(self.metrics.clone()),
-                    Some(self.node_view(&session.id)),
+                    Some(view),
                 )
                 .await;
                 self.metrics.terminals_open.dec();

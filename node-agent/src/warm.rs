@@ -290,7 +290,7 @@ mod tests {
             memory_mb: 64,
             ip: None,
             init: InitTarget {
-                container_id: format!("c-{key}"),
+                container_id: format!("c-{key}").into(),
                 init_pid: 0,
             },
         }

@@ -21,8 +21,9 @@ const SOCKET_IN_ROOT: &str = "run/warren/init.sock";
 /// What identifies one session's init on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitTarget {
-    /// Docker's full container id.
-    pub container_id: String,
+    /// Docker's full container id (shared: every terminal and recorder
+    /// holds a copy of its target, and a count is smaller than the id).
+    pub container_id: std::sync::Arc<str>,
     /// The container's PID 1 (warren-init) in the agent's PID namespace.
     pub init_pid: i32,
 }
@@ -136,7 +137,7 @@ mod tests {
         ));
         assert!(matches!(
             connect(&InitTarget {
-                container_id: String::new(),
+                container_id: "".into(),
                 init_pid: 1
             })
             .await,

@@ -134,7 +134,9 @@ async fn record(
         input: None,
         echo_state: false,
     };
-    let (mut conn, _) = super::initsock::request(init, op)
+    // Boxed: the request's state (socket lookup, timeout, the op) is only
+    // needed at the start; inline it would size every recorder's future.
+    let (mut conn, _) = Box::pin(super::initsock::request(init, op))
         .await
         .map_err(|e| Stop::Init(e.to_string()))?;
     // One timer, armed FLUSH_EVERY after the first line a flush will carry

@@ -61,6 +61,13 @@ pub struct SessionInfo {
     pub init: InitTarget,
 }
 
+impl SessionInfo {
+    /// The session's init, the rest of the record dropped.
+    pub fn into_init(self) -> InitTarget {
+        self.init
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("invalid session spec: {0}")]
@@ -492,7 +499,7 @@ impl DockerRuntime {
             memory_mb,
             ip,
             init: InitTarget {
-                container_id,
+                container_id: container_id.as_str().into(),
                 init_pid,
             },
         })
