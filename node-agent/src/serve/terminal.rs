@@ -73,7 +73,8 @@ where
     let Some((mut ws, params, caller)) = Box::pin(handshake(stream)).await? else {
         return Ok(());
     };
-    let Some(attached) = Box::pin(attach(&mut ws, init, &params, &caller, node.as_ref())).await?
+    let Some(mut attached) =
+        Box::pin(attach(&mut ws, init, &params, &caller, node.as_ref())).await?
     else {
         return Ok(());
     };
@@ -87,15 +88,26 @@ where
             shutdown.clone(),
         );
     }
+    // The query's strings are not needed past the attach.
+    drop(params);
     let ends = Ends {
         shutdown,
         relay_draining,
         session_gone,
     };
-    // The socket by reference: an async fn's by-value arguments are kept
+    // Everything by reference: an async fn's by-value arguments are kept
     // twice in its state (as passed and as moved into the body), and this
     // state lives as long as the terminal.
-    pump(&mut ws, attached, ends, activity, metrics, node, caller).await
+    pump(
+        &mut ws,
+        &mut attached,
+        &ends,
+        activity.as_ref(),
+        metrics.as_ref(),
+        node.as_ref(),
+        &caller,
+    )
+    .await
 }
 
 /// What this node knows beyond one connection: the session's share links,
@@ -180,7 +192,9 @@ pub(super) struct Attached {
     pub(super) opened: bool,
     /// The share link it came through.
     pub(super) share: Option<ShareGrant>,
-    /// Its place among the link's connections (held while it lasts).
+    /// Its place among the link's connections (held while it lasts: never
+    /// read, given back when dropped).
+    #[allow(dead_code)]
     pub(super) link_seat: Option<super::shares::LinkSeat>,
 }
 
@@ -311,28 +325,23 @@ enum OpKind {
 /// ends, the agent shuts down or the relay drains.
 async fn pump<S>(
     ws: &mut WebSocketStream<S>,
-    attached: Attached,
-    ends: Ends,
-    activity: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
-    node: Option<NodeView>,
-    caller: Caller,
+    attached: &mut Attached,
+    ends: &Ends,
+    activity: Option<&std::sync::Arc<std::sync::atomic::AtomicI64>>,
+    metrics: Option<&Arc<crate::metrics::Metrics>>,
+    node: Option<&NodeView>,
+    caller: &Caller,
 ) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Attached {
-        mut init,
-        exec,
-        offset,
-        terminal,
-        share,
-        link_seat: _link_seat,
-        ..
-    } = attached;
-    let read_only = share.as_ref().is_some_and(|g| g.mode == ShareMode::Read);
+    // The link's seat stays in `attached` (the caller's) while this runs.
+    let (exec, offset, terminal) = (attached.exec, attached.offset, attached.terminal);
+    let share = attached.share.as_ref();
+    let init = &mut attached.init;
+    let read_only = share.is_some_and(|g| g.mode == ShareMode::Read);
     // Everyone on this terminal is told who is attached, now and on change.
-    let mut seat = match (&node, terminal) {
+    let mut seat = match (node, terminal) {
         (Some(n), Some(t)) => Some(n.viewers.join(&n.session, t, caller.name.clone())),
         _ => None,
     };
@@ -347,12 +356,12 @@ where
     // A share link's connection ends with its link. Boxed, and only for a
     // link: its timers would otherwise sit in every terminal's future.
     let mut link_ended: std::pin::Pin<Box<dyn std::future::Future<Output = Ending> + Send + '_>> =
-        match (&node, &share) {
+        match (node, share) {
             (Some(n), Some(g)) => Box::pin(n.shares.ended(&n.session, &g.id)),
             _ => Box::pin(std::future::pending()),
         };
     let touch = || {
-        if let Some(a) = &activity {
+        if let Some(a) = activity {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
@@ -361,7 +370,7 @@ where
         }
     };
     // Counters looked up once, not per frame (a labelled lookup locks).
-    let byte_counters = metrics.as_ref().map(|m| {
+    let byte_counters = metrics.map(|m| {
         (
             m.terminal_bytes.with_label_values(&["in"]),
             m.terminal_bytes.with_label_values(&["out"]),
@@ -435,7 +444,7 @@ where
                 Some(Ok(Message::Text(t))) => match ClientMsg::parse(&t) {
                     ClientMsg::Resize { cols, rows } if !exec && !read_only => {
                         let _ = init.send(Frame::Resize { cols, rows }).await;
-                        if let (Some(n), Some(t)) = (&node, terminal) {
+                        if let (Some(n), Some(t)) = (node, terminal) {
                             let (c, r) = warren_proto::terminal::clamp_size(cols, rows);
                             n.recorders.resized(&n.session, t, c, r);
                         }
