@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use tracing::{error, warn};
 
-use crate::store::{Appended, Piece, Result, Store};
+use crate::store::{Appended, Piece, Result, Store, StoreError};
 
 /// How long the first piece of a group waits for others. A piece's answer
 /// only paces its recorder (which sends at most one a second): the wait
@@ -17,11 +17,15 @@ use crate::store::{Appended, Piece, Result, Store};
 pub const GATHER: Duration = Duration::from_millis(25);
 /// At most this many pieces per transaction.
 pub const MAX_PIECES: usize = 256;
-/// At most this many bytes of pieces per transaction.
+/// At most this many bytes of pieces per transaction (one piece more may
+/// pass it by at most a piece's size).
 pub const MAX_BYTES: usize = 8 << 20;
 /// Pieces waiting for the writer; past this, requests wait their turn
-/// (back-pressure on the workers, not memory).
+/// (back-pressure on the workers).
 const QUEUE: usize = 1024;
+/// A piece not written within this is answered "try again", as a request
+/// that waited this long for a database connection was before groups.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 type Reply = oneshot::Sender<Result<Appended>>;
 
@@ -40,18 +44,26 @@ impl Pieces {
     }
 
     /// Appends `piece` (with the pieces that arrive beside it) and says
-    /// what became of it.
+    /// what became of it. A piece whose caller stopped waiting before its
+    /// group was written is not written (its worker sends it again).
     pub async fn append(&self, piece: Piece) -> Result<Appended> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send((piece, reply)).await.is_err() {
-            return Err(stopped());
-        }
-        answer.await.unwrap_or_else(|_| Err(stopped()))
+        let asked = async {
+            if self.tx.send((piece, reply)).await.is_err() {
+                return Err(unavailable("the recording writer stopped"));
+            }
+            answer
+                .await
+                .unwrap_or_else(|_| Err(unavailable("the recording writer dropped a piece")))
+        };
+        tokio::time::timeout(ANSWER_WITHIN, asked)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("no answer within 30 s")))
     }
 }
 
-fn stopped() -> crate::store::StoreError {
-    crate::store::StoreError::Db(sqlx::Error::PoolClosed)
+fn unavailable(why: &str) -> StoreError {
+    StoreError::Unavailable(why.to_string())
 }
 
 async fn write(store: Store, mut rx: mpsc::Receiver<(Piece, Reply)>) {
@@ -70,32 +82,59 @@ async fn write(store: Store, mut rx: mpsc::Receiver<(Piece, Reply)>) {
                 Ok(None) | Err(_) => break,
             }
         }
-        let (pieces, replies): (Vec<Piece>, Vec<Reply>) = group.into_iter().unzip();
-        match store.append_recordings(&pieces).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
+        // In a task of its own, awaited: a panic fails this group's
+        // requests (their replies are dropped), not every later one.
+        if let Err(e) = tokio::spawn(write_group(store.clone(), group)).await {
+            error!("writing a group of recording pieces failed: {e}");
+        }
+    }
+}
+
+async fn write_group(store: Store, mut group: Vec<(Piece, Reply)>) {
+    // Pieces whose requests gave up are left out: written late, one could
+    // answer the next piece its recorder sends under the same number.
+    group.retain(|(_, reply)| !reply.is_closed());
+    if group.is_empty() {
+        return;
+    }
+    // Rows are locked in one order in every group (tenant, session,
+    // terminal, seq), so two control replicas writing groups on one
+    // PostgreSQL database never wait on each other in a cycle; a
+    // terminal's pieces keep their order.
+    group.sort_by(|(a, _), (b, _)| {
+        (&a.tenant, &a.session, a.terminal, a.seq).cmp(&(&b.tenant, &b.session, b.terminal, b.seq))
+    });
+    let (pieces, replies): (Vec<Piece>, Vec<Reply>) = group.into_iter().unzip();
+    match store.append_recordings(&pieces).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
             }
-            // One piece must not fail the others: each is tried alone
-            // (the failed group kept nothing of them).
-            Err(e) if pieces.len() > 1 => {
-                warn!(
-                    pieces = pieces.len(),
-                    "a group of recording pieces failed ({e}); writing them one by one"
-                );
-                for (piece, reply) in pieces.iter().zip(replies) {
-                    let one = store
-                        .append_recordings(std::slice::from_ref(piece))
-                        .await
-                        .map(|mut v| v.pop().unwrap_or(Appended::Full));
-                    let _ = reply.send(one);
+        }
+        // A statement one piece made fail: each is tried alone (the failed
+        // group kept nothing of them), so it fails by itself.
+        Err(StoreError::Db(sqlx::Error::Database(e))) if pieces.len() > 1 => {
+            warn!(
+                pieces = pieces.len(),
+                "a group of recording pieces failed ({e}); writing them one by one"
+            );
+            for (piece, reply) in pieces.iter().zip(replies) {
+                if reply.is_closed() {
+                    continue;
                 }
+                let one = store
+                    .append_recordings(std::slice::from_ref(piece))
+                    .await
+                    .map(|mut v| v.pop().unwrap_or(Appended::Full));
+                let _ = reply.send(one);
             }
-            Err(e) => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
+        }
+        // The database itself (a connection, a timeout): one piece at a
+        // time would wait as long for each; all are answered "try again".
+        Err(e) => {
+            warn!(pieces = pieces.len(), "recording pieces not written: {e}");
+            for reply in replies {
+                let _ = reply.send(Err(unavailable("the database did not take the pieces")));
             }
         }
     }

@@ -160,3 +160,65 @@ async fn pieces_written_in_groups_keep_their_own_answers() {
         assert_eq!((sh[0].bytes, sh[0].truncated), (30, true), "{db:?}");
     }
 }
+
+/// The pieces endpoint as a compromised worker would use it: a NUL (no
+/// asciicast holds one; PostgreSQL refuses it and it would fail the group
+/// written with it) and a negative number are refused by name (422), another
+/// node's session is refused, and a piece sent twice is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pieces_endpoint_refuses_what_no_recorder_sends() {
+    use warren_config::Strategy;
+    use warren_proto::api::CreateSession;
+    let url = database(Db::Sqlite, "recendpoint").await;
+    let c = TestControl::start(config(&url, Strategy::Spread)).await;
+    let agents = c.nodes("rp", &[4000, 4000]).await;
+    let s = c
+        .client(ADMIN)
+        .create_session(&CreateSession {
+            memory_mb: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    warren_testkit::until("the session running on a node", WAIT, EVERY, || async {
+        agents
+            .iter()
+            .any(|a| a.running.lock().unwrap().contains(&s.id))
+    })
+    .await;
+    let (mine, other): (Vec<_>, Vec<_>) = agents
+        .iter()
+        .partition(|a| a.running.lock().unwrap().contains(&s.id));
+    let (mine, other) = (mine[0], other[0]);
+    let post = |who: &FakeAgent, seq: i64, body: &'static str| {
+        let req = c
+            .http
+            .post(format!(
+                "{}/internal/v1/recordings/{}/1?seq={seq}",
+                c.url, s.id
+            ))
+            .bearer_auth(format!("{}:{}", who.node, who.credential))
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) = post(mine, 0, "[0.1, \"o\", \"a\u{0}b\"]\n").await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("NUL"), "{text}");
+    let (status, text) = post(mine, -1, "[0.1, \"o\", \"x\"]\n").await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("seq"), "{text}");
+    let (status, text) = post(other, 0, "[0.1, \"o\", \"x\"]\n").await;
+    assert_eq!(status, 403, "{text}");
+    for _ in 0..2 {
+        let (status, text) = post(mine, 0, "{\"version\": 2}\n").await;
+        assert_eq!(status, 204, "{text}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(
+        store.recording(&s.id, 1).await.unwrap().unwrap(),
+        vec!["{\"version\": 2}\n".to_string()]
+    );
+}

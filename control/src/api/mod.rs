@@ -128,6 +128,14 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Revoked(m) => ApiError::new(StatusCode::UNAUTHORIZED, "revoked", m),
+            StoreError::Unavailable(why) => {
+                tracing::warn!("database unavailable: {why}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the control plane's database is not answering; try again",
+                )
+            }
             StoreError::Db(e) => {
                 tracing::error!("database error: {e}");
                 ApiError::new(

@@ -102,11 +102,16 @@ pub(super) async fn append_recording(
             format!("a piece is at most {RECORDING_PIECE_MAX} bytes"),
         ));
     }
-    if q.seq < 0 {
-        return Err(ApiError::invalid("seq must be 0 or more"));
-    }
-    let data = std::str::from_utf8(&body)
+    let data = String::from_utf8(Vec::from(body))
         .map_err(|_| ApiError::invalid("a recording piece is UTF-8 text"))?;
+    // Asciicast lines escape control characters; a raw NUL is no
+    // recording's, and PostgreSQL refuses it in text (it would fail the
+    // group it was written with).
+    if data.contains('\0') {
+        return Err(ApiError::invalid(
+            "a recording piece holds no NUL character (asciicast escapes it)",
+        ));
+    }
     let s = c.store.session(&id).await?;
     if s.node != node {
         return Err(ApiError::forbidden("the session is not on this node"));
@@ -116,6 +121,9 @@ pub(super) async fn append_recording(
             "recording is off (sessions.record_terminals)",
         ));
     }
+    if q.seq < 0 {
+        return Err(ApiError::invalid("seq must be 0 or more"));
+    }
     let max = (c.cfg.sessions.max_recording_mb as i64).saturating_mul(1 << 20);
     let tenant_max = (c.cfg.sessions.tenant_max_recording_mb as i64).saturating_mul(1 << 20);
     let piece = Piece {
@@ -123,7 +131,7 @@ pub(super) async fn append_recording(
         tenant: s.tenant,
         terminal,
         seq: q.seq,
-        data: data.to_string(),
+        data,
         max_bytes: max,
         tenant_max_bytes: tenant_max,
     };

@@ -55,6 +55,10 @@ pub enum StoreError {
     Revoked(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// The database could not be asked in time (said to callers as "try
+    /// again"; the reason is for the log).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
