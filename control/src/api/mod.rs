@@ -115,6 +115,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a caller is told when the database did not answer.
+fn db_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the control plane's database is not answering; try again",
+    )
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -128,21 +137,14 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(m) => ApiError::invalid(m),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Revoked(m) => ApiError::new(StatusCode::UNAUTHORIZED, "revoked", m),
+            // The reason stays in the log; the caller is told to try again.
             StoreError::Unavailable(why) => {
                 tracing::warn!("database unavailable: {why}");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the control plane's database is not answering; try again",
-                )
+                db_unavailable()
             }
             StoreError::Db(e) => {
                 tracing::error!("database error: {e}");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the control plane's database is not answering; try again",
-                )
+                db_unavailable()
             }
         }
     }
