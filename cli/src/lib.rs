@@ -1,8 +1,11 @@
-//! The `warren` command's library: the in-process stack behind `warren up`
-//! and the API client behind `warren session` and `warren node`.
+//! The `warren` command's library: its command line ([`cli`], [`cmd`]), the
+//! in-process stack behind `warren up` and the API client behind
+//! `warren session` and `warren node`.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod ssh;
 pub mod stack;
 

@@ -72,7 +72,21 @@ pub fn database_url(cfg: &ControlConfig) -> String {
 
 /// Opens the store, makes the default tenant, the admin key and the signing
 /// key if missing, and serves the API on `listener` until `shutdown`.
-pub async fn start(
+// Boxed here, and not an `async fn`, so that control's async code (every
+// future it awaits and spawns) is compiled once, in this crate, which
+// builds beside the others: an `async fn` awaited from another crate is
+// compiled in that crate, and the `warren` binary's library compiled all
+// of it again, alone at the end of the build (docs/benchmarks.md, "A
+// fresh clone to a terminal").
+pub fn start(
+    cfg: ControlConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> futures_util::future::BoxFuture<'static, anyhow::Result<Running>> {
+    Box::pin(start_control(cfg, listener, shutdown))
+}
+
+async fn start_control(
     cfg: ControlConfig,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,

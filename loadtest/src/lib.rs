@@ -36,7 +36,21 @@ pub use crate::target::Target;
 
 /// Runs one scenario against `target`; the report is written to `args.out`
 /// whatever happens.
-pub async fn run(
+// Boxed here, and not an `async fn`, so that the harness's async code (every
+// future it awaits and spawns) is compiled once, in this crate, which
+// builds beside the others: an `async fn` awaited from another crate is
+// compiled in that crate, and the `warren` binary's library compiled all
+// of it again, alone at the end of the build (docs/benchmarks.md, "A
+// fresh clone to a terminal").
+pub fn run<'a>(
+    args: &'a Args,
+    target: &'a Target,
+    interrupt: CancellationToken,
+) -> futures_util::future::BoxFuture<'a, anyhow::Result<Report>> {
+    Box::pin(run_scenario(args, target, interrupt))
+}
+
+async fn run_scenario(
     args: &Args,
     target: &Target,
     interrupt: CancellationToken,

@@ -96,15 +96,18 @@ pub fn default_node_id() -> String {
 /// static from `cfg`), adopts the node's sessions, holds a tunnel to every
 /// relay, keeps in step with control, and waits for every task it started
 /// before returning.
-pub async fn run(
+pub fn run(
     cfg: AgentConfig,
     opts: RunOptions,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let running = start(cfg, opts, shutdown.clone()).await?;
-    shutdown.cancelled().await;
-    running.stopped().await;
-    Ok(())
+) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> {
+    // Boxed for the reason given at [`start`].
+    Box::pin(async move {
+        let running = start(cfg, opts, shutdown.clone()).await?;
+        shutdown.cancelled().await;
+        running.stopped().await;
+        Ok(())
+    })
 }
 
 /// An agent [`start`] started; its tasks run until the shutdown token is
@@ -130,7 +133,21 @@ impl Running {
 
 /// What [`run`] does before it waits for `shutdown`: the agent enrolled,
 /// its sessions adopted, its relays dialled and its control sync running.
-pub async fn start(
+// Boxed here, and not an `async fn`, so that the agent's async code (every
+// future it awaits and spawns) is compiled once, in this crate, which
+// builds beside the others: an `async fn` awaited from another crate is
+// compiled in that crate, and the `warren` binary's library compiled all
+// of it again, alone at the end of the build (docs/benchmarks.md, "A
+// fresh clone to a terminal").
+pub fn start(
+    cfg: AgentConfig,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> futures_util::future::BoxFuture<'static, anyhow::Result<Running>> {
+    Box::pin(start_agent(cfg, opts, shutdown))
+}
+
+async fn start_agent(
     mut cfg: AgentConfig,
     opts: RunOptions,
     shutdown: CancellationToken,

@@ -152,7 +152,22 @@ pub fn control_plane(cfg: &RelayConfig) -> anyhow::Result<Arc<dyn ControlPlane>>
 /// Starts the relay on `listeners`; it runs until `shutdown` is cancelled.
 /// `control` is the relay's one view of the control plane
 /// ([`control_plane`] builds it from the configuration).
-pub async fn start(
+// Boxed here, and not an `async fn`, so that the relay's async code (every
+// future it awaits and spawns) is compiled once, in this crate, which
+// builds beside the others: an `async fn` awaited from another crate is
+// compiled in that crate, and the `warren` binary's library compiled all
+// of it again, alone at the end of the build (docs/benchmarks.md, "A
+// fresh clone to a terminal").
+pub fn start(
+    cfg: RelayConfig,
+    listeners: Listeners,
+    control: Arc<dyn ControlPlane>,
+    shutdown: CancellationToken,
+) -> futures_util::future::BoxFuture<'static, anyhow::Result<Relay>> {
+    Box::pin(start_relay(cfg, listeners, control, shutdown))
+}
+
+async fn start_relay(
     cfg: RelayConfig,
     listeners: Listeners,
     control: Arc<dyn ControlPlane>,

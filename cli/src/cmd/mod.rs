@@ -1,4 +1,4 @@
-//! The `warren` subcommands, one module each; `main.rs` holds the
+//! The `warren` subcommands, one module each; [`crate::cli`] holds the
 //! command line and hands each subcommand to its module.
 pub mod loadtest;
 pub mod node;
@@ -10,9 +10,9 @@ pub mod snapshot;
 pub mod ssh_key;
 pub mod up;
 
+use crate::client::Client;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use warren::client::Client;
 
 /// What every subcommand may need from the global flags.
 pub struct Ctx {

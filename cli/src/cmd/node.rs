@@ -1,7 +1,7 @@
 //! `warren node`: join tokens, list, drain, cordon, uncordon, remove.
+use crate::client::Client;
 use clap::Subcommand;
 use serde_json::json;
-use warren::client::Client;
 
 use super::{Ctx, print};
 
@@ -10,7 +10,7 @@ pub enum NodeCmd {
     /// A one-time join token for a new worker.
     Token {
         /// How long the token may be used, like 30m, 1h.
-        #[arg(long, value_parser = warren::parse_duration, default_value = "1h")]
+        #[arg(long, value_parser = crate::parse_duration, default_value = "1h")]
         ttl: u64,
     },
     /// Workers, their state and memory.

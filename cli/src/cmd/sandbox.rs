@@ -17,7 +17,7 @@ pub struct ExecArgs {
     /// Session id.
     pub id: String,
     /// Time limit, like 30s, 5m (default: 60s; at most 1h).
-    #[arg(long, value_parser = warren::parse_duration)]
+    #[arg(long, value_parser = crate::parse_duration)]
     pub timeout: Option<u64>,
     /// Working directory in the session (absolute).
     #[arg(long)]

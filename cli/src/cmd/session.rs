@@ -19,7 +19,7 @@ pub enum SessionCmd {
         #[arg(long)]
         memory_mb: Option<u64>,
         /// Lifetime, like 90s, 30m, 2h (default: the control plane's).
-        #[arg(long, value_parser = warren::parse_duration)]
+        #[arg(long, value_parser = crate::parse_duration)]
         ttl: Option<u64>,
         /// Writable disk in MB (default: the control plane's).
         #[arg(long)]
@@ -133,13 +133,12 @@ pub async fn run(cmd: SessionCmd, ctx: &Ctx) -> anyhow::Result<()> {
                 .await?;
             let (host, port) = v["ssh"]
                 .as_str()
-                .and_then(warren::ssh::endpoint)
+                .and_then(crate::ssh::endpoint)
                 .context("the control plane names no SSH endpoint for this session")?;
             let kh =
-                warren::ssh::known_hosts(&c, std::path::Path::new(".warren"), &host, port).await?;
-            let cmd =
-                warren::ssh::command(&v, t["token"].as_str().unwrap_or_default(), &kh, &args)?;
-            return warren::ssh::exec(cmd);
+                crate::ssh::known_hosts(&c, std::path::Path::new(".warren"), &host, port).await?;
+            let cmd = crate::ssh::command(&v, t["token"].as_str().unwrap_or_default(), &kh, &args)?;
+            return crate::ssh::exec(cmd);
         }
         SessionCmd::Token { id } => {
             let v = c

@@ -18,7 +18,7 @@ pub enum ShareCmd {
         #[arg(long)]
         write: bool,
         /// How long it works, like 30m or 2h (at most 7 days).
-        #[arg(long, value_parser = warren::parse_duration)]
+        #[arg(long, value_parser = crate::parse_duration)]
         ttl: Option<u64>,
         /// A label the others watching see.
         #[arg(long)]

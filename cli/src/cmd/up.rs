@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::client::Client;
+use crate::stack::StackOptions;
 use anyhow::Context;
-use warren::client::Client;
-use warren::stack::StackOptions;
 use warren_proto::api::UpFile;
 
 use super::{HOST_ROOT_WARNING, shutdown_on_signals};
@@ -142,7 +142,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let (first, rest) = domain.split_once('.')?;
         (rest == "localhost").then(|| format!("{first}-preview.localhost"))
     });
-    let stack = warren::stack::start(StackOptions {
+    let stack = crate::stack::start(StackOptions {
         data_dir: data_dir.clone(),
         domain: domain.clone(),
         preview_domain: preview_domain.clone(),
@@ -190,7 +190,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let known_hosts = std::path::absolute(data_dir.join("known_hosts"))?;
     std::fs::write(
         &known_hosts,
-        warren::ssh::known_hosts_lines(&["localhost", "127.0.0.1", &domain], ssh_port, &host_key),
+        crate::ssh::known_hosts_lines(&["localhost", "127.0.0.1", &domain], ssh_port, &host_key),
     )?;
     let up = UpFile {
         control_url: stack.control_url.clone(),
