@@ -44,6 +44,7 @@ const T_STDERR: u8 = 6;
 const T_EOF: u8 = 7;
 const T_SKIP: u8 = 8;
 const T_INPUT_ACK: u8 = 9;
+const T_AGE: u8 = 10;
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,6 +97,18 @@ pub enum Op {
         /// older client expects. The response's `echo_state` says it is on.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         echo_state: bool,
+    },
+    /// Watch a terminal for its recording: as `Attach` with `watch`, but
+    /// the output comes in batches, at most `batch_ms` apart (capped at a
+    /// second) or 16 KiB, and each `Data` follows an `Age` saying how long
+    /// before the batch went its bytes were written. The recorder wakes a
+    /// few times a second instead of at every write, and its timeline
+    /// stays true. An init older than this answers `bad_frame`.
+    Record {
+        terminal: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        batch_ms: u32,
     },
     /// Runs `command` on pipes (no PTY), stdout and stderr apart; it ends
     /// when its client goes (then it is killed).
@@ -223,6 +236,9 @@ pub enum Frame {
         offset: u64,
         noecho: Option<bool>,
     },
+    /// (`Op::Record` only.) The next `Data`'s bytes were written this many
+    /// microseconds before the batch holding them was sent.
+    Age(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +273,7 @@ impl Decoder for InitCodec {
             T_EOF => 0,
             T_RESIZE | T_EXIT => 4,
             T_SKIP => 8,
+            T_AGE => 4,
             T_INPUT_ACK => 9,
             other => return Err(FrameError::UnknownType(other)),
         };
@@ -280,6 +297,9 @@ impl Decoder for InitCodec {
                 cols: u16::from_be_bytes([payload[0], payload[1]]),
                 rows: u16::from_be_bytes([payload[2], payload[3]]),
             },
+            T_AGE if len == 4 => Frame::Age(u32::from_be_bytes([
+                payload[0], payload[1], payload[2], payload[3],
+            ])),
             T_EXIT if len == 4 => Frame::Exit(i32::from_be_bytes([
                 payload[0], payload[1], payload[2], payload[3],
             ])),
@@ -321,6 +341,7 @@ impl Encoder<Frame> for InitCodec {
             Frame::Stderr(b) => (T_STDERR, b),
             Frame::Eof => (T_EOF, Bytes::new()),
             Frame::Skip(o) => (T_SKIP, Bytes::copy_from_slice(&o.to_be_bytes())),
+            Frame::Age(us) => (T_AGE, Bytes::copy_from_slice(&us.to_be_bytes())),
             Frame::InputAck { offset, noecho } => {
                 let mut b = BytesMut::with_capacity(9);
                 b.put_u64(offset);
@@ -368,6 +389,7 @@ mod tests {
         roundtrip(Frame::Exit(-1));
         roundtrip(Frame::Stderr(Bytes::from_static(b"oops\n")));
         roundtrip(Frame::Eof);
+        roundtrip(Frame::Age(u32::MAX));
         for noecho in [Some(true), Some(false), None] {
             roundtrip(Frame::InputAck {
                 offset: 1 << 40,

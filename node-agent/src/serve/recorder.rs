@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use warren_client::internal::InternalClient;
-use warren_init::proto::{Frame, Op};
+use warren_init::client::ClientError;
+use warren_init::proto::{ErrorCode, Frame, Op};
 use warren_proto::share::RECORDING_PIECE_MAX;
 
 use super::initsock::InitTarget;
@@ -28,6 +29,13 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const LINE_CHARS: usize = 1024;
 /// Attempts to send one piece before it is dropped.
 const SEND_ATTEMPTS: u32 = 3;
+/// How long init holds a recorder's output to send it in one batch, each
+/// write with its age (`Op::Record`): the recorder wakes a few times a
+/// second, not at every write.
+const BATCH: Duration = Duration::from_millis(500);
+/// A resize is written once output older than it can no longer arrive:
+/// a batch's wait, and room for the batch to travel.
+const RESIZE_SETTLES: Duration = Duration::from_millis(750);
 
 /// The node's recorders.
 #[derive(Default)]
@@ -125,20 +133,13 @@ async fn record(
     control: &InternalClient,
     path: &str,
 ) -> Result<(), Stop> {
-    let op = Op::Attach {
-        terminal,
-        cols: 0,
-        rows: 0,
-        offset: Some(from),
-        watch: true,
-        input: None,
-        echo_state: false,
-    };
     // Boxed: the request's state (socket lookup, timeout, the op) is only
     // needed at the start; inline it would size every recorder's future.
-    let (mut conn, _) = Box::pin(super::initsock::request(init, op))
+    let (mut conn, _) = Box::pin(watch(init, terminal, from))
         .await
         .map_err(|e| Stop::Init(e.to_string()))?;
+    // The age init gave the next output, in microseconds.
+    let mut age = None;
     // One timer, armed FLUSH_EVERY after the first line a flush will carry
     // (a ticking interval woke every idle recorder once a second). A
     // disarmed timer is not polled, so an idle recorder never wakes; the
@@ -149,7 +150,11 @@ async fn record(
     loop {
         tokio::select! {
             f = conn.next() => match f {
-                Some(Ok(Frame::Data(b))) => r.output(&b),
+                Some(Ok(Frame::Age(us))) => age = Some(us),
+                Some(Ok(Frame::Data(b))) => {
+                    let at = written_at(Instant::now(), age.take());
+                    r.output(&b, at);
+                }
                 Some(Ok(Frame::Skip(_))) => {}
                 // The shell ended (or init went): the recording is whole.
                 _ => return Ok(()),
@@ -157,13 +162,14 @@ async fn record(
             c = sizes.changed() => {
                 if c.is_ok() {
                     let (cols, rows) = *sizes.borrow_and_update();
-                    r.resize(cols, rows);
+                    r.resize(cols, rows, Instant::now());
                 }
             }
             // Boxed: a flush (an HTTP request) is rare, and inline its
             // state would sit in every idle terminal's recorder.
             _ = &mut sleep, if armed => {
                 armed = false;
+                r.settle(Instant::now());
                 Box::pin(r.flush(control, path, false)).await?;
                 // The read buffer grew to the largest frame read (up to
                 // 64 KiB under bulk output): after a flush (at most once a
@@ -178,7 +184,7 @@ async fn record(
         if r.buf.len() >= PIECE_TARGET {
             armed = false;
             Box::pin(r.flush(control, path, false)).await?;
-        } else if !armed && !r.buf.is_empty() {
+        } else if !armed && (!r.buf.is_empty() || !r.resizes.is_empty()) {
             sleep
                 .as_mut()
                 .reset(tokio::time::Instant::now() + FLUSH_EVERY);
@@ -187,9 +193,54 @@ async fn record(
     }
 }
 
+/// Opens a recorder's watch: output in timed batches, or, from an init
+/// older than `Op::Record` (a session started before an upgrade), every
+/// write as it comes.
+async fn watch(
+    init: &InitTarget,
+    terminal: u32,
+    from: u64,
+) -> Result<(warren_init::client::InitConn, warren_init::proto::Response), ClientError> {
+    let op = Op::Record {
+        terminal,
+        offset: Some(from),
+        batch_ms: BATCH.as_millis() as u32,
+    };
+    match super::initsock::request(init, op).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::BadFrame,
+            ..
+        }) => {
+            let op = Op::Attach {
+                terminal,
+                cols: 0,
+                rows: 0,
+                offset: Some(from),
+                watch: true,
+                input: None,
+                echo_state: false,
+            };
+            super::initsock::request(init, op).await
+        }
+        other => other,
+    }
+}
+
+/// When output that init says is `age_us` old was written. An age is
+/// init's word (a session's own process): never older than a batch's
+/// wait and its travel, so a recording's times stay near the truth.
+fn written_at(now: Instant, age_us: Option<u32>) -> Instant {
+    let age = Duration::from_micros(age_us.unwrap_or(0).into()).min(RESIZE_SETTLES);
+    now.checked_sub(age).unwrap_or(now)
+}
+
 /// One terminal's asciicast as it is made.
 struct Recording {
     started: Instant,
+    /// Time of the last event written: times never go back.
+    last: Duration,
+    /// Resizes not yet written (output from before one may still come).
+    resizes: std::collections::VecDeque<(Instant, u16, u16)>,
     /// Lines not yet sent (UTF-8: JSON text, cut only at line ends).
     buf: Vec<u8>,
     /// Output bytes held back: the start of a character not yet whole.
@@ -212,6 +263,8 @@ impl Recording {
         });
         Recording {
             started: Instant::now(),
+            last: Duration::ZERO,
+            resizes: Default::default(),
             buf: format!("{header}\n").into_bytes(),
             partial: Vec::new(),
             seq: 0,
@@ -220,16 +273,24 @@ impl Recording {
 
     /// One `[time, kind, data]` line, written straight into the buffer
     /// (this runs for every output chunk: no intermediate values).
-    fn event(&mut self, kind: &str, data: &str) {
+    fn event(&mut self, at: Instant, kind: &str, data: &str) {
         use std::io::Write;
-        let t = self.started.elapsed().as_secs_f64();
+        self.last = self.last.max(at.saturating_duration_since(self.started));
+        let t = self.last.as_secs_f64();
         let _ = write!(self.buf, "[{t:.6}, \"{kind}\", ");
         // Writing a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut self.buf, data);
         self.buf.extend_from_slice(b"]\n");
     }
 
-    fn output(&mut self, bytes: &[u8]) {
+    /// Output written at `at`; the resizes before it go first.
+    fn output(&mut self, bytes: &[u8], at: Instant) {
+        while let Some(&(t, cols, rows)) = self.resizes.front()
+            && t <= at
+        {
+            self.resizes.pop_front();
+            self.event(t, "r", &format!("{cols}x{rows}"));
+        }
         // The chunk as it came, unless a character was left open before.
         let joined;
         let all: &[u8] = if self.partial.is_empty() {
@@ -249,7 +310,7 @@ impl Recording {
         for (i, &b) in text.as_bytes().iter().enumerate() {
             if b & 0xC0 != 0x80 {
                 if chars == LINE_CHARS {
-                    self.event("o", &text[start..i]);
+                    self.event(at, "o", &text[start..i]);
                     start = i;
                     chars = 0;
                 }
@@ -257,12 +318,33 @@ impl Recording {
             }
         }
         if start < text.len() {
-            self.event("o", &text[start..]);
+            self.event(at, "o", &text[start..]);
         }
     }
 
-    fn resize(&mut self, cols: u16, rows: u16) {
-        self.event("r", &format!("{cols}x{rows}"));
+    /// A client resized the terminal at `at`. Written once no output from
+    /// before it can still come ([`Recording::settle`]), or before output
+    /// from after it.
+    fn resize(&mut self, cols: u16, rows: u16, at: Instant) {
+        // A client resizing without end must not grow this: the oldest
+        // goes in now.
+        if self.resizes.len() >= 64
+            && let Some((t, c, r)) = self.resizes.pop_front()
+        {
+            self.event(t, "r", &format!("{c}x{r}"));
+        }
+        self.resizes.push_back((at, cols, rows));
+    }
+
+    /// Writes the resizes that output from before them can no longer
+    /// follow (`now` is past them by more than a batch's wait).
+    fn settle(&mut self, now: Instant) {
+        while let Some(&(t, cols, rows)) = self.resizes.front()
+            && now.saturating_duration_since(t) >= RESIZE_SETTLES
+        {
+            self.resizes.pop_front();
+            self.event(t, "r", &format!("{cols}x{rows}"));
+        }
     }
 
     /// Sends what is held (everything, or nothing when `last` is false and
@@ -274,9 +356,16 @@ impl Recording {
         path: &str,
         last: bool,
     ) -> Result<(), Stop> {
-        if last && !self.partial.is_empty() {
-            let text = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
-            self.event("o", &text);
+        if last {
+            // Every output is in: the resizes after it, then what was
+            // left of a character.
+            while let Some((t, cols, rows)) = self.resizes.pop_front() {
+                self.event(t, "r", &format!("{cols}x{rows}"));
+            }
+            if !self.partial.is_empty() {
+                let text = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+                self.event(Instant::now(), "o", &text);
+            }
         }
         // Whole lines, at most a piece's worth at a time.
         while !self.buf.is_empty() {
@@ -364,7 +453,7 @@ mod tests {
         let mut r = Recording::new((80, 24));
         let s = "é→😀".as_bytes();
         for b in s {
-            r.output(std::slice::from_ref(b));
+            r.output(std::slice::from_ref(b), Instant::now());
         }
         let lines: Vec<&str> = std::str::from_utf8(&r.buf).unwrap().lines().collect();
         let header: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
@@ -387,7 +476,7 @@ mod tests {
     fn pieces_are_cut_between_lines_of_any_characters() {
         let mut r = Recording::new((80, 24));
         for _ in 0..200 {
-            r.output("€😀 box ─┼─ ".repeat(40).as_bytes());
+            r.output("€😀 box ─┼─ ".repeat(40).as_bytes(), Instant::now());
         }
         let text = r.buf.clone();
         let mut pieces = Vec::new();
@@ -414,11 +503,59 @@ mod tests {
     #[test]
     fn long_output_is_split_into_lines() {
         let mut r = Recording::new((80, 24));
-        r.output("\u{1b}".repeat(5000).as_bytes());
-        r.resize(100, 30);
+        r.output("\u{1b}".repeat(5000).as_bytes(), Instant::now());
+        r.resize(100, 30, Instant::now());
+        r.settle(Instant::now() + RESIZE_SETTLES);
         let lines: Vec<&str> = std::str::from_utf8(&r.buf).unwrap().lines().collect();
         assert!(lines.len() >= 6, "{}", lines.len());
         assert!(lines.iter().all(|l| l.len() < PIECE_TARGET));
         assert!(lines.last().unwrap().contains("\"100x30\""));
+    }
+
+    /// Output init held in a batch comes after a resize made later than
+    /// it: the recording still has the output first, at the times init
+    /// gave, and times never go back.
+    #[test]
+    fn batched_output_and_resizes_keep_their_order_and_times() {
+        let mut r = Recording::new((80, 24));
+        let t0 = r.started;
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        r.output(b"one", ms(100));
+        r.resize(100, 30, ms(300));
+        // Written at 200 ms, arrived after the resize (init's batch).
+        r.output(b"two", ms(200));
+        r.output(b"three", ms(400));
+        // An age that would put output before what is written already.
+        r.output(b"four", ms(350));
+        r.resize(90, 20, ms(500));
+        r.settle(ms(500) + RESIZE_SETTLES);
+        let events: Vec<(f64, String, String)> = std::str::from_utf8(&r.buf)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let s = |i: usize| v[i].as_str().unwrap().to_string();
+                (v[0].as_f64().unwrap(), s(1), s(2))
+            })
+            .collect();
+        let kinds: Vec<String> = events.iter().map(|e| format!("{} {}", e.1, e.2)).collect();
+        assert_eq!(
+            kinds,
+            ["o one", "o two", "r 100x30", "o three", "o four", "r 90x20"]
+        );
+        let times: Vec<f64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(times, [0.1, 0.2, 0.3, 0.4, 0.4, 0.5]);
+    }
+
+    #[test]
+    fn an_age_is_bounded() {
+        let now = Instant::now() + Duration::from_secs(10);
+        assert_eq!(written_at(now, None), now);
+        assert_eq!(
+            written_at(now, Some(100_000)),
+            now - Duration::from_millis(100)
+        );
+        assert_eq!(written_at(now, Some(u32::MAX)), now - RESIZE_SETTLES);
     }
 }

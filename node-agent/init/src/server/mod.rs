@@ -8,6 +8,7 @@
 //! - `exec`: commands on pipes (SSH `exec`, subsystems).
 //! - `files`: the sandbox API's files, resolved inside the container.
 //! - `reader`: the thread that drains a PTY.
+//! - `record`: a recorder's view of a terminal, in timed batches.
 //! - `spawn`: which environment a client may set, argv checks, the login shell.
 //! - here: the socket, peer checks, request dispatch, the detached sweeper.
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +35,7 @@ mod exec;
 mod files;
 mod input;
 mod reader;
+mod record;
 mod spawn;
 mod terminal;
 
@@ -235,6 +237,17 @@ impl Server {
             Op::ListDir { path } => return files::list(framed, path).await,
             Op::MakeDir { path } => return files::make_dir(framed, path).await,
             Op::Remove { path, recursive } => return files::remove(framed, path, recursive).await,
+            Op::Record {
+                terminal,
+                offset,
+                batch_ms,
+            } => match self.find(terminal) {
+                Some(t) => return record::serve(framed, t, offset, batch_ms).await,
+                None => {
+                    let msg = format!("terminal {terminal} does not exist (it may have exited)");
+                    return reply(&mut framed, Response::error(ErrorCode::NotFound, msg)).await;
+                }
+            },
             Op::Attach {
                 terminal,
                 cols,

@@ -46,8 +46,8 @@ pub(super) struct Terminal {
 /// What a client can send next.
 pub(super) struct Chunk {
     /// The client's offset was no longer held: it continues from here.
-    skipped_to: Option<u64>,
-    data: Vec<u8>,
+    pub(super) skipped_to: Option<u64>,
+    pub(super) data: Vec<u8>,
     exit: Option<i32>,
 }
 
@@ -81,6 +81,12 @@ impl Terminal {
     pub(super) fn finish(&self, code: i32) {
         self.lock().exit = Some(code);
         self.wake.send_replace(());
+    }
+
+    /// Offset just past the last output byte, and the exit once there is one.
+    pub(super) fn end_and_exit(&self) -> (u64, Option<i32>) {
+        let st = self.lock();
+        (st.end, st.exit)
     }
 
     /// Output bytes held after offset `pos`.
