@@ -84,6 +84,29 @@ pub fn load_with<T: DeserializeOwned + Validate>(
     extract(flags(fig))
 }
 
+/// [`load`] and [`load_with`] for each part, instantiated here, where the
+/// types live: figment's and serde's deserialisers for a whole
+/// configuration are the largest generic code in the build, and compiled
+/// here they build early, beside other crates, instead of in the `warren`
+/// command's library at the end (docs/benchmarks.md, "A fresh clone to a
+/// terminal").
+pub fn load_control(file: Option<&Path>) -> Result<ControlConfig, ConfigError> {
+    load("control", file)
+}
+
+/// See [`load_control`].
+pub fn load_relay(file: Option<&Path>) -> Result<RelayConfig, ConfigError> {
+    load("relay", file)
+}
+
+/// See [`load_control`]; `flags` as for [`load_with`].
+pub fn load_agent(
+    file: Option<&Path>,
+    flags: Box<dyn FnOnce(Figment) -> Figment + '_>,
+) -> Result<AgentConfig, ConfigError> {
+    load_with("agent", file, flags)
+}
+
 /// Parses a configuration from a TOML string (no environment), then validates it.
 pub fn from_toml_str<T: DeserializeOwned + Validate>(toml: &str) -> Result<T, ConfigError> {
     extract(Figment::from(Toml::string(toml)))

@@ -6,7 +6,7 @@ use anyhow::Context;
 use super::{Ctx, HOST_ROOT_WARNING, shutdown_on_signals};
 
 pub async fn control(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg: warren_config::ControlConfig = warren_config::load("control", config.as_deref())?;
+    let cfg = warren_config::load_control(config.as_deref())?;
     let l = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -20,7 +20,7 @@ pub async fn control(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 pub async fn relay(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let cfg: warren_config::RelayConfig = warren_config::load("relay", config.as_deref())?;
+    let cfg = warren_config::load_relay(config.as_deref())?;
     let listeners = warren_relay::Listeners::bind(&cfg)?;
     let stop = shutdown_on_signals();
     let control = warren_relay::control_plane(&cfg)?;
@@ -79,8 +79,9 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
     } = args;
     use warren_config::figment::providers::Serialized;
     let control = control.or(ctx.control_url.clone());
-    let cfg: warren_config::AgentConfig =
-        warren_config::load_with("agent", config.as_deref(), |mut f| {
+    let cfg = warren_config::load_agent(
+        config.as_deref(),
+        Box::new(|mut f| {
             if let Some(v) = control {
                 f = f.merge(Serialized::default("control_url", v));
             }
@@ -100,7 +101,8 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 f = f.merge(Serialized::default("docker.allow_host_root_sessions", true));
             }
             f
-        })?;
+        }),
+    )?;
     if cfg.docker.allow_host_root_sessions {
         eprintln!("{HOST_ROOT_WARNING}");
     }
