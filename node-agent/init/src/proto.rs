@@ -100,7 +100,7 @@ pub enum Op {
     },
     /// Watch a terminal for its recording: as `Attach` with `watch`, but
     /// the output comes in batches, at most `batch_ms` apart (capped at a
-    /// second) or 16 KiB, and each `Data` follows an `Age` saying how long
+    /// second) or 64 KiB, and each `Data` follows an `Age` saying how long
     /// before the batch went its bytes were written. The recorder wakes a
     /// few times a second instead of at every write, and its timeline
     /// stays true. An init older than this answers `bad_frame`.

@@ -37,6 +37,9 @@ const BATCH: Duration = Duration::from_millis(500);
 /// a batch's wait, and room for the batch to travel.
 const RESIZE_SETTLES: Duration = Duration::from_millis(750);
 
+/// A terminal's size and when a client set it.
+type Size = (u16, u16, Instant);
+
 /// The node's recorders.
 #[derive(Default)]
 pub struct Recorders {
@@ -44,7 +47,8 @@ pub struct Recorders {
     /// Sessions whose terminals are recorded (from the watch).
     enabled: Mutex<HashSet<String>>,
     /// Each running recorder's size channel.
-    sizes: DashMap<(String, u32), watch::Sender<(u16, u16)>>,
+    /// (cols, rows, when the client resized).
+    sizes: DashMap<(String, u32), watch::Sender<Size>>,
 }
 
 impl Recorders {
@@ -87,7 +91,7 @@ impl Recorders {
             return;
         }
         let key = (session.to_string(), terminal);
-        let (tx, rx) = watch::channel(size);
+        let (tx, rx) = watch::channel((size.0, size.1, Instant::now()));
         let mine = tx.clone();
         self.sizes.insert(key.clone(), tx);
         let (me, init) = (self.clone(), init.clone());
@@ -110,7 +114,9 @@ impl Recorders {
     /// A client resized `terminal` of `session`.
     pub fn resized(&self, session: &str, terminal: u32, cols: u16, rows: u16) {
         if let Some(tx) = self.sizes.get(&(session.to_string(), terminal)) {
-            tx.send_replace((cols, rows));
+            // Stamped now, not when the recorder reads it: it may be busy
+            // sending a piece to control.
+            tx.send_replace((cols, rows, Instant::now()));
         }
     }
 }
@@ -128,7 +134,7 @@ async fn record(
     init: &InitTarget,
     terminal: u32,
     from: u64,
-    mut sizes: watch::Receiver<(u16, u16)>,
+    mut sizes: watch::Receiver<Size>,
     r: &mut Recording,
     control: &InternalClient,
     path: &str,
@@ -161,8 +167,8 @@ async fn record(
             },
             c = sizes.changed() => {
                 if c.is_ok() {
-                    let (cols, rows) = *sizes.borrow_and_update();
-                    r.resize(cols, rows, Instant::now());
+                    let (cols, rows, at) = *sizes.borrow_and_update();
+                    r.resize(cols, rows, at);
                 }
             }
             // Boxed: a flush (an HTTP request) is rare, and inline its
@@ -184,7 +190,10 @@ async fn record(
         if r.buf.len() >= PIECE_TARGET {
             armed = false;
             Box::pin(r.flush(control, path, false)).await?;
-        } else if !armed && (!r.buf.is_empty() || !r.resizes.is_empty()) {
+        }
+        // Whatever waits (lines, or a resize not yet settled) is written
+        // within FLUSH_EVERY.
+        if !armed && (!r.buf.is_empty() || !r.resizes.is_empty()) {
             sleep
                 .as_mut()
                 .reset(tokio::time::Instant::now() + FLUSH_EVERY);

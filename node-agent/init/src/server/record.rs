@@ -7,8 +7,9 @@ use super::*;
 
 /// The longest a client may ask a batch to wait.
 pub(super) const MAX_BATCH: Duration = Duration::from_secs(1);
-/// A batch this large goes at once.
-const BATCH_BYTES: u64 = 16 * 1024;
+/// A batch this large goes at once: as large as a frame, so bulk output
+/// wakes the recorder no more often than a viewer.
+const BATCH_BYTES: u64 = proto::MAX_PAYLOAD as u64;
 /// Writes timed apart within one batch, at most: past it, a write shares
 /// the time of the one before (a flood of tiny writes stays bounded).
 const MAX_MARKS: usize = 64;
@@ -60,7 +61,8 @@ pub(super) async fn serve(
                             // The last words go at once, then the exit.
                             exited = exit.is_some();
                         }
-                        // The terminal is gone, or the batch is due.
+                        // The batch is due. (The sender cannot be gone: this
+                        // holds the terminal.)
                         Ok(Err(_)) | Err(_) => break,
                     }
                 }
@@ -73,6 +75,7 @@ pub(super) async fn serve(
                     .map_err(io::Error::other)?;
                 return Ok(());
             }
+            // (Never an error while this holds the terminal.)
             if wake.changed().await.is_err() {
                 return Ok(());
             }
@@ -93,7 +96,11 @@ pub(super) async fn serve(
     }
 }
 
-/// Notes that output up to `end` was written by `at`.
+/// Notes that output up to `end` was written by `at`. `at` is when this
+/// task saw it (woken by the reader, or after sending the batch before),
+/// a little after the write; past [`MAX_MARKS`] a write takes the time of
+/// the one before. The agent bounds every age, so these only blur a
+/// recording's times within a batch.
 fn note(marks: &mut Vec<(u64, Instant)>, end: u64, at: Instant) {
     let full = marks.len() >= MAX_MARKS;
     match marks.last_mut() {
@@ -120,11 +127,15 @@ where
         let age = u32::try_from(age).unwrap_or(u32::MAX);
         while pos < end {
             let want = usize::try_from(end - pos).unwrap_or(usize::MAX);
-            let c = term.read_from(pos, want.min(proto::MAX_PAYLOAD));
+            let mut c = term.read_from(pos, want.min(proto::MAX_PAYLOAD));
             if let Some(to) = c.skipped_to {
                 // The recorder fell further behind than the terminal keeps.
                 sink.feed(Frame::Skip(to)).await.map_err(io::Error::other)?;
                 pos = to;
+                // Only this write's bytes carry its age; the rest are the
+                // next marks'.
+                c.data
+                    .truncate(usize::try_from(end.saturating_sub(pos)).unwrap_or(usize::MAX));
             }
             if c.data.is_empty() {
                 break;
