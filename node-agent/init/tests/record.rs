@@ -2,7 +2,6 @@
 //! batches with each write's age, whole and in order, then the exit.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,15 +15,7 @@ use common::*;
 #[tokio::test]
 async fn a_recorder_gets_every_write_in_batches_with_its_age() {
     let f = start(Duration::from_secs(60)).await;
-    let open = Op::Open {
-        cols: 80,
-        rows: 24,
-        env: BTreeMap::new(),
-        command: Some(vec!["/bin/sh".into()]),
-        input: None,
-        echo_state: false,
-    };
-    let (mut shell, resp) = client::request(&f.socket, open).await.unwrap();
+    let (mut shell, resp) = client::request(&f.socket, open_op()).await.unwrap();
     let terminal = resp.terminal.unwrap();
     let record = Op::Record {
         terminal,

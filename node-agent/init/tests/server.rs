@@ -14,17 +14,6 @@ use warren_init::proto::{ErrorCode, Frame, Op};
 mod common;
 use common::*;
 
-fn open_op() -> Op {
-    Op::Open {
-        cols: 80,
-        rows: 24,
-        env: BTreeMap::new(),
-        command: Some(vec!["/bin/sh".into()]),
-        input: None,
-        echo_state: false,
-    }
-}
-
 /// Reads terminal output until `needle` shows up; returns all of it.
 async fn read_until(conn: &mut InitConn, needle: &str) -> String {
     let mut out = String::new();

@@ -24,14 +24,7 @@ pub(super) async fn serve(
     let batch = Duration::from_millis(batch_ms.into()).min(MAX_BATCH);
     let mut wake = term.wake.subscribe();
     let first = term.attach_at(offset);
-    let resp = Response {
-        ok: true,
-        terminal: Some(term.id),
-        pid: Some(term.pid),
-        offset: Some(first),
-        end: Some(term.lock().end),
-        ..Default::default()
-    };
+    let resp = term.attached_response(first);
     let (mut sink, mut stream) = framed.split();
     sink.send(Frame::Response(resp))
         .await

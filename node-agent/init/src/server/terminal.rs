@@ -89,6 +89,19 @@ impl Terminal {
         (st.end, st.exit)
     }
 
+    /// The answer to a client attached from offset `first` (input and echo
+    /// state are the caller's to add).
+    pub(super) fn attached_response(&self, first: u64) -> Response {
+        Response {
+            ok: true,
+            terminal: Some(self.id),
+            pid: Some(self.pid),
+            offset: Some(first),
+            end: Some(self.lock().end),
+            ..Default::default()
+        }
+    }
+
     /// Output bytes held after offset `pos`.
     pub(super) fn ready_after(&self, pos: u64) -> u64 {
         self.lock().end.saturating_sub(pos)
@@ -332,14 +345,9 @@ impl Server {
         // ack says so: a later ack (echo back on) never hides it.
         let noecho_seen = std::sync::atomic::AtomicBool::new(false);
         let resp = Response {
-            ok: true,
-            terminal: Some(term.id),
-            pid: Some(term.pid),
-            offset: Some(first),
-            end: Some(term.lock().end),
             input: input_pos,
             echo_state: echo_state && input_pos.is_some(),
-            ..Default::default()
+            ..term.attached_response(first)
         };
         let (mut sink, mut stream) = framed.split();
         let output = async {

@@ -1,16 +1,30 @@
 //! The in-process init server the integration tests talk to.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use warren_init::proto::Op;
 use warren_init::reaper::Reaper;
 use warren_init::server::{Options, Server};
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Opens a terminal running `/bin/sh`, 80x24.
+pub fn open_op() -> Op {
+    Op::Open {
+        cols: 80,
+        rows: 24,
+        env: BTreeMap::new(),
+        command: Some(vec!["/bin/sh".into()]),
+        input: None,
+        echo_state: false,
+    }
+}
 
 pub struct Fixture {
     pub socket: PathBuf,
